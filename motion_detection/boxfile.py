@@ -1,0 +1,153 @@
+"""Motion-box files: one JSON per video, written atomically, read back with validation.
+
+Schema (version 1)::
+
+    {"version": 1, "video": "a/b.mp4", "width": W, "height": H, "num_frames": T, "fps": 25.0,
+     "flow": {"method": "tvl1", ...parameters...},
+     "frames": [[x1, y1, x2, y2] or null, ...],   # T entries, original-resolution pixels
+     "union": [x1, y1, x2, y2] or null}
+
+Boxes are xyxy in pixels of the stored video (x right, y down, x2/y2 exclusive edges), so
+``0 <= x1 <= x2 <= width``. ``null`` means no motion was found (or the box was rejected).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+BOX_FILE_VERSION = 1
+_COORD_DECIMALS = 2
+_TOLERANCE = 1e-3
+
+
+class BoxFileError(ValueError):
+    """A box file is missing, unreadable or does not follow the schema; the message names file and field."""
+
+
+@dataclass
+class MotionBoxes:
+    """The contents of one box file; ``frames`` is float32 (T, 4) with NaN rows where there is no box."""
+
+    video: str
+    width: int
+    height: int
+    num_frames: int
+    fps: float
+    flow: dict
+    frames: np.ndarray
+    union: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Deterministic serialisation (same boxes, same bytes)."""
+        record = {
+            "version": BOX_FILE_VERSION,
+            "video": self.video,
+            "width": int(self.width),
+            "height": int(self.height),
+            "num_frames": int(self.num_frames),
+            "fps": round(float(self.fps), 6),
+            "flow": self.flow,
+            "frames": [_box_to_list(b) for b in np.asarray(self.frames, dtype=np.float64)],
+            "union": None if self.union is None else _box_to_list(self.union),
+        }
+        record.update(self.extra)
+        return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+def _box_to_list(box) -> list[float] | None:
+    box = np.asarray(box, dtype=np.float64)
+    if not np.all(np.isfinite(box)):
+        return None
+    return [round(float(v), _COORD_DECIMALS) for v in box]
+
+
+def box_file_path(output_dir: str | os.PathLike, video_rel_path: str) -> Path:
+    """``a/b.mp4`` -> ``output_dir/a/b.json``: the box file mirrors the video's relative path."""
+    rel = Path(video_rel_path)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ValueError(f"video path must be relative to the video root: {video_rel_path}")
+    return Path(output_dir) / rel.with_suffix(".json")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write to ``path.tmp`` and rename: a killed writer never leaves a half-written ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_boxes(path: str | os.PathLike, boxes: MotionBoxes) -> None:
+    atomic_write_text(path, boxes.to_json())
+
+
+def _fail(path, field_name: str, problem: str):
+    raise BoxFileError(f"{path}: field '{field_name}' {problem}")
+
+
+def _check_box(path, field_name: str, value, width: int, height: int) -> np.ndarray:
+    if not isinstance(value, list) or len(value) != 4:
+        _fail(path, field_name, f"must be [x1, y1, x2, y2] or null, got {value!r}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        _fail(path, field_name, f"must hold 4 finite numbers, got {value!r}")
+    x1, y1, x2, y2 = value
+    if not (-_TOLERANCE <= x1 <= x2 <= width + _TOLERANCE and -_TOLERANCE <= y1 <= y2 <= height + _TOLERANCE):
+        _fail(path, field_name, f"{value!r} is not an ordered box inside the {width}x{height} frame")
+    return np.asarray(value, dtype=np.float32)
+
+
+def load_boxes(path: str | os.PathLike) -> MotionBoxes:
+    """Read and validate a box file; any problem raises BoxFileError naming the file and the field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BoxFileError(f"{path}: box file not found") from None
+    except OSError as e:
+        raise BoxFileError(f"{path}: cannot read box file ({e})") from None
+    try:
+        record = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BoxFileError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(record, dict):
+        raise BoxFileError(f"{path}: top level must be a JSON object")
+    for key in ("version", "video", "width", "height", "num_frames", "fps", "flow", "frames", "union"):
+        if key not in record:
+            _fail(path, key, "is missing")
+    if record["version"] != BOX_FILE_VERSION:
+        _fail(path, "version", f"is {record['version']!r}, this code reads version {BOX_FILE_VERSION}")
+    if not isinstance(record["video"], str):
+        _fail(path, "video", "must be a string")
+    for key in ("width", "height", "num_frames"):
+        value = record[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            _fail(path, key, f"must be a positive integer, got {value!r}")
+    fps = record["fps"]
+    if not isinstance(fps, (int, float)) or isinstance(fps, bool) or not math.isfinite(fps) or fps < 0:
+        _fail(path, "fps", f"must be a non-negative number, got {fps!r}")
+    if not isinstance(record["flow"], dict):
+        _fail(path, "flow", "must be an object")
+    width, height, num_frames = record["width"], record["height"], record["num_frames"]
+    frames_in = record["frames"]
+    if not isinstance(frames_in, list) or len(frames_in) != num_frames:
+        got = len(frames_in) if isinstance(frames_in, list) else type(frames_in).__name__
+        _fail(path, "frames", f"must be a list of num_frames={num_frames} entries, got {got}")
+    frames = np.full((num_frames, 4), np.nan, dtype=np.float32)
+    for i, box in enumerate(frames_in):
+        if box is not None:
+            frames[i] = _check_box(path, f"frames[{i}]", box, width, height)
+    union = None if record["union"] is None else _check_box(path, "union", record["union"], width, height)
+    known = {"version", "video", "width", "height", "num_frames", "fps", "flow", "frames", "union"}
+    extra = {k: v for k, v in record.items() if k not in known}
+    return MotionBoxes(record["video"], width, height, num_frames, float(fps), record["flow"], frames, union, extra)

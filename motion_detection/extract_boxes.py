@@ -1,0 +1,269 @@
+"""Extract one motion-box JSON per video of a VideoMAE-style list (``path [label ...]`` per line).
+
+    python -m motion_detection.extract_boxes --video_list train.csv --video_root videos/ --output_dir boxes/
+
+``a/b.mp4`` (relative to ``--video_root``) gets ``boxes/a/b.json``. The run is resumable: a valid box file made
+with the same flow and detection settings is skipped, and every file is written under a temporary name and
+renamed, so a killed run leaves no half file. Videos that cannot be used are listed with the reason in
+``failed.tsv`` (per shard when sharded) and the exit status is 1; every other video is still written.
+Under a SLURM array the shard defaults to the array task (``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+
+from .boxfile import BoxFileError, atomic_write_text, box_file_path, load_boxes, save_boxes
+from .detect import MotionBoxDetector, add_detection_args, params_from_args
+from .flow import available_flows
+from .video import VideoReadError
+
+log = logging.getLogger("extract_boxes")
+
+
+@dataclass
+class Job:
+    video: str  # path relative to the video root; also the box file's relative path
+    source: str  # path to open
+    output: str
+
+
+@dataclass
+class Outcome:
+    video: str
+    ok: bool
+    message: str = ""
+    num_frames: int = 0
+
+
+def read_video_list(path: str | os.PathLike) -> list[str]:
+    """First whitespace-separated column of every non-empty line, de-duplicated in order (EPIC-style lists
+    name the same video once per action segment)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise SystemExit(f"cannot read --video_list {path}: {e}") from None
+    videos = [line.split()[0] for line in lines if line.strip()]
+    return list(dict.fromkeys(videos))
+
+
+def relative_video_path(entry: str, video_root: str) -> str:
+    """The path below the video root, which the box file mirrors."""
+    p = Path(entry)
+    if p.is_absolute():
+        if not video_root:
+            raise ValueError(f"{entry}: absolute path in the list; pass --video_root (a common parent folder)")
+        try:
+            return p.relative_to(Path(video_root).resolve()).as_posix()
+        except ValueError:
+            try:
+                return p.relative_to(Path(video_root)).as_posix()
+            except ValueError:
+                raise ValueError(f"{entry}: not below --video_root {video_root}") from None
+    return p.as_posix()
+
+
+def distinct_videos(entries: list[str], video_root: str) -> list[str]:
+    """The first entry of every distinct video (``a.mp4``, ``./a.mp4`` and ``ROOT/a.mp4`` are one box file), so
+    that no video is processed twice, by two workers or by two shards."""
+    first = {}
+    for entry in entries:
+        try:
+            key = relative_video_path(entry, video_root)
+        except ValueError:
+            key = entry
+        first.setdefault(key, entry)
+    return list(first.values())
+
+
+def default_shard() -> tuple[int, int]:
+    """(shard_id, num_shards) of a SLURM job array (``--array=MIN-MAX[:STEP]``), or (0, 1)."""
+    if "SLURM_ARRAY_TASK_COUNT" not in os.environ or "SLURM_ARRAY_TASK_ID" not in os.environ:
+        return 0, 1
+    values = {}
+    for name, default in (("ID", None), ("COUNT", None), ("MIN", "0"), ("STEP", "1")):
+        value = os.environ.get(f"SLURM_ARRAY_TASK_{name}", default)
+        try:
+            values[name] = int(value)
+        except ValueError:
+            raise ValueError(f"SLURM_ARRAY_TASK_{name}={value!r} is not an integer") from None
+    return (values["ID"] - values["MIN"]) // max(values["STEP"], 1), values["COUNT"]
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def failed_list_path(output_dir: str, shard_id: int, num_shards: int) -> Path:
+    name = "failed.tsv" if num_shards == 1 else f"failed.shard{shard_id:04d}-of-{num_shards:04d}.tsv"
+    return Path(output_dir) / name
+
+
+def failed_list_text(failures: list[Outcome]) -> str:
+    """The failed list: a ``video\treason`` header and one row per video, reasons folded onto one line."""
+    rows = sorted((o.video, " ".join(o.message.split())) for o in failures)
+    return "video\treason\n" + "".join(f"{video}\t{reason}\n" for video, reason in rows)
+
+
+_detector: MotionBoxDetector | None = None
+
+
+def _init_worker(detector_kwargs: dict, single_thread: bool) -> None:
+    global _detector
+    if single_thread:
+        cv2.setNumThreads(1)
+    _detector = MotionBoxDetector(**detector_kwargs)
+
+
+def _run_job(job: Job) -> Outcome:
+    try:
+        boxes = _detector.detect_video(job.source, job.video)
+        save_boxes(job.output, boxes)
+        return Outcome(job.video, True, num_frames=boxes.num_frames)
+    except VideoReadError as e:
+        return Outcome(job.video, False, str(e))
+    except Exception as e:  # a bad video must not stop the run: record it and go on
+        return Outcome(job.video, False, f"{type(e).__name__}: {e}")
+
+
+def _run_pool(jobs: list[Job], detector_kwargs: dict, num_workers: int, progress) -> tuple[list[Outcome], list[Job]]:
+    """Run jobs in worker processes; returns the outcomes and the jobs lost when a worker died."""
+    outcomes, done = [], set()
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(num_workers, ctx, _init_worker, (detector_kwargs, True)) as pool:
+        futures = {pool.submit(_run_job, job): job for job in jobs}
+        for future in as_completed(futures):
+            try:
+                outcomes.append(future.result())
+            except BrokenProcessPool:
+                continue
+            done.add(futures[future].video)
+            progress(outcomes[-1])
+    return outcomes, [job for job in jobs if job.video not in done]
+
+
+def run_jobs(jobs: list[Job], detector_kwargs: dict, num_workers: int, progress) -> list[Outcome]:
+    if num_workers == 0:
+        _init_worker(detector_kwargs, False)
+        outcomes = []
+        for job in jobs:
+            outcomes.append(_run_job(job))
+            progress(outcomes[-1])
+        return outcomes
+    outcomes, lost = _run_pool(jobs, detector_kwargs, num_workers, progress)
+    # A decoder crash takes its worker and the pool down; retry the unfinished videos one per pool so the
+    # culprit is identified and the rest still get done.
+    for job in lost:
+        retried, still_lost = _run_pool([job], detector_kwargs, 1, progress)
+        if still_lost:
+            retried = [Outcome(job.video, False, "the worker process crashed while decoding this video")]
+            progress(retried[0])
+        outcomes += retried
+    return outcomes
+
+
+def plan_jobs(videos: list[str], args, config: dict) -> tuple[list[Job], int, list[Outcome]]:
+    """Jobs still to do, the number already done, and list entries that are unusable as paths."""
+    jobs, skipped, bad = [], 0, []
+    for entry in videos:
+        try:
+            rel = relative_video_path(entry, args.video_root)
+            output = box_file_path(args.output_dir, rel)
+        except ValueError as e:
+            bad.append(Outcome(entry, False, str(e)))
+            continue
+        output.with_name(output.name + ".tmp").unlink(missing_ok=True)  # left by a killed run
+        if output.exists() and not args.overwrite:
+            try:
+                if load_boxes(output).flow == config:
+                    skipped += 1
+                    continue
+                log.info("recomputing %s: made with other settings", output)
+            except BoxFileError as e:
+                log.info("recomputing invalid box file: %s", e)
+        jobs.append(Job(rel, os.path.join(args.video_root, rel), str(output)))
+    return jobs, skipped, bad
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    try:
+        shard_id, num_shards = default_shard()
+    except ValueError as e:
+        parser.error(str(e))
+    parser.add_argument("--video_list", required=True, help="VideoMAE-style list; the first column is the video path")
+    parser.add_argument("--video_root", default="", help="folder the list's paths are relative to")
+    parser.add_argument("--output_dir", required=True, help="box files go here, mirroring the video paths")
+    parser.add_argument("--flow", default="tvl1", choices=available_flows(), help="optical flow (default: tvl1)")
+    parser.add_argument("--num_workers", type=int, default=default_workers(),
+                        help="worker processes, one video each (0 = in this process; default: usable CPUs)")
+    parser.add_argument("--shard_id", type=int, default=shard_id, help="this shard (default: SLURM array task)")
+    parser.add_argument("--num_shards", type=int, default=num_shards, help="shards in all (default: SLURM array)")
+    parser.add_argument("--overwrite", action="store_true", help="recompute even valid existing box files")
+    parser.add_argument("--batch_size", type=int, default=8, help="frame pairs handed to the flow backend at once")
+    add_detection_args(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not 0 <= args.shard_id < args.num_shards:
+        parser.error(f"--shard_id {args.shard_id} is outside [0, --num_shards {args.num_shards})")
+    if args.num_workers < 0 or args.batch_size < 1:
+        parser.error("--num_workers must be >= 0 and --batch_size >= 1")
+    try:
+        detector_kwargs = {"flow": args.flow, "batch_size": args.batch_size, **vars(params_from_args(args))}
+    except ValueError as e:
+        parser.error(str(e))
+    config = MotionBoxDetector(**detector_kwargs).config()
+    videos = distinct_videos(read_video_list(args.video_list), args.video_root)[args.shard_id :: args.num_shards]
+    jobs, skipped, failures = plan_jobs(videos, args, config)
+    log.info("shard %d/%d: %d videos, %d already done, %d to do with %s flow",
+             args.shard_id, args.num_shards, len(videos), skipped, len(jobs), args.flow)
+    for outcome in failures:
+        print(f"FAILED {outcome.video}: {outcome.message}")
+
+    start = time.time()
+    bar = tqdm(total=len(jobs), unit="video", dynamic_ncols=True, disable=not jobs)
+
+    def progress(outcome: Outcome) -> None:
+        bar.update(1)
+        if not outcome.ok:
+            bar.write(f"FAILED {outcome.video}: {outcome.message}")
+
+    outcomes = run_jobs(jobs, detector_kwargs, args.num_workers, progress)
+    bar.close()
+    elapsed = time.time() - start
+    failures += [o for o in outcomes if not o.ok]
+    written = [o for o in outcomes if o.ok]
+    pairs = sum(max(o.num_frames - 1, 0) for o in written)
+
+    failed_path = failed_list_path(args.output_dir, args.shard_id, args.num_shards)
+    if failures:
+        atomic_write_text(failed_path, failed_list_text(failures))
+    elif failed_path.exists():
+        failed_path.unlink()
+    rate = pairs / elapsed if elapsed > 0 else 0.0
+    print(f"summary: {len(videos)} videos | {len(written)} written | {skipped} already done | "
+          f"{len(failures)} failed | {pairs} frame pairs in {elapsed:.1f}s ({rate:.1f} pairs/s)")
+    if failures:
+        print(f"failed videos and reasons: {failed_path}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

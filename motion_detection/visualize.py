@@ -1,0 +1,115 @@
+"""Draw a video's motion boxes: per-frame box (green), union box (yellow), optional ground truth (cyan),
+optionally the smoothed motion map beside each frame.
+
+    python -m motion_detection.visualize VIDEO BOXES --out check.mp4 [--show_map] [--gt GT.json]
+
+The output kind follows the extension: ``.mp4`` (video), ``.gif`` (animation), ``.png`` (a strip of
+``--strip_frames`` evenly spaced frames).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .boxfile import load_boxes
+from .detect import MotionBoxDetector
+from .flow import available_flows
+from .video import read_video
+
+FRAME_COLOUR = (0, 255, 0)
+UNION_COLOUR = (255, 220, 0)
+GT_COLOUR = (0, 200, 255)
+
+
+def draw_box(frame: np.ndarray, box, colour, thickness: int = 1) -> None:
+    if box is None or np.isnan(np.asarray(box, dtype=np.float32)).any():
+        return
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    cv2.rectangle(frame, (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), colour, thickness)
+
+
+def colour_map(motion_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Map (working resolution) -> RGB heat image of the frame's size, normalised per frame."""
+    m = motion_map - motion_map.min()
+    m = (255 * m / max(float(m.max()), 1e-6)).astype(np.uint8)
+    heat = cv2.applyColorMap(cv2.resize(m, size, interpolation=cv2.INTER_LINEAR), cv2.COLORMAP_INFERNO)
+    return cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+
+
+def detector_for(flow_config: dict, fallback_flow: str) -> MotionBoxDetector:
+    """The detector that made a box file (so the map shown is the one thresholded), else ``fallback_flow``."""
+    if flow_config.get("method") in available_flows():
+        return MotionBoxDetector(flow_config["method"], flow_config.get("params"), **flow_config.get("detection", {}))
+    return MotionBoxDetector(fallback_flow)
+
+
+def render(frames: np.ndarray, boxes, gt=None, maps=None) -> np.ndarray:
+    """Annotated frames (T, H, W', 3); with maps, each frame has its motion map to the right."""
+    height, width = frames.shape[1:3]
+    thickness = max(1, round(min(height, width) / 160))
+    out = []
+    for t, frame in enumerate(frames):
+        canvas = frame.copy()
+        draw_box(canvas, boxes.union, UNION_COLOUR, thickness)
+        if gt is not None:
+            draw_box(canvas, gt.frames[t], GT_COLOUR, thickness)
+        draw_box(canvas, boxes.frames[t], FRAME_COLOUR, thickness)
+        if maps is not None:
+            heat = colour_map(maps[min(t, len(maps) - 1)], (width, height))
+            draw_box(heat, boxes.frames[t], FRAME_COLOUR, thickness)
+            canvas = np.concatenate([canvas, heat], axis=1)
+        out.append(canvas)
+    return np.stack(out)
+
+
+def write_output(frames: np.ndarray, out: Path, fps: float, strip_frames: int) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    suffix = out.suffix.lower()
+    if suffix == ".mp4":
+        height, width = frames.shape[1:3]
+        writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps or 12.0, (width, height))
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
+    elif suffix == ".gif":
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(out, save_all=True, append_images=images[1:], duration=int(1000 / (fps or 12.0)), loop=0)
+    elif suffix == ".png":
+        picks = np.linspace(0, len(frames) - 1, min(strip_frames, len(frames))).round().astype(int)
+        Image.fromarray(np.concatenate(list(frames[picks]), axis=0 if frames.shape[2] > 2 * frames.shape[1] else 1)
+                        ).save(out)
+    else:
+        raise SystemExit(f"--out {out}: unknown output kind {suffix!r}; use .mp4, .gif or .png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("video", help="the video file")
+    parser.add_argument("boxes", help="its box file (from motion_detection.extract_boxes)")
+    parser.add_argument("--out", required=True, help="output .mp4, .gif or .png (strip)")
+    parser.add_argument("--gt", help="a ground-truth box file to draw as well")
+    parser.add_argument("--show_map", action="store_true", help="show the motion map beside each frame")
+    parser.add_argument("--flow", default="dis", choices=available_flows(),
+                        help="flow for --show_map when the box file does not name one (default: dis)")
+    parser.add_argument("--strip_frames", type=int, default=8, help="frames in a .png strip (default: 8)")
+    args = parser.parse_args(argv)
+
+    frames, info = read_video(args.video)
+    boxes = load_boxes(args.boxes)
+    if boxes.num_frames != len(frames):
+        raise SystemExit(f"{args.boxes}: {boxes.num_frames} frames, but {args.video} decodes to {len(frames)}")
+    gt = load_boxes(args.gt) if args.gt else None
+    maps = list(detector_for(boxes.flow, args.flow).iter_maps(frames)) if args.show_map else None
+    write_output(render(frames, boxes, gt, maps), Path(args.out), info.fps, args.strip_frames)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
