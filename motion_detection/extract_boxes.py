@@ -5,7 +5,8 @@
 ``a/b.mp4`` (relative to ``--video_root``) gets ``boxes/a/b.json``. The run is resumable: a valid box file made
 with the same flow and detection settings is skipped, and every file is written under a temporary name and
 renamed, so a killed run leaves no half file. Videos that cannot be used are listed with the reason in
-``failed.tsv`` (per shard when sharded) and the exit status is 1; every other video is still written.
+``failed.tsv`` (per shard when sharded) and the exit status is 1 (2 for invalid arguments); every other video is
+still written. A video listed twice, or spelled differently (``./a.mp4``, ``ROOT/a.mp4``), is processed once.
 Under a SLURM array the shard defaults to the array task (``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``).
 """
 
@@ -49,14 +50,12 @@ class Outcome:
 
 
 def read_video_list(path: str | os.PathLike) -> list[str]:
-    """First whitespace-separated column of every non-empty line, de-duplicated in order (EPIC-style lists
-    name the same video once per action segment)."""
+    """First whitespace-separated column of every non-empty line."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise SystemExit(f"cannot read --video_list {path}: {e}") from None
-    videos = [line.split()[0] for line in lines if line.strip()]
-    return list(dict.fromkeys(videos))
+    return [line.split()[0] for line in lines if line.strip()]
 
 
 def relative_video_path(entry: str, video_root: str) -> str:
@@ -77,7 +76,8 @@ def relative_video_path(entry: str, video_root: str) -> str:
 
 def distinct_videos(entries: list[str], video_root: str) -> list[str]:
     """The first entry of every distinct video (``a.mp4``, ``./a.mp4`` and ``ROOT/a.mp4`` are one box file), so
-    that no video is processed twice, by two workers or by two shards."""
+    that no video is processed twice, by two workers or by two shards (EPIC-style lists name a video once per
+    action segment)."""
     first = {}
     for entry in entries:
         try:
@@ -223,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not 0 <= args.shard_id < args.num_shards:
         parser.error(f"--shard_id {args.shard_id} is outside [0, --num_shards {args.num_shards})")
-    if args.num_workers < 0 or args.batch_size < 1:
-        parser.error("--num_workers must be >= 0 and --batch_size >= 1")
+    for name, low in (("num_workers", 0), ("batch_size", 1)):
+        if getattr(args, name) < low:
+            parser.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
     try:
         detector_kwargs = {"flow": args.flow, "batch_size": args.batch_size, **vars(params_from_args(args))}
     except ValueError as e:
