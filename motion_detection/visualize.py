@@ -17,11 +17,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .boxfile import load_boxes
+from .boxfile import BoxFileError, load_boxes
 from .detect import MotionBoxDetector
 from .flow import available_flows
-from .video import read_video
+from .video import VideoReadError, read_video
 
+OUTPUT_KINDS = (".mp4", ".gif", ".png")
 FRAME_COLOUR = (0, 255, 0)
 UNION_COLOUR = (255, 220, 0)
 GT_COLOUR = (0, 200, 255)
@@ -68,24 +69,35 @@ def render(frames: np.ndarray, boxes, gt=None, maps=None) -> np.ndarray:
     return np.stack(out)
 
 
+def unknown_kind(out: Path) -> str:
+    return f"--out {out}: unknown output kind {out.suffix!r}; use {', '.join(OUTPUT_KINDS)}"
+
+
 def write_output(frames: np.ndarray, out: Path, fps: float, strip_frames: int) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
     suffix = out.suffix.lower()
+    if suffix not in OUTPUT_KINDS:
+        raise SystemExit(unknown_kind(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".mp4":
+        # mp4v needs an even frame size (it silently crops an odd one): pad the last row/column with black.
+        height, width = frames.shape[1:3]
+        frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)))
         height, width = frames.shape[1:3]
         writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps or 12.0, (width, height))
-        for frame in frames:
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-        writer.release()
+        if not writer.isOpened():
+            raise SystemExit(f"--out {out}: OpenCV cannot open an mp4v writer ({width}x{height})")
+        try:
+            for frame in frames:
+                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        finally:
+            writer.release()
     elif suffix == ".gif":
         images = [Image.fromarray(f) for f in frames]
         images[0].save(out, save_all=True, append_images=images[1:], duration=int(1000 / (fps or 12.0)), loop=0)
-    elif suffix == ".png":
+    else:  # .png: frames side by side, or one above the other when they are wide (frame + map)
         picks = np.linspace(0, len(frames) - 1, min(strip_frames, len(frames))).round().astype(int)
         Image.fromarray(np.concatenate(list(frames[picks]), axis=0 if frames.shape[2] > 2 * frames.shape[1] else 1)
                         ).save(out)
-    else:
-        raise SystemExit(f"--out {out}: unknown output kind {suffix!r}; use .mp4, .gif or .png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,12 +111,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="flow for --show_map when the box file does not name one (default: dis)")
     parser.add_argument("--strip_frames", type=int, default=8, help="frames in a .png strip (default: 8)")
     args = parser.parse_args(argv)
+    if Path(args.out).suffix.lower() not in OUTPUT_KINDS:
+        parser.error(unknown_kind(Path(args.out)))
+    if args.strip_frames < 1:
+        parser.error(f"--strip_frames must be >= 1, got {args.strip_frames}")
 
-    frames, info = read_video(args.video)
-    boxes = load_boxes(args.boxes)
-    if boxes.num_frames != len(frames):
-        raise SystemExit(f"{args.boxes}: {boxes.num_frames} frames, but {args.video} decodes to {len(frames)}")
-    gt = load_boxes(args.gt) if args.gt else None
+    try:
+        frames, info = read_video(args.video)
+    except VideoReadError as e:
+        raise SystemExit(f"{args.video}: {e}") from None
+    try:
+        boxes = load_boxes(args.boxes)
+        gt = load_boxes(args.gt) if args.gt else None
+    except BoxFileError as e:
+        raise SystemExit(str(e)) from None
+    height, width = frames.shape[1:3]
+    for path, record in ((args.boxes, boxes), (args.gt, gt)):
+        if record is not None and record.num_frames != len(frames):
+            raise SystemExit(f"{path}: {record.num_frames} frames, but {args.video} decodes to {len(frames)}")
+        if record is not None and (record.width, record.height) != (width, height):
+            raise SystemExit(f"{path}: boxes for a {record.width}x{record.height} video, "
+                             f"but {args.video} is {width}x{height}")
+    if args.show_map and len(frames) < 2:
+        raise SystemExit(f"--show_map: {args.video} has {len(frames)} frame; flow needs a frame pair")
     maps = list(detector_for(boxes.flow, args.flow).iter_maps(frames)) if args.show_map else None
     write_output(render(frames, boxes, gt, maps), Path(args.out), info.fps, args.strip_frames)
     print(f"wrote {args.out}")
