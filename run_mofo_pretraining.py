@@ -1,0 +1,225 @@
+"""MOFO / VideoMAE self-supervised pretraining.
+
+    torchrun --nproc_per_node 8 run_mofo_pretraining.py --data_path train.csv --data_root videos/ \
+        --box_dir boxes/ --mask_type motion --mask_ratio 0.9 --motion_mask_ratio 0.75 \
+        --model pretrain_videomae_base_patch16_224 --decoder_depth 4 --output_dir out/
+
+Flags and defaults are VideoMAE's, plus the motion-focused masking (``--mask_type motion``, ``--box_dir``,
+``--motion_mask_ratio``, ``--box_source``, ``--missing_box``), ``--precision``, ``--num_sample`` and DeepSpeed.
+Under SLURM, ``srun`` with one task per GPU works without torchrun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from tensorboardX import SummaryWriter
+from timm.models import create_model
+from timm.optim import create_optimizer_v2
+from torch.utils.data import DataLoader, DistributedSampler
+
+import modeling_pretrain  # noqa: F401  (registers the pretrain_videomae_* models)
+import utils
+from datasets import build_pretraining_dataset, multiple_samples_collate
+from engine_for_pretraining import train_one_epoch
+
+
+def str2bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "y"):
+        return True
+    if value.lower() in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("MOFO pretraining", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch_size", default=64, type=int, help="clips per GPU per step (before --num_sample)")
+    parser.add_argument("--epochs", default=800, type=int)
+    parser.add_argument("--save_ckpt_freq", default=50, type=int, help="save a checkpoint every N epochs")
+    parser.add_argument("--print_freq", default=10, type=int, help="console log every N steps")
+
+    # model
+    parser.add_argument("--model", default="pretrain_videomae_base_patch16_224", type=str)
+    parser.add_argument("--decoder_depth", default=4, type=int)
+    parser.add_argument("--mask_type", default="tube", choices=["tube", "motion"],
+                        help="tube: VideoMAE's random tube masking; motion: MOFO's motion-focused tube masking")
+    parser.add_argument("--mask_ratio", default=0.75, type=float, help="share of tubes masked (VideoMAE default)")
+    parser.add_argument("--motion_mask_ratio", default=0.75, type=float,
+                        help="share of the tubes inside the motion box that are always masked (MOFO)")
+    parser.add_argument("--input_size", default=224, type=int, help="frame side after cropping")
+    parser.add_argument("--drop_path", default=0.0, type=float, help="stochastic depth rate")
+    parser.add_argument("--normlize_target", default=True, type=str2bool,
+                        help="predict per-tube normalised pixels (VideoMAE's spelling)")
+    parser.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing in the encoder")
+
+    # optimiser
+    parser.add_argument("--opt", default="adamw", type=str, help="any timm optimizer name")
+    parser.add_argument("--opt_eps", default=1e-8, type=float)
+    parser.add_argument("--opt_betas", default=None, type=float, nargs="+", help="e.g. 0.9 0.95")
+    parser.add_argument("--clip_grad", default=None, type=float, help="max gradient norm (default: no clipping)")
+    parser.add_argument("--momentum", default=0.9, type=float, help="for SGD-like optimizers")
+    parser.add_argument("--weight_decay", default=0.05, type=float)
+    parser.add_argument("--weight_decay_end", default=None, type=float,
+                        help="final weight decay of the cosine schedule (default: --weight_decay)")
+    parser.add_argument("--lr", default=1.5e-4, type=float, help="base lr: the lr is lr * total batch / 256")
+    parser.add_argument("--warmup_lr", default=1e-6, type=float)
+    parser.add_argument("--min_lr", default=1e-5, type=float)
+    parser.add_argument("--warmup_epochs", default=40, type=int)
+    parser.add_argument("--warmup_steps", default=-1, type=int, help="overrides --warmup_epochs when > 0")
+
+    # data
+    parser.add_argument("--data_path", default="", type=str, help="VideoMAE list file (path label per line)")
+    parser.add_argument("--data_root", default="", type=str, help="folder the list's video paths are relative to")
+    parser.add_argument("--box_dir", default=None, type=str,
+                        help="motion-box files from motion_detection.extract_boxes (needed by --mask_type motion)")
+    parser.add_argument("--box_source", default="clip", choices=["clip", "video"],
+                        help="clip: union of the sampled frames' boxes; video: the video's union box")
+    parser.add_argument("--missing_box", default="error", choices=["error", "random"],
+                        help="videos without a box file: fail before training, or use plain tube masking")
+    parser.add_argument("--num_frames", default=16, type=int)
+    parser.add_argument("--sampling_rate", default=4, type=int)
+    parser.add_argument("--num_sample", default=1, type=int,
+                        help="repeated sampling: clips cut from one decoded video, each with its own crop and mask")
+    parser.add_argument("--output_dir", default="", help="checkpoints and log.txt")
+    parser.add_argument("--log_dir", default=None, help="tensorboard logs")
+    parser.add_argument("--device", default="cuda", help="cuda or cpu")
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
+                        help="autocast dtype (fp16 adds a gradient scaler)")
+    parser.add_argument("--seed", default=0, type=int)
+    parser.add_argument("--resume", default="", help="checkpoint to resume from")
+    parser.add_argument("--auto_resume", action="store_true", default=True,
+                        help="resume from the newest checkpoint in --output_dir (default)")
+    parser.add_argument("--no_auto_resume", action="store_false", dest="auto_resume")
+    parser.add_argument("--start_epoch", default=0, type=int)
+    parser.add_argument("--num_workers", default=10, type=int)
+    parser.add_argument("--pin_mem", action="store_true", default=True, help="pin CPU memory in the data loader")
+    parser.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
+
+    # distributed
+    parser.add_argument("--dist_url", default="env://", help="url used to set up distributed training")
+    parser.add_argument("--enable_deepspeed", action="store_true", help="train with DeepSpeed instead of DDP")
+    parser.add_argument("--zero_stage", default=0, type=int, choices=[0, 1, 2], help="DeepSpeed ZeRO stage")
+    return parser
+
+
+def deepspeed_config(args) -> dict:
+    config = {
+        "train_micro_batch_size_per_gpu": args.batch_size * args.num_sample,
+        "gradient_accumulation_steps": 1,
+        "steps_per_print": 10**9,
+        "zero_optimization": {"stage": args.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "gradient_clipping": args.clip_grad or 0.0,
+        "fp16": {"enabled": args.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "bf16": {"enabled": args.precision == "bf16"},
+    }
+    return config
+
+
+def build_model(args):
+    model = create_model(args.model, pretrained=False, drop_path_rate=args.drop_path, decoder_depth=args.decoder_depth,
+                         use_checkpoint=args.use_checkpoint, img_size=args.input_size, num_frames=args.num_frames)
+    patch_embed = model.encoder.patch_embed
+    args.patch_size = patch_embed.patch_size
+    args.tubelet_size = patch_embed.tubelet_size
+    args.window_size = (args.num_frames // args.tubelet_size, args.input_size // args.patch_size[0],
+                        args.input_size // args.patch_size[1])
+    return model
+
+
+def main(args) -> None:
+    utils.init_distributed_mode(args)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but no GPU is visible; pass --device cpu to train on the CPU")
+    device = torch.device(args.device if not args.device.startswith("cuda") else f"cuda:{args.gpu}")
+    if args.precision == "fp16" and device.type == "cpu":
+        raise SystemExit("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    print(args)
+    rank, world = utils.get_rank(), utils.get_world_size()
+    utils.seed_everything(args.seed + rank)
+    if args.output_dir:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+
+    model = build_model(args)
+    dataset = build_pretraining_dataset(args)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+    loader_seed = torch.Generator()
+    data_loader = DataLoader(
+        dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
+        pin_memory=args.pin_mem and device.type == "cuda",
+        drop_last=True, worker_init_fn=utils.seed_worker, generator=loader_seed,
+        collate_fn=multiple_samples_collate if args.num_sample > 1 else None,
+    )
+    if len(data_loader) == 0:
+        raise SystemExit(f"{args.data_path}: {len(dataset)} videos make no full batch of {args.batch_size} x {world}")
+    print(f"Model: {args.model}, params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
+    print(f"Dataset: {len(dataset)} videos, masking: {dataset.mask_generator}")
+
+    model.to(device)
+    total_batch = args.batch_size * world
+    args.lr = args.lr * total_batch / 256
+    args.min_lr = args.min_lr * total_batch / 256
+    args.warmup_lr = args.warmup_lr * total_batch / 256
+    niter_per_ep = len(data_loader)
+    print(f"lr: {args.lr:.3e}, total batch: {total_batch}, steps per epoch: {niter_per_ep}")
+
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    param_groups = utils.param_groups_weight_decay(model, args.weight_decay, skip)
+    opt_kwargs = {"eps": args.opt_eps, "momentum": args.momentum}
+    if args.opt_betas:
+        opt_kwargs["betas"] = tuple(args.opt_betas)
+    optimizer = create_optimizer_v2(param_groups, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                    **opt_kwargs)
+    loss_scaler = None
+    if args.enable_deepspeed:
+        import deepspeed
+
+        model, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(args),
+                                                      dist_init_required=not utils.is_dist_avail_and_initialized())
+        model_without_ddp = model.module
+    else:
+        model_without_ddp = model
+        if args.distributed:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[args.gpu] if device.type == "cuda" else None)
+            model_without_ddp = model.module
+        loss_scaler = utils.NativeScalerWithGradNormCount(enabled=args.precision == "fp16", device=device.type)
+
+    lr_schedule = utils.cosine_scheduler(args.lr, args.min_lr, args.epochs, niter_per_ep, args.warmup_epochs,
+                                         args.warmup_lr, args.warmup_steps)
+    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    wd_schedule = utils.cosine_scheduler(args.weight_decay, wd_end, args.epochs, niter_per_ep)
+    utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler)
+    log_writer = SummaryWriter(args.log_dir) if args.log_dir and utils.is_main_process() else None
+
+    print(f"Start training for {args.epochs} epochs from epoch {args.start_epoch}")
+    start_time = time.time()
+    for epoch in range(args.start_epoch, args.epochs):
+        # Randomness is a function of (seed, epoch, rank): a resumed run repeats an uninterrupted one.
+        sampler.set_epoch(epoch)
+        loader_seed.manual_seed(args.seed + 1000 * epoch + rank)
+        dataset.reseed(args.seed + 1000 * epoch + rank)
+        torch.manual_seed(args.seed + 1000 * epoch + rank)
+        stats = train_one_epoch(model, data_loader, optimizer, device, epoch, loss_scaler, args, lr_schedule,
+                                wd_schedule, epoch * niter_per_ep, log_writer, args.enable_deepspeed)
+        if args.output_dir and ((epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs):
+            utils.save_model(args, epoch, model, model_without_ddp, optimizer, loss_scaler)
+        if args.output_dir and utils.is_main_process():
+            with open(Path(args.output_dir) / "log.txt", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}}) + "\n")
+        if log_writer is not None:
+            log_writer.flush()
+    total = time.time() - start_time
+    print(f"Training time {time.strftime('%H:%M:%S', time.gmtime(total))}")
+    if log_writer is not None:
+        log_writer.close()
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

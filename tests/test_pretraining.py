@@ -1,0 +1,226 @@
+"""MOFO pretraining end to end on CPU: target, schedules, checkpoints, resume after a kill, DDP under a simulated
+``srun``, DeepSpeed under torchrun, non-finite loss, and loading released-style checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import make_synthetic_dataset
+import utils
+from engine_for_pretraining import pixel_targets
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain_data")
+    make_synthetic_dataset.make_dataset(root, num_videos=8, num_frames=16, seed=3)
+    lines = [line for split in ("train", "val", "test") for line in (root / f"{split}.csv").read_text().splitlines()]
+    (root / "all.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def run_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--data_path", str(data / "all.csv"), "--data_root", str(data / "videos"), "--box_dir", str(data / "gt_boxes"),
+        "--mask_type", "motion", "--mask_ratio", "0.9", "--model", "pretrain_videomae_mini_patch16_224",
+        "--decoder_depth", "1", "--input_size", "64", "--num_frames", "8", "--sampling_rate", "2",
+        "--batch_size", "2", "--epochs", "3", "--warmup_epochs", "1", "--lr", "0.1", "--opt_betas", "0.9", "0.95",
+        "--device", "cpu", "--precision", "fp32", "--num_workers", "1", "--output_dir", str(out),
+        "--save_ckpt_freq", "1", "--print_freq", "100", *extra,
+    ]
+
+
+def clean_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def pretrain(args: list[str], env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "run_mofo_pretraining.py", *args], cwd=REPO, env=env or clean_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def epoch_losses(out: Path) -> dict[int, float]:
+    """Last logged train loss of every epoch in log.txt."""
+    losses = {}
+    for line in (out / "log.txt").read_text().splitlines():
+        record = json.loads(line)
+        losses[record["epoch"]] = record["train_loss"]
+    return losses
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_pixel_targets_match_a_per_tube_reference():
+    torch.manual_seed(0)
+    videos = torch.randn(2, 3, 4, 32, 32)
+    targets = pixel_targets(videos, patch_size=16, tubelet_size=2, normalize=True)
+    assert targets.shape == (2, 2 * 2 * 2, 2 * 16 * 16 * 3)
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None, None]
+    pixels = videos[1] * std + mean
+    t, h, w = 1, 0, 1  # token index t*4 + h*2 + w
+    tube = pixels[:, 2 * t:2 * t + 2, 16 * h:16 * h + 16, 16 * w:16 * w + 16]  # (c, 2, 16, 16)
+    per_channel = tube.reshape(3, -1)
+    expected = (per_channel - per_channel.mean(1, keepdim=True)) / (per_channel.std(1, keepdim=True) + 1e-6)
+    expected = expected.T.reshape(-1)  # (t, h, w) inside the tube, channel fastest
+    torch.testing.assert_close(targets[1, t * 4 + h * 2 + w], expected, rtol=1e-5, atol=1e-5)
+    raw = pixel_targets(videos, 16, 2, normalize=False)
+    torch.testing.assert_close(raw[1, t * 4 + h * 2 + w], tube.reshape(3, -1).T.reshape(-1))
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    schedule = utils.cosine_scheduler(1.0, 0.1, epochs=4, niter_per_ep=5, warmup_epochs=1, start_warmup_value=0.0)
+    assert len(schedule) == 20
+    np.testing.assert_allclose(schedule[:5], np.linspace(0, 1, 5))
+    assert schedule[5] == pytest.approx(1.0) and schedule[-1] > 0.1 and np.all(np.diff(schedule[5:]) <= 0)
+
+
+def test_no_weight_decay_on_biases_norms_and_mask_token():
+    import modeling_pretrain
+
+    model = modeling_pretrain.pretrain_videomae_mini_patch16_224(img_size=32, num_frames=4)
+    groups = utils.param_groups_weight_decay(model, 0.05, set(model.no_weight_decay()))
+    no_decay = {n for g in groups if g["weight_decay"] == 0 for n in g["param_names"]}
+    decay = {n for g in groups if g["weight_decay"] > 0 for n in g["param_names"]}
+    assert "mask_token" in no_decay and "encoder.blocks.0.attn.q_bias" in no_decay
+    assert "encoder.norm.weight" in no_decay and "decoder.head.bias" in no_decay
+    assert "encoder.blocks.0.attn.qkv.weight" in decay and "encoder_to_decoder.weight" in decay
+    assert len(no_decay) + len(decay) == len(list(model.parameters()))
+
+
+def test_loss_falls_and_a_killed_run_resumes_on_the_same_trajectory(dataset, tmp_path):
+    """Uninterrupted 3-epoch run vs. a run killed after its first checkpoint and restarted with auto-resume:
+    the same per-epoch losses and bit-identical final weights."""
+    full = tmp_path / "full"
+    result = pretrain(run_args(dataset, full))
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = epoch_losses(full)
+    assert sorted(losses) == [0, 1, 2] and losses[2] < losses[0] - 0.01
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "run_mofo_pretraining.py", *run_args(dataset, killed)], cwd=REPO,
+                            env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while not (killed / "checkpoint-0.pth").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (killed / "checkpoint-0.pth").exists() and not (killed / "checkpoint-2.pth").exists()
+    resumed = pretrain(run_args(dataset, killed))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resume checkpoint" in resumed.stdout
+    assert epoch_losses(killed) == losses
+    final_full = utils.load_checkpoint_file(full / "checkpoint-2.pth")
+    final_resumed = utils.load_checkpoint_file(killed / "checkpoint-2.pth")
+    assert final_full["epoch"] == final_resumed["epoch"] == 2
+    for key, value in final_full["model"].items():
+        assert torch.equal(value, final_resumed["model"][key]), key
+
+
+def test_ddp_with_two_processes_launched_as_srun_tasks(dataset, tmp_path):
+    """Two CPU processes with only SLURM's variables (what ``srun`` gives each task): DDP over gloo."""
+    out = tmp_path / "ddp"
+    port = str(free_port())
+    procs = [
+        subprocess.Popen([sys.executable, "run_mofo_pretraining.py", *run_args(dataset, out, "--epochs", "1")],
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=clean_env(SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank),
+                                       SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID="1", MASTER_PORT=port))
+        for rank in range(2)
+    ]
+    logs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "distributed init (rank 0/2, gloo)" in logs[0] + logs[1]
+    assert "total batch: 4" in logs[0]
+    checkpoint = utils.load_checkpoint_file(out / "checkpoint-0.pth")
+    assert checkpoint["epoch"] == 0 and np.isfinite(epoch_losses(out)[0])
+
+
+def test_deepspeed_with_two_processes_and_resume(dataset, tmp_path):
+    out = tmp_path / "deepspeed"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", str(free_port()), "run_mofo_pretraining.py"]
+    args = run_args(dataset, out, "--enable_deepspeed", "--zero_stage", "1", "--epochs", "1")
+    first = subprocess.run(torchrun + args, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert (out / "latest").read_text().strip() == "checkpoint-0"
+    assert (out / "checkpoint-0" / "mp_rank_00_model_states.pt").exists()
+    args = run_args(dataset, out, "--enable_deepspeed", "--zero_stage", "1", "--epochs", "2")
+    torchrun[6] = str(free_port())
+    second = subprocess.run(torchrun + args, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "from epoch 1" in second.stdout
+    assert (out / "latest").read_text().strip() == "checkpoint-1"
+    assert sorted(epoch_losses(out)) == [0, 1]
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(dataset, tmp_path):
+    out = tmp_path / "nan"
+    assert pretrain(run_args(dataset, out, "--epochs", "1")).returncode == 0
+    good = (out / "checkpoint-0.pth").read_bytes()
+    exploded = pretrain(run_args(dataset, out, "--epochs", "2", "--lr", "1e12", "--warmup_epochs", "0"))
+    assert exploded.returncode != 0
+    assert "stopping; the last checkpoint is intact" in exploded.stderr
+    assert (out / "checkpoint-0.pth").read_bytes() == good
+    assert not (out / "checkpoint-1.pth").exists()
+
+
+def test_missing_box_files_fail_before_training(dataset, tmp_path):
+    empty = tmp_path / "no_boxes"
+    empty.mkdir()
+    args = run_args(dataset, tmp_path / "out")
+    args[args.index("--box_dir") + 1] = str(empty)
+    result = pretrain(args)
+    assert result.returncode != 0
+    assert "have no box file" in result.stderr and "000000.json" in result.stderr
+    assert "Start training" not in result.stdout
+
+
+def test_resume_from_a_videomae_style_checkpoint_loads_strictly(dataset, tmp_path):
+    """Released VideoMAE/MOFO pretraining checkpoints hold only {'model': state_dict}."""
+    import modeling_pretrain
+
+    model = modeling_pretrain.pretrain_videomae_mini_patch16_224(img_size=64, num_frames=8, decoder_depth=1)
+    released = tmp_path / "released.pth"
+    torch.save({"model": model.state_dict()}, released)
+    result = pretrain(run_args(dataset, tmp_path / "out", "--epochs", "1", "--resume", str(released)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "from epoch 0" in result.stdout
+
+    state = model.state_dict()
+    state["encoder.extra.weight"] = torch.zeros(1)
+    torch.save({"model": state}, released)
+    result = pretrain(run_args(dataset, tmp_path / "out2", "--epochs", "1", "--resume", str(released)))
+    assert result.returncode != 0 and "encoder.extra.weight" in result.stderr
+
+
+def test_checkpoints_are_atomic_and_loaded_without_pickled_code(tmp_path):
+    for epoch in (0, 4):
+        utils.save_on_master({"epoch": epoch, "model": {"w": torch.ones(2)}}, tmp_path / f"checkpoint-{epoch}.pth")
+    (tmp_path / "checkpoint-9.pth.tmp").write_bytes(b"half a file")
+    assert not list(tmp_path.glob("checkpoint-4.pth.tmp"))
+    assert utils.latest_checkpoint(tmp_path, deepspeed=False) == tmp_path / "checkpoint-4.pth"
+    assert utils.load_checkpoint_file(tmp_path / "checkpoint-4.pth")["epoch"] == 4
+    torch.save({"model": {}, "payload": Path("x")}, tmp_path / "evil.pth")
+    with pytest.raises(Exception, match="[Ww]eights"):
+        utils.load_checkpoint_file(tmp_path / "evil.pth")

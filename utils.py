@@ -1,0 +1,361 @@
+"""What both run scripts share: distributed setup (torchrun or SLURM srun), schedules, metric logging,
+parameter groups, atomic checkpoints with auto-resume, and data-loader worker seeding."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import random
+import re
+import subprocess
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+# ---------------------------------------------------------------- distributed
+
+
+def slurm_master_addr(nodelist: str) -> str:
+    """First host of a SLURM node list (``node[03-05,07]`` -> ``node03``), via scontrol when available."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+        return out.stdout.split()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        match = re.match(r"([^,\[]+)(?:\[(\d+))?", nodelist)
+        return match.group(1) + (match.group(2) or "")
+
+
+def init_distributed_mode(args) -> None:
+    """Set args.rank / world_size / gpu / distributed from torchrun's or srun's environment and join the group.
+
+    torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; under ``srun`` (one task per GPU) they come from SLURM_PROCID,
+    SLURM_NTASKS and SLURM_LOCALID, with the master address taken from the job's first node. Without either,
+    the run is a single process. The backend is NCCL on GPUs and gloo on CPUs.
+    """
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        args.rank, args.world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
+        args.gpu = int(env.get("LOCAL_RANK", 0))
+    elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        args.rank, args.world_size = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        args.gpu = int(env.get("SLURM_LOCALID", 0))
+        env.setdefault("MASTER_ADDR", slurm_master_addr(env.get("SLURM_STEP_NODELIST", env["SLURM_JOB_NODELIST"])))
+        env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 10000))
+        env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = str(args.rank), str(args.world_size), str(args.gpu)
+    else:
+        args.rank, args.world_size, args.gpu, args.distributed = 0, 1, 0, False
+        return
+    args.distributed = True
+    use_cuda = args.device.startswith("cuda") and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(args.gpu)
+    args.dist_backend = "nccl" if use_cuda else "gloo"
+    print(f"| distributed init (rank {args.rank}/{args.world_size}, {args.dist_backend})", flush=True)
+    dist.init_process_group(args.dist_backend, init_method=args.dist_url, world_size=args.world_size,
+                            rank=args.rank, timeout=datetime.timedelta(minutes=30))
+    dist.barrier()
+    setup_for_distributed(args.rank == 0)
+
+
+def setup_for_distributed(is_master: bool) -> None:
+    """Silence print() on all ranks but the first (``print(..., force=True)`` still prints)."""
+    import builtins
+
+    builtin_print = builtins.print
+
+    def print_master(*args, **kwargs):
+        if kwargs.pop("force", False) or is_master:
+            builtin_print(*args, **kwargs)
+
+    builtins.print = print_master
+
+
+def is_dist_avail_and_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist_avail_and_initialized() else 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist_avail_and_initialized() else 0
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def all_reduce_sum(value: float, device) -> float:
+    t = torch.tensor(float(value), dtype=torch.float64, device=device)
+    if is_dist_avail_and_initialized():
+        dist.all_reduce(t)
+    return t.item()
+
+
+# ---------------------------------------------------------------- schedules and optimiser groups
+
+
+def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_per_ep: int, warmup_epochs: int = 0,
+                     start_warmup_value: float = 0.0, warmup_steps: int = -1) -> np.ndarray:
+    """Per-step values: linear warmup from start_warmup_value, then half-cosine from base_value to final_value."""
+    warmup_iters = warmup_steps if warmup_steps > 0 else warmup_epochs * niter_per_ep
+    warmup = np.linspace(start_warmup_value, base_value, warmup_iters)
+    steps = np.arange(epochs * niter_per_ep - warmup_iters)
+    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * steps / max(len(steps), 1)))
+    schedule = np.concatenate((warmup, cosine))
+    assert len(schedule) == epochs * niter_per_ep
+    return schedule
+
+
+def param_groups_weight_decay(model: torch.nn.Module, weight_decay: float, skip: set[str] = frozenset(),
+                              layer_id_fn=None, layer_scales: list[float] | None = None) -> list[dict]:
+    """AdamW groups: no decay on biases, norms and 1-D parameters or names in ``skip`` (mask_token, pos_embed).
+    With ``layer_id_fn``/``layer_scales`` each group also carries an ``lr_scale`` (layer-wise lr decay)."""
+    groups: dict[str, dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.ndim == 1 or name.endswith(".bias") or name in skip or name.split(".")[-1] in skip
+        layer = layer_id_fn(name) if layer_id_fn else 0
+        key = f"layer_{layer}_{'no_decay' if no_decay else 'decay'}"
+        if key not in groups:
+            groups[key] = {"params": [], "param_names": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                           "lr_scale": layer_scales[layer] if layer_scales else 1.0}
+        groups[key]["params"].append(param)
+        groups[key]["param_names"].append(name)
+    return list(groups.values())
+
+
+def apply_schedules(optimizer, lr: float, weight_decay: float | None) -> None:
+    """Set this step's values (as Python floats, so optimizer state stays loadable with weights_only=True)."""
+    for group in optimizer.param_groups:
+        group["lr"] = float(lr) * group.get("lr_scale", 1.0)
+        if weight_decay is not None and group["weight_decay"] > 0:
+            group["weight_decay"] = float(weight_decay)
+
+
+# ---------------------------------------------------------------- logging
+
+
+class SmoothedValue:
+    """Window median/average and global average of a series."""
+
+    def __init__(self, window_size: int = 20, fmt: str = "{median:.4f} ({global_avg:.4f})"):
+        self.deque: deque = deque(maxlen=window_size)
+        self.total, self.count, self.fmt = 0.0, 0, fmt
+
+    def update(self, value: float, n: int = 1) -> None:
+        self.deque.append(value)
+        self.count += n
+        self.total += value * n
+
+    def synchronize_between_processes(self, device) -> None:
+        if is_dist_avail_and_initialized():
+            t = torch.tensor([self.count, self.total], dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            self.count, self.total = int(t[0].item()), t[1].item()
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.deque)) if self.deque else 0.0
+
+    @property
+    def avg(self) -> float:
+        return float(np.mean(self.deque)) if self.deque else 0.0
+
+    @property
+    def global_avg(self) -> float:
+        return self.total / max(self.count, 1)
+
+    @property
+    def max(self) -> float:
+        return max(self.deque) if self.deque else 0.0
+
+    @property
+    def value(self) -> float:
+        return self.deque[-1] if self.deque else 0.0
+
+    def __str__(self) -> str:
+        return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg, max=self.max,
+                               value=self.value)
+
+
+class MetricLogger:
+    """Console progress every ``print_freq`` steps with smoothed meters, ETA, step and data-wait time."""
+
+    def __init__(self, delimiter: str = "  "):
+        self.meters: dict[str, SmoothedValue] = defaultdict(SmoothedValue)
+        self.delimiter = delimiter
+
+    def update(self, **kwargs) -> None:
+        for k, v in kwargs.items():
+            if v is None:
+                continue
+            self.meters[k].update(float(v.item() if isinstance(v, torch.Tensor) else v))
+
+    def add_meter(self, name: str, meter: SmoothedValue) -> None:
+        self.meters[name] = meter
+
+    def synchronize_between_processes(self, device) -> None:
+        for meter in self.meters.values():
+            meter.synchronize_between_processes(device)
+
+    def __str__(self) -> str:
+        return self.delimiter.join(f"{name}: {meter}" for name, meter in self.meters.items())
+
+    def log_every(self, iterable, print_freq: int, header: str = ""):
+        start = end = time.time()
+        step_time, data_time = SmoothedValue(fmt="{avg:.4f}"), SmoothedValue(fmt="{avg:.4f}")
+        self.add_meter("data_time", data_time)
+        total = len(iterable)
+        width = len(str(total))
+        for i, obj in enumerate(iterable):
+            data_time.update(time.time() - end)
+            yield obj
+            step_time.update(time.time() - end)
+            if i % print_freq == 0 or i == total - 1:
+                eta = datetime.timedelta(seconds=int(step_time.global_avg * (total - i - 1)))
+                print(f"{header} [{i:>{width}}/{total}] eta: {eta} {self} time: {step_time}", flush=True)
+            end = time.time()
+        elapsed = datetime.timedelta(seconds=int(time.time() - start))
+        print(f"{header} total time: {elapsed} ({(time.time() - start) / max(total, 1):.4f} s / it)", flush=True)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)(\.pth)?$")
+
+
+def save_on_master(state: dict, path: str | Path) -> None:
+    """torch.save to ``path.tmp`` then rename, on the main process: never a half-written checkpoint."""
+    if not is_main_process():
+        return
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def checkpoint_state(model_without_ddp, optimizer, loss_scaler, epoch: int, args) -> dict:
+    """Everything to resume, in types that ``torch.load(weights_only=True)`` accepts (args as a plain dict)."""
+    return {
+        "model": model_without_ddp.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "scaler": loss_scaler.state_dict() if loss_scaler is not None else None,
+        "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, tuple))},
+    }
+
+
+def save_model(args, epoch: int, model, model_without_ddp, optimizer, loss_scaler, tag: str | None = None) -> None:
+    """``checkpoint-{epoch}.pth`` (DDP / single process) or DeepSpeed's ``checkpoint-{epoch}/`` folder."""
+    tag = tag or f"checkpoint-{epoch}"
+    if getattr(args, "enable_deepspeed", False):
+        model.save_checkpoint(args.output_dir, tag=tag, client_state={"epoch": epoch})
+    else:
+        save_on_master(checkpoint_state(model_without_ddp, optimizer, loss_scaler, epoch, args),
+                       Path(args.output_dir) / f"{tag}.pth")
+
+
+def latest_checkpoint(output_dir: str | Path, deepspeed: bool) -> Path | None:
+    """Newest complete checkpoint: ``checkpoint-N.pth`` files (complete by construction: renamed when written), or
+    the DeepSpeed folder named by its ``latest`` file (written after the folder is complete)."""
+    output_dir = Path(output_dir)
+    if deepspeed:
+        latest = output_dir / "latest"
+        return output_dir / latest.read_text().strip() if latest.exists() else None
+    found = [(int(m.group(1)), p) for p in output_dir.glob("checkpoint-*.pth")
+             if (m := CHECKPOINT_PATTERN.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def load_checkpoint_file(path: str | Path) -> dict:
+    """Checkpoints from anywhere are read with weights_only=True (no arbitrary code from pickles)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler) -> None:
+    """Resume from ``--resume`` or, with ``--auto_resume``, from the newest checkpoint in ``--output_dir``;
+    sets ``args.start_epoch``."""
+    deepspeed = getattr(args, "enable_deepspeed", False)
+    if args.auto_resume and not args.resume and args.output_dir:
+        found = latest_checkpoint(args.output_dir, deepspeed)
+        args.resume = str(found) if found else ""
+    if not args.resume:
+        return
+    print(f"Resume checkpoint {args.resume}")
+    if deepspeed:
+        path = Path(args.resume)
+        _, client_state = model.load_checkpoint(str(path.parent), tag=path.name)
+        args.start_epoch = client_state["epoch"] + 1
+        return
+    checkpoint = load_checkpoint_file(args.resume)
+    model_without_ddp.load_state_dict(checkpoint["model"])
+    if "optimizer" in checkpoint and "epoch" in checkpoint:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        args.start_epoch = checkpoint["epoch"] + 1
+        if loss_scaler is not None and checkpoint.get("scaler"):
+            loss_scaler.load_state_dict(checkpoint["scaler"])
+
+
+# ---------------------------------------------------------------- mixed precision
+
+
+class NativeScalerWithGradNormCount:
+    """backward + (unscale, clip, grad norm) + step, with a GradScaler for fp16 and plain steps otherwise."""
+
+    state_dict_key = "amp_scaler"
+
+    def __init__(self, enabled: bool = True, device: str = "cuda"):
+        self._scaler = torch.amp.GradScaler(device, enabled=enabled)
+
+    def __call__(self, loss, optimizer, clip_grad=None, parameters=None, update_grad: bool = True):
+        self._scaler.scale(loss).backward()
+        if not update_grad:
+            return None
+        self._scaler.unscale_(optimizer)
+        params = [p for p in parameters if p.grad is not None]
+        if clip_grad is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.detach()) for p in params]))
+        self._scaler.step(optimizer)
+        self._scaler.update()
+        return norm
+
+    def state_dict(self) -> dict:
+        return self._scaler.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._scaler.load_state_dict(state_dict)
+
+
+# ---------------------------------------------------------------- seeding
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: seeds numpy/random from torch's per-worker seed (base seed from ``--seed`` plus
+    the worker id) and reseeds the dataset's own generators, so workers differ and runs are reproducible."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    if info is not None and hasattr(info.dataset, "reseed"):
+        info.dataset.reseed(seed)
+
+
+def check_finite(loss_value: float, step: int) -> None:
+    if not math.isfinite(loss_value):
+        raise FloatingPointError(f"loss is {loss_value} at step {step}: stopping; the last checkpoint is intact")
