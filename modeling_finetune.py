@@ -22,11 +22,15 @@ from timm.models import register_model
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from masking_generator import inside_box_tokens
+
 __all__ = [
     "Attention",
     "Block",
     "Mlp",
     "PatchEmbed",
+    "MotionFocusedVisionTransformer",
+    "MultiCrossAttention",
     "VisionTransformer",
     "build_blocks",
     "drop_timm_factory_kwargs",
@@ -116,7 +120,8 @@ class Attention(nn.Module):
         self.proj = nn.Linear(all_head_dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-attention over (B, N, C); ``attn_mask`` (bool, True = may attend) restricts each query's keys."""
         batch, num_tokens, _ = x.shape
         qkv_bias = None
         if self.q_bias is not None:
@@ -124,7 +129,7 @@ class Attention(nn.Module):
         qkv = F.linear(x, self.qkv.weight, qkv_bias)
         q, k, v = qkv.reshape(batch, num_tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attn_drop_p if self.training else 0.0, scale=self.scale
+            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop_p if self.training else 0.0, scale=self.scale
         )
         x = x.transpose(1, 2).reshape(batch, num_tokens, -1)
         return self.proj_drop(self.proj(x))
@@ -172,11 +177,11 @@ class Block(nn.Module):
             self.gamma_1 = None
             self.gamma_2 = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.gamma_1 is None:
-            x = x + self.drop_path(self.attn(self.norm1(x)))
+            x = x + self.drop_path(self.attn(self.norm1(x), attn_mask))
             return x + self.drop_path(self.mlp(self.norm2(x)))
-        x = x + self.drop_path(self.gamma_1 * self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.gamma_1 * self.attn(self.norm1(x), attn_mask))
         return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
 
 
@@ -372,6 +377,98 @@ class VisionTransformer(nn.Module):
         return self.head(self.fc_dropout(self.forward_features(x)))
 
 
+def tubelet_boxes(boxes: torch.Tensor, num_slices: int) -> torch.Tensor:
+    """Motion boxes per token time slice (B, T', 4) from one box per clip (B, 4) or one per frame (B, T, 4); a
+    slice's box is the union of its frames' boxes (NaN rows ignored, NaN when all are)."""
+    if boxes.ndim == 2:
+        return boxes[:, None].expand(-1, num_slices, -1)
+    batch, frames, _ = boxes.shape
+    if frames % num_slices:
+        raise ValueError(f"{frames} per-frame boxes do not split into {num_slices} token time slices")
+    per_slice = boxes.reshape(batch, num_slices, frames // num_slices, 4)
+    missing = torch.isnan(per_slice).any(-1, keepdim=True)
+    low = torch.where(missing, torch.inf, per_slice).amin(2)
+    high = torch.where(missing, -torch.inf, per_slice).amax(2)
+    union = torch.cat([low[..., :2], high[..., 2:]], dim=-1)
+    return torch.where(missing.all(2), torch.nan, union)
+
+
+def cross_set_attention_mask(query_set: torch.Tensor) -> torch.Tensor:
+    """(B, 1, N, N) mask letting tokens of ``query_set`` (B, N) attend to the tokens outside it (to their own set
+    when the other set is empty); the other rows attend to themselves only, and their output is discarded."""
+    keys = ~query_set
+    keys = torch.where(keys.any(dim=1, keepdim=True), keys, query_set)
+    allowed = query_set[:, :, None] & keys[:, None, :]
+    self_only = ~query_set[:, :, None] & torch.eye(query_set.shape[1], dtype=torch.bool, device=query_set.device)
+    return (allowed | self_only)[:, None]
+
+
+def masked_mean(tokens: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """Mean of the selected tokens per sample (B, C); the mean of all tokens where none is selected."""
+    selected = torch.where(selected.any(dim=1, keepdim=True), selected, torch.ones_like(selected))
+    weights = selected.to(tokens.dtype)[..., None]
+    return (tokens * weights).sum(1) / weights.sum(1)
+
+
+class MultiCrossAttention(nn.Module):
+    """One MCA layer: tokens inside the motion box cross-attend to those outside (``inner`` block) and, in
+    ``both`` mode, outside tokens to inside ones (``outer`` block, own weights). Both read the same input; every
+    sample of the batch is handled at once through attention masks."""
+
+    def __init__(self, dim: int, num_heads: int, mode: str = "both", **block_kwargs):
+        super().__init__()
+        if mode not in ("both", "inner"):
+            raise ValueError(f"mca_mode must be 'both' or 'inner', got {mode!r}")
+        self.inner = Block(dim, num_heads, **block_kwargs)
+        self.outer = Block(dim, num_heads, **block_kwargs) if mode == "both" else None
+
+    def forward(self, tokens: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        updated = torch.where(inside[..., None], self.inner(tokens, cross_set_attention_mask(inside)), tokens)
+        if self.outer is not None:
+            updated = torch.where(inside[..., None], updated, self.outer(tokens, cross_set_attention_mask(~inside)))
+        return updated
+
+
+class MotionFocusedVisionTransformer(VisionTransformer):
+    """MOFO fine-tuning model: the VideoMAE ViT encoder, then ``mca_depth`` multi-cross-attention layers fusing the
+    tokens inside and outside the motion box, then the inside and outside token means -> ``fuse`` -> ``fc_norm`` ->
+    head. ``forward(x, box)`` takes normalised xyxy boxes, one per clip (B, 4) or one per frame (B, T, 4); tokens
+    are split by the masking generator's patch-centre rule. A clip without a box (NaN) has no inside tokens: its
+    outside tokens then attend among themselves and both pooled halves are the mean of all tokens."""
+
+    def __init__(self, mca_mode: str = "both", mca_depth: int = 1, mca_heads: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if self.fc_norm is None:
+            raise ValueError("the MOFO head pools tokens: use_mean_pooling must be True")
+        dim = self.embed_dim
+        block_kwargs = dict(mlp_ratio=kwargs.get("mlp_ratio", 4.0), qkv_bias=kwargs.get("qkv_bias", False),
+                            norm_layer=kwargs.get("norm_layer", LayerNorm6), drop=kwargs.get("drop_rate", 0.0),
+                            attn_drop=kwargs.get("attn_drop_rate", 0.0))
+        heads = mca_heads or kwargs.get("num_heads", 12)
+        self.mca = nn.ModuleList(MultiCrossAttention(dim, heads, mca_mode, **block_kwargs) for _ in range(mca_depth))
+        self.fuse = nn.Linear(2 * dim, dim)
+        self.mca.apply(init_weights_trunc_normal)
+        init_weights_trunc_normal(self.fuse)
+
+    def inside_tokens(self, box: torch.Tensor) -> torch.Tensor:
+        """(B, N) bool: which tokens lie inside the box of their time slice."""
+        num_slices, grid_h, grid_w = self.patch_embed.grid_size
+        per_slice = tubelet_boxes(box.float(), num_slices)
+        return inside_box_tokens(per_slice, (grid_h, grid_w)).flatten(1)
+
+    def forward_features(self, x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+        tokens = self.forward_tokens(x)
+        inside = self.inside_tokens(box.to(tokens.device))
+        for layer in self.mca:
+            tokens = layer(tokens, inside)
+        pooled = torch.cat([masked_mean(tokens, inside), masked_mean(tokens, ~inside)], dim=-1)
+        return self.fc_norm(self.fuse(pooled))
+
+    def forward(self, x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, num_classes) for clips (B, C, T, H, W) and their motion boxes."""
+        return self.head(self.fc_dropout(self.forward_features(x, box)))
+
+
 def drop_timm_factory_kwargs(kwargs: dict) -> dict:
     """Copy of ``kwargs`` without the pretrained-config arguments that ``timm.create_model`` always passes."""
     return {key: value for key, value in kwargs.items() if key not in TIMM_FACTORY_KWARGS}
@@ -384,7 +481,8 @@ def register_overriding_timm(fn: Callable) -> Callable:
         return register_model(fn)
 
 
-def _build_vision_transformer(embed_dim: int, depth: int, num_heads: int, pretrained: bool, kwargs: dict):
+def _build_vision_transformer(embed_dim: int, depth: int, num_heads: int, pretrained: bool, kwargs: dict,
+                              model_class: type[VisionTransformer] = VisionTransformer):
     """Builder behind the registered names; keyword arguments override the size defaults.
 
     ``init_scale`` defaults to 0.001, VideoMAE's fine-tuning default (the class default 0 would zero the head).
@@ -402,7 +500,7 @@ def _build_vision_transformer(embed_dim: int, depth: int, num_heads: int, pretra
         init_scale=0.001,
     )
     config.update(drop_timm_factory_kwargs(kwargs))
-    return VisionTransformer(**config)
+    return model_class(**config)
 
 
 @register_overriding_timm
@@ -429,3 +527,24 @@ def vit_large_patch16_224(pretrained: bool = False, **kwargs) -> VisionTransform
 @register_overriding_timm
 def vit_huge_patch16_224(pretrained: bool = False, **kwargs) -> VisionTransformer:
     return _build_vision_transformer(1280, 32, 16, pretrained, kwargs)
+
+
+@register_model
+def vit_mini_patch16_224_mofo(pretrained: bool = False, **kwargs) -> MotionFocusedVisionTransformer:
+    """The mini model with the MOFO multi-cross-attention head, for CPU tests and demos."""
+    return _build_vision_transformer(96, 2, 3, pretrained, kwargs, MotionFocusedVisionTransformer)
+
+
+@register_model
+def vit_small_patch16_224_mofo(pretrained: bool = False, **kwargs) -> MotionFocusedVisionTransformer:
+    return _build_vision_transformer(384, 12, 6, pretrained, kwargs, MotionFocusedVisionTransformer)
+
+
+@register_model
+def vit_base_patch16_224_mofo(pretrained: bool = False, **kwargs) -> MotionFocusedVisionTransformer:
+    return _build_vision_transformer(768, 12, 12, pretrained, kwargs, MotionFocusedVisionTransformer)
+
+
+@register_model
+def vit_large_patch16_224_mofo(pretrained: bool = False, **kwargs) -> MotionFocusedVisionTransformer:
+    return _build_vision_transformer(1024, 24, 16, pretrained, kwargs, MotionFocusedVisionTransformer)

@@ -30,3 +30,15 @@ echo "== 4. box quality against the synthetic ground truth"
 python -m motion_detection.evaluate --gt_dir "$DATA"/gt_boxes \
     --pred_dir "$OUT"/boxes_tvl1 "$OUT"/boxes_dis "$OUT"/boxes_tvl1_magnitude \
     --names "tvl1 + motion boundaries" "dis + motion boundaries" "tvl1 + flow magnitude"
+
+echo "== 5. tiny pretraining on CPU: VideoMAE tube masking vs MOFO motion-focused masking (same budget)"
+PRETRAIN_ARGS=(--data_path "$DATA"/train.csv --data_root "$DATA"/videos --model pretrain_videomae_mini_patch16_224
+    --decoder_depth 1 --input_size 112 --num_frames 8 --sampling_rate 2 --batch_size 4 --epochs "${EPOCHS:-20}"
+    --warmup_epochs 2 --lr 0.1 --opt_betas 0.9 0.95 --mask_ratio 0.9 --device cpu --precision fp32
+    --num_workers "$WORKERS" --save_ckpt_freq 10 --print_freq 100)
+python run_mofo_pretraining.py "${PRETRAIN_ARGS[@]}" --mask_type tube --output_dir "$OUT"/pretrain_tube \
+    --log_dir "$OUT"/pretrain_tube/tb > "$OUT"/pretrain_tube.log
+python run_mofo_pretraining.py "${PRETRAIN_ARGS[@]}" --mask_type motion --motion_mask_ratio 0.75 \
+    --box_dir "$OUT"/boxes_tvl1 --output_dir "$OUT"/pretrain_motion --log_dir "$OUT"/pretrain_motion/tb \
+    > "$OUT"/pretrain_motion.log
+python scripts/loss_curves.py "$OUT"/pretrain_tube "$OUT"/pretrain_motion --png "$OUT"/pretrain_loss.png

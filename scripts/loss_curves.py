@@ -1,0 +1,80 @@
+"""Per-epoch training loss of one or more runs (their ``log.txt``), as a table and optionally a PNG plot.
+
+    python scripts/loss_curves.py out/pretrain_tube out/pretrain_motion --png curves.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def read_losses(run_dir: str | Path, key: str = "train_loss") -> dict[int, float]:
+    """The last logged value of ``key`` for every epoch of a run."""
+    log_file = Path(run_dir) / "log.txt"
+    if not log_file.exists():
+        raise SystemExit(f"{log_file}: no log (did the run start?)")
+    losses = {}
+    for line in log_file.read_text().splitlines():
+        record = json.loads(line)
+        if key in record:
+            losses[int(record["epoch"])] = float(record[key])
+    return losses
+
+
+def table(curves: dict[str, dict[int, float]]) -> str:
+    epochs = sorted({e for c in curves.values() for e in c})
+    names = list(curves)
+    lines = [f"{'epoch':>5} " + " ".join(f"{n:>16}" for n in names)]
+    for e in epochs:
+        lines.append(f"{e:>5} " + " ".join(f"{curves[n][e]:>16.4f}" if e in curves[n] else f"{'':>16}" for n in names))
+    return "\n".join(lines)
+
+
+def plot(curves: dict[str, dict[int, float]], path: str, size=(640, 400), margin=50) -> None:
+    """A plain line plot drawn with OpenCV (no plotting library needed)."""
+    width, height = size
+    image = np.full((height, width, 3), 255, np.uint8)
+    values = [v for c in curves.values() for v in c.values()]
+    epochs = [e for c in curves.values() for e in c]
+    lo, hi = min(values), max(values)
+    hi = hi if hi > lo else lo + 1e-6
+    e_max = max(max(epochs), 1)
+    colours = [(200, 60, 30), (30, 120, 220), (40, 160, 40), (150, 50, 150)]
+
+    def xy(epoch, value):
+        return (int(margin + (width - 2 * margin) * epoch / e_max),
+                int(height - margin - (height - 2 * margin) * (value - lo) / (hi - lo)))
+
+    cv2.rectangle(image, (margin, margin), (width - margin, height - margin), (0, 0, 0), 1)
+    cv2.putText(image, f"{hi:.4f}", (2, margin + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
+    cv2.putText(image, f"{lo:.4f}", (2, height - margin), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
+    cv2.putText(image, f"epoch {e_max}", (width - margin - 40, height - margin + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+                (0, 0, 0), 1)
+    for i, (name, curve) in enumerate(curves.items()):
+        colour = colours[i % len(colours)]
+        points = np.array([xy(e, curve[e]) for e in sorted(curve)], np.int32)
+        cv2.polylines(image, [points], False, colour, 2)
+        cv2.putText(image, name, (margin + 10, margin + 18 * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1)
+    cv2.imwrite(path, image)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run output folders holding log.txt")
+    parser.add_argument("--key", default="train_loss", help="logged value to show (default: train_loss)")
+    parser.add_argument("--png", help="also draw the curves into this PNG")
+    args = parser.parse_args()
+    curves = {Path(r).name: read_losses(r, args.key) for r in args.runs}
+    print(table(curves))
+    if args.png:
+        plot(curves, args.png)
+        print(f"wrote {args.png}")
+
+
+if __name__ == "__main__":
+    main()
