@@ -28,14 +28,6 @@ from datasets import build_pretraining_dataset, multiple_samples_collate
 from engine_for_pretraining import train_one_epoch
 
 
-def str2bool(value: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "y"):
-        return True
-    if value.lower() in ("0", "false", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("MOFO pretraining", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="share of the tubes inside the motion box that are always masked (MOFO)")
     parser.add_argument("--input_size", default=224, type=int, help="frame side after cropping")
     parser.add_argument("--drop_path", default=0.0, type=float, help="stochastic depth rate")
-    parser.add_argument("--normlize_target", default=True, type=str2bool,
+    parser.add_argument("--normlize_target", default=True, type=utils.str2bool,
                         help="predict per-tube normalised pixels (VideoMAE's spelling)")
     parser.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing in the encoder")
 

@@ -3,6 +3,7 @@ parameter groups, atomic checkpoints with auto-resume, and data-loader worker se
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import math
 import os
@@ -16,6 +17,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+
+# ---------------------------------------------------------------- command line
+
+
+def str2bool(value: str) -> bool:
+    """argparse type for VideoMAE's boolean flags given as words (``--normlize_target false``)."""
+    if value.lower() in ("1", "true", "yes", "y"):
+        return True
+    if value.lower() in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
+
 
 # ---------------------------------------------------------------- distributed
 
@@ -254,13 +267,14 @@ def checkpoint_state(model_without_ddp, optimizer, loss_scaler, epoch: int, args
 
 
 def save_model(args, epoch: int, model, model_without_ddp, optimizer, loss_scaler, tag: str | None = None) -> None:
-    """``checkpoint-{epoch}.pth`` (DDP / single process) or DeepSpeed's ``checkpoint-{epoch}/`` folder."""
-    tag = tag or f"checkpoint-{epoch}"
+    """``checkpoint-{epoch}.pth`` (DDP / single process) or DeepSpeed's ``checkpoint-{epoch}/`` folder. A named
+    ``tag`` (``checkpoint-best``) never becomes what auto-resume picks."""
     if getattr(args, "enable_deepspeed", False):
-        model.save_checkpoint(args.output_dir, tag=tag, client_state={"epoch": epoch})
+        model.save_checkpoint(args.output_dir, tag=tag or f"checkpoint-{epoch}", client_state={"epoch": epoch},
+                              save_latest=tag is None)
     else:
         save_on_master(checkpoint_state(model_without_ddp, optimizer, loss_scaler, epoch, args),
-                       Path(args.output_dir) / f"{tag}.pth")
+                       Path(args.output_dir) / f"{tag or f'checkpoint-{epoch}'}.pth")
 
 
 def latest_checkpoint(output_dir: str | Path, deepspeed: bool) -> Path | None:
@@ -302,6 +316,78 @@ def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler) -> N
         args.start_epoch = checkpoint["epoch"] + 1
         if loss_scaler is not None and checkpoint.get("scaler"):
             loss_scaler.load_state_dict(checkpoint["scaler"])
+
+
+def read_model_state(path: str | Path, model_key: str = "model|module") -> dict:
+    """A model state dict from a checkpoint file or a DeepSpeed checkpoint folder (``latest`` names the tag, whose
+    ``mp_rank_00_model_states.pt`` holds ``module``), taken from the first of ``model_key``'s keys present."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "latest").exists():
+            path = path / (path / "latest").read_text().strip()
+        path = path / "mp_rank_00_model_states.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    checkpoint = load_checkpoint_file(path)
+    for key in model_key.split("|"):
+        if key in checkpoint and isinstance(checkpoint[key], dict):
+            print(f"Load state dict by model_key = {key}")
+            return checkpoint[key]
+    if all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return checkpoint
+    raise KeyError(f"{path}: none of the keys {model_key!r} holds a state dict (has: {sorted(checkpoint)[:8]})")
+
+
+def encoder_state(state: dict) -> dict:
+    """Fine-tuning weights from any of our checkpoint kinds: drops DDP's ``module.``, keeps a pretraining
+    checkpoint's encoder (``encoder.``/``backbone.`` prefixes removed; decoder, ``encoder_to_decoder`` and
+    ``mask_token`` dropped)."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    for prefix in ("encoder.", "backbone."):
+        if any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Resize a learned (1, N, C) position table to the (T', H', W') token grid (trilinear); the old grid has a
+    square spatial part and the temporal size closest to the new one."""
+    _, num_old, dim = pos_embed.shape
+    candidates = [t for t in range(1, num_old + 1)
+                  if num_old % t == 0 and math.isqrt(num_old // t) ** 2 == num_old // t]
+    if not candidates:
+        raise ValueError(f"cannot infer the token grid of a {num_old}-entry position table")
+    t_old = min(candidates, key=lambda t: abs(t - grid[0]))
+    side = math.isqrt(num_old // t_old)
+    table = pos_embed.reshape(1, t_old, side, side, dim).permute(0, 4, 1, 2, 3)
+    table = torch.nn.functional.interpolate(table.float(), size=grid, mode="trilinear", align_corners=False)
+    return table.permute(0, 2, 3, 4, 1).reshape(1, -1, dim).to(pos_embed.dtype)
+
+
+def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key: str = "model|module") -> None:
+    """Initialise a fine-tuning model from a pretraining, fine-tuned, DeepSpeed or own checkpoint (``--finetune``).
+
+    A classifier head of another size is dropped; a learned position table of another grid is interpolated (fixed
+    sinusoid tables are rebuilt by the model and need nothing); missing and unexpected keys are printed.
+    """
+    state = encoder_state(read_model_state(path, model_key))
+    own = model.state_dict()
+    for key in ("head.weight", "head.bias"):
+        if key in state and key in own and state[key].shape != own[key].shape:
+            print(f"Removing key {key} from the checkpoint: shape {tuple(state[key].shape)} != {tuple(own[key].shape)}")
+            del state[key]
+    if "pos_embed" in state:
+        if "pos_embed" not in own:
+            del state["pos_embed"]
+        elif state["pos_embed"].shape != own["pos_embed"].shape:
+            print(f"Interpolating pos_embed {tuple(state['pos_embed'].shape)} -> {tuple(own['pos_embed'].shape)}")
+            state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], model.patch_embed.grid_size)
+    result = model.load_state_dict(state, strict=False)
+    print(f"Loaded {path}")
+    if result.missing_keys:
+        print(f"Weights of {type(model).__name__} not initialized from the checkpoint: {result.missing_keys}")
+    if result.unexpected_keys:
+        print(f"Weights from the checkpoint not used in {type(model).__name__}: {result.unexpected_keys}")
 
 
 # ---------------------------------------------------------------- mixed precision

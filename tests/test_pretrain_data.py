@@ -1,0 +1,486 @@
+"""MOFO pretraining data on real synthetic mp4 files decoded by decord: sampling, box/crop consistency, reduced
+decoding, missing boxes, corrupt videos, repeated sampling, masks and seeding.
+
+The key test replays the dataset's random draws (window, then crop, from ``dataset.rng``) and checks every output
+against arithmetic done here: pixels equal the crop of the decoded frames, the box equals the ground-truth union of
+the sampled frames pushed through that crop, and the tubes the mask treats as inside sit on the moving object.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+from pathlib import Path
+
+import decord
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch.utils.data import DataLoader
+
+import utils
+from datasets import (
+    VideoMAEPretrainDataset,
+    clip_box,
+    decode_size,
+    multiple_samples_collate,
+    sample_window_indices,
+)
+from make_synthetic_dataset import CLASSES, clip_seed, make_dataset, render_clip_details, write_mp4
+from masking_generator import inside_box_tokens
+from motion_detection.boxfile import MotionBoxes, load_boxes
+from video_transforms import multiscale_crop_params
+
+NUM_VIDEOS, VIDEO_FRAMES, WIDTH, HEIGHT = 8, 24, 160, 120
+NUM_FRAMES, SAMPLING_RATE, INPUT_SIZE, PATCH = 8, 2, 64, 8
+GRID = INPUT_SIZE // PATCH
+SCALES = (1, 0.875, 0.75, 0.66)
+OFFSETS = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3)]
+MASKS_PER_SLICE = int(0.9 * GRID * GRID)
+OBJECT_DIFF = 25.0  # mean |frame - background| of a patch the object covers (~70); codec noise < 10
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny tensors: intra-op threads only add contention (data-loader workers run single-threaded too)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """8 videos (24 frames, 160x120) with ground-truth box files, a list of all of them, and one 480x360 video."""
+    root = tmp_path_factory.mktemp("pretrain_data")
+    make_dataset(root / "small", NUM_VIDEOS, num_frames=VIDEO_FRAMES, width=WIDTH, height=HEIGHT)
+    make_dataset(root / "large", 1, num_frames=VIDEO_FRAMES, width=480, height=360)
+    (root / "all.csv").write_text("".join(f"{i:06d}.mp4 {i % len(CLASSES)}\n" for i in range(NUM_VIDEOS)))
+    return root
+
+
+def write_list(path: Path, names) -> str:
+    path.write_text("".join(f"{name} 0\n" for name in names))
+    return str(path)
+
+
+def motion_dataset(data, list_file=None, data_root=None, box_dir=None, **kwargs) -> VideoMAEPretrainDataset:
+    options = dict(num_frames=NUM_FRAMES, sampling_rate=SAMPLING_RATE, input_size=INPUT_SIZE, patch_size=PATCH,
+                   mask_type="motion", seed=0)
+    options.update(kwargs)
+    return VideoMAEPretrainDataset(str(list_file or data / "all.csv"), str(data_root or data / "small" / "videos"),
+                                   str(box_dir or data / "small" / "gt_boxes"), **options)
+
+
+def unnormalize(video: torch.Tensor) -> torch.Tensor:
+    """(3, T, S, S) normalised -> (T, 3, S, S) in [0, 255]."""
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1, 1) * 255
+    std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1, 1) * 255
+    return (video * std + mean).permute(1, 0, 2, 3)
+
+
+def resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(T, 3, h, w) float -> (T, 3, height, width), bilinear with antialiasing."""
+    return F.interpolate(frames, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+
+
+def crop_resize(frames: torch.Tensor, x0: int, y0: int, cw: int, ch: int) -> torch.Tensor:
+    return resize(frames[:, :, y0:y0 + ch, x0:x0 + cw], INPUT_SIZE, INPUT_SIZE)
+
+
+def expected_box(gt: np.ndarray, indices: np.ndarray, sx: float, sy: float, x0: int, y0: int, cw: int,
+                 ch: int) -> np.ndarray:
+    """Union of the ground-truth boxes of the sampled frames, scaled to the decoded frames, moved into the crop,
+    clipped, and normalised to the crop (which the resize maps onto the whole output)."""
+    rows = gt[indices]
+    rows = rows[~np.isnan(rows).any(axis=1)]
+    x1, y1 = rows[:, 0].min() * sx - x0, rows[:, 1].min() * sy - y0
+    x2, y2 = rows[:, 2].max() * sx - x0, rows[:, 3].max() * sy - y0
+    x1, x2 = np.clip([x1, x2], 0, cw)
+    y1, y2 = np.clip([y1, y2], 0, ch)
+    if x2 <= x1 or y2 <= y1:
+        return np.full(4, np.nan)
+    return np.array([x1 / cw, y1 / ch, x2 / cw, y2 / ch])
+
+
+def videomae_crops(width: int, height: int) -> set[tuple[int, int, int, int]]:
+    """Every (x0, y0, crop_w, crop_h) VideoMAE's GroupMultiScaleCrop (fix_crop, more_fix_crop) can pick."""
+    sides = [INPUT_SIZE if abs(int(min(width, height) * s) - INPUT_SIZE) < 3 else int(min(width, height) * s)
+             for s in SCALES]
+    crops = set()
+    for i, ch in enumerate(sides):
+        for j, cw in enumerate(sides):
+            if abs(i - j) <= 1:
+                ws, hs = (width - cw) // 4, (height - ch) // 4
+                crops |= {(ox * ws, oy * hs, cw, ch) for ox, oy in OFFSETS}
+    return crops
+
+
+def replay(dataset: VideoMAEPretrainDataset, num_video_frames: int, width: int, height: int, crops: int = 1):
+    """The window and crops the dataset's next item will draw (it draws the window, then each crop)."""
+    probe = copy.deepcopy(dataset.rng)
+    indices = sample_window_indices(num_video_frames, dataset.num_frames, dataset.sampling_rate, probe)
+    params = [multiscale_crop_params(width, height, dataset.input_size, probe, dataset.scales) for _ in range(crops)]
+    return indices, params
+
+
+def decode(path: Path, width: int, height: int) -> torch.Tensor:
+    """Every frame of a video, decoded by decord at width x height: (T, 3, H, W) uint8."""
+    reader = decord.VideoReader(str(path), width=width, height=height)
+    return torch.from_numpy(reader.get_batch(list(range(len(reader)))).asnumpy()).permute(0, 3, 1, 2)
+
+
+class Video:
+    """One synthetic video decoded as the dataset decodes it, its true boxes, and its object-free background
+    (rendered with the same noise, encoded and decoded the same way, so only the object differs)."""
+
+    def __init__(self, root: Path, index: int, width: int, height: int):
+        self.width, self.height = width, height
+        self.decoded_w, self.decoded_h = decode_size(width, height, int(np.ceil(INPUT_SIZE / min(SCALES))))
+        self.frames = decode(root / "videos" / f"{index:06d}.mp4", self.decoded_w, self.decoded_h)
+        clip = render_clip_details(index % len(CLASSES), VIDEO_FRAMES, width, height, clip_seed(0, index))
+        write_mp4(root / "background" / f"{index:06d}.mp4", clip.background, fps=12)
+        self.background = decode(root / "background" / f"{index:06d}.mp4", self.decoded_w, self.decoded_h).float()
+        self.gt = load_boxes(root / "gt_boxes" / f"{index:06d}.json").frames
+        assert np.allclose(self.gt, clip.boxes, atol=0.01, equal_nan=True)
+
+
+@pytest.fixture(scope="module")
+def videos(data):
+    return {i: Video(data / "small", i, WIDTH, HEIGHT) for i in range(NUM_VIDEOS)}
+
+
+def check_item(item: dict, video: Video, indices: np.ndarray, crop: tuple[int, int, int, int],
+               box_source: str = "clip") -> int:
+    """The item's pixels, box and mask against the crop computed here on the decoded frames and the true boxes.
+    Returns how many patches show the object (0 when the crop lost the box)."""
+    x0, y0, cw, ch = crop
+    clip = unnormalize(item["video"])
+    assert torch.allclose(clip, crop_resize(video.frames[indices].float(), *crop), atol=1e-2)
+
+    sx, sy = video.decoded_w / video.width, video.decoded_h / video.height
+    rows = indices if box_source == "clip" else np.arange(len(video.gt))
+    box = item["box"].numpy()
+    np.testing.assert_allclose(box, expected_box(video.gt, rows, sx, sy, x0, y0, cw, ch), atol=1e-4)
+    if np.isnan(box).any():
+        return 0
+
+    inside = inside_box_tokens(item["box"], (GRID, GRID))
+    masked = item["mask"].reshape(NUM_FRAMES // 2, GRID * GRID)
+    assert (masked == masked[0]).all() and masked[0].sum() == MASKS_PER_SLICE
+    num_inside = int(inside.sum())
+    motion = max(min(round(0.75 * num_inside), MASKS_PER_SLICE), MASKS_PER_SLICE - (GRID * GRID - num_inside))
+    assert int((masked[0] & inside).sum()) == motion
+
+    # The object is what differs from the object-free background under the same crop.
+    diff = (clip - crop_resize(video.background[indices], *crop)).abs().amax(1)
+    patch_diff = diff.reshape(NUM_FRAMES, GRID, PATCH, GRID, PATCH).mean((2, 4)).amax(0).flatten()
+    object_patches = patch_diff > OBJECT_DIFF
+    near_box = inside_box_tokens(item["box"] + torch.tensor([-0.5, -0.5, 0.5, 0.5]) / GRID, (GRID, GRID))
+    assert not (object_patches & ~near_box).any(), "object patches outside the motion box"
+    if (~near_box).any():
+        assert patch_diff[inside].mean() > 4 * patch_diff[~near_box].mean()
+    return int(object_patches.sum())
+
+
+def test_box_follows_every_crop_scale_and_offset(data, videos):
+    """Key acceptance test: every VideoMAE crop geometry, box from the ground truth of exactly the sampled frames."""
+    dataset = motion_dataset(data)
+    decoded_w, decoded_h = videos[0].decoded_w, videos[0].decoded_h
+    assert (decoded_w, decoded_h) == (130, 98)  # 160x120 is decoded smaller: input 64 needs a short side of 97
+    wanted = videomae_crops(decoded_w, decoded_h)
+    seeds = {}
+    for seed in range(5000):
+        dataset.reseed(seed)
+        _, [crop] = replay(dataset, VIDEO_FRAMES, decoded_w, decoded_h)
+        assert crop in wanted
+        seeds.setdefault(crop, seed)
+        if len(seeds) == len(wanted):
+            break
+    assert set(seeds) == wanted
+    assert len({(cw, ch) for _, _, cw, ch in wanted}) == 10  # 4 scales, width and height at most one step apart
+    starts, object_seen = set(), 0
+    for crop, seed in seeds.items():
+        dataset.reseed(seed)
+        index = seed % NUM_VIDEOS
+        indices, [replayed] = replay(dataset, VIDEO_FRAMES, decoded_w, decoded_h)
+        assert replayed == crop
+        object_seen += check_item(dataset[index], videos[index], indices, crop) > 0
+        starts.add(int(indices[0]))
+    assert len(starts) > 3 and object_seen >= 0.6 * len(seeds)  # the object check is not vacuous
+
+
+def test_box_source_video_uses_the_file_union(data, videos):
+    dataset = motion_dataset(data, box_source="video")
+    for seed in range(12):
+        dataset.reseed(seed)
+        indices, [crop] = replay(dataset, VIDEO_FRAMES, videos[0].decoded_w, videos[0].decoded_h)
+        check_item(dataset[seed % NUM_VIDEOS], videos[seed % NUM_VIDEOS], indices, crop, box_source="video")
+
+
+def test_sample_window_indices():
+    rng = np.random.default_rng(0)
+    starts = set()
+    for _ in range(400):
+        indices = sample_window_indices(40, 8, 4, rng)
+        assert len(indices) == 8 and np.all(np.diff(indices) == 4)
+        assert indices[0] >= 0 and indices[-1] < 40
+        starts.add(int(indices[0]))
+    assert starts == set(range(40 - 32 + 1))
+    np.testing.assert_array_equal(sample_window_indices(32, 8, 4, rng), np.arange(0, 32, 4))
+    np.testing.assert_array_equal(sample_window_indices(10, 8, 2, rng), [0, 2, 4, 6, 8, 9, 9, 9])
+    np.testing.assert_array_equal(sample_window_indices(1, 4, 3, rng), [0, 0, 0, 0])
+
+
+def make_boxes(frames, width=100, height=50, union=None) -> MotionBoxes:
+    frames = np.asarray(frames, dtype=np.float32)
+    return MotionBoxes("v.mp4", width, height, len(frames), 10.0, {}, frames,
+                       None if union is None else np.asarray(union, dtype=np.float32))
+
+
+def test_clip_box_union_of_the_sampled_frames():
+    nan = [np.nan] * 4
+    frames = [[10 + k, 5, 20 + k, 10 + k] for k in range(10)]
+    frames[4] = nan
+    boxes = make_boxes(frames, union=[0, 0, 50, 25])
+    np.testing.assert_allclose(clip_box(boxes, np.array([2, 4, 6]), 10, "clip"), [0.12, 0.1, 0.26, 0.32])
+    np.testing.assert_allclose(clip_box(boxes, np.array([3, 3]), 10, "clip"), [0.13, 0.1, 0.23, 0.26])
+    np.testing.assert_allclose(clip_box(boxes, np.array([3]), 10, "video"), [0, 0, 0.5, 0.5])
+    assert np.isnan(clip_box(boxes, np.array([4, 4]), 10, "clip")).all()
+    assert np.isnan(clip_box(make_boxes([nan, nan]), np.array([0, 1]), 2, "video")).all()
+    assert np.isnan(clip_box(None, np.array([0, 1]), 2, "clip")).all()
+    # The box file counted 19 frames, the decoder 10: decoder frame k is box frame round(k * 18 / 9) = 2k.
+    frames = [[k, 0, k + 1, 1] for k in range(19)]
+    boxes = make_boxes(frames)
+    np.testing.assert_allclose(clip_box(boxes, np.array([3, 5]), 10, "clip") * [100, 50, 100, 50], [6, 0, 11, 1])
+    np.testing.assert_allclose(clip_box(boxes, np.array([9]), 10, "clip") * [100, 50, 100, 50], [18, 0, 19, 1])
+
+
+def test_decode_size():
+    assert decode_size(480, 360, 170) == (228, 170)
+    assert decode_size(360, 480, 170) == (170, 228)
+    assert decode_size(160, 120, 170) == (160, 120)
+    assert decode_size(160, 120, 97) == (130, 98)
+    for width, height, needed in [(1920, 1080, 340), (641, 359, 97), (300, 300, 111)]:
+        w, h = decode_size(width, height, needed)
+        assert w % 2 == 0 and h % 2 == 0 and min(w, h) >= needed and min(w, h) <= needed + 1
+        assert abs(w / h - width / height) < 0.02
+
+
+def test_large_video_decoded_smaller_with_correct_boxes(data):
+    """480x360 with input 112 is decoded at short side ceil(112 / 0.66) = 170: the outputs are crops of those
+    frames, with the true boxes."""
+    large = data / "large"
+    size = 112
+    dataset = VideoMAEPretrainDataset(str(large / "train.csv"), str(large / "videos"), str(large / "gt_boxes"),
+                                      num_frames=NUM_FRAMES, sampling_rate=SAMPLING_RATE, input_size=size,
+                                      patch_size=16, mask_type="motion", seed=0)
+    decoded = decode_size(480, 360, int(np.ceil(size / 0.66)))
+    assert decoded == (228, 170)
+    name = large.joinpath("train.csv").read_text().split()[0]
+    frames = decode(large / "videos" / name, *decoded).float()
+    gt = load_boxes(large / "gt_boxes" / name.replace(".mp4", ".json")).frames
+    for seed in range(6):
+        dataset.reseed(seed)
+        indices, [(x0, y0, cw, ch)] = replay(dataset, VIDEO_FRAMES, *decoded)
+        assert min(cw, ch) >= size  # the reduced decode still never upsamples a crop
+        item = dataset[0]
+        expected = resize(frames[indices, :, y0:y0 + ch, x0:x0 + cw], size, size)
+        assert torch.allclose(unnormalize(item["video"]), expected, atol=1e-2)
+        box = expected_box(gt, indices, decoded[0] / 480, decoded[1] / 360, x0, y0, cw, ch)
+        np.testing.assert_allclose(item["box"].numpy(), box, atol=1e-4)
+
+
+def test_missing_box_error_lists_the_first_missing_files(data, tmp_path):
+    names = [f"{i:06d}.mp4" for i in range(2)] + [f"part/{k:02d}.mp4" for k in range(12)]
+    with pytest.raises(FileNotFoundError) as error:
+        motion_dataset(data, list_file=write_list(tmp_path / "list.csv", names))
+    message = str(error.value)
+    assert "12 of 14 videos" in message and "--missing_box random" in message
+    for k in range(10):
+        assert str(data / "small" / "gt_boxes" / "part" / f"{k:02d}.json") in message
+    assert "10.json" not in message and "11.json" not in message
+
+
+def test_box_files_mirror_the_list_paths(data, videos, tmp_path):
+    (tmp_path / "videos" / "a").mkdir(parents=True)
+    (tmp_path / "boxes" / "a").mkdir(parents=True)
+    shutil.copy(data / "small" / "videos" / "000003.mp4", tmp_path / "videos" / "a" / "b.mp4")
+    shutil.copy(data / "small" / "gt_boxes" / "000003.json", tmp_path / "boxes" / "a" / "b.json")
+    dataset = motion_dataset(data, list_file=write_list(tmp_path / "list.csv", ["a/b.mp4"]),
+                             data_root=tmp_path / "videos", box_dir=tmp_path / "boxes", box_source="video")
+    for seed in range(4):
+        dataset.reseed(seed)
+        indices, [crop] = replay(dataset, VIDEO_FRAMES, videos[3].decoded_w, videos[3].decoded_h)
+        item = dataset[0]
+        assert item["missing_box"] == 0
+        check_item(item, videos[3], indices, crop, box_source="video")
+
+
+def test_missing_box_random_gives_plain_tube_masks(data, tmp_path, caplog):
+    video_dir = tmp_path / "videos"
+    shutil.copytree(data / "small" / "videos", video_dir)
+    (video_dir / "nobox").mkdir()
+    for i in (1, 5):
+        shutil.copy(video_dir / f"{i:06d}.mp4", video_dir / "nobox" / f"{i:06d}.mp4")
+    names = ["000000.mp4", "nobox/000001.mp4", "000002.mp4", "000003.mp4", "nobox/000005.mp4", "000004.mp4"]
+    with caplog.at_level(logging.WARNING, logger="datasets"):
+        dataset = motion_dataset(data, list_file=write_list(tmp_path / "list.csv", names), data_root=video_dir,
+                                 missing_box="random")
+    assert dataset.boxes.num_missing == 2
+    assert any("2 of 6 videos have no box file" in r.getMessage() for r in caplog.records)
+    for index, name in enumerate(names):
+        for _ in range(3):
+            item = dataset[index]
+            masked = item["mask"].reshape(NUM_FRAMES // 2, GRID * GRID)
+            assert (masked == masked[0]).all() and masked[0].sum() == MASKS_PER_SLICE
+            assert item["missing_box"] == int(name.startswith("nobox"))
+            assert item["replaced"] == 0
+            if name.startswith("nobox"):
+                assert torch.isnan(item["box"]).all()
+    loader = DataLoader(dataset, batch_size=4, num_workers=0)
+    assert sum(int(batch["missing_box"].sum()) for batch in loader) == 2
+
+
+@pytest.fixture
+def corrupt_list(data, tmp_path):
+    """Eight good videos plus random bytes, a zero-byte file and a listed file that does not exist."""
+    video_dir = tmp_path / "videos"
+    shutil.copytree(data / "small" / "videos", video_dir)
+    (video_dir / "random.mp4").write_bytes(np.random.default_rng(0).bytes(20000))
+    (video_dir / "empty.mp4").write_bytes(b"")
+    names = [f"{i:06d}.mp4" for i in range(NUM_VIDEOS)]
+    names[1:1] = ["random.mp4"]
+    names[4:4] = ["empty.mp4"]
+    names.append("gone.mp4")
+    return write_list(tmp_path / "list.csv", names), video_dir
+
+
+def test_corrupt_videos_are_replaced_and_logged(data, corrupt_list, caplog):
+    list_file, video_dir = corrupt_list
+    dataset = motion_dataset(data, list_file=list_file, data_root=video_dir, missing_box="random")
+    names = [line.split()[0] for line in Path(list_file).read_text().splitlines()]
+    for bad in ("random.mp4", "empty.mp4", "gone.mp4"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="datasets"):
+            item = dataset[names.index(bad)]
+        assert item["replaced"] >= 1
+        assert item["video"].shape == (3, NUM_FRAMES, INPUT_SIZE, INPUT_SIZE)
+        assert item["missing_box"] == 0  # the box belongs to the replacement, which has one
+        assert any(bad in r.getMessage() and "corrupt" in r.getMessage() for r in caplog.records)
+    assert dataset[0]["replaced"] == 0
+
+
+def test_corrupt_videos_do_not_stop_a_two_worker_epoch(data, corrupt_list):
+    list_file, video_dir = corrupt_list
+    dataset = motion_dataset(data, list_file=list_file, data_root=video_dir, missing_box="random")
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, worker_init_fn=utils.seed_worker,
+                        generator=torch.Generator().manual_seed(0))
+    batches = list(loader)
+    assert sum(len(batch["replaced"]) for batch in batches) == len(dataset) == 11
+    assert sum(int(batch["replaced"].sum()) for batch in batches) >= 3
+
+
+def test_only_corrupt_videos_fail_loudly(data, tmp_path):
+    list_file = write_list(tmp_path / "list.csv", ["gone.mp4"])
+    dataset = motion_dataset(data, list_file=list_file, mask_type="tube")
+    with pytest.raises(RuntimeError, match="in a row"):
+        dataset[0]
+
+
+def test_repeated_sampling_crops_one_decoded_window(data, videos):
+    dataset = motion_dataset(data, num_sample=3)
+    for seed in range(4):
+        dataset.reseed(seed)
+        index = seed % NUM_VIDEOS
+        indices, crops = replay(dataset, VIDEO_FRAMES, videos[0].decoded_w, videos[0].decoded_h, crops=3)
+        items = dataset[index]
+        assert isinstance(items, list) and len(items) == 3
+        for item, crop in zip(items, crops, strict=True):
+            check_item(item, videos[index], indices, crop)  # one window: the three clips share the frames
+        masks = [item["mask"] for item in items]
+        assert not any(torch.equal(masks[a], masks[b]) for a, b in ((0, 1), (0, 2), (1, 2)))
+        if len(set(crops)) > 1:
+            assert not all(torch.equal(items[0]["video"], item["video"]) for item in items[1:])
+        assert [item["replaced"] for item in items] == [0, 0, 0]
+    batch = multiple_samples_collate([dataset[0], dataset[1]])
+    assert batch["video"].shape == (6, 3, NUM_FRAMES, INPUT_SIZE, INPUT_SIZE)
+    assert batch["mask"].shape == (6, NUM_FRAMES // 2 * GRID * GRID) and batch["mask"].dtype == torch.bool
+    assert batch["box"].shape == (6, 4) and batch["replaced"].shape == (6,)
+
+
+def test_masks_exact_counts_and_independent(data):
+    motion = motion_dataset(data)
+    tube = motion_dataset(data, mask_type="tube")
+    for dataset in (motion, tube):
+        masks = [dataset[3]["mask"] for _ in range(10)]
+        for mask in masks:
+            slices = mask.reshape(NUM_FRAMES // 2, GRID * GRID)
+            assert (slices == slices[0]).all() and slices[0].sum() == MASKS_PER_SLICE
+        assert len({tuple(mask.tolist()) for mask in masks}) == 10
+    shares = []
+    for index in range(5 * NUM_VIDEOS):
+        item = motion[index % NUM_VIDEOS]
+        inside = inside_box_tokens(item["box"], (GRID, GRID))
+        if 4 <= inside.sum() <= 28:  # larger boxes leave too few outside tubes for the per-slice total
+            shares.append(float(item["mask"][: GRID * GRID][inside].float().mean()))
+    assert len(shares) >= 5 and all(abs(share - 0.75) <= 0.1 for share in shares)
+
+
+def test_reseed_streams_reproducible_and_distinct(data):
+    dataset = motion_dataset(data)
+
+    def draws(seed):
+        dataset.reseed(seed)
+        return dataset.rng.integers(2**62, size=4).tolist(), dataset.mask_generator.rng.integers(2**62, size=4).tolist()
+
+    assert draws(5) == draws(5)
+    data5, mask5 = draws(5)
+    data6, mask6 = draws(6)
+    assert len({tuple(data5), tuple(mask5), tuple(data6), tuple(mask6)}) == 4
+    assert draws(None) != draws(None)
+
+
+def loader_outputs(dataset, seed: int) -> list[dict]:
+    """One epoch through two workers seeded as the training script seeds them."""
+    loader = DataLoader(dataset, batch_size=2, num_workers=2, worker_init_fn=utils.seed_worker,
+                        generator=torch.Generator().manual_seed(seed))
+    return list(loader)
+
+
+def test_workers_differ_and_runs_reproduce(data, tmp_path):
+    """The same video eight times, so only the random streams make items differ: workers differ from each other,
+    and the loader's seed reproduces every crop and mask."""
+    dataset = motion_dataset(data, list_file=write_list(tmp_path / "list.csv", ["000002.mp4"] * 8))
+    first = loader_outputs(dataset, seed=1)
+    masks = torch.cat([batch["mask"] for batch in first])
+    clips = torch.cat([batch["video"] for batch in first])
+    assert len({tuple(mask.tolist()) for mask in masks}) == 8
+    assert not torch.equal(masks[0], masks[2]) and not torch.equal(clips[0], clips[2])  # worker 0 vs worker 1
+    again = loader_outputs(dataset, seed=1)
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["video"], b["video"])
+        assert torch.equal(a["box"].nan_to_num(-1.0), b["box"].nan_to_num(-1.0))
+    other = torch.cat([batch["mask"] for batch in loader_outputs(dataset, seed=2)])
+    assert not torch.equal(masks, other)
+
+
+def test_output_format(data, videos):
+    dataset = motion_dataset(data)
+    for index in range(NUM_VIDEOS):
+        item = dataset[index]
+        assert set(item) == {"video", "mask", "box", "replaced", "missing_box"}
+        assert item["video"].dtype == torch.float32
+        assert item["video"].shape == (3, NUM_FRAMES, INPUT_SIZE, INPUT_SIZE)
+        assert item["mask"].dtype == torch.bool and item["mask"].shape == (NUM_FRAMES // 2 * GRID * GRID,)
+        assert item["box"].dtype == torch.float32 and item["box"].shape == (4,)
+        box = item["box"]
+        assert torch.isnan(box).all() or (box.min() >= 0 and box.max() <= 1 and box[2] > box[0] and box[3] > box[1])
+        assert item["replaced"] == 0 and item["missing_box"] == 0
+        pixels = unnormalize(item["video"])
+        frames = videos[index].frames.float()
+        assert pixels.min() >= frames.min() - 1e-3 and pixels.max() <= frames.max() + 1e-3
+        assert abs(item["video"].mean()) < 2 and 0.2 < item["video"].std() < 2

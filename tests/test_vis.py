@@ -1,0 +1,194 @@
+"""run_mofo_vis.py on a real synthetic mp4, its ground-truth box file and a saved mini-model checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from timm.models import create_model
+
+import make_synthetic_dataset
+import run_mofo_vis
+from engine_for_pretraining import pixel_targets
+from masking_generator import TubeMaskingGenerator
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "pretrain_videomae_mini_patch16_224"
+INPUT_SIZE, NUM_FRAMES, SAMPLING_RATE = 64, 8, 2
+
+
+def save_checkpoint(path: Path, **model_kwargs) -> Path:
+    model_kwargs = {"decoder_depth": 1, **model_kwargs}
+    model = create_model(MODEL, img_size=INPUT_SIZE, num_frames=NUM_FRAMES, **model_kwargs)
+    torch.save({"model": model.state_dict(), "args": {"model": MODEL, **model_kwargs}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("vis")
+    make_synthetic_dataset.make_dataset(root, num_videos=1, num_frames=24, seed=5)
+    return {
+        "video": root / "videos" / "000000.mp4",
+        "boxes": root / "gt_boxes" / "000000.json",
+        "checkpoint": save_checkpoint(root / "checkpoint-0.pth"),
+    }
+
+
+def vis_args(data: dict, output: Path, *extra: str, box_file: bool = True) -> list[str]:
+    args = [str(data["video"]), str(output), "--model_path", str(data["checkpoint"]), "--model", MODEL,
+            "--decoder_depth", "1", "--input_size", str(INPUT_SIZE), "--num_frames", str(NUM_FRAMES),
+            "--sampling_rate", str(SAMPLING_RATE)]
+    return args + (["--box_file", str(data["boxes"])] if box_file else []) + list(extra)
+
+
+def visualize(data: dict, output: Path, *extra: str, box_file: bool = True) -> run_mofo_vis.Visualization:
+    return run_mofo_vis.visualize(run_mofo_vis.get_args_parser().parse_args(vis_args(data, output, *extra,
+                                                                                       box_file=box_file)))
+
+
+def expected_box(box_file: Path, frame_indices: np.ndarray, width: int = 160, height: int = 120) -> np.ndarray:
+    """Union of the sampled frames' boxes, moved into the centred square crop and normalised to it."""
+    frames = np.array(json.loads(box_file.read_text())["frames"], dtype=np.float64)[frame_indices]
+    union = np.array([*frames[:, :2].min(axis=0), *frames[:, 2:].max(axis=0)])
+    side = min(width, height)
+    offset = np.array([(width - side) // 2, (height - side) // 2] * 2)
+    return np.clip(union - offset, 0, side) / side
+
+
+def test_png_grid_holds_the_rows_and_visible_tubes_keep_the_original_pixels(data, tmp_path):
+    output = tmp_path / "sub" / "vis.png"
+    result = visualize(data, output, "--start_frame", "3")
+    assert result.frame_indices.tolist() == [3, 5, 7, 9, 11, 13, 15, 17]
+    np.testing.assert_allclose(result.box, expected_box(data["boxes"], result.frame_indices), atol=1e-4)
+    assert result.rows == ["original", "masked input", "reconstruction", "|error|"]
+    image = np.asarray(Image.open(output).convert("RGB"))
+    rows, columns, tile, gap = 4, NUM_FRAMES, INPUT_SIZE, run_mofo_vis.GAP
+    assert image.shape[:2] == (run_mofo_vis.HEADER_HEIGHT + rows * tile + (rows - 1) * gap,
+                               run_mofo_vis.LABEL_WIDTH + columns * tile + (columns - 1) * gap)
+
+    patch = INPUT_SIZE // result.grid_size[1]
+    tubelet = NUM_FRAMES // result.grid_size[0]
+    for column, t in enumerate(result.shown_frames):
+        y, x = run_mofo_vis.tile_origin(result.rows.index("reconstruction"), column, tile)
+        drawn = image[y:y + tile, x:x + tile]
+        np.testing.assert_array_equal(drawn, result.reconstruction[t])
+        slice_mask = result.mask.reshape(result.grid_size)[t // tubelet]
+        for row, col in zip(*np.nonzero(~slice_mask), strict=True):
+            cell = np.s_[row * patch:(row + 1) * patch, col * patch:(col + 1) * patch]
+            np.testing.assert_array_equal(drawn[cell], result.original[t][cell])
+    masked_cells = np.repeat(np.repeat(result.mask.reshape(result.grid_size), patch, 1), patch, 2)
+    masked_pixels = np.repeat(masked_cells, tubelet, 0)
+    assert not np.array_equal(result.reconstruction[masked_pixels], result.original[masked_pixels])
+    assert 0 < result.pixel_mse < 1 and result.target_mse > 0
+
+
+def test_motion_mask_hides_motion_mask_ratio_of_the_tubes_inside_the_box(data, tmp_path):
+    result = visualize(data, tmp_path / "vis.png", "--input_size", "112", "--mask_ratio", "0.5",
+                       "--motion_mask_ratio", "0.75")
+    inside = result.inside_box
+    assert 4 <= inside.sum() < inside.size
+    grid_t, grid_h, grid_w = result.grid_size
+    per_slice = result.mask.reshape(grid_t, grid_h * grid_w)
+    for slice_mask in per_slice:
+        assert slice_mask.sum() == int(0.5 * grid_h * grid_w)
+        assert slice_mask[inside].sum() == round(0.75 * inside.sum())
+    share_inside = per_slice[:, inside].mean()
+    assert abs(share_inside - 0.75) <= 0.5 / inside.sum()
+    again = visualize(data, tmp_path / "again.png", "--input_size", "112", "--mask_ratio", "0.5")
+    np.testing.assert_array_equal(again.mask, result.mask)
+
+
+def test_tube_masking_ignores_the_box_and_plain_targets_work(data, tmp_path):
+    with_box = visualize(data, tmp_path / "a.png", "--mask_type", "tube", "--normlize_target", "false",
+                         "--no_error_map", "--seed", "3")
+    without_box = visualize(data, tmp_path / "b.png", "--mask_type", "tube", "--normlize_target", "false",
+                            "--no_error_map", "--seed", "3", box_file=False)
+    np.testing.assert_array_equal(with_box.mask, without_box.mask)
+    np.testing.assert_array_equal(with_box.mask, TubeMaskingGenerator(with_box.grid_size, 0.9, seed=3)())
+    assert np.isnan(without_box.box).all() and not without_box.inside_box.any()
+    assert with_box.rows == ["original", "masked input", "reconstruction"]
+    assert Image.open(tmp_path / "a.png").size[1] == run_mofo_vis.HEADER_HEIGHT + 3 * INPUT_SIZE + 2 * run_mofo_vis.GAP
+
+
+class OracleModel(torch.nn.Module):
+    """Predicts exactly the training targets of the masked tubes."""
+
+    def __init__(self, normalize: bool):
+        super().__init__()
+        self.encoder = create_model(MODEL, img_size=INPUT_SIZE, num_frames=NUM_FRAMES).encoder
+        self.normalize = normalize
+
+    def forward(self, video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        targets = pixel_targets(video, 16, self.encoder.patch_embed.tubelet_size, self.normalize)
+        return targets[mask].reshape(video.shape[0], -1, targets.shape[-1])
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_perfect_predictions_reconstruct_the_clip(normalize):
+    torch.manual_seed(0)
+    video = torch.randn(3, NUM_FRAMES, INPUT_SIZE, INPUT_SIZE).clamp(-2, 2)
+    mask = torch.from_numpy(TubeMaskingGenerator((4, 4, 4), 0.75, seed=0)())
+    original, reconstruction, pixel_mse, target_mse = run_mofo_vis.reconstruct(OracleModel(normalize), video, mask,
+                                                                              normalize)
+    assert original.shape == (NUM_FRAMES, INPUT_SIZE, INPUT_SIZE, 3)
+    assert original.min() >= 0 and original.max() <= 1
+    torch.testing.assert_close(reconstruction, original, atol=1e-5, rtol=0)
+    assert pixel_mse < 1e-10 and target_mse < 1e-10
+
+
+def test_at_most_eight_columns():
+    assert run_mofo_vis.shown_frame_positions(8) == list(range(8))
+    assert run_mofo_vis.shown_frame_positions(16) == list(range(0, 16, 2))
+    assert run_mofo_vis.shown_frame_positions(32) == list(range(0, 32, 4))
+
+
+@pytest.mark.parametrize(("model_kwargs", "expected"), [
+    ({"decoder_depth": 2}, r"unexpected keys: decoder\.blocks\.1\..*trained with --model .* --decoder_depth 2"),
+    ({"encoder_embed_dim": 192}, r"shape mismatches: encoder\.patch_embed\.proj\.weight \(192, 3, 2, 16, 16\) vs "
+                                 r"model \(96, 3, 2, 16, 16\)"),
+])
+def test_checkpoint_of_another_size_fails_clearly(data, tmp_path, model_kwargs, expected):
+    checkpoint = save_checkpoint(tmp_path / "other.pth", **model_kwargs)
+    args = vis_args(data, tmp_path / "vis.png")
+    args[args.index("--model_path") + 1] = str(checkpoint)
+    with pytest.raises(run_mofo_vis.VisualizationError, match=rf"does not fit --model {MODEL} --decoder_depth 1: "):
+        run_mofo_vis.visualize(run_mofo_vis.get_args_parser().parse_args(args))
+    with pytest.raises(run_mofo_vis.VisualizationError, match=expected):
+        run_mofo_vis.visualize(run_mofo_vis.get_args_parser().parse_args(args))
+    assert not (tmp_path / "vis.png").exists()
+
+
+def test_bad_inputs_exit_with_a_clear_message(data, tmp_path):
+    broken_video = tmp_path / "broken.mp4"
+    broken_video.write_bytes(b"not a video" * 200)
+    cases = [
+        ("video", tmp_path / "missing.mp4", "missing.mp4: video file not found"),
+        ("video", broken_video, "broken.mp4: cannot decode the video"),
+        ("--box_file", tmp_path / "missing.json", "missing.json: box file not found"),
+        ("--model_path", tmp_path / "missing.pth", "missing.pth: checkpoint not found"),
+        ("--model", "pretrain_videomae_tiny_patch16_224", "unknown --model pretrain_videomae_tiny_patch16_224"),
+    ]
+    for option, value, message in cases:
+        args = vis_args(data, tmp_path / "vis.png")
+        args[0 if option == "video" else args.index(option) + 1] = str(value)
+        with pytest.raises(SystemExit, match=f"^error: .*{message}"):
+            run_mofo_vis.main(args)
+    with pytest.raises(SystemExit, match="--mask_type motion needs --box_file"):
+        run_mofo_vis.main(vis_args(data, tmp_path / "vis.png", box_file=False))
+    assert not (tmp_path / "vis.png").exists()
+
+
+def test_cli_end_to_end(data, tmp_path):
+    output = tmp_path / "vis.png"
+    run = subprocess.run([sys.executable, "run_mofo_vis.py", *vis_args(data, output)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert f"wrote {output}" in run.stdout and "MSE on masked tubes" in run.stdout
+    assert Image.open(output).format == "PNG"
