@@ -1,0 +1,336 @@
+"""Grad-CAM saliency of fine-tuned video classifiers (VideoMAE or MOFO) on one clip, drawn as a PNG (paper, fig. 2).
+
+    python run_mofo_gradcam.py VIDEO OUTPUT.png --model vit_base_patch16_224 --checkpoint videomae_ssv2.pth \
+        --compare_model vit_base_patch16_224_mofo --compare_checkpoint mofo_ssv2.pth --box_file boxes/VIDEO.json \
+        --nb_classes 174 --layer 5 --tsn
+
+Grad-CAM runs on the token sequence output by backbone block ``--layer``, counted from 1 like the paper's "fifth
+attention layer" (``--layer 5`` is ``model.blocks[4]``; the MOFO head's cross-attention layers are not counted).
+With that output A (N tokens x C channels) and G = dY/dA, the gradient of the target class's logit Y, the channel
+weights are G's token means, the map is ReLU(A w) per token, laid out on the (T', H', W') token grid, repeated over
+each tubelet's frames (nearest in time), resized bilinearly to the frame size and divided by its maximum over the
+clip, so every model's map spans [0, 1] (all zero when no token has positive evidence). The target is the model's
+predicted class unless ``--target_class`` names one (then for every model).
+
+The clip is deterministic: frames ``start_frame + k * sampling_rate`` (clamped to the video), or with ``--tsn``
+the middle frame of each of ``num_frames`` equal segments of the whole video (TSN sampling, as VideoMAE evaluates
+Something-Something); then the centred square of the short side resized to ``input_size``, ImageNet normalisation.
+The motion box is the union of the sampled frames' boxes from ``--box_file``, carried through the same crop. MOFO
+models need it; plain models ignore it, but it is drawn when given.
+
+PNG: a header with the video frame numbers; the input frames with the motion box (green); one row per model with
+its map over the frames (jet colours, ``--alpha`` blend, box in white), labelled with the model, its predicted
+class and probability, and the class the map explains. Columns: the middle frame, or ``--frames`` frames spread
+evenly over the clip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import decord
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from timm import list_models
+from timm.models import create_model
+
+import utils
+from datasets import clip_box
+from modeling_finetune import MotionFocusedVisionTransformer
+from motion_detection.boxfile import BoxFileError, load_boxes
+from run_mofo_vis import (
+    VisualizationError,
+    box_in_pixels,
+    centre_crop_clip,
+    clip_frame_indices,
+    render_grid,
+    to_uint8,
+    with_box,
+)
+from video_transforms import normalize_clip, scale_box
+
+HEAT_BOX_COLOUR = (255, 255, 255)
+
+
+class GradCamError(VisualizationError):
+    """An input or option cannot be used; the message says which and why."""
+
+
+@dataclass
+class ModelCam:
+    """One model's result: its Grad-CAM (T, S, S) in [0, 1], class probabilities and the class explained."""
+
+    name: str
+    label: str
+    cam: np.ndarray
+    probabilities: np.ndarray
+    target_class: int
+
+    @property
+    def predicted_class(self) -> int:
+        return int(self.probabilities.argmax())
+
+
+@dataclass
+class GradCamFigure:
+    """What was drawn: the clip's video frame indices, the clip positions shown as columns, the motion box in
+    [0, 1] of the crop (NaN: none), the frames (T, S, S, 3) uint8, one entry per model, the row titles and the
+    PNG's (height, width)."""
+
+    frame_indices: np.ndarray
+    shown_frames: list[int]
+    box: np.ndarray
+    frames: np.ndarray
+    models: list[ModelCam]
+    rows: list[str]
+    image_size: tuple[int, int]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("MOFO Grad-CAM", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("video", metavar="VIDEO", help="the video file")
+    parser.add_argument("save_path", metavar="OUTPUT", help="the PNG to write (folders are created)")
+    parser.add_argument("--model", required=True, help="vit_*_patch16_224 (VideoMAE) or vit_*_patch16_224_mofo")
+    parser.add_argument("--checkpoint", required=True, help="the model's fine-tuned checkpoint")
+    parser.add_argument("--label", default=None, help="row title of the model (default: the model name)")
+    parser.add_argument("--compare_model", default=None, help="a second model, drawn as another row")
+    parser.add_argument("--compare_checkpoint", default=None, help="the second model's fine-tuned checkpoint")
+    parser.add_argument("--compare_label", default=None, help="row title of the second model")
+    parser.add_argument("--box_file", default=None, help="the video's box file (needed by MOFO models)")
+    parser.add_argument("--nb_classes", default=174, type=int, help="classes of the fine-tuned heads")
+    parser.add_argument("--layer", default=5, type=int, help="backbone block whose output tokens are explained, "
+                        "counted from 1 (the paper's fifth attention layer: 5)")
+    parser.add_argument("--target_class", default=None, type=int,
+                        help="class whose logit is explained, for every model (default: each model's prediction)")
+    parser.add_argument("--input_size", default=224, type=int, help="frame side after cropping")
+    parser.add_argument("--num_frames", default=16, type=int)
+    parser.add_argument("--sampling_rate", default=4, type=int)
+    parser.add_argument("--start_frame", default=0, type=int, help="video frame of the clip's first frame")
+    parser.add_argument("--tsn", action="store_true",
+                        help="sample the middle frame of num_frames equal segments of the whole video instead")
+    parser.add_argument("--frames", default=1, type=int, help="frames shown: 1 is the middle one, more are spread "
+                        "evenly over the clip")
+    parser.add_argument("--alpha", default=0.5, type=float, help="weight of the heat map in the overlay")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    return parser
+
+
+def tsn_frame_indices(num_video_frames: int, num_frames: int) -> np.ndarray:
+    """The middle frame of each of ``num_frames`` equal segments of the video (repeats in short videos)."""
+    tick = num_video_frames / num_frames
+    return (tick / 2 + tick * np.arange(num_frames)).astype(int)
+
+
+def read_frames(video_path: str, num_frames: int, sampling_rate: int, start_frame: int, tsn: bool
+                ) -> tuple[torch.Tensor, np.ndarray, int]:
+    """Decoded frames (T, H, W, 3) uint8, their indices in the video and the video's frame count."""
+    if not os.path.isfile(video_path):
+        raise GradCamError(f"{video_path}: video file not found")
+    try:
+        reader = decord.VideoReader(video_path, num_threads=1)
+        num_video_frames = len(reader)
+        if num_video_frames == 0:
+            raise GradCamError(f"{video_path}: the video has no frames")
+        if tsn:
+            indices = tsn_frame_indices(num_video_frames, num_frames)
+        else:
+            indices = clip_frame_indices(num_video_frames, num_frames, sampling_rate, start_frame)
+        frames = torch.from_numpy(reader.get_batch(indices.tolist()).asnumpy())
+    except GradCamError:
+        raise
+    except Exception as e:  # decord raises its own error types for corrupt streams
+        raise GradCamError(f"{video_path}: cannot decode the video ({type(e).__name__}: {e})") from None
+    return frames, indices, num_video_frames
+
+
+def load_classifier(name: str, checkpoint: str, nb_classes: int, input_size: int, num_frames: int, device: str
+                    ) -> torch.nn.Module:
+    """The registered fine-tuning model with every weight from ``checkpoint``, in eval mode.
+
+    Loading goes through ``utils.load_finetune_checkpoint``. A checkpoint that lacks some of the model's weights
+    (a pretraining checkpoint has no head; a head of another ``nb_classes``; a VideoMAE checkpoint has no MOFO head)
+    or holds weights the model has no place for (a MOFO checkpoint for a plain model) is an error: Grad-CAM through
+    untrained weights would explain nothing.
+    """
+    known = list_models(module="modeling_finetune")
+    if name not in known:
+        raise GradCamError(f"unknown model {name}; choose one of {', '.join(known)}")
+    if not os.path.exists(checkpoint):
+        raise GradCamError(f"{checkpoint}: checkpoint not found")
+    try:
+        model = create_model(name, pretrained=False, num_classes=nb_classes, img_size=input_size,
+                             all_frames=num_frames)
+    except ValueError as e:
+        raise GradCamError(f"--input_size {input_size} / --num_frames {num_frames}: {e}") from None
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            state = utils.encoder_state(utils.read_model_state(checkpoint))
+    except Exception as e:  # torch.load reports unreadable files and non-tensor pickles with many error types
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise GradCamError(f"{checkpoint}: cannot load checkpoint ({type(e).__name__}: {first_line})") from None
+    own = model.state_dict()
+    head = state.get("head.weight")
+    if head is not None and head.shape != own["head.weight"].shape:
+        raise GradCamError(f"{checkpoint}: its head has {head.shape[0]} classes; pass --nb_classes {head.shape[0]}")
+    missing = [key for key in own if key not in state]
+    unexpected = [key for key in state if key not in own and key != "pos_embed"]
+    for problem, keys in (("lacks weights of", missing), ("holds weights not in", unexpected)):
+        if keys:
+            more = f", ... ({len(keys)} in all)" if len(keys) > 3 else ""
+            raise GradCamError(f"{checkpoint} {problem} {name}: {', '.join(keys[:3])}{more}; Grad-CAM needs the "
+                               "fine-tuned checkpoint of this model")
+    utils.load_finetune_checkpoint(model, checkpoint)
+    return model.to(device).eval()
+
+
+def grad_cam(model: torch.nn.Module, video: torch.Tensor, box: np.ndarray | torch.Tensor | None, layer: int,
+             target_class: int | None = None) -> tuple[np.ndarray, torch.Tensor]:
+    """Grad-CAM of ``target_class`` (None: the predicted class) on the tokens output by block ``layer`` (from 1).
+
+    ``video`` is one normalised clip (3, T, S, S) on the model's device; ``box`` its motion box, normalised xyxy
+    (4,), needed by MOFO models (NaN: no box) and ignored by plain ones. Returns the map (T, S, S) float32 in
+    [0, 1] and the logits (num_classes,) on the CPU. The model runs in eval mode; parameter ``.grad`` is untouched.
+    """
+    num_blocks = len(model.blocks)
+    if not 1 <= layer <= num_blocks:
+        raise GradCamError(f"layer {layer} is out of range: {type(model).__name__} has blocks 1 to {num_blocks}")
+    extra_inputs = ()
+    if isinstance(model, MotionFocusedVisionTransformer):
+        if box is None:
+            raise GradCamError("a MOFO model needs the clip's motion box: pass --box_file")
+        extra_inputs = (torch.as_tensor(box, dtype=torch.float32, device=video.device).reshape(1, 4),)
+    captured = {}
+    handle = model.blocks[layer - 1].register_forward_hook(
+        lambda module, inputs, output: captured.update(tokens=output))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            logits = model(video[None].detach().requires_grad_(), *extra_inputs)[0]
+            target = int(logits.argmax()) if target_class is None else target_class
+            if not 0 <= target < logits.numel():
+                raise GradCamError(f"target class {target} is out of range: the model has {logits.numel()} "
+                                   "classes")
+            (gradients,) = torch.autograd.grad(logits[target], captured["tokens"])
+    finally:
+        handle.remove()
+        model.train(was_training)
+    activations = captured["tokens"][0].detach().float()
+    weights = gradients[0].float().mean(dim=0)
+    token_cam = F.relu(activations @ weights)
+    grid_t, grid_h, grid_w = model.patch_embed.grid_size
+    cam = F.interpolate(token_cam.reshape(grid_t, 1, grid_h, grid_w), size=tuple(video.shape[-2:]),
+                        mode="bilinear", align_corners=False)[:, 0]
+    cam = cam.repeat_interleave(video.shape[1] // grid_t, dim=0)
+    peak = cam.max()
+    if peak > 0:
+        cam = cam / peak
+    return cam.cpu().numpy().astype(np.float32), logits.detach().float().cpu()
+
+
+def shown_positions(num_frames: int, count: int) -> list[int]:
+    """``count`` clip positions at the centres of equal parts of the clip (1: the middle frame)."""
+    return [int((k + 0.5) * num_frames / count) for k in range(count)]
+
+
+def overlay(frame: np.ndarray, cam: np.ndarray, box: np.ndarray, alpha: float) -> np.ndarray:
+    """The frame blended with the jet-coloured map, the motion box (if any) drawn in white."""
+    heat = cv2.applyColorMap(np.round(cam * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    blended = cv2.addWeighted(frame, 1 - alpha, cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), alpha, 0)
+    corners = box_in_pixels(box, frame.shape[0])
+    if corners is not None:
+        cv2.rectangle(blended, corners[:2], corners[2:], HEAT_BOX_COLOUR, max(1, round(frame.shape[0] / 112)))
+    return blended
+
+
+def row_label(result: ModelCam) -> str:
+    predicted = result.predicted_class
+    lines = [result.label, f"pred {predicted} ({result.probabilities[predicted]:.1%})"]
+    target = result.target_class
+    lines.append("cam: predicted" if target == predicted else f"cam: {target} ({result.probabilities[target]:.1%})")
+    return "\n".join(lines)
+
+
+def check_args(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """The (model, checkpoint, row title) of every model to explain, after checking the options."""
+    if (args.compare_model is None) != (args.compare_checkpoint is None):
+        raise GradCamError("--compare_model and --compare_checkpoint go together")
+    if args.num_frames < 1 or args.sampling_rate < 1 or args.start_frame < 0:
+        raise GradCamError("--num_frames and --sampling_rate must be positive, --start_frame not negative")
+    if not 1 <= args.frames <= args.num_frames:
+        raise GradCamError(f"--frames must be between 1 and --num_frames {args.num_frames}, got {args.frames}")
+    if not 0 <= args.alpha <= 1:
+        raise GradCamError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise GradCamError(f"--device {args.device} but no GPU is visible; pass --device cpu")
+    specs = [(args.model, args.checkpoint, args.label or args.model)]
+    if args.compare_model is not None:
+        specs.append((args.compare_model, args.compare_checkpoint, args.compare_label or args.compare_model))
+    for name, _, _ in specs:
+        if name.endswith("_mofo") and not args.box_file:
+            raise GradCamError(f"{name} is a MOFO model: it needs the clip's motion box, pass --box_file")
+    return specs
+
+
+def gradcam_figure(args: argparse.Namespace) -> GradCamFigure:
+    """Explain every model on the clip of ``args`` (see ``get_args_parser``) and write the PNG."""
+    specs = check_args(args)
+    try:
+        boxes = load_boxes(args.box_file) if args.box_file else None
+    except BoxFileError as e:
+        raise GradCamError(str(e)) from None
+    frames, frame_indices, num_video_frames = read_frames(args.video, args.num_frames, args.sampling_rate,
+                                                          args.start_frame, args.tsn)
+    height, width = frames.shape[1:3]
+    box_in_video = scale_box(clip_box(boxes, frame_indices, num_video_frames, "clip"), width, height)
+    cropped, box = centre_crop_clip(frames, box_in_video, args.input_size)
+    if boxes is not None and np.isnan(box).any():
+        print("note: the box file has no motion box inside this clip's crop; MOFO models get no box")
+    video = normalize_clip(cropped).to(args.device)
+    results = []
+    for name, checkpoint, label in specs:
+        model = load_classifier(name, checkpoint, args.nb_classes, args.input_size, args.num_frames, args.device)
+        cam, logits = grad_cam(model, video, box if boxes is not None else None, args.layer, args.target_class)
+        target = int(logits.argmax()) if args.target_class is None else args.target_class
+        results.append(ModelCam(name, label, cam, logits.softmax(-1).numpy(), target))
+        del model  # freed before the next model is built
+
+    clip = to_uint8(cropped.permute(0, 2, 3, 1) / 255)
+    positions = shown_positions(args.num_frames, args.frames)
+    rows = {"input\n+ motion box": [with_box(clip[t], box) for t in positions]}
+    for result in results:
+        rows[row_label(result)] = [overlay(clip[t], result.cam[t], box, args.alpha) for t in positions]
+    image = render_grid(rows, [f"frame {frame_indices[t]}" for t in positions])
+    output = Path(args.save_path)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(output, format="PNG")
+    return GradCamFigure(frame_indices=frame_indices, shown_frames=positions, box=box, frames=clip, models=results,
+                         rows=[label.split("\n")[0] for label in rows], image_size=image.shape[:2])
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    try:
+        figure = gradcam_figure(args)
+    except VisualizationError as e:
+        raise SystemExit(f"error: {e}") from None
+    height, width = figure.image_size
+    print(f"wrote {args.save_path} ({width}x{height} px; block {args.layer}; video frames "
+          f"{[int(figure.frame_indices[t]) for t in figure.shown_frames]})")
+    for result in figure.models:
+        predicted = result.predicted_class
+        print(f"{result.label}: predicted class {predicted} (p={result.probabilities[predicted]:.3f}), map of class "
+              f"{result.target_class} (p={result.probabilities[result.target_class]:.3f})")
+
+
+if __name__ == "__main__":
+    main()

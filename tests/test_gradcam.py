@@ -1,0 +1,239 @@
+"""run_mofo_gradcam.py: Grad-CAM on constructed models with a known answer, and the CLI on a real synthetic mp4, its
+ground-truth box file and saved mini-model checkpoints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from timm.models import create_model
+from torch import nn
+
+import make_synthetic_dataset
+import run_mofo_gradcam
+import run_mofo_vis
+from run_mofo_gradcam import GradCamError, grad_cam
+
+REPO = Path(__file__).resolve().parents[1]
+PLAIN, MOFO = "vit_mini_patch16_224", "vit_mini_patch16_224_mofo"
+INPUT_SIZE, NUM_FRAMES, SAMPLING_RATE, NUM_CLASSES = 64, 8, 2, 8
+PATCH, TUBELET = 16, 2
+
+
+def mini_model(name: str, num_classes: int = NUM_CLASSES) -> nn.Module:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=num_classes, img_size=INPUT_SIZE, all_frames=NUM_FRAMES)
+    with torch.no_grad():  # a non-trivial head so that classes differ clearly
+        model.head.weight.normal_(0, 0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("gradcam")
+    make_synthetic_dataset.make_dataset(root, num_videos=1, num_frames=24, seed=5)
+    checkpoints = {}
+    for name in (PLAIN, MOFO):
+        checkpoints[name] = root / f"{name}.pth"
+        torch.save({"model": mini_model(name).state_dict()}, checkpoints[name])
+    return {"video": root / "videos" / "000000.mp4", "boxes": root / "gt_boxes" / "000000.json",
+            "checkpoints": checkpoints}
+
+
+def cli_args(data: dict, output: Path, model: str = PLAIN, *extra: str, box_file: bool = True) -> list[str]:
+    args = [str(data["video"]), str(output), "--model", model, "--checkpoint", str(data["checkpoints"][model]),
+            "--nb_classes", str(NUM_CLASSES), "--layer", "1", "--input_size", str(INPUT_SIZE), "--num_frames",
+            str(NUM_FRAMES), "--sampling_rate", str(SAMPLING_RATE)]
+    return args + (["--box_file", str(data["boxes"])] if box_file else []) + list(extra)
+
+
+def figure(data: dict, output: Path, model: str = PLAIN, *extra: str, box_file: bool = True
+           ) -> run_mofo_gradcam.GradCamFigure:
+    args = run_mofo_gradcam.get_args_parser().parse_args(cli_args(data, output, model, *extra, box_file=box_file))
+    return run_mofo_gradcam.gradcam_figure(args)
+
+
+def colour_detector() -> nn.Module:
+    """A plain mini model whose logit c (c < 3) is the mean over tokens of the tubelet's mean of colour channel c.
+
+    The patch embedding's channel c averages input channel c and the other channels are 0; there are no position
+    embeddings, the blocks add nothing (zero output projections) and the head reads channel c for class c with no
+    norm before it. So class c depends only on the tokens whose tubelet holds colour c.
+    """
+    model = mini_model(PLAIN)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        model.pos_embed.zero_()
+        kernel = model.patch_embed.proj.weight
+        for channel in range(3):
+            kernel[channel, channel] = 1 / kernel[channel, channel].numel()
+        model.head.weight[:3, :3] = torch.eye(3)
+    model.fc_norm = nn.Identity()
+    return model
+
+
+def square_video(squares: dict[int, tuple[int, int, int, float]]) -> torch.Tensor:
+    """A black clip (3, T, S, S) with colour channel c set to value v on token (t, h, w) for c -> (t, h, w, v)."""
+    video = torch.zeros(3, NUM_FRAMES, INPUT_SIZE, INPUT_SIZE)
+    for channel, (t, h, w, value) in squares.items():
+        video[channel, t * TUBELET:(t + 1) * TUBELET, h * PATCH:(h + 1) * PATCH, w * PATCH:(w + 1) * PATCH] = value
+    return video
+
+
+def token_means(cam: np.ndarray) -> np.ndarray:
+    """The map averaged over every tubelet's pixels: (T', H', W')."""
+    grid = (NUM_FRAMES // TUBELET, TUBELET, INPUT_SIZE // PATCH, PATCH, INPUT_SIZE // PATCH, PATCH)
+    return cam.reshape(grid).mean(axis=(1, 3, 5))
+
+
+def test_the_map_sits_on_the_tokens_the_target_class_depends_on():
+    model = colour_detector()
+    red, green = (1, 1, 2), (3, 2, 0)  # (t, h, w) tokens: asymmetric, so a transposed layout would show
+    video = square_video({0: (*red, 1.0), 1: (*green, 0.5)})
+    maps = {}
+    for target in (None, 0, 1):
+        cam, logits = grad_cam(model, video, None, layer=1, target_class=target)
+        assert cam.shape == (NUM_FRAMES, INPUT_SIZE, INPUT_SIZE) and cam.dtype == np.float32
+        assert np.isfinite(cam).all() and cam.min() >= 0 and cam.max() == pytest.approx(1)
+        maps[target] = cam
+    torch.testing.assert_close(logits, model(video[None])[0].detach())
+    assert int(logits.argmax()) == 0  # the red square is brighter: red is the predicted class
+    np.testing.assert_array_equal(maps[None], maps[0])
+    for target, token in ((0, red), (1, green)):
+        means = token_means(maps[target])
+        assert np.unravel_index(means.argmax(), means.shape) == token
+        outside = np.delete(maps[target], np.s_[token[0] * TUBELET:(token[0] + 1) * TUBELET], axis=0)
+        assert not outside.any(), "nearest in time: frames of other tubelets get nothing"
+        t, h, w = token
+        tile = maps[target][t * TUBELET]
+        assert tile[h * PATCH:(h + 1) * PATCH, w * PATCH:(w + 1) * PATCH].mean() > 0.5
+        assert tile.mean() < 0.15
+    assert all(parameter.grad is None for parameter in model.parameters())
+
+
+def test_the_map_follows_the_paper_recipe_at_the_chosen_one_based_layer():
+    model = mini_model(PLAIN)
+    video = torch.randn(3, NUM_FRAMES, INPUT_SIZE, INPUT_SIZE, generator=torch.Generator().manual_seed(1))
+    grid = model.patch_embed.grid_size
+    cams = {}
+    for layer in (1, 2):
+        tokens = model.patch_embed(video[None]) + model.pos_embed
+        for index, block in enumerate(model.blocks):
+            tokens = block(tokens)
+            if index == layer - 1:
+                kept = tokens
+                kept.retain_grad()
+        logits = model.head(model.fc_norm(model.norm(tokens).mean(1)))[0]
+        target = int(logits.argmax())
+        logits[target].backward()
+        token_cam = F.relu(kept[0] @ kept.grad[0].mean(0)).detach()
+        expected = F.interpolate(token_cam.reshape(grid[0], 1, *grid[1:]), size=(INPUT_SIZE, INPUT_SIZE),
+                                 mode="bilinear", align_corners=False)[:, 0].repeat_interleave(TUBELET, dim=0)
+        cams[layer], got_logits = grad_cam(model, video, None, layer)
+        np.testing.assert_allclose(cams[layer], (expected / expected.max()).numpy(), atol=1e-5)
+        torch.testing.assert_close(got_logits, logits.detach())
+    assert not np.allclose(cams[1], cams[2])
+
+
+def test_bad_layer_target_or_missing_box_is_a_clear_error():
+    model, mofo = mini_model(PLAIN), mini_model(MOFO)
+    video = torch.zeros(3, NUM_FRAMES, INPUT_SIZE, INPUT_SIZE)
+    for layer in (0, 3):
+        with pytest.raises(GradCamError, match=f"layer {layer} is out of range: .* has blocks 1 to 2"):
+            grad_cam(model, video, None, layer)
+    with pytest.raises(GradCamError, match="target class 8 is out of range: the model has 8 classes"):
+        grad_cam(model, video, None, 1, target_class=8)
+    with pytest.raises(GradCamError, match="MOFO model needs the clip's motion box"):
+        grad_cam(mofo, video, None, 1)
+    cam, _ = grad_cam(mofo, video, np.array([0.25, 0.25, 0.75, 0.75]), 2)
+    assert cam.shape == (NUM_FRAMES, INPUT_SIZE, INPUT_SIZE) and np.isfinite(cam).all()
+    assert model.training is False and mofo.training is False
+
+
+def expected_box(box_file: Path, frame_indices: np.ndarray, width: int = 160, height: int = 120) -> np.ndarray:
+    """Union of the sampled frames' boxes, moved into the centred square crop and normalised to it."""
+    frames = np.array(json.loads(box_file.read_text())["frames"], dtype=np.float64)[frame_indices]
+    union = np.array([*frames[:, :2].min(axis=0), *frames[:, 2:].max(axis=0)])
+    side = min(width, height)
+    offset = np.array([(width - side) // 2, (height - side) // 2] * 2)
+    return np.clip(union - offset, 0, side) / side
+
+
+def test_cli_compares_two_models_in_a_png_with_one_row_each(data, tmp_path):
+    output = tmp_path / "sub" / "gradcam.png"
+    extra = ["--compare_model", MOFO, "--compare_checkpoint", str(data["checkpoints"][MOFO]), "--frames", "3",
+             "--layer", "2", "--compare_label", "MOFO"]
+    run = subprocess.run([sys.executable, "run_mofo_gradcam.py", *cli_args(data, output, PLAIN, *extra)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert f"wrote {output}" in run.stdout and "block 2" in run.stdout and "video frames [2, 8, 12]" in run.stdout
+    assert f"{PLAIN}: predicted class" in run.stdout and "MOFO: predicted class" in run.stdout
+    image = Image.open(output)
+    assert image.format == "PNG"
+    height, width = run_mofo_vis.canvas_size(num_rows=3, num_columns=3, tile=INPUT_SIZE)
+    assert image.size == (width, height)
+
+
+def test_figure_holds_the_clip_box_and_a_normalised_map_per_model(data, tmp_path):
+    output = tmp_path / "gradcam.png"
+    result = figure(data, output, MOFO, "--start_frame", "3", "--compare_model", PLAIN, "--compare_checkpoint",
+                    str(data["checkpoints"][PLAIN]))
+    assert result.frame_indices.tolist() == [3, 5, 7, 9, 11, 13, 15, 17]
+    assert result.shown_frames == [NUM_FRAMES // 2]
+    np.testing.assert_allclose(result.box, expected_box(data["boxes"], result.frame_indices), atol=1e-4)
+    assert result.rows == ["input", MOFO, PLAIN]
+    assert result.image_size == run_mofo_vis.canvas_size(3, 1, INPUT_SIZE)
+    for model in result.models:
+        assert model.cam.shape == (NUM_FRAMES, INPUT_SIZE, INPUT_SIZE) and model.cam.dtype == np.float32
+        assert np.isfinite(model.cam).all() and model.cam.min() >= 0 and model.cam.max() == pytest.approx(1)
+        assert model.target_class == model.predicted_class
+        assert model.probabilities.sum() == pytest.approx(1, abs=1e-5)
+    assert not np.allclose(result.models[0].cam, result.models[1].cam)
+
+    image = np.asarray(Image.open(output).convert("RGB"))
+    tiles = [image[y:y + INPUT_SIZE, x:x + INPUT_SIZE] for y, x in
+             (run_mofo_vis.tile_origin(row, 0, INPUT_SIZE) for row in range(3))]
+    assert not np.array_equal(tiles[0], tiles[1]) and not np.array_equal(tiles[1], tiles[2])
+
+    targeted = figure(data, tmp_path / "target.png", MOFO, "--start_frame", "3", "--target_class", "3")
+    assert targeted.models[0].target_class == 3 != targeted.models[0].predicted_class
+    assert not np.allclose(targeted.models[0].cam, result.models[0].cam)
+
+
+def test_tsn_takes_the_middle_frame_of_equal_segments(data, tmp_path):
+    assert run_mofo_gradcam.tsn_frame_indices(24, 8).tolist() == [1, 4, 7, 10, 13, 16, 19, 22]
+    short = run_mofo_gradcam.tsn_frame_indices(5, 8)
+    assert short.tolist() == sorted(short.tolist()) and set(short.tolist()) == set(range(5))
+    result = figure(data, tmp_path / "tsn.png", PLAIN, "--tsn", box_file=False)
+    assert result.frame_indices.tolist() == [1, 4, 7, 10, 13, 16, 19, 22]
+    assert np.isnan(result.box).all()
+
+
+@pytest.mark.parametrize("model, extra, box_file, message", [
+    (MOFO, [], False, f"{MOFO} is a MOFO model: it needs the clip's motion box, pass --box_file"),
+    (PLAIN, ["--layer", "5"], True, "layer 5 is out of range"),
+    (PLAIN, ["--nb_classes", "174"], True, "its head has 8 classes; pass --nb_classes 8"),
+    (PLAIN, ["--compare_model", MOFO], True, "--compare_model and --compare_checkpoint go together"),
+    (PLAIN, ["--frames", "9"], True, "--frames must be between 1 and --num_frames 8"),
+])
+def test_cli_errors_are_clear(data, tmp_path, model, extra, box_file, message):
+    with pytest.raises(SystemExit, match=f"^error: .*{message}"):
+        run_mofo_gradcam.main(cli_args(data, tmp_path / "x.png", model, *extra, box_file=box_file))
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(data, tmp_path):
+    with pytest.raises(SystemExit, match=f"holds weights not in {PLAIN}: mca"):
+        run_mofo_gradcam.main(cli_args(data, tmp_path / "x.png", PLAIN, "--checkpoint",
+                                       str(data["checkpoints"][MOFO])))
+    with pytest.raises(SystemExit, match=f"lacks weights of {MOFO}: mca"):
+        run_mofo_gradcam.main(cli_args(data, tmp_path / "x.png", MOFO, "--checkpoint",
+                                       str(data["checkpoints"][PLAIN])))
