@@ -1,31 +1,64 @@
-"""Video datasets: VideoMAE-style lists, decord decoding, and the motion box of every clip.
+"""Video datasets: VideoMAE-style lists, decord decoding, and the motion boxes of every clip.
 
 Pretraining: one window of ``num_frames`` frames every ``sampling_rate`` frames, VideoMAE's multi-scale crop
 with the motion box carried through the same geometry, and a mask from the masking generator computed in the
-worker (motion-focused when the clip has a box). Corrupt videos are logged and replaced by another sample.
+worker (motion-focused when the clip has a box).
+
+Fine-tuning (``build_dataset``): Kinetics-400 / UCF101 / HMDB51 (``path label`` lists, dense sampling, flips),
+SSV2 (``path label`` lists, TSN sampling, never flipped: its labels say left and right) and EPIC-KITCHENS-100
+(the official annotation csv, TSN sampling over each action segment of the long videos, verb and noun targets),
+with the motion box of every sampled frame carried through every geometric augmentation.
+
+Box files mirror the list's video paths below ``data_root`` (absolute list paths must lie below it). Only the
+sampled frames are decoded, at a reduced size when that loses nothing. Corrupt or missing videos are logged and
+replaced by another sample; missing box files fail before training starts.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import os
+import string
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import decord
 import numpy as np
 import torch
+from timm.data.random_erasing import RandomErasing
 from torch.utils.data import Dataset, default_collate
 
 from masking_generator import MotionFocusedMaskingGenerator, TubeMaskingGenerator
-from motion_detection.boxfile import BoxFileError, MotionBoxes, box_file_path, load_boxes
+from motion_detection.boxfile import BoxFileError, MotionBoxes, box_file_path, load_boxes, relative_video_path
 from motion_detection.detect import union_box
-from video_transforms import NO_BOX, multiscale_crop, normalize_clip, normalized_box, scale_box
+from video_transforms import (
+    NO_BOX,
+    RESIZED_CROP_RATIO,
+    RESIZED_CROP_SCALE,
+    ClipRandAugment,
+    erase_clip,
+    horizontal_flip,
+    multiscale_crop,
+    normalize_clip,
+    normalized_box,
+    random_resized_crop_params,
+    resized_crop,
+    scale_box,
+    short_side_resize,
+    spatial_crop,
+)
 
 log = logging.getLogger("datasets")
 
 MIN_VIDEO_BYTES = 1024  # VideoMAE skips smaller files: decoders can hang on them
 MAX_REPLACEMENTS = 20
+
+Loaded = TypeVar("Loaded")
 
 
 class VideoDecodeError(RuntimeError):
@@ -63,10 +96,70 @@ def decode_size(width: int, height: int, needed_short_side: int) -> tuple[int, i
     return 2 * math.ceil(width * scale / 2), 2 * math.ceil(height * scale / 2)
 
 
+def reduced_decode_size(native_size: tuple[int, int] | None, needed_short_side: int) -> tuple[int, int] | None:
+    """``decode_size`` when the stored size is known and decoding smaller saves work; None: decode as stored."""
+    if native_size is None:
+        return None
+    size = decode_size(*native_size, needed_short_side)
+    return None if size == tuple(native_size) else size
+
+
+def decode_frames(path: str, pick_indices: Callable[[int], np.ndarray],
+                  size: tuple[int, int] | None = None) -> tuple[torch.Tensor, np.ndarray, int]:
+    """Decode only the frames ``pick_indices(num_video_frames)`` selects (one decord ``get_batch``), at ``size``
+    (width, height) or as stored. Returns frames (T, H, W, 3) uint8, the indices and the video's frame count;
+    every failure (missing, tiny, corrupt or empty file; ``pick_indices`` raising ValueError) raises VideoDecodeError
+    naming the file."""
+    if not os.path.exists(path):
+        raise VideoDecodeError(f"{path}: file not found")
+    if os.path.getsize(path) < MIN_VIDEO_BYTES:
+        raise VideoDecodeError(f"{path}: only {os.path.getsize(path)} bytes")
+    kwargs = {} if size is None else {"width": size[0], "height": size[1]}
+    try:
+        reader = decord.VideoReader(path, num_threads=1, **kwargs)
+        num_video_frames = len(reader)
+    except Exception as e:  # decord raises its own error types for corrupt streams
+        raise VideoDecodeError(f"{path}: cannot decode ({type(e).__name__}: {e})") from None
+    if num_video_frames == 0:
+        raise VideoDecodeError(f"{path}: no frames")
+    try:
+        indices = pick_indices(num_video_frames)
+    except ValueError as e:
+        raise VideoDecodeError(f"{path}: {e}") from None
+    try:
+        frames = torch.from_numpy(reader.get_batch(indices.tolist()).asnumpy())
+    except Exception as e:
+        raise VideoDecodeError(f"{path}: cannot decode ({type(e).__name__}: {e})") from None
+    return frames, indices, num_video_frames
+
+
+def load_with_replacement(load: Callable[[int], Loaded], index: int, num_entries: int,
+                          rng: np.random.Generator) -> tuple[int, Loaded, int]:
+    """``load(index)``, replacing an entry whose video fails to decode by a random other one (logged). Returns the
+    entry actually loaded, its result and how many were skipped; gives up after MAX_REPLACEMENTS in a row."""
+    replaced = 0
+    while True:
+        try:
+            return index, load(index), replaced
+        except VideoDecodeError as e:
+            replaced += 1
+            log.warning("skipping corrupt video (%s); using another sample", e)
+            if replaced >= MAX_REPLACEMENTS:
+                raise RuntimeError(f"{replaced} videos in a row failed to decode; last: {e}") from None
+            index = int(rng.integers(num_entries))
+
+
+PRETRAINING_BOX_REMEDY = ("Run motion_detection.extract_boxes for them, or pass --missing_box random to use plain"
+                          " tube masking for those videos.")
+FINETUNING_BOX_REMEDY = ("Run motion_detection.extract_boxes for them: the motion-box model needs the box of every"
+                         " video.")
+
+
 class MotionBoxIndex:
     """Box files of a video list under ``box_dir`` (mirroring the list's relative paths)."""
 
-    def __init__(self, box_dir: str, videos: list[str], missing_box: str = "error"):
+    def __init__(self, box_dir: str, videos: list[str], missing_box: str = "error",
+                 remedy: str = PRETRAINING_BOX_REMEDY):
         if missing_box not in ("error", "random"):
             raise ValueError(f"missing_box must be 'error' or 'random', got {missing_box!r}")
         self.box_dir, self.missing_box = box_dir, missing_box
@@ -77,8 +170,7 @@ class MotionBoxIndex:
             shown = "\n  ".join(missing[:10])
             raise FileNotFoundError(
                 f"{len(missing)} of {len(self.paths)} videos have no box file under {box_dir} (first: \n  {shown}\n)."
-                " Run motion_detection.extract_boxes for them, or pass --missing_box random to use plain tube"
-                " masking for those videos.")
+                f" {remedy}")
         if missing:
             log.warning("%d of %d videos have no box file under %s; they get plain tube masking",
                         len(missing), len(self.paths), box_dir)
@@ -92,21 +184,30 @@ class MotionBoxIndex:
             return None
 
 
+def _box_file_rows(boxes: MotionBoxes, frame_indices: np.ndarray, num_video_frames: int) -> np.ndarray:
+    """The box file's rows (pixels of the box file) for decoded frame indices, mapped proportionally when the box
+    file counted a different number of frames than the decoder."""
+    if boxes.num_frames != num_video_frames and num_video_frames > 1:
+        frame_indices = np.rint(frame_indices * (boxes.num_frames - 1) / (num_video_frames - 1)).astype(int)
+    return boxes.frames[np.clip(frame_indices, 0, boxes.num_frames - 1)]
+
+
 def clip_box(boxes: MotionBoxes | None, frame_indices: np.ndarray, num_video_frames: int, source: str) -> np.ndarray:
     """Motion box of a clip in [0, 1] coordinates: the union of its frames' boxes (``clip``) or the video's union
-    box (``video``); NaN when there is none. Frame indices are mapped proportionally when the box file counted
-    a different number of frames than the decoder."""
+    box (``video``); NaN when there is none."""
     if boxes is None:
         return NO_BOX.copy()
-    if source == "video":
-        box = boxes.union
-    else:
-        if boxes.num_frames != num_video_frames and num_video_frames > 1:
-            frame_indices = np.rint(frame_indices * (boxes.num_frames - 1) / (num_video_frames - 1)).astype(int)
-        box = union_box(boxes.frames[np.clip(frame_indices, 0, boxes.num_frames - 1)])
+    box = boxes.union if source == "video" else union_box(_box_file_rows(boxes, frame_indices, num_video_frames))
     if box is None:
         return NO_BOX.copy()
     return normalized_box(box, boxes.width, boxes.height)
+
+
+def frame_boxes(boxes: MotionBoxes | None, frame_indices: np.ndarray, num_video_frames: int) -> np.ndarray:
+    """Motion box of every sampled frame (T, 4) in [0, 1] coordinates; NaN rows where there is none."""
+    if boxes is None:
+        return np.tile(NO_BOX, (len(frame_indices), 1))
+    return normalized_box(_box_file_rows(boxes, frame_indices, num_video_frames), boxes.width, boxes.height)
 
 
 class VideoMAEPretrainDataset(Dataset):
@@ -155,45 +256,19 @@ class VideoMAEPretrainDataset(Dataset):
     def video_path(self, index: int) -> str:
         return os.path.join(self.data_root, self.entries[index][0])
 
-    def _decode(self, index: int, boxes: MotionBoxes | None) -> tuple[torch.Tensor, np.ndarray, int]:
-        path = self.video_path(index)
-        if not os.path.exists(path):
-            raise VideoDecodeError(f"{path}: file not found")
-        if os.path.getsize(path) < MIN_VIDEO_BYTES:
-            raise VideoDecodeError(f"{path}: only {os.path.getsize(path)} bytes")
-        needed = math.ceil(self.input_size / min(self.scales))
-        kwargs = {}
-        if boxes is not None:
-            width, height = decode_size(boxes.width, boxes.height, needed)
-            if (width, height) != (boxes.width, boxes.height):
-                kwargs = {"width": width, "height": height}
-        try:
-            reader = decord.VideoReader(path, num_threads=1, **kwargs)
-            num_video_frames = len(reader)
-            if num_video_frames == 0:
-                raise VideoDecodeError(f"{path}: no frames")
-            indices = sample_window_indices(num_video_frames, self.num_frames, self.sampling_rate, self.rng)
-            frames = torch.from_numpy(reader.get_batch(indices.tolist()).asnumpy())
-        except VideoDecodeError:
-            raise
-        except Exception as e:  # decord raises its own error types for corrupt streams
-            raise VideoDecodeError(f"{path}: cannot decode ({type(e).__name__}: {e})") from None
-        return frames, indices, num_video_frames
-
     def _load(self, index: int):
         """Decoded frames and the clip's box, replacing corrupt videos by random others (logged, counted)."""
-        replaced = 0
-        while True:
-            try:
-                boxes = self.boxes.load(index) if self.boxes is not None else None
-                frames, indices, num_video_frames = self._decode(index, boxes)
-                return frames, clip_box(boxes, indices, num_video_frames, self.box_source), boxes, replaced
-            except VideoDecodeError as e:
-                replaced += 1
-                log.warning("skipping corrupt video (%s); using another sample", e)
-                if replaced >= MAX_REPLACEMENTS:
-                    raise RuntimeError(f"{replaced} videos in a row failed to decode; last: {e}") from None
-                index = int(self.rng.integers(len(self)))
+        def load(entry: int):
+            boxes = self.boxes.load(entry) if self.boxes is not None else None
+            native = None if boxes is None else (boxes.width, boxes.height)
+            size = reduced_decode_size(native, math.ceil(self.input_size / min(self.scales)))
+            frames, indices, num_video_frames = decode_frames(
+                self.video_path(entry),
+                lambda n: sample_window_indices(n, self.num_frames, self.sampling_rate, self.rng), size)
+            return frames, clip_box(boxes, indices, num_video_frames, self.box_source), boxes
+
+        _, (frames, box, boxes), replaced = load_with_replacement(load, index, len(self), self.rng)
+        return frames, box, boxes, replaced
 
     def __getitem__(self, index: int):
         frames, box01, boxes, replaced = self._load(index)
@@ -228,4 +303,278 @@ def build_pretraining_dataset(args) -> VideoMAEPretrainDataset:
         tubelet_size=args.tubelet_size, mask_type=args.mask_type, mask_ratio=args.mask_ratio,
         motion_mask_ratio=args.motion_mask_ratio, box_source=args.box_source, missing_box=args.missing_box,
         num_sample=args.num_sample, seed=args.seed,
+    )
+
+
+# Fine-tuning: classification lists, EPIC-KITCHENS-100 action segments, TSN or dense sampling, per-frame boxes.
+
+EPIC_KITCHENS = "EPIC-KITCHENS-100"
+LABEL_LIST_DATA_SETS = ("Kinetics-400", "SSV2", "UCF101", "HMDB51")
+TSN_DATA_SETS = ("SSV2", EPIC_KITCHENS)  # segment sampling over the whole clip; the others sample dense windows
+NO_FLIP_DATA_SETS = ("SSV2",)  # left/right in the labels ("pushing something from left to right")
+EPIC_VIDEO_TEMPLATE = "{participant_id}/videos/{video_id}.MP4"
+EPIC_LABEL_COLUMNS = ("verb_class", "noun_class")
+BOX_CACHE_SIZE = 8  # parsed box files kept per worker (EPIC rows share long videos whose files are large)
+
+
+@dataclass(frozen=True)
+class ClipEntry:
+    """One row of a fine-tuning list: the video file as listed (relative to ``data_root``, or absolute), the targets
+    (one per head), and the clip's frames in that file: ``first_frame`` (0-based) and ``num_frames`` (None: the
+    whole file)."""
+
+    video: str
+    target: tuple[int, ...]
+    first_frame: int = 0
+    num_frames: int | None = None
+
+
+def read_label_list(list_file: str | os.PathLike) -> list[ClipEntry]:
+    """VideoMAE classification list: ``path label`` per line. The label is the last field, so the MOFO release's
+    SSV2 lists (``path "class name" label``) read the same."""
+    entries = []
+    for path, fields in read_video_list(list_file):
+        try:
+            entries.append(ClipEntry(path, (int(fields[-1]),)))
+        except (IndexError, ValueError):
+            raise ValueError(f"{list_file}: '{path} {' '.join(fields)}' does not end in an integer label") from None
+    return entries
+
+
+def read_epic_list(list_file: str | os.PathLike, video_template: str = EPIC_VIDEO_TEMPLATE) -> list[ClipEntry]:
+    """EPIC-KITCHENS-100 annotation csv (EPIC_100_train.csv / EPIC_100_validation.csv, with its header row): one
+    action segment per row, targets (verb_class, noun_class).
+
+    ``video_template`` names the video file from the row's columns. Long videos (the default
+    ``{participant_id}/videos/{video_id}.MP4``) are trimmed to the row's frames: EPIC frame numbers are 1-based
+    indices at the native frame rate, so the clip is frames start_frame-1 .. stop_frame-1 of the file. A template
+    that uses ``{narration_id}`` names pre-trimmed clips (one file per row), whose frames are 0 .. stop-start.
+    A csv without the class columns (the test set's timestamps file) gets targets -1.
+    """
+    with open(list_file, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{list_file}: no action segments listed")
+    columns = set(rows[0])
+    template_fields = {name for _, name, _, _ in string.Formatter().parse(video_template) if name}
+    missing = sorted(({"start_frame", "stop_frame"} | template_fields) - columns)
+    if missing:
+        raise ValueError(f"{list_file}: columns {missing} missing (needed by the EPIC reader and the video template "
+                         f"{video_template!r}); the header has {sorted(columns)}")
+    labelled = set(EPIC_LABEL_COLUMNS) <= columns
+    if not labelled:
+        log.warning("%s has no %s columns: targets are -1, accuracies on it are meaningless", list_file,
+                    "/".join(EPIC_LABEL_COLUMNS))
+    trimmed = "narration_id" in template_fields
+    entries = []
+    for line, row in enumerate(rows, start=2):
+        start, stop = int(row["start_frame"]), int(row["stop_frame"])
+        if not 1 <= start <= stop:
+            raise ValueError(f"{list_file}:{line}: need 1 <= start_frame <= stop_frame, got {start}, {stop}")
+        target = tuple(int(row[c]) for c in EPIC_LABEL_COLUMNS) if labelled else (-1, -1)
+        entries.append(ClipEntry(video_template.format(**row), target, 0 if trimmed else start - 1,
+                                 stop - start + 1))
+    return entries
+
+
+def segment_bounds(num_frames: int, num_segments: int) -> np.ndarray:
+    """num_segments + 1 integer boundaries splitting frames 0..num_frames-1 into near-equal consecutive parts."""
+    return np.arange(num_segments + 1) * num_frames // num_segments
+
+
+def tsn_indices(num_video_frames: int, num_segments: int, rng: np.random.Generator | None = None,
+                position: float = 0.5) -> np.ndarray:
+    """TSN sampling (VideoMAE's SSV2): one frame per segment of the whole clip, at a uniformly random place in it
+    (``rng``) or at the fraction ``position`` of it; clips shorter than num_segments repeat frames."""
+    bounds = segment_bounds(num_video_frames, num_segments)
+    offsets = rng.random(num_segments) if rng is not None else position
+    indices = bounds[:-1] + np.floor(offsets * (bounds[1:] - bounds[:-1])).astype(int)
+    return np.minimum(indices, num_video_frames - 1)
+
+
+def dense_indices(num_video_frames: int, num_frames: int, sampling_rate: int, num_windows: int = 1,
+                  rng: np.random.Generator | None = None, position: float = 0.5) -> np.ndarray:
+    """Dense sampling (VideoMAE's Kinetics): in each of ``num_windows`` consecutive parts of the clip, num_frames
+    frames every sampling_rate frames, in a window starting at a random place (``rng``) or at the fraction
+    ``position`` of the possible starts; windows longer than their part repeat its last frame."""
+    bounds = segment_bounds(num_video_frames, num_windows)
+    span = (num_frames - 1) * sampling_rate + 1
+    windows = []
+    for first, end in zip(bounds[:-1], bounds[1:], strict=True):
+        length = max(end - first, 1)
+        if rng is not None:
+            window = sample_window_indices(length, num_frames, sampling_rate, rng)
+        else:
+            start = round(position * max(length - span, 0))
+            window = np.minimum(start + np.arange(num_frames) * sampling_rate, length - 1)
+        windows.append(first + window)
+    return np.minimum(np.concatenate(windows), num_video_frames - 1)
+
+
+class VideoClassificationDataset(Dataset):
+    """Fine-tuning clips with their targets and the motion box of every sampled frame (VideoMAE's VideoClsDataset
+    and SSVideoClsDataset in one, with boxes).
+
+    ``mode``: ``train`` (random temporal sampling; per clip a random resized crop, a horizontal flip if ``flip``,
+    RandAugment, normalisation and random erasing; ``num_sample`` clips from one decode), ``validation`` (middle
+    temporal clip, short side resized to short_side_size, centre crop) or ``test`` (``test_num_segment`` temporal
+    clips x ``test_num_crop`` crops spread along the long side; every view is an item). ``sampling``: ``tsn``
+    (num_frames x num_segments segments over the clip) or ``dense`` (num_segments windows of num_frames frames at
+    sampling_rate). Items are dicts: ``video`` (3, T, S, S) normalised, ``target`` (heads,) long, ``box`` (T, 4)
+    float32 in [0, 1] of the output frames (NaN rows: none), ``replaced`` (videos skipped because they failed to
+    decode), and in test mode ``sample_id`` (the entry) and ``view`` (segment * test_num_crop + crop).
+    """
+
+    def __init__(self, entries: list[ClipEntry], data_root: str = "", box_dir: str | None = None,
+                 mode: str = "train", sampling: str = "dense", flip: bool = True, num_frames: int = 16,
+                 sampling_rate: int = 4, num_segments: int = 1, input_size: int = 224, short_side_size: int = 224,
+                 test_num_segment: int = 5, test_num_crop: int = 3, num_sample: int = 1, rand_augment: str = "",
+                 reprob: float = 0.0, remode: str = "pixel", recount: int = 1, seed: int | None = None):
+        if mode not in ("train", "validation", "test"):
+            raise ValueError(f"mode must be 'train', 'validation' or 'test', got {mode!r}")
+        if sampling not in ("tsn", "dense"):
+            raise ValueError(f"sampling must be 'tsn' or 'dense', got {sampling!r}")
+        if mode != "train" and short_side_size < input_size:
+            raise ValueError(f"short_side_size {short_side_size} is smaller than input_size {input_size}")
+        if not entries:
+            raise ValueError("no clips listed")
+        self.entries, self.data_root, self.mode, self.sampling, self.flip = entries, data_root, mode, sampling, flip
+        self.num_frames, self.sampling_rate, self.num_segments = num_frames, sampling_rate, num_segments
+        self.input_size, self.short_side_size = input_size, short_side_size
+        self.test_num_segment, self.test_num_crop = test_num_segment, test_num_crop
+        self.num_views = test_num_segment * test_num_crop if mode == "test" else 1
+        self.num_sample = num_sample if mode == "train" else 1
+        train = mode == "train"
+        self.rand_augment = ClipRandAugment(rand_augment, input_size) if train and rand_augment else None
+        self.eraser = (RandomErasing(reprob, mode=remode, max_count=recount, device="cpu")
+                       if train and reprob > 0 else None)
+        # Decoding smaller never drops pixels the output uses: training crops keep at least
+        # sqrt(min scale x min ratio) of the short side, validation/test resize the short side to short_side_size.
+        self.needed_short_side = (math.ceil(input_size / math.sqrt(RESIZED_CROP_SCALE[0] * RESIZED_CROP_RATIO[0]))
+                                  if train else short_side_size)
+        self.box_index, self._box_slots, self._box_cache = None, [], OrderedDict()
+        if box_dir:
+            try:
+                relative = [relative_video_path(entry.video, data_root) for entry in entries]
+            except ValueError as e:
+                raise ValueError(f"{e} (box files mirror paths below --data_root {data_root!r})") from None
+            distinct = list(dict.fromkeys(relative))
+            slot = {video: k for k, video in enumerate(distinct)}
+            self.box_index = MotionBoxIndex(box_dir, distinct, "error", FINETUNING_BOX_REMEDY)
+            self._box_slots = [slot[video] for video in relative]
+        self._native_sizes: dict[str, tuple[int, int]] = {}
+        self.reseed(seed)
+
+    def reseed(self, seed: int | None) -> None:
+        """A fresh random stream for sampling, augmentation and replacements (per epoch and data-loader worker)."""
+        self.rng = np.random.default_rng(np.random.SeedSequence(seed))
+
+    def __len__(self) -> int:
+        return len(self.entries) * self.num_views
+
+    def video_path(self, index: int) -> str:
+        return os.path.join(self.data_root, self.entries[index].video)
+
+    def motion_boxes(self, index: int) -> MotionBoxes | None:
+        """The entry's box file (None without ``box_dir``); malformed files raise BoxFileError naming the file."""
+        if self.box_index is None:
+            return None
+        slot = self._box_slots[index]
+        if slot not in self._box_cache:
+            self._box_cache[slot] = self.box_index.load(slot)
+            if len(self._box_cache) > BOX_CACHE_SIZE:
+                self._box_cache.popitem(last=False)
+        self._box_cache.move_to_end(slot)
+        return self._box_cache[slot]
+
+    def frame_indices(self, entry: ClipEntry, num_file_frames: int, segment: int) -> np.ndarray:
+        """Frame indices in the file for this entry: random in training, else at the test segment's position
+        (validation: the middle). ValueError when the clip starts after the file's last frame."""
+        if entry.first_frame >= num_file_frames:
+            raise ValueError(f"clip starts at frame {entry.first_frame + 1} but the video has {num_file_frames} frames")
+        length = entry.num_frames if entry.num_frames is not None else num_file_frames - entry.first_frame
+        rng = self.rng if self.mode == "train" else None
+        if self.sampling == "tsn":
+            position = (segment + 0.5) / self.test_num_segment if self.mode == "test" else 0.5
+            indices = tsn_indices(length, self.num_frames * self.num_segments, rng, position)
+        else:
+            spread = self.mode == "test" and self.test_num_segment > 1
+            position = segment / (self.test_num_segment - 1) if spread else 0.5
+            indices = dense_indices(length, self.num_frames, self.sampling_rate, self.num_segments, rng, position)
+        return np.minimum(entry.first_frame + indices, num_file_frames - 1)
+
+    def _decode(self, index: int, segment: int) -> tuple[torch.Tensor, np.ndarray]:
+        """Sampled frames (T, H, W, 3) uint8 and their boxes (T, 4) in pixels of the decoded frames. The stored
+        size comes from the box file, or from an earlier decode of the same file."""
+        path, entry = self.video_path(index), self.entries[index]
+        boxes = self.motion_boxes(index)
+        native = (boxes.width, boxes.height) if boxes is not None else self._native_sizes.get(path)
+        size = reduced_decode_size(native, self.needed_short_side)
+        frames, indices, num_file_frames = decode_frames(path, lambda n: self.frame_indices(entry, n, segment), size)
+        height, width = frames.shape[1:3]
+        if size is None:
+            self._native_sizes[path] = (width, height)
+        return frames, scale_box(frame_boxes(boxes, indices, num_file_frames), width, height)
+
+    def _train_clip(self, frames: torch.Tensor, boxes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """One augmented clip (3, T, S, S) and its boxes in output pixels, from decoded frames and their boxes."""
+        height, width = frames.shape[1:3]
+        crop = random_resized_crop_params(width, height, self.rng)
+        clip, boxes = resized_crop(frames, boxes, *crop, self.input_size)
+        if self.flip and self.rng.random() < 0.5:
+            clip, boxes = horizontal_flip(clip, boxes)
+        if self.rand_augment is not None:
+            clip, boxes = self.rand_augment(clip, boxes, self.rng)
+        video = normalize_clip(clip)
+        if self.eraser is not None:
+            erase_clip(video, self.eraser, self.rng)
+        return video, boxes
+
+    def _eval_clip(self, frames: torch.Tensor, boxes: np.ndarray, crop: int) -> tuple[torch.Tensor, np.ndarray]:
+        """The validation centre crop, or test crop number ``crop`` spread along the long side, and its boxes."""
+        clip, boxes = short_side_resize(frames, boxes, self.short_side_size)
+        position = crop / (self.test_num_crop - 1) if self.mode == "test" and self.test_num_crop > 1 else 0.5
+        clip, boxes = spatial_crop(clip, boxes, self.input_size, position)
+        return normalize_clip(clip), boxes
+
+    def __getitem__(self, index: int):
+        entry_index, view = divmod(index, self.num_views)
+        segment, crop = divmod(view, self.test_num_crop) if self.mode == "test" else (0, 0)
+        entry_index, (frames, boxes), replaced = load_with_replacement(
+            lambda i: self._decode(i, segment), entry_index, len(self.entries), self.rng)
+        target = torch.tensor(self.entries[entry_index].target, dtype=torch.long)
+        items = []
+        for _ in range(self.num_sample):
+            if self.mode == "train":
+                video, out_boxes = self._train_clip(frames, boxes)
+            else:
+                video, out_boxes = self._eval_clip(frames, boxes, crop)
+            item = {"video": video, "target": target,
+                    "box": torch.from_numpy((out_boxes / self.input_size).astype(np.float32)),
+                    "replaced": 0 if items else replaced}  # counted once per decode
+            if self.mode == "test":
+                item.update(sample_id=entry_index, view=view)
+            items.append(item)
+        return items[0] if self.num_sample == 1 else items
+
+
+def build_dataset(is_train: bool, test_mode: bool, args) -> VideoClassificationDataset:
+    """The fine-tuning dataset of ``args.data_set`` from ``args.data_path``/train.csv (is_train), test.csv
+    (test_mode: every test view an item) or val.csv. EPIC-KITCHENS-100 reads the official csv files: copy or link
+    EPIC_100_train.csv -> train.csv and EPIC_100_validation.csv -> val.csv (and -> test.csv to test on it)."""
+    split, mode = ("train", "train") if is_train else ("test", "test") if test_mode else ("val", "validation")
+    list_file = Path(args.data_path) / f"{split}.csv"
+    if args.data_set == EPIC_KITCHENS:
+        entries = read_epic_list(list_file, getattr(args, "epic_video_template", EPIC_VIDEO_TEMPLATE))
+    elif args.data_set in LABEL_LIST_DATA_SETS:
+        entries = read_label_list(list_file)
+    else:
+        raise ValueError(f"unknown data set {args.data_set!r}; known: {[*LABEL_LIST_DATA_SETS, EPIC_KITCHENS]}")
+    return VideoClassificationDataset(
+        entries, data_root=args.data_root, box_dir=args.box_dir, mode=mode,
+        sampling="tsn" if args.data_set in TSN_DATA_SETS else "dense", flip=args.data_set not in NO_FLIP_DATA_SETS,
+        num_frames=args.num_frames, sampling_rate=args.sampling_rate, num_segments=args.num_segments,
+        input_size=args.input_size, short_side_size=args.short_side_size, test_num_segment=args.test_num_segment,
+        test_num_crop=args.test_num_crop, num_sample=args.num_sample, rand_augment=args.aa, reprob=args.reprob,
+        remode=args.remode, recount=args.recount, seed=args.seed,
     )

@@ -1,26 +1,43 @@
-"""Clip transforms on tensors that carry the motion box through the same geometry as the frames.
+"""Clip transforms on tensors that carry the motion boxes through the same geometry as the frames.
 
-Frames are uint8 tensors (T, H, W, 3) until ``normalize_clip``; a box is xyxy in pixels of the current frames
-(float32 (4,)), NaN when there is none. Every geometric op maps the box exactly as it maps the pixels, so after
-the last op the box still sits on the moving object (the release shifted neither crops nor flips into the box).
+Frames are uint8 tensors (T, H, W, 3) straight from the decoder, or float tensors (T, 3, H, W) in [0, 255] after
+the first resize, until ``normalize_clip``. A box is xyxy in pixels of the current frames (continuous coordinates:
+pixel i covers [i, i + 1), so x2/y2 are exclusive edges), float32 with shape (4,) for one box per clip or (T, 4) for
+one per frame; NaN rows mean "no box". Every geometric op maps the boxes exactly as it maps the pixels, so after the
+last op the box still sits on the moving object. The MOFO release got this wrong: its crops ignored the crop
+offset, its flips and shear/translate ops left the box where it was.
+
+Fine-tuning training applies, as VideoMAE: random resized crop, horizontal flip (not for SSV2), RandAugment with
+timm's ops (drawn once per clip), ImageNet normalisation and timm's random erasing (one rectangle per clip).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import random
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from timm.data.auto_augment import AugmentOp, rand_augment_transform
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data.random_erasing import RandomErasing
 
 NO_BOX = np.full(4, np.nan, dtype=np.float32)
+RESIZED_CROP_SCALE = (0.08, 1.0)  # VideoMAE fine-tuning: area fraction of the frame
+RESIZED_CROP_RATIO = (3 / 4, 4 / 3)  # width / height
+AUGMENT_FILL = (128, 128, 128)  # timm's fill for pixels a geometric op brings in from outside the frame
+AUGMENT_LEVEL_MAX = 10.0  # timm's magnitude scale (``_LEVEL_DENOM``): magnitudes are clipped to [0, 10]
+AFFINE_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel", "Rotate")
 
 
-def crop_box(box: np.ndarray, x0: int, y0: int, width: int, height: int) -> np.ndarray:
-    """Box in the coordinates of the crop [x0, x0+width) x [y0, y0+height), clipped; NaN if nothing is left."""
+def crop_box(box: np.ndarray, x0: float, y0: float, width: float, height: float) -> np.ndarray:
+    """Boxes in the coordinates of the crop [x0, x0+width) x [y0, y0+height), clipped; NaN where nothing is left."""
     shifted = np.asarray(box, dtype=np.float32) - np.array([x0, y0, x0, y0], dtype=np.float32)
     clipped = np.clip(shifted, 0, [width, height, width, height]).astype(np.float32)
-    if not (clipped[2] > clipped[0] and clipped[3] > clipped[1]):
-        return NO_BOX.copy()
+    clipped[~((clipped[..., 2] > clipped[..., 0]) & (clipped[..., 3] > clipped[..., 1]))] = np.nan
     return clipped
 
 
@@ -31,6 +48,23 @@ def scale_box(box: np.ndarray, sx: float, sy: float) -> np.ndarray:
 def normalized_box(box: np.ndarray, width: int, height: int) -> np.ndarray:
     """Pixels -> [0, 1] coordinates of the frame."""
     return scale_box(box, 1.0 / width, 1.0 / height)
+
+
+def flip_box(box: np.ndarray, width: int) -> np.ndarray:
+    """Boxes of a horizontally flipped frame of this width."""
+    box = np.asarray(box, dtype=np.float32)
+    return np.stack([width - box[..., 2], box[..., 1], width - box[..., 0], box[..., 3]], axis=-1)
+
+
+def affine_box(box: np.ndarray, matrix: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bounding boxes of the box corners mapped by the 2x3 (or 3x3) affine ``matrix`` (input -> output pixels),
+    clipped to the width x height frame; NaN where nothing is left."""
+    box = np.asarray(box, dtype=np.float32)
+    x1, y1, x2, y2 = np.moveaxis(box, -1, 0)
+    corners = np.stack([np.stack([x1, x1, x2, x2], -1), np.stack([y1, y2, y1, y2], -1)], -1)  # (..., 4, 2)
+    mapped = corners @ np.asarray(matrix, dtype=np.float64)[:2, :2].T + np.asarray(matrix, dtype=np.float64)[:2, 2]
+    bounds = np.concatenate([mapped.min(axis=-2), mapped.max(axis=-2)], axis=-1)
+    return crop_box(bounds, 0, 0, width, height)
 
 
 def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -73,3 +107,150 @@ def multiscale_crop(frames: torch.Tensor, box: np.ndarray, input_size: int, rng:
     x0, y0, cw, ch = multiscale_crop_params(width, height, input_size, rng, scales)
     out = resize_frames(frames[:, y0:y0 + ch, x0:x0 + cw], (input_size, input_size))
     return out, scale_box(crop_box(box, x0, y0, cw, ch), input_size / cw, input_size / ch)
+
+
+def random_resized_crop_params(width: int, height: int, rng: np.random.Generator, scale=RESIZED_CROP_SCALE,
+                               ratio=RESIZED_CROP_RATIO, attempts: int = 10) -> tuple[int, int, int, int]:
+    """torchvision's / VideoMAE's RandomResizedCrop choice: area fraction uniform in ``scale``, aspect ratio
+    log-uniform in ``ratio``, the first of ``attempts`` draws that fits, at a uniform position; otherwise the
+    largest centred crop within ``ratio``. Returns (x0, y0, crop_w, crop_h)."""
+    areas = rng.uniform(*scale, size=attempts) * (width * height)
+    aspects = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), size=attempts))
+    crop_ws = np.rint(np.sqrt(areas * aspects)).astype(int)
+    crop_hs = np.rint(np.sqrt(areas / aspects)).astype(int)
+    fits = (crop_ws > 0) & (crop_ws <= width) & (crop_hs > 0) & (crop_hs <= height)
+    if fits.any():
+        first = int(np.argmax(fits))
+        crop_w, crop_h = int(crop_ws[first]), int(crop_hs[first])
+        return int(rng.integers(width - crop_w + 1)), int(rng.integers(height - crop_h + 1)), crop_w, crop_h
+    aspect = width / height
+    if aspect < min(ratio):
+        crop_w, crop_h = width, int(round(width / min(ratio)))
+    elif aspect > max(ratio):
+        crop_w, crop_h = int(round(height * max(ratio))), height
+    else:
+        crop_w, crop_h = width, height
+    return (width - crop_w) // 2, (height - crop_h) // 2, crop_w, crop_h
+
+
+def resized_crop(frames: torch.Tensor, box: np.ndarray, x0: int, y0: int, crop_w: int, crop_h: int,
+                 size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Crop uint8 frames (T, H, W, 3) and resize the crop to size^2: (T, 3, S, S) float and the boxes there."""
+    out = resize_frames(frames[:, y0:y0 + crop_h, x0:x0 + crop_w], (size, size))
+    return out, scale_box(crop_box(box, x0, y0, crop_w, crop_h), size / crop_w, size / crop_h)
+
+
+def horizontal_flip(frames: torch.Tensor, box: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """Mirror (T, 3, H, W) frames left-right, and their boxes."""
+    return frames.flip(-1), flip_box(box, frames.shape[-1])
+
+
+def short_side_resize(frames: torch.Tensor, box: np.ndarray, short_side: int) -> tuple[torch.Tensor, np.ndarray]:
+    """uint8 frames (T, H, W, 3) -> (T, 3, h, w) float with min(h, w) = short_side, aspect kept; boxes follow."""
+    height, width = frames.shape[1:3]
+    scale = short_side / min(width, height)
+    new_w, new_h = (short_side, round(height * scale)) if width <= height else (round(width * scale), short_side)
+    return resize_frames(frames, (new_h, new_w)), scale_box(box, new_w / width, new_h / height)
+
+
+def spatial_crop(frames: torch.Tensor, box: np.ndarray, size: int, position: float) -> tuple[torch.Tensor, np.ndarray]:
+    """size^2 crop of (T, 3, H, W) frames, centred on the short side and at ``position`` along the long side
+    (0 = start, 0.5 = centre, 1 = end): VideoMAE's validation centre crop and its spread test crops."""
+    height, width = frames.shape[-2:]
+    if min(width, height) < size:
+        raise ValueError(f"cannot crop {size}x{size} from {width}x{height} frames")
+    along = round(position * (max(width, height) - size))
+    across = (min(width, height) - size) // 2
+    x0, y0 = (along, across) if width >= height else (across, along)
+    return frames[..., y0:y0 + size, x0:x0 + size], crop_box(box, x0, y0, size, size)
+
+
+@contextlib.contextmanager
+def seeded_global_rngs(rng: np.random.Generator):
+    """Run timm code that draws from Python's ``random`` and torch's default CPU generator with both seeded from
+    ``rng``, and restore them afterwards: each item stays a function of the dataset's own stream."""
+    seed = int(rng.integers(2**63))
+    python_state, torch_state = random.getstate(), torch.get_rng_state()
+    random.seed(seed)
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        torch.set_rng_state(torch_state)
+
+
+def pil_affine_inverse(name: str, level_args: tuple, width: int, height: int) -> np.ndarray:
+    """The 3x3 output -> input pixel map that PIL applies for timm's geometric op ``name`` with these arguments
+    (PIL's affine transform takes the inverse map; Rotate turns counter-clockwise about the frame centre)."""
+    (value,) = level_args
+    if name == "Rotate":
+        cos, sin = math.cos(math.radians(value)), math.sin(math.radians(value))
+        cx, cy = width / 2, height / 2
+        return np.array([[cos, -sin, cx - cos * cx + sin * cy], [sin, cos, cy - sin * cx - cos * cy], [0, 0, 1]])
+    shift_x = {"TranslateX": value, "TranslateXRel": value * width}.get(name, 0.0)
+    shift_y = {"TranslateY": value, "TranslateYRel": value * height}.get(name, 0.0)
+    shear_x = value if name == "ShearX" else 0.0
+    shear_y = value if name == "ShearY" else 0.0
+    return np.array([[1, shear_x, shift_x], [shear_y, 1, shift_y], [0, 0, 1]], dtype=np.float64)
+
+
+class ClipRandAugment:
+    """timm's RandAugment (policy strings such as ``rand-m7-n4-mstd0.5-inc1``, hyper-parameters as VideoMAE:
+    bicubic, grey fill, translate_const 0.45 x input size) drawn once per clip and applied with timm's op functions
+    to every frame, so a clip gets the same ops with the same magnitudes throughout. Geometric ops move the boxes
+    by the same affine map (bounding box of the mapped corners, clipped). ``transforms`` overrides the op set."""
+
+    def __init__(self, config_str: str, input_size: int, transforms: list[str] | None = None):
+        hparams = {"translate_const": int(0.45 * input_size), "img_mean": AUGMENT_FILL,
+                   "interpolation": Image.Resampling.BICUBIC}
+        policy = rand_augment_transform(config_str, hparams, transforms=transforms)
+        self.ops: list[AugmentOp] = list(policy.ops)
+        self.num_layers, self.choice_weights = policy.num_layers, policy.choice_weights
+
+    def draw(self, rng: np.random.Generator) -> list[tuple[AugmentOp, tuple]]:
+        """One clip's ops and their arguments, drawn as timm's RandAugment/AugmentOp draw them for one image."""
+        chosen = rng.choice(len(self.ops), self.num_layers, replace=self.choice_weights is None,
+                            p=self.choice_weights)
+        drawn = []
+        with seeded_global_rngs(rng):  # timm's level functions pick the sign with Python's random
+            for op in (self.ops[k] for k in chosen):
+                if op.prob < 1.0 and rng.random() > op.prob:
+                    continue
+                magnitude = op.magnitude
+                if op.magnitude_std == float("inf"):
+                    magnitude = rng.uniform(0, magnitude)
+                elif op.magnitude_std > 0:
+                    magnitude = rng.normal(magnitude, op.magnitude_std)
+                magnitude = min(max(float(magnitude), 0.0), op.magnitude_max or AUGMENT_LEVEL_MAX)
+                drawn.append((op, op.level_fn(magnitude, op.hparams) if op.level_fn is not None else ()))
+        return drawn
+
+    @staticmethod
+    def apply(frames: torch.Tensor, box: np.ndarray,
+              ops: list[tuple[AugmentOp, tuple]]) -> tuple[torch.Tensor, np.ndarray]:
+        """Apply drawn ops to every frame of (T, 3, H, W) float [0, 255] frames (rounded to uint8 for PIL)."""
+        if not ops:
+            return frames, box
+        height, width = frames.shape[-2:]
+        pixels = frames.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        images = [Image.fromarray(frame) for frame in pixels]
+        for op, level_args in ops:
+            images = [op.aug_fn(image, *level_args, **op.kwargs) for image in images]
+            if op.name in AFFINE_OPS:
+                forward = np.linalg.inv(pil_affine_inverse(op.name, level_args, width, height))
+                box = affine_box(box, forward, width, height)
+        frames = torch.from_numpy(np.stack([np.asarray(image) for image in images])).permute(0, 3, 1, 2)
+        return frames.float(), box
+
+    def __call__(self, frames: torch.Tensor, box: np.ndarray,
+                 rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
+        return self.apply(frames, box, self.draw(rng))
+
+
+def erase_clip(video: torch.Tensor, eraser: RandomErasing, rng: np.random.Generator) -> torch.Tensor:
+    """timm's random erasing with one rectangle for the whole normalised clip (3, T, H, W), in place: a 3-D input
+    gets one rectangle across all its channels, so the clip goes in as (3*T, H, W)."""
+    with seeded_global_rngs(rng):
+        eraser(video.view(-1, *video.shape[-2:]))
+    return video

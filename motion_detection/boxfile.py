@@ -76,6 +76,22 @@ def box_file_path(output_dir: str | os.PathLike, video_rel_path: str) -> Path:
     return Path(output_dir) / rel.with_suffix(".json")
 
 
+def relative_video_path(entry: str, video_root: str) -> str:
+    """The path below the video root, which the box file mirrors."""
+    p = Path(entry)
+    if p.is_absolute():
+        if not video_root:
+            raise ValueError(f"{entry}: absolute path in the list; pass --video_root (a common parent folder)")
+        try:
+            return p.relative_to(Path(video_root).resolve()).as_posix()
+        except ValueError:
+            try:
+                return p.relative_to(Path(video_root)).as_posix()
+            except ValueError:
+                raise ValueError(f"{entry}: not below --video_root {video_root}") from None
+    return p.as_posix()
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write to ``path.tmp`` and rename: a killed writer never leaves a half-written ``path``."""
     path = Path(path)

@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from .boxfile import BoxFileError, atomic_write_text, box_file_path, load_boxes, save_boxes
+from .boxfile import BoxFileError, atomic_write_text, box_file_path, load_boxes, relative_video_path, save_boxes
 from .detect import MotionBoxDetector, add_detection_args, params_from_args
 from .flow import available_flows
 from .video import VideoReadError
@@ -56,22 +56,6 @@ def read_video_list(path: str | os.PathLike) -> list[str]:
     except OSError as e:
         raise SystemExit(f"cannot read --video_list {path}: {e}") from None
     return [line.split()[0] for line in lines if line.strip()]
-
-
-def relative_video_path(entry: str, video_root: str) -> str:
-    """The path below the video root, which the box file mirrors."""
-    p = Path(entry)
-    if p.is_absolute():
-        if not video_root:
-            raise ValueError(f"{entry}: absolute path in the list; pass --video_root (a common parent folder)")
-        try:
-            return p.relative_to(Path(video_root).resolve()).as_posix()
-        except ValueError:
-            try:
-                return p.relative_to(Path(video_root)).as_posix()
-            except ValueError:
-                raise ValueError(f"{entry}: not below --video_root {video_root}") from None
-    return p.as_posix()
 
 
 def distinct_videos(entries: list[str], video_root: str) -> list[str]:

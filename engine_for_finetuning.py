@@ -1,0 +1,165 @@
+"""Fine-tuning loops: train with mixup/cutmix and label smoothing, validate on one view, and the multi-view test
+that writes per-view logits and merges softmaxes per video across ranks.
+
+Targets are (B, H) class indices, one column per head: one head for SSV2/Kinetics/UCF/HMDB, two (verb, noun) for
+EPIC-KITCHENS-100, whose logits are the concatenation of the heads. EPIC's action is the (verb, noun) pair: an
+action prediction is correct when both the verb and the noun are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.data.mixup import mixup_target
+
+import utils
+from engine_for_pretraining import autocast
+
+
+def split_heads(logits: torch.Tensor, head_sizes: list[int]) -> list[torch.Tensor]:
+    return list(torch.split(logits, head_sizes, dim=-1))
+
+
+def forward(model, batch: dict, device, use_box: bool, precision: str, deepspeed: bool):
+    videos = batch["video"].to(device, non_blocking=True)
+    if deepspeed and precision != "fp32":
+        videos = videos.to(torch.bfloat16 if precision == "bf16" else torch.float16)
+    args = (videos, batch["box"].to(device, non_blocking=True)) if use_box else (videos,)
+    context = contextlib.nullcontext() if deepspeed else autocast(device, precision)
+    with context:
+        return model(*args).float()
+
+
+def mixed_targets(mixup_fn, batch: dict, head_sizes: list[int], device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Mix the clips once with timm's Mixup/CutMix and every head's targets with the same mixing, with label
+    smoothing. timm cuts boxes out of the last two axes of a 4-D batch, so the clips are mixed through a
+    (B, C*T, H, W) view: the same patch in every frame. The mixed clip keeps its main clip's motion box."""
+    videos = batch["video"].to(device, non_blocking=True).contiguous()
+    targets = batch["target"].to(device, non_blocking=True)
+    if mixup_fn is None:
+        return videos, [targets[:, h] for h in range(len(head_sizes))]
+    mix = {"batch": mixup_fn._mix_batch, "pair": mixup_fn._mix_pair, "elem": mixup_fn._mix_elem}[mixup_fn.mode]
+    lam = mix(videos.view(videos.shape[0], -1, *videos.shape[-2:]))
+    return videos, [mixup_target(targets[:, h], size, lam, mixup_fn.label_smoothing)
+                    for h, size in enumerate(head_sizes)]
+
+
+def head_losses(logits: torch.Tensor, targets: list[torch.Tensor], head_sizes: list[int], smoothing: float):
+    losses = []
+    for head_logits, target in zip(split_heads(logits, head_sizes), targets, strict=True):
+        if target.ndim == 2:  # soft targets from mixup (smoothing already applied)
+            losses.append(torch.sum(-target * F.log_softmax(head_logits, dim=-1), dim=-1).mean())
+        else:
+            losses.append(F.cross_entropy(head_logits, target, label_smoothing=smoothing))
+    return losses
+
+
+def train_one_epoch(model, data_loader, optimizer, device, epoch: int, loss_scaler, args, lr_schedule, wd_schedule,
+                    start_step: int, mixup_fn=None, log_writer=None, deepspeed: bool = False) -> dict:
+    model.train()
+    metric_logger = utils.MetricLogger()
+    metric_logger.add_meter("lr", utils.SmoothedValue(window_size=1, fmt="{value:.3e}"))
+    header = f"Epoch: [{epoch}]"
+    update_freq = args.update_freq
+    optimizer.zero_grad(set_to_none=True)
+    for it, batch in enumerate(metric_logger.log_every(data_loader, args.print_freq, header)):
+        step = start_step + it // update_freq
+        if it % update_freq == 0:
+            utils.apply_schedules(optimizer, lr_schedule[step], wd_schedule[step])
+        videos, targets = mixed_targets(mixup_fn, batch, args.head_sizes, device)
+        batch = {**batch, "video": videos}
+        logits = forward(model, batch, device, args.use_box, args.precision, deepspeed)
+        loss = sum(head_losses(logits, targets, args.head_sizes, args.smoothing))
+        loss_value = loss.item()
+        utils.check_finite(loss_value, step)
+        if deepspeed:
+            model.backward(loss)
+            model.step()
+            grad_norm = model.get_global_grad_norm()
+        else:
+            update = (it + 1) % update_freq == 0
+            grad_norm = loss_scaler(loss / update_freq, optimizer, clip_grad=args.clip_grad,
+                                    parameters=model.parameters(), update_grad=update)
+            if update:
+                optimizer.zero_grad(set_to_none=True)
+        metric_logger.update(loss=loss_value, lr=lr_schedule[step],
+                             grad_norm=None if grad_norm is None else float(grad_norm))
+        if log_writer is not None and it % update_freq == 0:
+            log_writer.add_scalar("loss", loss_value, step)
+            log_writer.add_scalar("lr", lr_schedule[step], step)
+    metric_logger.synchronize_between_processes(device)
+    print("Averaged stats:", metric_logger)
+    return {k: meter.global_avg for k, meter in metric_logger.meters.items()}
+
+
+def accuracies(logits: torch.Tensor, targets: torch.Tensor, head_sizes: list[int]) -> dict[str, float]:
+    """Top-1/top-5 per head in percent; with two heads (EPIC) also ``action`` top-1 (verb and noun both right)."""
+    names = ["verb", "noun"] if len(head_sizes) == 2 else [""]
+    results, correct = {}, []
+    for name, head_logits, target in zip(names, split_heads(logits, head_sizes), targets.T, strict=True):
+        k = min(5, head_logits.shape[-1])
+        top = head_logits.topk(k, dim=-1).indices
+        prefix = f"{name}_" if name else ""
+        results[f"{prefix}acc1"] = (top[:, 0] == target).float().mean().item() * 100
+        results[f"{prefix}acc5"] = (top == target[:, None]).any(-1).float().mean().item() * 100
+        correct.append(top[:, 0] == target)
+    if len(head_sizes) == 2:
+        results["action_acc1"] = (correct[0] & correct[1]).float().mean().item() * 100
+    return results
+
+
+@torch.no_grad()
+def validation_one_epoch(data_loader, model, device, args, deepspeed: bool = False) -> dict:
+    """Loss and accuracy on one view per video; averaged over ranks weighted by batch size."""
+    model.eval()
+    metric_logger = utils.MetricLogger()
+    for batch in metric_logger.log_every(data_loader, args.print_freq, "Val:"):
+        targets = batch["target"].to(device)
+        logits = forward(model, batch, device, args.use_box, args.precision, deepspeed)
+        loss = sum(head_losses(logits, list(targets.T), args.head_sizes, 0.0))
+        metric_logger.update(loss=loss.item())
+        for key, value in accuracies(logits, targets, args.head_sizes).items():
+            metric_logger.meters[key].update(value, n=targets.shape[0])
+    metric_logger.synchronize_between_processes(device)
+    print("* " + "  ".join(f"{k} {m.global_avg:.3f}" for k, m in metric_logger.meters.items() if "acc" in k))
+    return {k: meter.global_avg for k, meter in metric_logger.meters.items()}
+
+
+@torch.no_grad()
+def final_test(data_loader, model, device, args, output_file: str | Path, deepspeed: bool = False) -> None:
+    """Write one JSON line per view: sample id, view, targets and logits (this rank's share of the views)."""
+    model.eval()
+    metric_logger = utils.MetricLogger()
+    with open(output_file, "w", encoding="utf-8") as f:
+        for batch in metric_logger.log_every(data_loader, args.print_freq, "Test:"):
+            logits = forward(model, batch, device, args.use_box, args.precision, deepspeed).cpu()
+            for i in range(logits.shape[0]):
+                f.write(json.dumps({"id": int(batch["sample_id"][i]), "view": int(batch["view"][i]),
+                                    "target": batch["target"][i].tolist(), "logits": logits[i].tolist()}) + "\n")
+
+
+def merge_views(view_files: list[str | Path], head_sizes: list[int]) -> dict[str, float]:
+    """Per video: the mean over its views of each head's softmax; then accuracies over videos. Views written by
+    several ranks (and duplicated by a distributed sampler's padding) are merged by (id, view)."""
+    views: dict[int, dict[int, np.ndarray]] = {}
+    targets: dict[int, list[int]] = {}
+    for path in view_files:
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            views.setdefault(record["id"], {})[record["view"]] = np.asarray(record["logits"], dtype=np.float64)
+            targets[record["id"]] = record["target"]
+    if not views:
+        raise ValueError(f"no test views in {[str(p) for p in view_files]}")
+    ids = sorted(views)
+    merged = []
+    for sample in ids:
+        logits = torch.tensor(np.stack(list(views[sample].values())))
+        probabilities = [torch.softmax(h, dim=-1).mean(0) for h in split_heads(logits, head_sizes)]
+        merged.append(torch.cat(probabilities))
+    return accuracies(torch.stack(merged), torch.tensor([targets[i] for i in ids]), head_sizes) | {
+        "videos": len(ids), "views": sum(len(v) for v in views.values())}

@@ -1,0 +1,293 @@
+"""Fine-tune a VideoMAE / MOFO encoder for action classification, plain or with MOFO's motion-box head.
+
+    torchrun --nproc_per_node 8 run_mofo_finetuning.py --data_set SSV2 --nb_classes 174 \
+        --data_path lists/ --data_root videos/ --box_dir boxes/ --model vit_base_patch16_224_mofo \
+        --finetune pretrain/checkpoint-799.pth --output_dir out/
+
+Rows of the paper's table: MOFO* = MOFO pretraining + ``--model vit_base_patch16_224``; MOFO** = VideoMAE
+pretraining + ``--model vit_base_patch16_224_mofo``; MOFO-dagger = MOFO pretraining + the ``_mofo`` model.
+Flags and defaults are VideoMAE's; ``--eval`` only runs the multi-view test of ``--resume``/``--finetune``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from tensorboardX import SummaryWriter
+from timm.data.mixup import Mixup
+from timm.models import create_model
+from timm.optim import create_optimizer_v2
+from torch.utils.data import DataLoader, DistributedSampler
+
+import modeling_finetune
+import utils
+from datasets import build_dataset, multiple_samples_collate
+from engine_for_finetuning import final_test, merge_views, train_one_epoch, validation_one_epoch
+from run_mofo_pretraining import deepspeed_config
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("MOFO fine-tuning", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch_size", default=64, type=int, help="clips per GPU per step (before --num_sample)")
+    parser.add_argument("--epochs", default=30, type=int)
+    parser.add_argument("--update_freq", default=1, type=int, help="gradient accumulation steps")
+    parser.add_argument("--save_ckpt_freq", default=100, type=int)
+    parser.add_argument("--print_freq", default=10, type=int)
+
+    # model
+    parser.add_argument("--model", default="vit_base_patch16_224", type=str,
+                        help="vit_*_patch16_224 (plain head) or vit_*_patch16_224_mofo (motion-box MCA head)")
+    parser.add_argument("--tubelet_size", default=2, type=int)
+    parser.add_argument("--input_size", default=224, type=int)
+    parser.add_argument("--fc_drop_rate", default=0.0, type=float, help="dropout before the classifier")
+    parser.add_argument("--drop", default=0.0, type=float, help="dropout rate")
+    parser.add_argument("--attn_drop_rate", default=0.0, type=float)
+    parser.add_argument("--drop_path", default=0.1, type=float, help="stochastic depth rate")
+    parser.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing")
+    parser.add_argument("--use_mean_pooling", default=True, type=utils.str2bool)
+    parser.add_argument("--init_scale", default=0.001, type=float, help="scale of the new head's initial weights")
+    parser.add_argument("--mca_mode", default="both", choices=["both", "inner"],
+                        help="MOFO head: inside<->outside cross-attention both ways, or inside->outside only")
+    parser.add_argument("--mca_depth", default=1, type=int, help="MOFO head: multi-cross-attention layers")
+    parser.add_argument("--mca_heads", default=None, type=int, help="MOFO head: attention heads (default: encoder's)")
+
+    # optimiser
+    parser.add_argument("--opt", default="adamw", type=str)
+    parser.add_argument("--opt_eps", default=1e-8, type=float)
+    parser.add_argument("--opt_betas", default=None, type=float, nargs="+")
+    parser.add_argument("--clip_grad", default=None, type=float)
+    parser.add_argument("--momentum", default=0.9, type=float)
+    parser.add_argument("--weight_decay", default=0.05, type=float)
+    parser.add_argument("--weight_decay_end", default=None, type=float)
+    parser.add_argument("--lr", default=1e-3, type=float, help="base lr: the lr is lr * total batch / 256")
+    parser.add_argument("--layer_decay", default=0.75, type=float, help="layer-wise lr decay")
+    parser.add_argument("--warmup_lr", default=1e-6, type=float)
+    parser.add_argument("--min_lr", default=1e-6, type=float)
+    parser.add_argument("--warmup_epochs", default=5, type=int)
+    parser.add_argument("--warmup_steps", default=-1, type=int)
+
+    # augmentation
+    parser.add_argument("--aa", default="rand-m7-n4-mstd0.5-inc1", type=str,
+                        help='RandAugment policy (timm syntax), "" for none')
+    parser.add_argument("--smoothing", default=0.1, type=float, help="label smoothing")
+    parser.add_argument("--reprob", default=0.25, type=float, help="random erasing probability")
+    parser.add_argument("--remode", default="pixel", type=str, help="random erasing mode")
+    parser.add_argument("--recount", default=1, type=int, help="random erasing count")
+    parser.add_argument("--mixup", default=0.8, type=float, help="mixup alpha (0 = off)")
+    parser.add_argument("--cutmix", default=1.0, type=float, help="cutmix alpha (0 = off)")
+    parser.add_argument("--cutmix_minmax", default=None, type=float, nargs="+")
+    parser.add_argument("--mixup_prob", default=1.0, type=float)
+    parser.add_argument("--mixup_switch_prob", default=0.5, type=float)
+    parser.add_argument("--mixup_mode", default="batch", choices=["batch", "pair", "elem"])
+
+    # checkpoints
+    parser.add_argument("--finetune", default="", help="initialise from this checkpoint (file or DeepSpeed folder)")
+    parser.add_argument("--model_key", default="model|module", type=str)
+
+    # data
+    parser.add_argument("--data_set", default="Kinetics-400",
+                        choices=["Kinetics-400", "SSV2", "UCF101", "HMDB51", "EPIC-KITCHENS-100"])
+    parser.add_argument("--data_path", default="", help="folder with train.csv / val.csv / test.csv")
+    parser.add_argument("--data_root", default="", help="folder the lists' video paths are relative to")
+    parser.add_argument("--box_dir", default=None, help="motion-box files (needed by the _mofo models)")
+    parser.add_argument("--nb_classes", default=400, type=int, help="classes (EPIC: see --nb_verbs/--nb_nouns)")
+    parser.add_argument("--epic_video_template", default="{participant_id}/videos/{video_id}.MP4",
+                        help="EPIC-KITCHENS-100: video file of a csv row under --data_root (long videos are trimmed "
+                             "by start/stop_frame; a template with {narration_id} names pre-trimmed clips)")
+    parser.add_argument("--nb_verbs", default=97, type=int, help="EPIC-KITCHENS-100 verb classes")
+    parser.add_argument("--nb_nouns", default=300, type=int, help="EPIC-KITCHENS-100 noun classes")
+    parser.add_argument("--num_segments", default=1, type=int)
+    parser.add_argument("--num_frames", default=16, type=int)
+    parser.add_argument("--sampling_rate", default=4, type=int)
+    parser.add_argument("--num_sample", default=2, type=int, help="repeated augmentation: clips per decoded video")
+    parser.add_argument("--short_side_size", default=224, type=int, help="test: frames resized to this short side")
+    parser.add_argument("--test_num_segment", default=5, type=int, help="test: temporal clips per video")
+    parser.add_argument("--test_num_crop", default=3, type=int, help="test: spatial crops per clip")
+    parser.add_argument("--output_dir", default="")
+    parser.add_argument("--log_dir", default=None)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    parser.add_argument("--seed", default=0, type=int)
+    parser.add_argument("--resume", default="")
+    parser.add_argument("--auto_resume", action="store_true", default=True)
+    parser.add_argument("--no_auto_resume", action="store_false", dest="auto_resume")
+    parser.add_argument("--save_ckpt", action="store_true", default=True)
+    parser.add_argument("--no_save_ckpt", action="store_false", dest="save_ckpt")
+    parser.add_argument("--start_epoch", default=0, type=int)
+    parser.add_argument("--eval", action="store_true", help="only run the multi-view test")
+    parser.add_argument("--num_workers", default=10, type=int)
+    parser.add_argument("--pin_mem", action="store_true", default=True)
+    parser.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
+
+    # distributed
+    parser.add_argument("--dist_url", default="env://")
+    parser.add_argument("--enable_deepspeed", action="store_true")
+    parser.add_argument("--zero_stage", default=0, type=int, choices=[0, 1, 2])
+    return parser
+
+
+def layer_id_for(name: str, num_layers: int) -> int:
+    """VideoMAE's layer ids for layer-wise lr decay: embeddings 0, block i -> i + 1, everything after the blocks
+    (norms, MOFO head, classifier) num_layers + 1."""
+    if name.startswith(("patch_embed", "pos_embed", "cls_token")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return num_layers + 1
+
+
+def build_model(args):
+    kwargs = dict(img_size=args.input_size, num_classes=sum(args.head_sizes),
+                  all_frames=args.num_frames * args.num_segments, tubelet_size=args.tubelet_size,
+                  fc_drop_rate=args.fc_drop_rate, drop_rate=args.drop, drop_path_rate=args.drop_path,
+                  attn_drop_rate=args.attn_drop_rate, use_mean_pooling=args.use_mean_pooling,
+                  init_scale=args.init_scale, use_checkpoint=args.use_checkpoint)
+    if args.model.endswith("_mofo"):
+        kwargs.update(mca_mode=args.mca_mode, mca_depth=args.mca_depth, mca_heads=args.mca_heads)
+    model = create_model(args.model, pretrained=False, **kwargs)
+    args.use_box = isinstance(model, modeling_finetune.MotionFocusedVisionTransformer)
+    if args.use_box and not args.box_dir:
+        raise SystemExit(f"--model {args.model} fuses tokens inside and outside the motion box: pass --box_dir")
+    return model
+
+
+def make_loader(dataset, args, train: bool, rank: int, world: int, generator=None):
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=args.seed)
+    collate = multiple_samples_collate if train and args.num_sample > 1 else None
+    return DataLoader(dataset, sampler=sampler, batch_size=args.batch_size if train else 2 * args.batch_size,
+                      num_workers=args.num_workers, pin_memory=args.pin_mem and args.device.startswith("cuda"),
+                      drop_last=train, worker_init_fn=utils.seed_worker, generator=generator, collate_fn=collate)
+
+
+def run_test(model, args, device, rank: int, world: int) -> dict:
+    """Multi-view test: every rank writes its views, rank 0 merges softmaxes per video over all ranks' files."""
+    dataset = build_dataset(is_train=False, test_mode=True, args=args)
+    loader = make_loader(dataset, args, False, rank, world)
+    out_dir = Path(args.output_dir)
+    final_test(loader, model, device, args, out_dir / f"test_views_rank{rank}.jsonl", args.enable_deepspeed)
+    if utils.is_dist_avail_and_initialized():
+        torch.distributed.barrier()
+    results = {}
+    if utils.is_main_process():
+        results = merge_views([out_dir / f"test_views_rank{r}.jsonl" for r in range(world)], args.head_sizes)
+        print("Final test (" + f"{args.test_num_segment} x {args.test_num_crop} views): "
+              + "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items()))
+        (out_dir / "test_results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def main(args) -> None:
+    utils.init_distributed_mode(args)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but no GPU is visible; pass --device cpu to train on the CPU")
+    device = torch.device(args.device if not args.device.startswith("cuda") else f"cuda:{args.gpu}")
+    if args.precision == "fp16" and device.type == "cpu":
+        raise SystemExit("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    rank, world = utils.get_rank(), utils.get_world_size()
+    utils.seed_everything(args.seed + rank)
+    if not args.output_dir:
+        raise SystemExit("--output_dir is needed (checkpoints, logs and test views go there)")
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    args.head_sizes = [args.nb_verbs, args.nb_nouns] if args.data_set == "EPIC-KITCHENS-100" else [args.nb_classes]
+    print(args)
+
+    model = build_model(args)
+    if args.finetune:
+        utils.load_finetune_checkpoint(model, args.finetune, args.model_key)
+    model.to(device)
+    print(f"Model: {args.model}, params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
+
+    total_batch = args.batch_size * args.update_freq * world
+    args.lr = args.lr * total_batch / 256
+    args.min_lr = args.min_lr * total_batch / 256
+    args.warmup_lr = args.warmup_lr * total_batch / 256
+    num_layers = model.get_num_layers()
+    layer_scales = [args.layer_decay ** (num_layers + 1 - i) for i in range(num_layers + 2)]
+    skip = set(model.no_weight_decay())
+    groups = utils.param_groups_weight_decay(model, args.weight_decay, skip,
+                                             lambda n: layer_id_for(n, num_layers), layer_scales)
+    opt_kwargs = {"eps": args.opt_eps, "momentum": args.momentum}
+    if args.opt_betas:
+        opt_kwargs["betas"] = tuple(args.opt_betas)
+    optimizer = create_optimizer_v2(groups, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, **opt_kwargs)
+
+    loss_scaler = None
+    if args.enable_deepspeed:
+        import deepspeed
+
+        config = deepspeed_config(args)
+        config["gradient_accumulation_steps"] = args.update_freq
+        model, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config,
+                                                      dist_init_required=not utils.is_dist_avail_and_initialized())
+        model_without_ddp = model.module
+    else:
+        model_without_ddp = model
+        if args.distributed:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[args.gpu] if device.type == "cuda" else None)
+            model_without_ddp = model.module
+        loss_scaler = utils.NativeScalerWithGradNormCount(enabled=args.precision == "fp16", device=device.type)
+    utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler)
+
+    if args.eval:
+        run_test(model, args, device, rank, world)
+        return
+
+    train_set = build_dataset(is_train=True, test_mode=False, args=args)
+    val_set = build_dataset(is_train=False, test_mode=False, args=args)
+    loader_seed = torch.Generator()
+    train_loader = make_loader(train_set, args, True, rank, world, loader_seed)
+    val_loader = make_loader(val_set, args, False, rank, world)
+    niter_per_ep = len(train_loader) // args.update_freq
+    if niter_per_ep == 0:
+        raise SystemExit(f"{len(train_set)} training videos make no full batch of {args.batch_size} x {world}")
+    mixup_fn = None
+    if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
+        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                         prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                         label_smoothing=args.smoothing, num_classes=args.head_sizes[0])
+    lr_schedule = utils.cosine_scheduler(args.lr, args.min_lr, args.epochs, niter_per_ep, args.warmup_epochs,
+                                         args.warmup_lr, args.warmup_steps)
+    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    wd_schedule = utils.cosine_scheduler(args.weight_decay, wd_end, args.epochs, niter_per_ep)
+    log_writer = SummaryWriter(args.log_dir) if args.log_dir and utils.is_main_process() else None
+    print(f"lr: {args.lr:.3e}, total batch: {total_batch}, steps per epoch: {niter_per_ep}, "
+          f"layer scales: {[round(s, 4) for s in layer_scales]}")
+
+    best_acc = 0.0
+    start = time.time()
+    for epoch in range(args.start_epoch, args.epochs):
+        train_loader.sampler.set_epoch(epoch)
+        loader_seed.manual_seed(args.seed + 1000 * epoch + rank)
+        train_set.reseed(args.seed + 1000 * epoch + rank)
+        torch.manual_seed(args.seed + 1000 * epoch + rank)
+        train_stats = train_one_epoch(model, train_loader, optimizer, device, epoch, loss_scaler, args, lr_schedule,
+                                      wd_schedule, epoch * niter_per_ep, mixup_fn, log_writer, args.enable_deepspeed)
+        if args.save_ckpt and ((epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs):
+            utils.save_model(args, epoch, model, model_without_ddp, optimizer, loss_scaler)
+        val_stats = validation_one_epoch(val_loader, model, device, args, args.enable_deepspeed)
+        acc_key = "action_acc1" if len(args.head_sizes) == 2 else "acc1"
+        if val_stats[acc_key] > best_acc:
+            best_acc = val_stats[acc_key]
+            if args.save_ckpt:
+                utils.save_model(args, epoch, model, model_without_ddp, optimizer, loss_scaler, tag="checkpoint-best")
+        print(f"Val {acc_key}: {val_stats[acc_key]:.2f}%  best: {best_acc:.2f}%")
+        if log_writer is not None:
+            log_writer.add_scalar(f"val_{acc_key}", val_stats[acc_key], epoch)
+            log_writer.flush()
+        if utils.is_main_process():
+            record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
+                      **{f"val_{k}": v for k, v in val_stats.items()}}
+            with open(Path(args.output_dir) / "log.txt", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+    print(f"Training time {time.strftime('%H:%M:%S', time.gmtime(time.time() - start))}")
+    run_test(model, args, device, rank, world)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

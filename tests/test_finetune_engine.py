@@ -1,0 +1,119 @@
+"""Fine-tuning pieces checked against hand-computed examples: accuracies, EPIC's action metric, multi-view merging
+across ranks, mixup on clips, layer-wise lr decay and checkpoint loading for ``--finetune``."""
+
+import json
+
+import pytest
+import timm
+import torch
+from timm.data.mixup import Mixup
+
+import modeling_finetune  # noqa: F401
+import modeling_pretrain
+import utils
+from engine_for_finetuning import accuracies, merge_views, mixed_targets
+from run_mofo_finetuning import layer_id_for
+
+
+def test_top1_top5_single_head():
+    logits = torch.tensor([[0.1, 0.9, 0.0, 0.0, 0.0, 0.0],
+                           [0.9, 0.1, 0.8, 0.7, 0.6, 0.5],
+                           [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]])
+    targets = torch.tensor([[1], [5], [0]])
+    result = accuracies(logits, targets, [6])
+    assert result["acc1"] == pytest.approx(100 / 3)  # only the first
+    assert result["acc5"] == pytest.approx(200 / 3)  # the second: class 5 is 5th best; the third: 0 is 6th
+
+
+def test_epic_action_is_correct_only_when_verb_and_noun_both_are():
+    # 3 verbs + 2 nouns; rows: both right, verb right noun wrong, verb wrong noun right.
+    logits = torch.tensor([[5.0, 0, 0, 0, 9], [5.0, 0, 0, 9, 0], [0.0, 5, 0, 0, 9]])
+    targets = torch.tensor([[0, 1], [0, 1], [0, 1]])
+    result = accuracies(logits, targets, [3, 2])
+    assert result["verb_acc1"] == pytest.approx(200 / 3)
+    assert result["noun_acc1"] == pytest.approx(200 / 3)
+    assert result["action_acc1"] == pytest.approx(100 / 3)
+
+
+def write_views(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_multi_view_merge_averages_softmaxes_per_video_across_ranks(tmp_path):
+    # Video 0: view 0 says class 0 strongly, views 1-2 say class 1 mildly -> mean softmax picks class 1.
+    strong, mild = [4.0, 0.0], [0.0, 2.0]
+    write_views(tmp_path / "r0.jsonl", [
+        {"id": 0, "view": 0, "target": [1], "logits": strong},
+        {"id": 0, "view": 1, "target": [1], "logits": mild},
+        {"id": 1, "view": 0, "target": [0], "logits": [2.0, 0.0]},
+    ])
+    write_views(tmp_path / "r1.jsonl", [
+        {"id": 0, "view": 2, "target": [1], "logits": mild},
+        {"id": 1, "view": 1, "target": [0], "logits": [0.0, 0.5]},
+        {"id": 0, "view": 0, "target": [1], "logits": strong},  # sampler padding repeats a view
+    ])
+    p_strong = torch.softmax(torch.tensor(strong), 0)
+    p_mild = torch.softmax(torch.tensor(mild), 0)
+    assert ((p_strong + 2 * p_mild) / 3).argmax() == 1 and (p_strong + p_mild).argmax() == 0  # the padding matters
+    result = merge_views([tmp_path / "r0.jsonl", tmp_path / "r1.jsonl"], [2])
+    assert result["videos"] == 2 and result["views"] == 5
+    assert result["acc1"] == pytest.approx(100.0)  # video 1: mean of softmax([2,0]) and softmax([0,.5]) -> class 0
+
+
+def test_cutmix_on_clips_cuts_the_same_patch_from_every_frame_and_mixes_both_heads_alike():
+    torch.manual_seed(0)
+    mixup = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, prob=1.0, label_smoothing=0.0, num_classes=3)
+    videos = torch.stack([torch.zeros(3, 4, 16, 16), torch.ones(3, 4, 16, 16)])
+    batch = {"video": videos.clone(), "target": torch.tensor([[0, 1], [2, 0]])}
+    mixed, targets = mixed_targets(mixup, batch, [3, 2], torch.device("cpu"))
+    changed = mixed[0] != 0
+    assert changed.any() and (changed == changed[:1, :1]).all()  # one spatial patch, in every channel and frame
+    lam = 1 - changed[0, 0].float().mean().item()
+    torch.testing.assert_close(targets[0][0], torch.tensor([lam, 0, 1 - lam]))
+    torch.testing.assert_close(targets[1][0], torch.tensor([1 - lam, lam]))
+
+
+def test_layer_decay_groups():
+    model = timm.create_model("vit_mini_patch16_224_mofo", num_classes=4, img_size=32, all_frames=4)
+    layers = model.get_num_layers()
+    scales = [0.5 ** (layers + 1 - i) for i in range(layers + 2)]
+    groups = utils.param_groups_weight_decay(model, 0.05, set(model.no_weight_decay()),
+                                             lambda n: layer_id_for(n, layers), scales)
+    scale_of = {n: g["lr_scale"] for g in groups for n in g["param_names"]}
+    assert scale_of["patch_embed.proj.weight"] == 0.5 ** 3
+    assert scale_of["blocks.1.attn.qkv.weight"] == 0.5
+    assert scale_of["head.weight"] == scale_of["mca.0.inner.attn.qkv.weight"] == scale_of["fuse.weight"] == 1.0
+
+
+def test_finetune_from_a_pretraining_checkpoint_takes_the_encoder(tmp_path):
+    pretrain = modeling_pretrain.pretrain_videomae_mini_patch16_224(img_size=32, num_frames=4)
+    torch.save({"model": pretrain.state_dict()}, tmp_path / "pretrain.pth")
+    model = timm.create_model("vit_mini_patch16_224_mofo", num_classes=4, img_size=32, all_frames=4)
+    utils.load_finetune_checkpoint(model, tmp_path / "pretrain.pth")
+    torch.testing.assert_close(model.blocks[1].attn.qkv.weight, pretrain.encoder.blocks[1].attn.qkv.weight)
+    torch.testing.assert_close(model.patch_embed.proj.bias, pretrain.encoder.patch_embed.proj.bias)
+
+
+def test_finetune_from_a_deepspeed_folder_drops_a_head_of_another_size(tmp_path, capsys):
+    source = timm.create_model("vit_mini_patch16_224", num_classes=7, img_size=32, all_frames=4)
+    tag = tmp_path / "run" / "checkpoint-3"
+    tag.mkdir(parents=True)
+    torch.save({"module": {f"module.{k}": v for k, v in source.state_dict().items()}},
+               tag / "mp_rank_00_model_states.pt")
+    (tmp_path / "run" / "latest").write_text("checkpoint-3")
+    model = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4)
+    head_before = model.head.weight.clone()
+    utils.load_finetune_checkpoint(model, tmp_path / "run")
+    assert "Removing key head.weight" in capsys.readouterr().out
+    torch.testing.assert_close(model.blocks[0].mlp.fc1.weight, source.blocks[0].mlp.fc1.weight)
+    torch.testing.assert_close(model.head.weight, head_before)
+
+
+def test_learned_position_tables_are_interpolated_to_a_new_grid():
+    table = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(1, 32, 1).expand(1, 32, 3).contiguous()
+    resized = utils.interpolate_pos_embed(table, (2, 8, 8))
+    assert resized.shape == (1, 128, 3)
+    same = utils.interpolate_pos_embed(table, (2, 4, 4))
+    torch.testing.assert_close(same, table)
+    # Values are kept in order: the first frame's corner stays the smallest, the last frame's corner the largest.
+    assert resized[0, 0, 0] == resized.min() and resized[0, -1, 0] == resized.max()

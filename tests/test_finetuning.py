@@ -1,0 +1,97 @@
+"""MOFO fine-tuning end to end on CPU: from a checkpoint written by run_mofo_pretraining.py, plain and MCA heads,
+the multi-view test merged across two ranks, ``--eval``, and learning the synthetic motion classes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import make_synthetic_dataset
+from test_pretraining import clean_env, free_port, pretrain, run_args
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune_data")
+    make_synthetic_dataset.make_dataset(root, num_videos=16, num_frames=16, seed=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(data, tmp_path_factory):
+    """A checkpoint written by run_mofo_pretraining.py (one epoch of MOFO masking)."""
+    lines = [line for split in ("train", "val", "test") for line in (data / f"{split}.csv").read_text().splitlines()]
+    (data / "all.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path_factory.mktemp("pretrain_run")
+    result = pretrain(run_args(data, out, "--epochs", "1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out / "checkpoint-0.pth"
+
+
+def finetune_args(data: Path, out: Path, model: str, *extra: str) -> list[str]:
+    return [
+        "--data_set", "SSV2", "--nb_classes", str(len(make_synthetic_dataset.CLASSES)), "--data_path", str(data),
+        "--data_root", str(data / "videos"), "--box_dir", str(data / "gt_boxes"), "--model", model,
+        "--input_size", "64", "--short_side_size", "64", "--num_frames", "8", "--batch_size", "4",
+        "--num_sample", "1", "--epochs", "1", "--warmup_epochs", "0", "--lr", "0.01", "--test_num_segment", "2",
+        "--test_num_crop", "2", "--device", "cpu", "--precision", "fp32", "--num_workers", "0",
+        "--output_dir", str(out), "--print_freq", "100", *extra,
+    ]
+
+
+def finetune(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "run_mofo_finetuning.py", *args], cwd=REPO, env=env or clean_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("model", ["vit_mini_patch16_224", "vit_mini_patch16_224_mofo"])
+def test_finetune_from_a_pretraining_run_then_eval(data, pretrained, tmp_path, model):
+    out = tmp_path / model
+    result = finetune(finetune_args(data, out, model, "--finetune", str(pretrained)))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert f"Loaded {pretrained}" in result.stdout
+    missing = "fc_norm.weight" if model.endswith("224") else "mca.0.inner.attn.qkv.weight"
+    assert "not initialized from the checkpoint" in result.stdout and missing in result.stdout
+    record = json.loads((out / "log.txt").read_text().splitlines()[-1])
+    assert {"train_loss", "val_acc1", "val_acc5"} <= set(record)
+    results = json.loads((out / "test_results.json").read_text())
+    num_test = len((data / "test.csv").read_text().splitlines())
+    assert results["videos"] == num_test and results["views"] == num_test * 2 * 2
+    assert 0 <= results["acc1"] <= 100
+
+    (out / "test_results.json").unlink()
+    again = finetune(finetune_args(data, out, model, "--eval", "--resume", str(out / "checkpoint-0.pth")))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "test_results.json").read_text()) == results
+
+
+def test_mofo_model_without_box_dir_is_refused(data, tmp_path):
+    args = finetune_args(data, tmp_path, "vit_mini_patch16_224_mofo")
+    del args[args.index("--box_dir"):args.index("--box_dir") + 2]
+    result = finetune(args)
+    assert result.returncode != 0 and "pass --box_dir" in result.stderr
+
+
+def test_multi_view_test_is_merged_across_two_ranks(data, pretrained, tmp_path):
+    out = tmp_path / "ddp"
+    port = str(free_port())
+    args = finetune_args(data, out, "vit_mini_patch16_224_mofo", "--finetune", str(pretrained), "--no_save_ckpt")
+    procs = [subprocess.Popen([sys.executable, "run_mofo_finetuning.py", *args], cwd=REPO, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env=clean_env(SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank),
+                                            SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID="2", MASTER_PORT=port))
+             for rank in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    per_rank = [len((out / f"test_views_rank{r}.jsonl").read_text().splitlines()) for r in range(2)]
+    num_test = len((data / "test.csv").read_text().splitlines())
+    assert all(n > 0 for n in per_rank) and sum(per_rank) >= num_test * 4
+    results = json.loads((out / "test_results.json").read_text())
+    assert results["videos"] == num_test and results["views"] == num_test * 4
+    assert not list(out.glob("checkpoint-*"))
