@@ -20,14 +20,12 @@ import torch
 from tensorboardX import SummaryWriter
 from timm.data.mixup import Mixup
 from timm.models import create_model
-from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader, DistributedSampler
 
 import modeling_finetune
 import utils
 from datasets import build_dataset, multiple_samples_collate
 from engine_for_finetuning import final_test, merge_views, train_one_epoch, validation_one_epoch
-from run_mofo_pretraining import deepspeed_config
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -182,12 +180,7 @@ def run_test(model, args, device, rank: int, world: int) -> dict:
 
 
 def main(args) -> None:
-    utils.init_distributed_mode(args)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but no GPU is visible; pass --device cpu to train on the CPU")
-    device = torch.device(args.device if not args.device.startswith("cuda") else f"cuda:{args.gpu}")
-    if args.precision == "fp16" and device.type == "cpu":
-        raise SystemExit("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    device = utils.setup_device(args)
     rank, world = utils.get_rank(), utils.get_world_size()
     utils.seed_everything(args.seed + rank)
     if not args.output_dir:
@@ -203,35 +196,13 @@ def main(args) -> None:
     print(f"Model: {args.model}, params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
 
     total_batch = args.batch_size * args.update_freq * world
-    args.lr = args.lr * total_batch / 256
-    args.min_lr = args.min_lr * total_batch / 256
-    args.warmup_lr = args.warmup_lr * total_batch / 256
+    utils.scale_lr_to_batch(args, total_batch)
     num_layers = model.get_num_layers()
     layer_scales = [args.layer_decay ** (num_layers + 1 - i) for i in range(num_layers + 2)]
-    skip = set(model.no_weight_decay())
-    groups = utils.param_groups_weight_decay(model, args.weight_decay, skip,
+    groups = utils.param_groups_weight_decay(model, args.weight_decay, set(model.no_weight_decay()),
                                              lambda n: layer_id_for(n, num_layers), layer_scales)
-    opt_kwargs = {"eps": args.opt_eps, "momentum": args.momentum}
-    if args.opt_betas:
-        opt_kwargs["betas"] = tuple(args.opt_betas)
-    optimizer = create_optimizer_v2(groups, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, **opt_kwargs)
-
-    loss_scaler = None
-    if args.enable_deepspeed:
-        import deepspeed
-
-        config = deepspeed_config(args)
-        config["gradient_accumulation_steps"] = args.update_freq
-        model, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config,
-                                                      dist_init_required=not utils.is_dist_avail_and_initialized())
-        model_without_ddp = model.module
-    else:
-        model_without_ddp = model
-        if args.distributed:
-            model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[args.gpu] if device.type == "cuda" else None)
-            model_without_ddp = model.module
-        loss_scaler = utils.NativeScalerWithGradNormCount(enabled=args.precision == "fp16", device=device.type)
+    optimizer = utils.create_optimizer(args, groups)
+    model, model_without_ddp, optimizer, loss_scaler = utils.wrap_model(args, model, optimizer, device)
     utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler)
 
     if args.eval:
@@ -251,10 +222,7 @@ def main(args) -> None:
         mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                          prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                          label_smoothing=args.smoothing, num_classes=args.head_sizes[0])
-    lr_schedule = utils.cosine_scheduler(args.lr, args.min_lr, args.epochs, niter_per_ep, args.warmup_epochs,
-                                         args.warmup_lr, args.warmup_steps)
-    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
-    wd_schedule = utils.cosine_scheduler(args.weight_decay, wd_end, args.epochs, niter_per_ep)
+    lr_schedule, wd_schedule = utils.build_schedules(args, niter_per_ep)
     log_writer = SummaryWriter(args.log_dir) if args.log_dir and utils.is_main_process() else None
     print(f"lr: {args.lr:.3e}, total batch: {total_batch}, steps per epoch: {niter_per_ep}, "
           f"layer scales: {[round(s, 4) for s in layer_scales]}")
@@ -263,9 +231,7 @@ def main(args) -> None:
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         train_loader.sampler.set_epoch(epoch)
-        loader_seed.manual_seed(args.seed + 1000 * epoch + rank)
-        train_set.reseed(args.seed + 1000 * epoch + rank)
-        torch.manual_seed(args.seed + 1000 * epoch + rank)
+        utils.seed_epoch(args.seed, epoch, rank, loader_seed, train_set)
         train_stats = train_one_epoch(model, train_loader, optimizer, device, epoch, loss_scaler, args, lr_schedule,
                                       wd_schedule, epoch * niter_per_ep, mixup_fn, log_writer, args.enable_deepspeed)
         if args.save_ckpt and ((epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs):

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 from tensorboardX import SummaryWriter
 from timm.models import create_model
-from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader, DistributedSampler
 
 import modeling_pretrain  # noqa: F401  (registers the pretrain_videomae_* models)
@@ -100,20 +99,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def deepspeed_config(args) -> dict:
-    config = {
-        "train_micro_batch_size_per_gpu": args.batch_size * args.num_sample,
-        "gradient_accumulation_steps": 1,
-        "steps_per_print": 10**9,
-        "zero_optimization": {"stage": args.zero_stage},
-        "zero_allow_untested_optimizer": True,
-        "gradient_clipping": args.clip_grad or 0.0,
-        "fp16": {"enabled": args.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
-        "bf16": {"enabled": args.precision == "bf16"},
-    }
-    return config
-
-
 def build_model(args):
     model = create_model(args.model, pretrained=False, drop_path_rate=args.drop_path, decoder_depth=args.decoder_depth,
                          use_checkpoint=args.use_checkpoint, img_size=args.input_size, num_frames=args.num_frames)
@@ -126,12 +111,7 @@ def build_model(args):
 
 
 def main(args) -> None:
-    utils.init_distributed_mode(args)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but no GPU is visible; pass --device cpu to train on the CPU")
-    device = torch.device(args.device if not args.device.startswith("cuda") else f"cuda:{args.gpu}")
-    if args.precision == "fp16" and device.type == "cpu":
-        raise SystemExit("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    device = utils.setup_device(args)
     print(args)
     rank, world = utils.get_rank(), utils.get_world_size()
     utils.seed_everything(args.seed + rank)
@@ -155,49 +135,22 @@ def main(args) -> None:
 
     model.to(device)
     total_batch = args.batch_size * world
-    args.lr = args.lr * total_batch / 256
-    args.min_lr = args.min_lr * total_batch / 256
-    args.warmup_lr = args.warmup_lr * total_batch / 256
+    utils.scale_lr_to_batch(args, total_batch)
     niter_per_ep = len(data_loader)
     print(f"lr: {args.lr:.3e}, total batch: {total_batch}, steps per epoch: {niter_per_ep}")
 
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    param_groups = utils.param_groups_weight_decay(model, args.weight_decay, skip)
-    opt_kwargs = {"eps": args.opt_eps, "momentum": args.momentum}
-    if args.opt_betas:
-        opt_kwargs["betas"] = tuple(args.opt_betas)
-    optimizer = create_optimizer_v2(param_groups, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                                    **opt_kwargs)
-    loss_scaler = None
-    if args.enable_deepspeed:
-        import deepspeed
-
-        model, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(args),
-                                                      dist_init_required=not utils.is_dist_avail_and_initialized())
-        model_without_ddp = model.module
-    else:
-        model_without_ddp = model
-        if args.distributed:
-            model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[args.gpu] if device.type == "cuda" else None)
-            model_without_ddp = model.module
-        loss_scaler = utils.NativeScalerWithGradNormCount(enabled=args.precision == "fp16", device=device.type)
-
-    lr_schedule = utils.cosine_scheduler(args.lr, args.min_lr, args.epochs, niter_per_ep, args.warmup_epochs,
-                                         args.warmup_lr, args.warmup_steps)
-    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
-    wd_schedule = utils.cosine_scheduler(args.weight_decay, wd_end, args.epochs, niter_per_ep)
+    optimizer = utils.create_optimizer(args, utils.param_groups_weight_decay(model, args.weight_decay, skip))
+    model, model_without_ddp, optimizer, loss_scaler = utils.wrap_model(args, model, optimizer, device)
+    lr_schedule, wd_schedule = utils.build_schedules(args, niter_per_ep)
     utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler)
     log_writer = SummaryWriter(args.log_dir) if args.log_dir and utils.is_main_process() else None
 
     print(f"Start training for {args.epochs} epochs from epoch {args.start_epoch}")
     start_time = time.time()
     for epoch in range(args.start_epoch, args.epochs):
-        # Randomness is a function of (seed, epoch, rank): a resumed run repeats an uninterrupted one.
         sampler.set_epoch(epoch)
-        loader_seed.manual_seed(args.seed + 1000 * epoch + rank)
-        dataset.reseed(args.seed + 1000 * epoch + rank)
-        torch.manual_seed(args.seed + 1000 * epoch + rank)
+        utils.seed_epoch(args.seed, epoch, rank, loader_seed, dataset)
         stats = train_one_epoch(model, data_loader, optimizer, device, epoch, loss_scaler, args, lr_schedule,
                                 wd_schedule, epoch * niter_per_ep, log_writer, args.enable_deepspeed)
         if args.output_dir and ((epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs):

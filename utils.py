@@ -111,6 +111,82 @@ def all_reduce_sum(value: float, device) -> float:
     return t.item()
 
 
+# ---------------------------------------------------------------- run-script setup
+
+
+def setup_device(args) -> torch.device:
+    """Join the process group (torchrun or srun) and pick this process's device, refusing impossible settings."""
+    init_distributed_mode(args)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but no GPU is visible; pass --device cpu to train on the CPU")
+    if args.precision == "fp16" and not args.device.startswith("cuda"):
+        raise SystemExit("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    return torch.device(f"cuda:{args.gpu}" if args.device.startswith("cuda") else args.device)
+
+
+def scale_lr_to_batch(args, total_batch: int) -> None:
+    """VideoMAE's linear scaling: every lr flag is given for a total batch of 256."""
+    for name in ("lr", "min_lr", "warmup_lr"):
+        setattr(args, name, getattr(args, name) * total_batch / 256)
+
+
+def build_schedules(args, niter_per_ep: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-step lr (warmup + cosine) and weight-decay (cosine) schedules."""
+    lr_schedule = cosine_scheduler(args.lr, args.min_lr, args.epochs, niter_per_ep, args.warmup_epochs,
+                                   args.warmup_lr, args.warmup_steps)
+    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    return lr_schedule, cosine_scheduler(args.weight_decay, wd_end, args.epochs, niter_per_ep)
+
+
+def create_optimizer(args, param_groups: list[dict]) -> torch.optim.Optimizer:
+    """Any timm optimizer (``--opt``) over the parameter groups, with ``--opt_eps/--opt_betas/--momentum``."""
+    from timm.optim import create_optimizer_v2
+
+    kwargs = {"eps": args.opt_eps, "momentum": args.momentum}
+    if args.opt_betas:
+        kwargs["betas"] = tuple(args.opt_betas)
+    return create_optimizer_v2(param_groups, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, **kwargs)
+
+
+def deepspeed_config(args) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": args.batch_size * args.num_sample,
+        "gradient_accumulation_steps": getattr(args, "update_freq", 1),
+        "steps_per_print": 10**9,
+        "zero_optimization": {"stage": args.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "gradient_clipping": args.clip_grad or 0.0,
+        "fp16": {"enabled": args.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "bf16": {"enabled": args.precision == "bf16"},
+    }
+
+
+def wrap_model(args, model: torch.nn.Module, optimizer, device: torch.device):
+    """DeepSpeed engine (``--enable_deepspeed``) or DDP (when distributed) around the model.
+    Returns (model, model_without_ddp, optimizer, loss_scaler); the scaler is None under DeepSpeed."""
+    if args.enable_deepspeed:
+        import deepspeed
+
+        model, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(args),
+                                                      dist_init_required=not is_dist_avail_and_initialized())
+        return model, model.module, optimizer, None
+    model_without_ddp = model
+    if args.distributed:
+        device_ids = [args.gpu] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    scaler = NativeScalerWithGradNormCount(enabled=args.precision == "fp16", device=device.type)
+    return model, model_without_ddp, optimizer, scaler
+
+
+def seed_epoch(seed: int, epoch: int, rank: int, loader_generator: torch.Generator, dataset) -> None:
+    """Make an epoch's randomness a function of (seed, epoch, rank) only, so a resumed run repeats an
+    uninterrupted one: data-loader worker seeds, the dataset's own streams and torch's global generator."""
+    epoch_seed = seed + 1000 * epoch + rank
+    loader_generator.manual_seed(epoch_seed)
+    dataset.reseed(epoch_seed)
+    torch.manual_seed(epoch_seed)
+
+
 # ---------------------------------------------------------------- schedules and optimiser groups
 
 
