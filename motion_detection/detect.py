@@ -238,9 +238,16 @@ class MotionBoxDetector:
         return self.boxes_from_flows(self.iter_flows(frames), width, height)
 
     def detect_video(self, path, video_name: str) -> MotionBoxes:
-        """Decode a video file frame by frame (constant memory) and build its box record."""
+        """Decode a video file frame by frame (constant memory) and build its box record. A backend that reads
+        motion from the file itself (``flows_from_video(path, working_size)``, e.g. codec motion vectors) is
+        given the file instead of decoded frame pairs."""
         cap, info = open_video(path)
-        boxes = self.detect(iter_frames(cap), info.width, info.height)
+        if hasattr(self.backend, "flows_from_video"):
+            cap.release()
+            flows = self.backend.flows_from_video(path, self.working_size(info.width, info.height))
+            boxes = self.boxes_from_flows(flows, info.width, info.height)
+        else:
+            boxes = self.detect(iter_frames(cap), info.width, info.height)
         return MotionBoxes(
             video=video_name, width=info.width, height=info.height, num_frames=len(boxes), fps=info.fps,
             flow=self.config(), frames=boxes, union=union_box(boxes),
