@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Motion boxes of the EPIC-KITCHENS-100 videos (DATASET.md), on CPUs: by default the long videos
+# <participant>/videos/<video>.MP4 named by train.csv, val.csv and test.csv (the official csvs, copied), one box
+# per frame; or the videos of VIDEO_LIST (a VideoMAE-style list, e.g. of trimmed clips).
+#
+#   sbatch scripts/epic/boxes.sh        # submit from the repository root: 64 array tasks, one shard each
+#   bash scripts/epic/boxes.sh          # or all videos on this machine
+#
+# One video is one process's job: with TV-L1 (~1 frame pair per second per core) the longest videos take days,
+# so FLOW=dis (~100x faster) or trimmed clips may be the practical choice. Resumable; bad videos go to
+# $BOX_DIR/failed*.tsv (exit status 1).
+#SBATCH --job-name=mofo-boxes-epic
+#SBATCH --array=0-63
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --cpus-per-task=16
+#SBATCH --time=72:00:00
+set -euo pipefail
+cd "$(dirname "$0")/../.." && [[ -f scripts/launch.sh ]] || cd "${SLURM_SUBMIT_DIR:?}"  # sbatch runs a copy
+source scripts/launch.sh
+
+DATA_PATH=${DATA_PATH:-data/epic}          # train.csv, val.csv, test.csv (EPIC_100_*.csv)
+DATA_ROOT=${DATA_ROOT:-data/epic/videos}   # holds P01/videos/P01_01.MP4, ...
+BOX_DIR=${BOX_DIR:-data/epic/boxes}        # P01/videos/P01_01.MP4 -> $BOX_DIR/P01/videos/P01_01.json
+FLOW=${FLOW:-tvl1}                         # tvl1 (the paper's) or dis
+if [[ -z ${VIDEO_LIST:-} ]]; then
+    VIDEO_LIST=$(mktemp)
+    trap 'rm -f "$VIDEO_LIST"' EXIT
+    epic_videos "$DATA_PATH"/{train,val,test}.csv > "$VIDEO_LIST"   # a video once per segment: repeats are skipped
+fi
+
+python -m motion_detection.extract_boxes --video_list "$VIDEO_LIST" \
+    --video_root "$DATA_ROOT" --output_dir "$BOX_DIR" --flow "$FLOW" "${EXTRA[@]}"

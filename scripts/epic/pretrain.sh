@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# MOFO pretraining of ViT-B on EPIC-KITCHENS-100, the paper's recipe as in scripts/ssv2/pretrain.sh (PRETRAIN.md):
+# 90% / 75% motion-focused masking, decoder depth 4, 16 frames every 2nd frame, 32 clips per GPU on 8 x 8 GPUs,
+# AdamW (0.9, 0.95), base lr 1.5e-4, 40 warmup epochs, 800 epochs. MASK_TYPE=tube: VideoMAE's pretraining.
+#
+# The pretraining dataset reads VideoMAE-style lists of whole files. By default the list names, for every action
+# segment of train.csv, its long video: an epoch draws one random 32-frame window per segment, as many clips as
+# trimmed training would see. VIDEO_LIST: a list of your own (e.g. trimmed clips, with their boxes in BOX_DIR).
+#
+#   sbatch scripts/epic/pretrain.sh                       # submit from the repository root
+#   GPUS=8 bash scripts/epic/pretrain.sh                  # one node, torchrun
+#
+# Needs the box files of scripts/epic/boxes.sh. Resubmitted with the same OUTPUT_DIR, a job resumes.
+#SBATCH --job-name=mofo-pretrain-epic
+#SBATCH --nodes=8
+#SBATCH --ntasks-per-node=8
+#SBATCH --gres=gpu:8
+#SBATCH --cpus-per-task=12
+#SBATCH --time=72:00:00
+set -euo pipefail
+cd "$(dirname "$0")/../.." && [[ -f scripts/launch.sh ]] || cd "${SLURM_SUBMIT_DIR:?}"  # sbatch runs a copy
+source scripts/launch.sh
+
+DATA_PATH=${DATA_PATH:-data/epic}          # train.csv (EPIC_100_train.csv)
+DATA_ROOT=${DATA_ROOT:-data/epic/videos}
+BOX_DIR=${BOX_DIR:-data/epic/boxes}
+MASK_TYPE=${MASK_TYPE:-motion}             # motion (MOFO) or tube (VideoMAE)
+OUTPUT_DIR=${OUTPUT_DIR:-out/epic/pretrain_${MASK_TYPE}_vitb}
+MODEL=${MODEL:-pretrain_videomae_base_patch16_224}
+GPUS=${GPUS:-8} EPOCHS=${EPOCHS:-800} BATCH_SIZE=${BATCH_SIZE:-32}
+if [[ -z ${VIDEO_LIST:-} ]]; then
+    mkdir -p "$OUTPUT_DIR"
+    VIDEO_LIST=$OUTPUT_DIR/train_videos.csv   # on the shared file system: every node reads it
+    epic_videos "$DATA_PATH/train.csv" > "$VIDEO_LIST"
+fi
+
+launch run_mofo_pretraining.py \
+    --data_path "$VIDEO_LIST" --data_root "$DATA_ROOT" --box_dir "$BOX_DIR" \
+    --mask_type "$MASK_TYPE" --mask_ratio 0.9 --motion_mask_ratio 0.75 \
+    --model "$MODEL" --decoder_depth 4 --batch_size "$BATCH_SIZE" --num_frames 16 --sampling_rate 2 \
+    --opt adamw --opt_betas 0.9 0.95 --lr 1.5e-4 --warmup_epochs 40 --epochs "$EPOCHS" \
+    --save_ckpt_freq 20 --output_dir "$OUTPUT_DIR" --log_dir "$OUTPUT_DIR/tb" "${EXTRA[@]}"

@@ -1,0 +1,33 @@
+# shellcheck shell=bash
+# Sourced (not run) by the stage scripts scripts/<dataset>/<stage>.sh, from the repository root.
+#
+#   launch ENTRY.py [ARGS...]   runs a training entry point with one process per GPU:
+#     - inside a SLURM allocation (sbatch, salloc) with srun on PATH: `srun python ENTRY.py ARGS`, one task per GPU
+#       as the #SBATCH lines ask (--ntasks-per-node = GPUs per node); the Python code takes its rank, world size
+#       and GPU from SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID, and the master address from the job's nodes;
+#     - anywhere else (plain `bash` on one node): `torchrun --standalone --nproc_per_node $GPUS ENTRY.py ARGS`.
+#   EXTRA           the words of $EXTRA_ARGS (split on whitespace, no globbing), for the scripts to append last:
+#                   argparse keeps the last value of a flag, so EXTRA_ARGS overrides the script's settings.
+#   epic_videos CSV...   "<participant>/videos/<video>.MP4 0" for every row of EPIC-KITCHENS-100 annotation csvs:
+#                   a VideoMAE-style list of the long videos, a video once per action segment.
+
+# shellcheck disable=SC2034  # used by the scripts that source this file
+read -ra EXTRA <<< "${EXTRA_ARGS:-}"
+
+launch() {
+    if [[ -n "${SLURM_JOB_ID:-}" ]] && command -v srun > /dev/null; then
+        # srun no longer inherits sbatch's --cpus-per-task (SLURM 22.05+): pass it on for the data loaders.
+        srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"} python "$@"
+    else
+        torchrun --standalone --nproc_per_node "${GPUS:?set GPUS to the number of GPUs}" "$@"
+    fi
+}
+
+epic_videos() {
+    # participant_id and video_id precede the csv's quoted free-text columns, so splitting on commas is safe.
+    awk -F, 'FNR == 1 { for (i = 1; i <= NF; i++) col[$i] = i
+                        if (!col["participant_id"] || !col["video_id"]) {
+                            print FILENAME ": no participant_id/video_id column" > "/dev/stderr"; exit 1 }
+                        next }
+             { print $col["participant_id"] "/videos/" $col["video_id"] ".MP4 0" }' "$@"
+}

@@ -1,0 +1,273 @@
+"""The docs cannot drift from the code: every shell command in the markdown docs (fenced blocks and inline code) and
+in the launch scripts that runs a project entry point uses only flags that the entry point's own ``--help`` lists,
+names files that exist, and sets only environment variables the launch script it runs reads.
+
+Commands are split the way the shell would (line continuations, ``;``/``&&``/``|``/newlines, comments, quoted
+strings such as ``sbatch --wrap "python ..."`` parsed as commands of their own). Only the words after the entry point
+are its flags, so ``torchrun``/``srun``/``sbatch`` options and ``VAR=value`` prefixes before it are not checked
+against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = ["README.md", "DATASET.md", "PRETRAIN.md", "FINETUNE.md", "BENCHMARKS.md"]
+STAGE_SCRIPTS = sorted((REPO / "scripts").glob("*/*.sh"))
+SCRIPTS = sorted((REPO / "scripts").glob("*.sh")) + STAGE_SCRIPTS
+SHELL_FENCES = {"", "bash", "sh", "shell", "console"}
+FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```", re.M | re.S)
+INLINE = re.compile(r"`((?:\w+=\S*\s+)*(?:python3?|torchrun|srun|sbatch|bash)\s[^`\n]*)`")  # inline commands
+SEPARATORS = set(";&|\n")  # a punctuation token holding one of these ends a command; (, ), <, > do not
+ASSIGNMENT = re.compile(r"^([A-Za-z_]\w*)=")
+READ_VARIABLE = re.compile(r"\$\{?([A-Za-z_]\w*)")
+LAUNCHERS = {"python", "python3", "torchrun", "srun", "deepspeed", "launch"}  # launch: scripts/launch.sh
+
+
+@dataclass
+class Command:
+    source: str
+    words: list[str]
+    entry: str | None = None  # "run_x.py" or "-m package.module"
+    flags: list[str] = field(default_factory=list)
+
+
+def shell_texts(path: Path) -> list[str]:
+    """Shell code of a file: a script whole; of markdown, the fenced shell blocks and the inline code spans."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".sh":
+        return [text]
+    blocks = [body for lang, body in FENCE.findall(text) if lang in SHELL_FENCES]
+    prose = FENCE.sub("", text)
+    return blocks + INLINE.findall(prose)
+
+
+def strip_comments(text: str) -> str:
+    """Shell text without comments: a # starting a word outside quotes, to the end of its line."""
+    out, quote, i = [], "", 0
+    while i < len(text):
+        char = text[i]
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "\\":
+            out.append(text[i:i + 2])
+            i += 2
+            continue
+        elif char == "#" and (i == 0 or text[i - 1] in " \t\n;&|("):
+            i = text.find("\n", i)
+            if i < 0:
+                break
+            continue
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def split_commands(text: str) -> list[list[str]]:
+    """Simple commands of a shell text, as word lists (quotes removed, comments dropped)."""
+    lexer = shlex.shlex(strip_comments(text).replace("\\\n", " "), posix=True, punctuation_chars="();<>|&\n")
+    lexer.whitespace, lexer.whitespace_split, lexer.commenters = " \t\r", True, ""
+    commands, words = [], []
+    for token in lexer:
+        if set(token) <= set(lexer.punctuation_chars):
+            if SEPARATORS & set(token):
+                commands.append(words)
+                words = []
+        else:
+            words.append(token)
+    return [c for c in [*commands, words] if c]
+
+
+def is_project_module(module: str) -> bool:
+    top = REPO / module.split(".")[0]
+    return top.is_dir() or top.with_suffix(".py").is_file()
+
+
+def parse_commands(text: str, source: str) -> list[Command]:
+    """Every command in ``text``, quoted strings with spaces parsed again as commands of their own."""
+    found = []
+    for words in split_commands(text):
+        command = Command(source, words)
+        found.append(command)
+        launched = False  # python, torchrun, ... seen
+        for i, word in enumerate(words):
+            launched = launched or Path(word).name in LAUNCHERS
+            if " " in word:
+                try:
+                    found += parse_commands(word, source)
+                except ValueError:  # not shell code (an awk program, a message)
+                    pass
+            elif not launched or command.entry is not None:
+                continue
+            elif word.endswith(".py") and not word.startswith("-"):
+                command.entry = word.removeprefix("./")
+                command.flags = words[i + 1:]
+            elif word == "-m" and i + 1 < len(words) and is_project_module(words[i + 1]):
+                command.entry = f"-m {words[i + 1]}"
+                command.flags = words[i + 2:]
+        command.flags = [f.split("=")[0] for f in command.flags if re.match(r"^--?[A-Za-z]", f)]
+    return found
+
+
+def help_flags(help_text: str) -> set[str]:
+    """Option strings of an argparse --help: the lines of the option lists, indented by two spaces."""
+    flags = set()
+    for line in help_text.splitlines():
+        if re.match(r"^ {2}-", line):
+            head = re.split(r"\s{2,}", line.strip())[0]
+            flags |= set(re.findall(r"(?<![\w-])(--?[A-Za-z0-9][\w-]*)", head))
+    return flags
+
+
+# Runs `python ENTRY --help` for every entry point in one interpreter (the training ones share one torch import).
+HELP_RUNNER = """
+import contextlib, io, json, runpy, sys
+texts = {}
+for entry in sys.argv[1:]:
+    sys.argv, out = [entry, "--help"], io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        if entry.startswith("-m "):
+            runpy.run_module(entry[3:], run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(entry, run_name="__main__")
+    texts[entry] = out.getvalue()
+print(json.dumps(texts))
+"""
+
+
+def run_help(entries: set[str]) -> dict[str, set[str]]:
+    """Flags of every entry point (a file or ``-m module`` of this repository) from its --help."""
+    entries = sorted(e for e in entries if e.startswith("-m ") or (REPO / e).is_file())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")} | {"COLUMNS": "200"}
+    result = subprocess.run([sys.executable, "-c", HELP_RUNNER, *entries], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    flags = {}
+    for entry, text in json.loads(result.stdout.splitlines()[-1]).items():
+        flags[entry] = help_flags(text)
+        assert "--help" in flags[entry], f"python {entry} --help lists no options:\n{text[-2000:]}"
+    return flags
+
+
+def script_closure(script: Path) -> list[str]:
+    """The code (comments dropped) of a launch script, of the scripts it runs or sources, and so on."""
+    texts, todo, seen = [], [script], set()
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.is_file():
+            continue
+        seen.add(path)
+        texts.append(strip_comments(path.read_text(encoding="utf-8")))
+        todo += [REPO / other for other in re.findall(r"scripts/[\w/]+\.sh", texts[-1])]
+    return texts
+
+
+def check_script_call(shown: str, words: list[str], script: str, flags: dict[str, set[str]]) -> list[str]:
+    """``VAR=value ... bash|sbatch scripts/x.sh``: the script exists and reads every VAR; EXTRA_ARGS holds flags of
+    the entry point the script runs."""
+    if not (REPO / script).is_file():
+        return [f"{shown}: no script {script}"]
+    texts = script_closure(REPO / script)
+    known = {name for text in texts for name in READ_VARIABLE.findall(text)}
+    entries = {c.entry for text in texts for c in parse_commands(text, script) if c.entry}
+    allowed = set().union(*(flags.get(entry, set()) for entry in entries))
+    errors = []
+    for word in words:
+        if match := ASSIGNMENT.match(word):
+            name, value = match.group(1), word[match.end():]
+            if name not in known:
+                errors.append(f"{shown}: {script} does not read ${name}")
+            if name == "EXTRA_ARGS":
+                extra = [f.split("=")[0] for f in value.split() if re.match(r"^--?[A-Za-z]", f)]
+                errors += [f"{shown}: {sorted(entries)} ({script}) have no flag {f}" for f in extra if f not in allowed]
+    return errors
+
+
+def check(commands: list[Command], flags: dict[str, set[str]]) -> list[str]:
+    errors = []
+    for command in commands:
+        shown = f"{command.source}: `{' '.join(command.words)[:160]}`"
+        if command.entry is not None:
+            if command.entry not in flags:
+                errors.append(f"{shown}: no entry point {command.entry}")
+                continue
+            known = flags[command.entry]
+            errors += [f"{shown}: {command.entry} has no flag {f}" for f in command.flags if f not in known]
+        for i, word in enumerate(command.words):
+            if word.startswith("scripts/") and word.endswith(".sh"):
+                errors += check_script_call(shown, command.words[:i], word, flags)
+    return errors
+
+
+def all_commands() -> dict[str, list[Command]]:
+    commands = {}
+    for path in [REPO / doc for doc in DOCS] + SCRIPTS:
+        name = str(path.relative_to(REPO))
+        commands[name] = [c for text in shell_texts(path) for c in parse_commands(text, name)]
+    return commands
+
+
+COMMANDS = all_commands()
+
+
+@pytest.fixture(scope="module")
+def entry_flags() -> dict[str, set[str]]:
+    entries = {c.entry for commands in COMMANDS.values() for c in commands if c.entry}
+    return run_help(entries | {"run_mofo_pretraining.py", "-m motion_detection.extract_boxes"})
+
+
+@pytest.mark.parametrize("source", sorted(COMMANDS))
+def test_commands_use_only_existing_flags(source, entry_flags):
+    assert check(COMMANDS[source], entry_flags) == []
+
+
+def test_every_doc_and_stage_script_runs_entry_points():
+    """Guards against a parser that silently finds nothing."""
+    stage_scripts = {str(s.relative_to(REPO)) for s in STAGE_SCRIPTS}
+    for source, commands in COMMANDS.items():
+        if source in DOCS or source in stage_scripts:  # a stage script may run another one instead
+            runs = any((c.entry and c.flags) or (stage_scripts - {source}) & set(c.words) for c in commands)
+            assert runs, f"{source}: no entry-point command found"
+    entries = {c.entry for commands in COMMANDS.values() for c in commands}
+    assert {"run_mofo_pretraining.py", "run_mofo_finetuning.py", "-m motion_detection.extract_boxes"} <= entries
+
+
+SNIPPET = """
+python run_mofo_pretraining.py --mask_type tube   # a comment --not_a_flag
+GPUS=8 EXTRA_ARGS="--seed 3 --precision=fp16" bash scripts/ssv2/finetune_plain.sh
+NOT_READ_BY_IT=1 EXTRA_ARGS="--seed 3 --no_such_flag" sbatch --nodes=2 scripts/ssv2/pretrain.sh
+MASTER_PORT=1234 torchrun --nproc_per_node 8 --nnodes 2 run_mofo_pretraining.py \\
+    --mask_type motion --mask_ratio=0.9 \\
+    --made_up_flag 3 > log.txt; echo --also_not_a_flag
+sbatch --array=0-63 --cpus-per-task=16 --wrap \\
+  "python -m motion_detection.extract_boxes --video_list a.csv --output_dir b --flwo dis"
+python run_mofo_nonexistent.py --x 1 | tee out.txt
+ruff check tests/test_docs.py --not-an-entry-point
+"""
+
+
+def test_the_check_catches_made_up_flags_entry_points_and_variables(entry_flags):
+    commands = parse_commands(SNIPPET, "snippet")
+    errors = check(commands, entry_flags)
+    expected = ["does not read $NOT_READ_BY_IT", "have no flag --no_such_flag",
+                "run_mofo_pretraining.py has no flag --made_up_flag",
+                "-m motion_detection.extract_boxes has no flag --flwo", "no entry point run_mofo_nonexistent.py"]
+    assert len(errors) == len(expected) and all(e in error for e, error in zip(expected, errors, strict=True)), errors
+    commented, launched = [c.flags for c in commands if c.entry == "run_mofo_pretraining.py"]
+    assert commented == ["--mask_type"]
+    assert launched == ["--mask_type", "--mask_ratio", "--made_up_flag"]  # not torchrun's, not echo's
+    assert help_flags("usage: x [-h]\n\ndescription mentions --desc_flag\n\noptions:\n  -h, --help  help\n"
+                      "  --a A, --alias A\n                        text --not_this\n") == {"-h", "--help", "--a",
+                                                                                           "--alias"}

@@ -1,0 +1,295 @@
+"""The launch scripts scripts/<dataset>/<stage>.sh.
+
+End to end on CPU, chained as a user would run them (boxes -> pretraining -> fine-tuning from that checkpoint), with
+tiny overrides through the scripts' environment variables and EXTRA_ARGS, no SLURM and GPUS=1 (torchrun, gloo).
+With torchrun/srun/python replaced by recorders: the default commands carry the paper's recipe, EXTRA_ARGS comes
+last, and under a SLURM allocation (a spooled copy of the script, as sbatch runs it) srun is used from the
+submission directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+import make_synthetic_dataset
+from motion_detection import load_boxes
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE_SCRIPTS = sorted((REPO / "scripts").glob("*/*.sh"))
+ALL_SCRIPTS = sorted((REPO / "scripts").rglob("*.sh"))
+VENV_BIN = Path(sys.executable).parent  # the venv's python and torchrun
+# Variables the scripts take with a default (${NAME:-...}): none may leak in from the environment running the tests.
+KNOBS = {name for script in ALL_SCRIPTS for name in re.findall(r"\$\{(\w+):[-?]", script.read_text())}
+TINY = "--device cpu --precision fp32 --input_size 64 --num_frames 8 --num_workers 0 --warmup_epochs 0 --print_freq 100"
+TINY_PRETRAIN = f"{TINY} --decoder_depth 1"
+TINY_FINETUNE = f"{TINY} --short_side_size 64 --num_sample 1 --test_num_segment 1 --test_num_crop 1 --lr 0.01"
+EPIC_HEADER = ["narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp",
+               "stop_timestamp", "start_frame", "stop_frame", "narration", "verb", "verb_class", "noun",
+               "noun_class", "all_nouns", "all_noun_classes"]
+EPIC_VIDEOS = ["P01/videos/P01_01.MP4", "P01/videos/P01_02.MP4", "P02/videos/P02_01.MP4", "P03/videos/P03_11.MP4"]
+VIDEO_FRAMES = 24
+
+
+@dataclass
+class Data:
+    root: Path
+    videos: list[str]  # every video of the lists, relative to DATA_ROOT
+    num_train: int
+    num_test: int
+    finetune_args: str  # the classes of the synthetic data
+
+    @property
+    def env(self) -> dict[str, str]:
+        root = self.root
+        return {"DATA_PATH": str(root), "DATA_ROOT": str(root / "videos"), "BOX_DIR": str(root / "boxes")}
+
+
+def write_epic_csv(path: Path, rows: list[tuple[str, int, int, int, int]]) -> None:
+    """EPIC-KITCHENS-100 annotation csv: (video, start_frame, stop_frame, verb_class, noun_class) rows. The
+    quoted list columns hold commas, as in the official files."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(EPIC_HEADER)
+        for k, (video, start, stop, verb, noun) in enumerate(rows):
+            participant, video_id = video.split("/")[0], Path(video).stem
+            writer.writerow([f"{video_id}_{k}", participant, video_id, "00:00:01.00", "00:00:01.00", "00:00:02.00",
+                             start, stop, "put plate, cup", "put", verb, "plate", noun, "['plate', 'cup']",
+                             f"[{noun}, 7]"])
+
+
+def make_ssv2(root: Path) -> Data:
+    make_synthetic_dataset.make_dataset(root, num_videos=8, num_frames=16, seed=11)
+    lists = {split: (root / f"{split}.csv").read_text().split("\n")[:-1] for split in ("train", "val", "test")}
+    videos = [line.split()[0] for lines in lists.values() for line in lines]
+    classes = len(make_synthetic_dataset.CLASSES)
+    return Data(root, videos, len(lists["train"]), len(lists["test"]), f"--nb_classes {classes}")
+
+
+def make_epic(root: Path) -> Data:
+    """Synthetic clips renamed to long videos <participant>/videos/<video>.MP4, two action segments each."""
+    make_synthetic_dataset.make_dataset(root / "source", num_videos=len(EPIC_VIDEOS), num_frames=VIDEO_FRAMES, seed=12)
+    for index, video in enumerate(EPIC_VIDEOS):
+        (root / "videos" / video).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "source" / "videos" / f"{index:06d}.mp4", root / "videos" / video)
+    rows = [(video, start, stop, k % 3, (2 * k + part) % 5)
+            for k, video in enumerate(EPIC_VIDEOS) for part, (start, stop) in enumerate([(1, 14), (9, VIDEO_FRAMES)])]
+    write_epic_csv(root / "train.csv", rows)
+    write_epic_csv(root / "val.csv", rows[::2])
+    write_epic_csv(root / "test.csv", rows[1::2])
+    return Data(root, EPIC_VIDEOS, len(rows), len(rows[1::2]), "")
+
+
+DATASETS = {"ssv2": make_ssv2, "epic": make_epic}
+
+
+def script_env(**variables: str) -> dict[str, str]:
+    """The test process's environment without SLURM, distributed or script variables, the venv first on PATH."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in KNOBS and not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_"))}
+    env.update(PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}", OMP_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    return env | variables
+
+
+def run_script(script: Path, cwd: Path, **variables: str) -> subprocess.CompletedProcess:
+    """bash SCRIPT from another folder than the repository (the script finds the root itself)."""
+    return subprocess.run(["bash", str(script)], cwd=cwd, env=script_env(**variables), capture_output=True, text=True,
+                          timeout=300)
+
+
+class Pipeline:
+    """Runs each (dataset, stage) once, after the stages it needs, and keeps its output."""
+
+    def __init__(self, tmp: Path):
+        self.tmp, self.data, self.runs = tmp, {}, {}
+
+    def dataset(self, name: str) -> Data:
+        if name not in self.data:
+            assert name in DATASETS, f"scripts/{name}/: no test data set for it in {__file__}"
+            self.data[name] = DATASETS[name](self.tmp / name)
+        return self.data[name]
+
+    def run(self, dataset: str, stage: str) -> tuple[Path, subprocess.CompletedProcess]:
+        if (dataset, stage) in self.runs:
+            return self.runs[dataset, stage]
+        data, out = self.dataset(dataset), self.tmp / f"{dataset}_{stage}"
+        if stage == "boxes":
+            variables = {"FLOW": "dis", "EXTRA_ARGS": "--num_workers 0"}
+        elif stage == "pretrain":
+            self.run(dataset, "boxes")
+            variables = {"MODEL": "pretrain_videomae_mini_patch16_224", "EXTRA_ARGS": TINY_PRETRAIN}
+        elif stage.startswith("finetune"):
+            checkpoint = self.run(dataset, "pretrain")[0] / "checkpoint-0.pth"
+            model = "vit_mini_patch16_224_mofo" if stage == "finetune_mofo" else "vit_mini_patch16_224"
+            variables = {"MODEL": model, "PRETRAINED": str(checkpoint),
+                         "EXTRA_ARGS": f"{TINY_FINETUNE} {data.finetune_args}"}
+        else:
+            pytest.fail(f"scripts/{dataset}/{stage}.sh: no end-to-end test for this stage in {__file__}")
+        result = run_script(REPO / "scripts" / dataset / f"{stage}.sh", self.tmp, **data.env, OUTPUT_DIR=str(out),
+                            GPUS="1", EPOCHS="1", BATCH_SIZE="2", **variables)
+        assert result.returncode == 0, f"{dataset}/{stage}.sh:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        self.runs[dataset, stage] = out, result
+        return out, result
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Pipeline:
+    return Pipeline(tmp_path_factory.mktemp("scripts"))
+
+
+@pytest.mark.parametrize("script", STAGE_SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_stage_script_end_to_end(script, pipeline):
+    dataset, stage = script.parent.name, script.stem
+    out, result = pipeline.run(dataset, stage)
+    data = pipeline.dataset(dataset)
+    log = result.stdout + result.stderr
+    if stage == "boxes":
+        assert f"{len(data.videos)} written | 0 already done | 0 failed" in log
+        for video in data.videos:
+            boxes = load_boxes(data.root / "boxes" / Path(video).with_suffix(".json"))
+            assert boxes.flow["method"] == "dis" and boxes.num_frames > 1
+        assert not list((data.root / "boxes").glob("failed*"))
+        return
+    assert "distributed init (rank 0/1, gloo)" in log  # torchrun with one CPU process, not srun
+    if stage == "pretrain":
+        checkpoint = torch.load(out / "checkpoint-0.pth", map_location="cpu", weights_only=True)
+        assert checkpoint["epoch"] == 0 and "encoder.patch_embed.proj.weight" in checkpoint["model"]
+        assert checkpoint["args"]["mask_type"] == "motion" and checkpoint["args"]["box_dir"] == str(data.root / "boxes")
+        if dataset == "epic":  # one line per training segment, naming its long video
+            lines = Path(checkpoint["args"]["data_path"]).read_text().splitlines()
+            assert len(lines) == data.num_train and {line.split()[0] for line in lines} == set(EPIC_VIDEOS)
+    else:
+        model = "vit_mini_patch16_224_mofo" if stage == "finetune_mofo" else "vit_mini_patch16_224"
+        assert f"Model: {model}," in log and f"Loaded {pipeline.run(dataset, 'pretrain')[0]}/checkpoint-0.pth" in log
+        results = json.loads((out / "test_results.json").read_text())
+        assert results["videos"] == results["views"] == data.num_test
+        accuracies = ["verb_acc1", "noun_acc1", "action_acc1"] if dataset == "epic" else ["acc1"]
+        assert all(0 <= results[name] <= 100 for name in accuracies)
+
+
+# Dry runs: torchrun, srun and python record their arguments instead of running.
+
+RECORDER = '#!/usr/bin/env bash\nprintf "%s\\0" "$(basename "$0")" "$@" >> "$RECORD"\n'
+PAPER_PRETRAINING = {"--mask_type": "motion", "--mask_ratio": "0.9", "--motion_mask_ratio": "0.75",
+                     "--model": "pretrain_videomae_base_patch16_224", "--decoder_depth": "4", "--batch_size": "32",
+                     "--num_frames": "16", "--sampling_rate": "2", "--opt": "adamw", "--opt_betas": "0.9 0.95",
+                     "--lr": "1.5e-4", "--warmup_epochs": "40", "--epochs": "800"}
+FINETUNING = {"--num_frames": "16", "--input_size": "224", "--test_num_segment": "2", "--test_num_crop": "3"}
+RECIPES = {
+    ("ssv2", "pretrain"): PAPER_PRETRAINING,
+    ("epic", "pretrain"): PAPER_PRETRAINING,
+    ("ssv2", "finetune"): FINETUNING | {"--data_set": "SSV2", "--nb_classes": "174"},
+    ("epic", "finetune"): FINETUNING | {"--data_set": "EPIC-KITCHENS-100", "--nb_verbs": "97", "--nb_nouns": "300"},
+}
+
+
+@pytest.fixture
+def dry_run(tmp_path):
+    """dry_run(script, **variables) -> the recorded command's words."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    for name in ("torchrun", "srun", "python"):
+        (fake_bin / name).write_text(RECORDER)
+        (fake_bin / name).chmod(stat.S_IRWXU)
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "val", "test"):
+        write_epic_csv(data / f"{split}.csv", [(EPIC_VIDEOS[0], 1, 10, 0, 0)])
+
+    def run(script: Path, **variables: str) -> list[str]:
+        record = tmp_path / "record"
+        record.unlink(missing_ok=True)
+        env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "RECORD": str(record), "DATA_PATH": str(data),
+               "VIDEO_LIST": str(data / "train.csv")} | variables
+        result = run_script(script, tmp_path, **env)
+        assert result.returncode == 0, result.stderr
+        return record.read_text().split("\0")[:-1]
+
+    return run
+
+
+def options(words: list[str]) -> dict[str, str]:
+    """--flag -> its value words joined by spaces."""
+    values: dict[str, list[str]] = {}
+    for word in words:
+        if word.startswith("--"):
+            values[word] = []
+            last = word
+        elif values:
+            values[last].append(word)
+    return {flag: " ".join(value) for flag, value in values.items()}
+
+
+@pytest.mark.parametrize("script", STAGE_SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_default_command_is_the_papers_recipe(script, dry_run):
+    dataset, stage = script.parent.name, script.stem
+    words = dry_run(script, EXTRA_ARGS=" --seed  7 --print_freq 5 ")
+    assert words[-4:] == ["--seed", "7", "--print_freq", "5"]  # EXTRA_ARGS last: it overrides the script
+    flags = options(words)
+    if stage == "boxes":
+        assert words[:3] == ["python", "-m", "motion_detection.extract_boxes"] and flags["--flow"] == "tvl1"
+        return
+    entry = "run_mofo_pretraining.py" if stage == "pretrain" else "run_mofo_finetuning.py"
+    assert words[:5] == ["torchrun", "--standalone", "--nproc_per_node", "8", entry]
+    expected = RECIPES[dataset, "pretrain" if stage == "pretrain" else "finetune"]
+    assert {flag: flags.get(flag) for flag in expected} == expected
+    if stage.startswith("finetune"):  # the MCA head reads the motion boxes, the plain head does not need them
+        mofo = stage == "finetune_mofo"
+        assert flags["--model"] == "vit_base_patch16_224" + "_mofo" * mofo and ("--box_dir" in flags) == mofo
+
+
+@pytest.mark.parametrize("dataset", sorted({s.parent.name for s in STAGE_SCRIPTS}))
+def test_finetuning_starts_from_the_pretraining_scripts_last_checkpoint(dataset, dry_run):
+    pretrain = options(dry_run(REPO / "scripts" / dataset / "pretrain.sh"))
+    last = f"{pretrain['--output_dir']}/checkpoint-{int(pretrain['--epochs']) - 1}.pth"
+    outputs = set()
+    for stage in ("finetune_mofo", "finetune_plain"):
+        finetune = options(dry_run(REPO / "scripts" / dataset / f"{stage}.sh"))
+        assert finetune["--finetune"] == last
+        outputs.add(finetune["--output_dir"])
+    assert len(outputs) == 2  # auto-resume must not pick up the other head's checkpoints
+
+
+def test_under_slurm_srun_runs_python_from_the_submission_directory(dry_run, tmp_path):
+    spool = tmp_path / "spool" / "job42"  # sbatch runs a copy of the script from its spool folder
+    spool.mkdir(parents=True)
+    shutil.copy(REPO / "scripts/ssv2/pretrain.sh", spool / "slurm_script")
+    slurm = {"SLURM_JOB_ID": "42", "SLURM_SUBMIT_DIR": str(REPO), "SLURM_CPUS_PER_TASK": "12"}
+    words = dry_run(spool / "slurm_script", **slurm)
+    assert words[:5] == ["srun", "--kill-on-bad-exit=1", "--cpus-per-task=12", "python", "run_mofo_pretraining.py"]
+    # Box extraction runs once per array task, without srun; the shard comes from SLURM_ARRAY_TASK_*.
+    assert dry_run(REPO / "scripts/ssv2/boxes.sh", **slurm)[:3] == ["python", "-m", "motion_detection.extract_boxes"]
+    elsewhere = run_script(spool / "slurm_script", tmp_path, **slurm | {"SLURM_SUBMIT_DIR": str(tmp_path)})
+    assert elsewhere.returncode != 0 and "scripts/launch.sh" in elsewhere.stderr
+
+
+@pytest.mark.parametrize("script", ALL_SCRIPTS, ids=lambda p: str(p.relative_to(REPO / "scripts")))
+def test_script_syntax(script):
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("script", STAGE_SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_sbatch_header(script):
+    lines = script.read_text().splitlines()
+    first_command = next(i for i, line in enumerate(lines) if line.strip() and not line.startswith("#"))
+    header = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)", "\n".join(lines[:first_command]), re.M))
+    assert not [line for line in lines[first_command:] if line.startswith("#SBATCH")]  # sbatch stops reading there
+    assert {"nodes", "ntasks-per-node", "cpus-per-task", "time"} <= set(header)
+    assert "set -euo pipefail" in lines
+    if script.stem == "boxes":  # CPU work, one shard per array task
+        assert "array" in header and "gres" not in header and header["ntasks-per-node"] == "1"
+    else:  # one task per GPU
+        assert header["gres"] == f"gpu:{header['ntasks-per-node']}"
