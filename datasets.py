@@ -2,7 +2,7 @@
 
 Pretraining: one window of ``num_frames`` frames every ``sampling_rate`` frames, VideoMAE's multi-scale crop
 with the motion box carried through the same geometry, and a mask from the masking generator computed in the
-worker (motion-focused when the clip has a box).
+worker (motion-focused when the clip has a box; motion-guided masks from the crop's own optical flow).
 
 Fine-tuning (``build_dataset``): Kinetics-400 / UCF101 / HMDB51 (``path label`` lists, dense sampling, flips),
 SSV2 (``path label`` lists, TSN sampling, never flipped: its labels say left and right) and EPIC-KITCHENS-100
@@ -33,7 +33,12 @@ import torch
 from timm.data.random_erasing import RandomErasing
 from torch.utils.data import Dataset, default_collate
 
-from masking_generator import MotionFocusedMaskingGenerator, TubeMaskingGenerator
+from masking_generator import (
+    DISTokenMotion,
+    MotionFocusedMaskingGenerator,
+    MotionGuidedMaskingGenerator,
+    TubeMaskingGenerator,
+)
 from motion_detection.boxfile import BoxFileError, MotionBoxes, box_file_path, load_boxes, relative_video_path
 from motion_detection.detect import union_box
 from video_transforms import (
@@ -210,36 +215,61 @@ def frame_boxes(boxes: MotionBoxes | None, frame_indices: np.ndarray, num_video_
     return normalized_box(_box_file_rows(boxes, frame_indices, num_video_frames), boxes.width, boxes.height)
 
 
+MASK_TYPES = ("tube", "motion", "motion_guided")
+GUIDED_BASES = ("random", "box")
+
+
 class VideoMAEPretrainDataset(Dataset):
-    """Clips for masked-autoencoder pretraining with a motion-focused (or plain tube) mask per clip.
+    """Clips for masked-autoencoder pretraining with a motion-focused, motion-guided or plain tube mask per clip.
 
     Each item is a dict (or a list of ``num_sample`` dicts from one decode): ``video`` (3, T, S, S) normalised,
     ``mask`` (N,) bool (True = masked), ``box`` (4,) the clip's motion box in [0, 1] of the augmented frames
     (NaN: none), ``replaced`` (corrupt videos skipped to produce this item) and ``missing_box`` (0/1).
+
+    ``mask_type``: ``tube`` (VideoMAE), ``motion`` (MOFO: needs ``box_dir``) or ``motion_guided`` (the mask is
+    drawn at the middle time slice and follows the per-token motion of each augmented clip, computed here by
+    ``motion_source``, by default :class:`DISTokenMotion`). ``guided_base`` picks that base draw: ``random``, or
+    ``box``, MOFO's inside-box rule on the motion box of the base slice's own frames (needs ``box_dir``; a clip
+    without a box there gets a random base). ``motion_source`` maps the (T, 3, S, S) float clip in [0, 255] to the
+    (T'-1, H', W', 2) token displacement field (see :class:`MotionGuidedMaskingGenerator`).
     """
 
     def __init__(self, list_file: str, data_root: str = "", box_dir: str | None = None, num_frames: int = 16,
                  sampling_rate: int = 4, input_size: int = 224, patch_size: int = 16, tubelet_size: int = 2,
                  mask_type: str = "tube", mask_ratio: float = 0.9, motion_mask_ratio: float = 0.75,
                  box_source: str = "clip", missing_box: str = "error", num_sample: int = 1,
-                 scales=(1, 0.875, 0.75, 0.66), seed: int | None = None):
-        if mask_type not in ("tube", "motion"):
-            raise ValueError(f"mask_type must be 'tube' or 'motion', got {mask_type!r}")
+                 scales=(1, 0.875, 0.75, 0.66), seed: int | None = None, guided_base: str = "random",
+                 motion_source: Callable[[torch.Tensor], np.ndarray] | None = None):
+        if mask_type not in MASK_TYPES:
+            raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
         if box_source not in ("clip", "video"):
             raise ValueError(f"box_source must be 'clip' or 'video', got {box_source!r}")
-        if mask_type == "motion" and not box_dir:
-            raise ValueError("--mask_type motion needs --box_dir (the output of motion_detection.extract_boxes)")
+        if guided_base not in GUIDED_BASES:
+            raise ValueError(f"guided_base must be one of {GUIDED_BASES}, got {guided_base!r}")
+        if guided_base == "box" and mask_type != "motion_guided":
+            raise ValueError("--guided_base box only applies to --mask_type motion_guided")
+        uses_boxes = mask_type == "motion" or guided_base == "box"
+        if uses_boxes and not box_dir:
+            raise ValueError(f"--mask_type {mask_type}{' --guided_base box' if guided_base == 'box' else ''} needs"
+                             " --box_dir (the output of motion_detection.extract_boxes)")
         self.entries = read_video_list(list_file)
         self.data_root = data_root
         self.num_frames, self.sampling_rate, self.input_size = num_frames, sampling_rate, input_size
         self.box_source, self.num_sample, self.scales = box_source, num_sample, tuple(scales)
+        self.mask_type, self.guided_base = mask_type, guided_base
         self.window_size = (num_frames // tubelet_size, input_size // patch_size, input_size // patch_size)
+        self.motion_source, self.base_frames = None, None
         if mask_type == "motion":
             self.mask_generator = MotionFocusedMaskingGenerator(self.window_size, mask_ratio, motion_mask_ratio)
+        elif mask_type == "motion_guided":
+            self.mask_generator = MotionGuidedMaskingGenerator(self.window_size, mask_ratio, motion_mask_ratio)
+            self.motion_source = motion_source or DISTokenMotion(self.window_size[1:], tubelet_size)
+            base = self.mask_generator.base_slice
+            self.base_frames = slice(base * tubelet_size, (base + 1) * tubelet_size)  # sampled frames of the base
         else:
             self.mask_generator = TubeMaskingGenerator(self.window_size, mask_ratio)
         videos = [path for path, _ in self.entries]
-        self.boxes = MotionBoxIndex(box_dir, videos, missing_box) if mask_type == "motion" else None
+        self.boxes = MotionBoxIndex(box_dir, videos, missing_box) if uses_boxes else None
         self.reseed(seed)
 
     def reseed(self, seed: int | None) -> None:
@@ -257,7 +287,8 @@ class VideoMAEPretrainDataset(Dataset):
         return os.path.join(self.data_root, self.entries[index][0])
 
     def _load(self, index: int):
-        """Decoded frames and the clip's box, replacing corrupt videos by random others (logged, counted)."""
+        """Decoded frames, the clip's box and the base slice's box (NaN unless ``guided_base`` is ``box``) in [0, 1]
+        of the decoded frames, replacing corrupt videos by random others (logged, counted)."""
         def load(entry: int):
             boxes = self.boxes.load(entry) if self.boxes is not None else None
             native = None if boxes is None else (boxes.width, boxes.height)
@@ -265,22 +296,33 @@ class VideoMAEPretrainDataset(Dataset):
             frames, indices, num_video_frames = decode_frames(
                 self.video_path(entry),
                 lambda n: sample_window_indices(n, self.num_frames, self.sampling_rate, self.rng), size)
-            return frames, clip_box(boxes, indices, num_video_frames, self.box_source), boxes
+            box = clip_box(boxes, indices, num_video_frames, self.box_source)
+            base_box = (clip_box(boxes, indices[self.base_frames], num_video_frames, "clip")
+                        if self.guided_base == "box" else NO_BOX.copy())
+            return frames, np.stack([box, base_box]), boxes
 
-        _, (frames, box, boxes), replaced = load_with_replacement(load, index, len(self), self.rng)
-        return frames, box, boxes, replaced
+        _, (frames, boxes01, boxes), replaced = load_with_replacement(load, index, len(self), self.rng)
+        return frames, boxes01, boxes, replaced
+
+    def _mask(self, clip: torch.Tensor, box: np.ndarray, base_box: np.ndarray) -> np.ndarray:
+        """The clip's mask from its generator: boxes in [0, 1] of the augmented clip (NaN: none)."""
+        if self.mask_type == "motion_guided":
+            base = None if np.isnan(base_box).any() else base_box
+            return self.mask_generator(self.motion_source(clip), base)
+        if self.mask_type == "motion":
+            return self.mask_generator(None if np.isnan(box).any() else box)
+        return self.mask_generator()
 
     def __getitem__(self, index: int):
-        frames, box01, boxes, replaced = self._load(index)
+        frames, boxes01, boxes, replaced = self._load(index)
         height, width = frames.shape[1:3]
         missing_box = int(self.boxes is not None and boxes is None)
         items = []
         for _ in range(self.num_sample):
-            clip, box = multiscale_crop(frames, scale_box(box01, width, height), self.input_size, self.rng,
-                                        self.scales)
-            box_out = box / self.input_size
-            mask_box = None if np.isnan(box_out).any() else box_out
-            mask = self.mask_generator(mask_box) if self.boxes is not None else self.mask_generator()
+            clip, crop_boxes = multiscale_crop(frames, scale_box(boxes01, width, height), self.input_size,
+                                               self.rng, self.scales)
+            box_out, base_box = crop_boxes / self.input_size
+            mask = self._mask(clip, box_out, base_box)
             items.append({
                 "video": normalize_clip(clip),
                 "mask": torch.from_numpy(np.asarray(mask, dtype=bool)),
@@ -302,7 +344,7 @@ def build_pretraining_dataset(args) -> VideoMAEPretrainDataset:
         sampling_rate=args.sampling_rate, input_size=args.input_size, patch_size=args.patch_size[0],
         tubelet_size=args.tubelet_size, mask_type=args.mask_type, mask_ratio=args.mask_ratio,
         motion_mask_ratio=args.motion_mask_ratio, box_source=args.box_source, missing_box=args.missing_box,
-        num_sample=args.num_sample, seed=args.seed,
+        num_sample=args.num_sample, seed=args.seed, guided_base=args.guided_base,
     )
 
 

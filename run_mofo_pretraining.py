@@ -5,7 +5,8 @@
         --model pretrain_videomae_base_patch16_224 --decoder_depth 4 --output_dir out/
 
 Flags and defaults are VideoMAE's, plus the motion-focused masking (``--mask_type motion``, ``--box_dir``,
-``--motion_mask_ratio``, ``--box_source``, ``--missing_box``), ``--precision``, ``--num_sample`` and DeepSpeed.
+``--motion_mask_ratio``, ``--box_source``, ``--missing_box``), motion-guided masking (``--mask_type
+motion_guided``, ``--guided_base``), ``--precision``, ``--num_sample`` and DeepSpeed.
 Under SLURM, ``srun`` with one task per GPU works without torchrun.
 """
 
@@ -38,8 +39,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     # model
     parser.add_argument("--model", default="pretrain_videomae_base_patch16_224", type=str)
     parser.add_argument("--decoder_depth", default=4, type=int)
-    parser.add_argument("--mask_type", default="tube", choices=["tube", "motion"],
-                        help="tube: VideoMAE's random tube masking; motion: MOFO's motion-focused tube masking")
+    parser.add_argument("--mask_type", default="tube", choices=["tube", "motion", "motion_guided"],
+                        help="tube: VideoMAE's random tube masking; motion: MOFO's motion-focused tube masking;"
+                             " motion_guided: a mask drawn at the middle time slice that follows each clip's optical"
+                             " flow (MGMAE/MGM)")
+    parser.add_argument("--guided_base", default="random", choices=["random", "box"],
+                        help="--mask_type motion_guided: draw the middle slice's mask at random, or with MOFO's"
+                             " inside-box rule on that slice's motion box (box: needs --box_dir)")
     parser.add_argument("--mask_ratio", default=0.75, type=float, help="share of tubes masked (VideoMAE default)")
     parser.add_argument("--motion_mask_ratio", default=0.75, type=float,
                         help="share of the tubes inside the motion box that are always masked (MOFO)")
@@ -68,7 +74,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_path", default="", type=str, help="VideoMAE list file (path label per line)")
     parser.add_argument("--data_root", default="", type=str, help="folder the list's video paths are relative to")
     parser.add_argument("--box_dir", default=None, type=str,
-                        help="motion-box files from motion_detection.extract_boxes (needed by --mask_type motion)")
+                        help="motion-box files from motion_detection.extract_boxes (needed by --mask_type motion"
+                             " and --guided_base box)")
     parser.add_argument("--box_source", default="clip", choices=["clip", "video"],
                         help="clip: union of the sampled frames' boxes; video: the video's union box")
     parser.add_argument("--missing_box", default="error", choices=["error", "random"],
