@@ -471,7 +471,8 @@ class VideoClassificationDataset(Dataset):
                  mode: str = "train", sampling: str = "dense", flip: bool = True, num_frames: int = 16,
                  sampling_rate: int = 4, num_segments: int = 1, input_size: int = 224, short_side_size: int = 224,
                  test_num_segment: int = 5, test_num_crop: int = 3, num_sample: int = 1, rand_augment: str = "",
-                 reprob: float = 0.0, remode: str = "pixel", recount: int = 1, seed: int | None = None):
+                 reprob: float = 0.0, remode: str = "pixel", recount: int = 1, seed: int | None = None,
+                 crop_scale: tuple[float, float] = RESIZED_CROP_SCALE):
         if mode not in ("train", "validation", "test"):
             raise ValueError(f"mode must be 'train', 'validation' or 'test', got {mode!r}")
         if sampling not in ("tsn", "dense"):
@@ -492,7 +493,10 @@ class VideoClassificationDataset(Dataset):
                        if train and reprob > 0 else None)
         # Decoding smaller never drops pixels the output uses: training crops keep at least
         # sqrt(min scale x min ratio) of the short side, validation/test resize the short side to short_side_size.
-        self.needed_short_side = (math.ceil(input_size / math.sqrt(RESIZED_CROP_SCALE[0] * RESIZED_CROP_RATIO[0]))
+        if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {crop_scale}")
+        self.crop_scale = tuple(crop_scale)
+        self.needed_short_side = (math.ceil(input_size / math.sqrt(self.crop_scale[0] * RESIZED_CROP_RATIO[0]))
                                   if train else short_side_size)
         self.box_index, self._box_slots, self._box_cache = None, [], OrderedDict()
         if box_dir:
@@ -561,7 +565,7 @@ class VideoClassificationDataset(Dataset):
     def _train_clip(self, frames: torch.Tensor, boxes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """One augmented clip (3, T, S, S) and its boxes in output pixels, from decoded frames and their boxes."""
         height, width = frames.shape[1:3]
-        crop = random_resized_crop_params(width, height, self.rng)
+        crop = random_resized_crop_params(width, height, self.rng, scale=self.crop_scale)
         clip, boxes = resized_crop(frames, boxes, *crop, self.input_size)
         if self.flip and self.rng.random() < 0.5:
             clip, boxes = horizontal_flip(clip, boxes)
@@ -619,4 +623,5 @@ def build_dataset(is_train: bool, test_mode: bool, args) -> VideoClassificationD
         input_size=args.input_size, short_side_size=args.short_side_size, test_num_segment=args.test_num_segment,
         test_num_crop=args.test_num_crop, num_sample=args.num_sample, rand_augment=args.aa, reprob=args.reprob,
         remode=args.remode, recount=args.recount, seed=args.seed,
+        crop_scale=tuple(getattr(args, "crop_scale", RESIZED_CROP_SCALE)),
     )

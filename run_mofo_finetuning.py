@@ -72,6 +72,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     # augmentation
     parser.add_argument("--aa", default="rand-m7-n4-mstd0.5-inc1", type=str,
                         help='RandAugment policy (timm syntax), "" for none')
+    parser.add_argument("--crop_scale", default=[0.08, 1.0], type=float, nargs=2, metavar=("MIN", "MAX"),
+                        help="area range of the training random resized crop (VideoMAE: 0.08 1.0)")
     parser.add_argument("--smoothing", default=0.1, type=float, help="label smoothing")
     parser.add_argument("--reprob", default=0.25, type=float, help="random erasing probability")
     parser.add_argument("--remode", default="pixel", type=str, help="random erasing mode")

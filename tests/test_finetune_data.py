@@ -618,3 +618,17 @@ def test_reseed_reproduces_and_differs(data):
     a, b, c = item(7), item(7), item(8)
     assert torch.equal(a["video"], b["video"]) and torch.equal(a["box"].nan_to_num(-1), b["box"].nan_to_num(-1))
     assert not torch.equal(a["video"], c["video"])
+
+
+def test_crop_scale_bounds_the_random_resized_crop(data):
+    """``--crop_scale 1 1`` keeps the whole 4:3 frame (only resized), so the boxes are the frame boxes rescaled;
+    an impossible range is refused."""
+    dataset = build_dataset(True, False, make_args(data, data_set="SSV2", aa="", reprob=0.0, crop_scale=(1.0, 1.0)))
+    frames = torch.randint(0, 255, (4, 120, 160, 3), dtype=torch.uint8)
+    boxes = np.array([[16, 12, 80, 60]] * 4, dtype=np.float32)
+    video, out_boxes = dataset._train_clip(frames, boxes)
+    size = dataset.input_size
+    np.testing.assert_allclose(out_boxes, boxes * np.array([size / 160, size / 120] * 2), rtol=1e-5)
+    assert video.shape == (3, 4, size, size)
+    with pytest.raises(ValueError, match="crop_scale"):
+        build_dataset(True, False, make_args(data, data_set="SSV2", crop_scale=(0.5, 0.2)))
