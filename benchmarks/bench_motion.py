@@ -4,10 +4,14 @@
     python benchmarks/bench_motion.py --pairs 10 --num_videos 4   # quick
 
 1. Speed: flow alone and the whole per-pair detection (flow + motion map + box) on synthetic frames with the
-   short side at ``--short_side`` (default 224, i.e. 298x224), with OpenCV limited to 1 thread (cost per core)
-   and with all threads.
+   short side at ``--short_side`` (default 224, i.e. 298x224), with OpenCV (and torch) limited to 1 thread (cost
+   per core) and with all threads. ``tvl1_torch`` gets ``--batch_size`` pairs per call, on the CPU and, when
+   there is one, on a CUDA GPU (rows labelled ``tvl1_torch[device,bN]``).
 2. Agreement on the synthetic set (in memory, 160x120): union-box and per-frame IoU of every backend's boxes
    with the first backend's (TV-L1, the paper's) and with the ground truth (two missing boxes agree).
+3. With ``codec_mv`` among the flows: codec motion vectors against TV-L1 on the same clips encoded to mp4 files
+   (mp4v, and libx264 when PyAV has it) at each ``--codec_sizes``: IoUs and frames/s from the file (decoding
+   included). Backends that read the file (``codec_mv``) are left out of tables 1 and 2.
 """
 
 from __future__ import annotations
@@ -15,16 +19,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "scripts")]
 
 import make_synthetic_dataset as synthetic  # noqa: E402
-from motion_detection import MotionBoxDetector, available_flows, union_box  # noqa: E402
+from motion_detection import MotionBoxDetector, available_flows, create_flow, union_box  # noqa: E402
 from motion_detection.evaluate import agreement  # noqa: E402
 
 
@@ -34,30 +40,52 @@ def gray_frames(num_frames: int, short_side: int) -> list[np.ndarray]:
     return frames
 
 
-def time_backend(flow: str, frames: np.ndarray, threads: int) -> tuple[float, float]:
-    """(flow-only pairs/s, full-detection pairs/s)."""
+def time_backend(
+    flow: str, frames: np.ndarray, threads: int, flow_params: dict | None = None, batch_size: int = 1
+) -> tuple[float, float]:
+    """(flow-only pairs/s, full-detection pairs/s), ``batch_size`` pairs per backend call, ``threads`` OpenCV and
+    torch threads."""
+    detector = MotionBoxDetector(flow, flow_params, short_side=0, batch_size=batch_size)
     cv2.setNumThreads(threads)
-    detector = MotionBoxDetector(flow, short_side=0, batch_size=1)
-    gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)[None] for f in frames]
-    detector.backend(gray[0], gray[1])  # warm-up
+    if "torch" in sys.modules:  # imported by a torch backend
+        sys.modules["torch"].set_num_threads(threads)
+    gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+    pairs = len(gray) - 1
+    first = min(batch_size, pairs)
+    detector.backend(gray[:first], gray[1 : first + 1])  # warm-up
     start = time.perf_counter()
-    for prev, nxt in zip(gray[:-1], gray[1:], strict=True):
-        detector.backend(prev, nxt)
-    flow_rate = (len(gray) - 1) / (time.perf_counter() - start)
+    for i in range(0, pairs, batch_size):
+        j = min(i + batch_size, pairs)
+        detector.backend(gray[i:j], gray[i + 1 : j + 1])
+    flow_rate = pairs / (time.perf_counter() - start)
     start = time.perf_counter()
     detector.detect(frames, frames.shape[2], frames.shape[1])
-    detect_rate = (len(gray) - 1) / (time.perf_counter() - start)
+    detect_rate = pairs / (time.perf_counter() - start)
     return flow_rate, detect_rate
 
 
-def speed_table(flows: list[str], pairs: int, short_side: int, all_threads: int) -> None:
+def speed_configs(flow: str, batch_size: int, all_threads: int) -> list[tuple[str, dict | None, int, list[int]]]:
+    """(row label, flow parameters, pairs per call, thread counts) timed for a backend: the OpenCV ones one pair
+    per call; tvl1_torch ``batch_size`` pairs per call on the CPU, and on CUDA when there is a GPU."""
+    threads = sorted({1, all_threads})
+    if flow != "tvl1_torch":
+        return [(flow, None, 1, threads)]
+    import torch
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return [(f"{flow}[{d},b{batch_size}]", {"device": d}, batch_size, threads) for d in devices]
+
+
+def speed_table(flows: list[str], pairs: int, short_side: int, all_threads: int, batch_size: int) -> None:
     frames = gray_frames(pairs + 1, short_side)
     print(f"speed: {frames.shape[2]}x{frames.shape[1]}, {pairs} pairs, OpenCV {cv2.__version__}, {all_threads} CPUs")
-    print(f"{'flow':<8} {'threads':>7} {'flow pairs/s':>12} {'detect pairs/s':>14} {'ms/pair':>8}")
-    for flow in flows:
-        for threads in sorted({1, all_threads}):
-            flow_rate, detect_rate = time_backend(flow, frames, threads)
-            print(f"{flow:<8} {threads:>7} {flow_rate:>12.2f} {detect_rate:>14.2f} {1000 / detect_rate:>8.1f}")
+    rows = [(flow, *config) for flow in flows for config in speed_configs(flow, batch_size, all_threads)]
+    width = max(8, *(len(label) for _, label, *_ in rows))
+    print(f"{'flow':<{width}} {'threads':>7} {'flow pairs/s':>12} {'detect pairs/s':>14} {'ms/pair':>8}")
+    for flow, label, flow_params, batch, thread_counts in rows:
+        for threads in thread_counts:
+            flow_rate, detect_rate = time_backend(flow, frames, threads, flow_params, batch)
+            print(f"{label:<{width}} {threads:>7} {flow_rate:>12.2f} {detect_rate:>14.2f} {1000 / detect_rate:>8.1f}")
 
 
 def agreement_table(flows: list[str], num_videos: int, num_frames: int) -> dict[str, dict[str, float]]:
@@ -83,6 +111,60 @@ def agreement_table(flows: list[str], num_videos: int, num_frames: int) -> dict[
     return rows
 
 
+def encode_clips(folder: Path, clips: list, encoder: str) -> list[Path]:
+    """Write clips to mp4: ``mp4v`` with OpenCV as the synthetic dataset does, any other name with PyAV."""
+    paths = []
+    for i, (frames, _) in enumerate(clips):
+        path = folder / f"{encoder}_{frames.shape[2]}x{frames.shape[1]}_{i}.mp4"
+        if encoder == "mp4v":
+            synthetic.write_mp4(path, frames, 12)
+        else:
+            with av.open(str(path), "w") as container:
+                stream = container.add_stream(encoder, rate=12)
+                stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+                for frame in frames:
+                    container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+                container.mux(stream.encode())
+        paths.append(path)
+    return paths
+
+
+def mean_ious(boxes: list, reference: list) -> tuple[float, float]:
+    """Mean union-box IoU and mean per-frame IoU of per-video boxes against reference boxes."""
+    union = np.mean([agreement(union_box(a), union_box(b)) for a, b in zip(boxes, reference, strict=True)])
+    frame = np.mean([agreement(a, b).mean() for a, b in zip(boxes, reference, strict=True)])
+    return float(union), float(frame)
+
+
+def codec_table(num_videos: int, num_frames: int, sizes: list[str]) -> None:
+    """codec_mv (both reference models) and TV-L1 boxes of the same encoded files: IoUs and frames/s."""
+    cv2.setNumThreads(os.cpu_count() or 1)
+    detectors = {"codec_mv": MotionBoxDetector("codec_mv"),
+                 "codec_mv adjacent": MotionBoxDetector("codec_mv", {"reference": "adjacent"}),
+                 "tvl1": MotionBoxDetector("tvl1")}
+    encoders = ["mp4v"] + (["libx264"] if "libx264" in av.codecs_available else [])
+    columns = ["union IoU vs tvl1", "frame IoU vs tvl1", "union IoU vs truth", "frame IoU vs truth", "frames/s"]
+    print(f"\ncodec motion vectors: {num_videos} synthetic clips of {num_frames} frames, PyAV {av.__version__}")
+    print(f"{'encoder':<8} {'size':>8} {'flow':<18} " + " ".join(f"{c:>18}" for c in columns))
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            width, height = map(int, size.split("x"))
+            clips = [synthetic.render_clip(i % len(synthetic.CLASSES), num_frames, width, height, seed=500 + i)
+                     for i in range(num_videos)]
+            for encoder in encoders:
+                paths = encode_clips(Path(tmp), clips, encoder)
+                boxes, rates = {}, {}
+                for name, detector in detectors.items():
+                    start = time.perf_counter()
+                    boxes[name] = [detector.detect_video(path, path.name).frames for path in paths]
+                    rates[name] = num_videos * num_frames / (time.perf_counter() - start)
+                truth = [gt for _, gt in clips]
+                for name in detectors:
+                    values = [*mean_ious(boxes[name], boxes["tvl1"]), *mean_ious(boxes[name], truth)]
+                    print(f"{encoder:<8} {size:>8} {name:<18} " + " ".join(f"{v:>18.3f}" for v in values)
+                          + f" {rates[name]:>18.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--flows", nargs="+", default=None, help="backends (default: all, TV-L1 first)")
@@ -91,18 +173,28 @@ def main() -> None:
     parser.add_argument("--num_videos", type=int, default=16, help="synthetic clips for the agreement test")
     parser.add_argument("--num_frames", type=int, default=24, help="frames per synthetic clip")
     parser.add_argument("--skip_speed", action="store_true", help="only the agreement table")
+    parser.add_argument("--batch_size", type=int, default=8,
+                        help="frame pairs per call of a batched backend (tvl1_torch) in the speed test")
+    parser.add_argument("--codec_sizes", nargs="+", default=["160x120", "320x240"],
+                        help="frame sizes (WxH) of the encoded clips for the codec_mv table")
     args = parser.parse_args()
     flows = args.flows or sorted(available_flows(), key=lambda f: f != "tvl1")
     all_threads = os.cpu_count() or 1
 
-    if not args.skip_speed:
-        speed_table(flows, args.pairs, args.short_side, all_threads)
-    rows = agreement_table(flows, args.num_videos, args.num_frames)
-    print(f"\nagreement: {args.num_videos} synthetic clips of {args.num_frames} frames (160x120)")
-    columns = list(next(iter(rows.values())))
-    print(f"{'flow':<8} " + " ".join(f"{c:>20}" for c in columns))
-    for flow, row in rows.items():
-        print(f"{flow:<8} " + " ".join(f"{row[c]:>20.3f}" for c in columns))
+    file_flows = [f for f in flows if hasattr(create_flow(f), "flows_from_video")]
+    flows = [f for f in flows if f not in file_flows]
+
+    if not args.skip_speed and flows:
+        speed_table(flows, args.pairs, args.short_side, all_threads, args.batch_size)
+    if flows:
+        rows = agreement_table(flows, args.num_videos, args.num_frames)
+        print(f"\nagreement: {args.num_videos} synthetic clips of {args.num_frames} frames (160x120)")
+        columns = list(next(iter(rows.values())))
+        print(f"{'flow':<10} " + " ".join(f"{c:>20}" for c in columns))
+        for flow, row in rows.items():
+            print(f"{flow:<10} " + " ".join(f"{row[c]:>20.3f}" for c in columns))
+    if "codec_mv" in file_flows:
+        codec_table(args.num_videos, args.num_frames, args.codec_sizes)
 
 
 if __name__ == "__main__":

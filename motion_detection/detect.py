@@ -14,6 +14,8 @@ reported in the original pixels.
 from __future__ import annotations
 
 import argparse
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 
@@ -177,6 +179,52 @@ def box_iou(a, b) -> np.ndarray:
     return np.nan_to_num(iou, nan=0.0)
 
 
+def prefetch(items: Iterable, depth: int) -> Iterator:
+    """Iterate ``items`` on a background thread, at most ``depth`` items ahead of the consumer (OpenCV decoding
+    and torch both release the GIL, so the two overlap). An exception raised by ``items`` is re-raised here;
+    closing the returned generator stops the thread (and closes ``items`` if it is a generator)."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce() -> None:
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except Exception as e:
+            put((end, e))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 class MotionBoxDetector:
     """Flow backend + detection parameters; turns a stream of RGB frames into per-frame boxes."""
 
@@ -194,16 +242,25 @@ class MotionBoxDetector:
         scale = 1.0 if short == 0 else min(1.0, short / min(width, height))
         return max(1, round(width * scale)), max(1, round(height * scale))
 
+    def working_gray(self, frame: np.ndarray) -> np.ndarray:
+        """An RGB frame as the backend's input: grey, resized to the working resolution."""
+        height, width = frame.shape[:2]
+        gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        size = self.working_size(width, height)
+        if size != (width, height):
+            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        return gray
+
     def iter_flows(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """Flow (working resolution, (h, w, 2)) of each consecutive pair of RGB frames, in batches."""
+        """Flow (working resolution, (h, w, 2)) of each consecutive pair of RGB frames, in batches. For a backend
+        on an accelerator (``on_accelerator``, e.g. tvl1_torch on a GPU), frames are decoded and converted on a
+        background thread, up to two batches ahead, while the device works on the current batch."""
+        grays = map(self.working_gray, frames)
+        if getattr(self.backend, "on_accelerator", False):
+            grays = prefetch(grays, 2 * self.batch_size + 1)
         prev = None
         batch_prev, batch_next = [], []
-        for frame in frames:
-            height, width = frame.shape[:2]
-            gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-            size = self.working_size(width, height)
-            if size != (width, height):
-                gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        for gray in grays:
             if prev is not None:
                 batch_prev.append(prev)
                 batch_next.append(gray)

@@ -32,6 +32,7 @@ from .flow import available_flows
 from .video import VideoReadError
 
 log = logging.getLogger("extract_boxes")
+DEVICE_FLOWS = ("tvl1_torch",)  # flow backends that take --device
 
 
 @dataclass
@@ -109,6 +110,9 @@ def _init_worker(detector_kwargs: dict, single_thread: bool) -> None:
     if single_thread:
         cv2.setNumThreads(1)
     _detector = MotionBoxDetector(**detector_kwargs)
+    torch = sys.modules.get("torch")  # imported by a torch flow backend (tvl1_torch)
+    if single_thread and torch is not None:
+        torch.set_num_threads(1)
 
 
 def _run_job(job: Job) -> Outcome:
@@ -191,8 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--video_root", default="", help="folder the list's paths are relative to")
     parser.add_argument("--output_dir", required=True, help="box files go here, mirroring the video paths")
     parser.add_argument("--flow", default="tvl1", choices=available_flows(), help="optical flow (default: tvl1)")
-    parser.add_argument("--num_workers", type=int, default=default_workers(),
-                        help="worker processes, one video each (0 = in this process; default: usable CPUs)")
+    parser.add_argument("--num_workers", type=int, default=None,
+                        help="worker processes, one video each (0 = in this process). Default: the usable CPUs, "
+                        "each worker with one OpenCV / torch thread; 0 for tvl1_torch on a GPU, which batches the "
+                        "pairs of a video on the device while a background thread decodes")
+    parser.add_argument("--device", default=None,
+                        help=f"device of a torch flow backend ({', '.join(DEVICE_FLOWS)}): cuda, cuda:N or cpu "
+                        "(default: cuda when available, else cpu); box files do not depend on it")
     parser.add_argument("--shard_id", type=int, default=shard_id, help="this shard (default: SLURM array task)")
     parser.add_argument("--num_shards", type=int, default=num_shards, help="shards in all (default: SLURM array)")
     parser.add_argument("--overwrite", action="store_true", help="recompute even valid existing box files")
@@ -208,13 +217,20 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.shard_id < args.num_shards:
         parser.error(f"--shard_id {args.shard_id} is outside [0, --num_shards {args.num_shards})")
     for name, low in (("num_workers", 0), ("batch_size", 1)):
-        if getattr(args, name) < low:
+        if getattr(args, name) is not None and getattr(args, name) < low:
             parser.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
+    if args.device is not None and args.flow not in DEVICE_FLOWS:
+        parser.error(f"--device applies to {', '.join(DEVICE_FLOWS)}, not to --flow {args.flow}")
     try:
         detector_kwargs = {"flow": args.flow, "batch_size": args.batch_size, **vars(params_from_args(args))}
+        if args.device is not None:
+            detector_kwargs["flow_params"] = {"device": args.device}
+        detector = MotionBoxDetector(**detector_kwargs)
     except ValueError as e:
         parser.error(str(e))
-    config = MotionBoxDetector(**detector_kwargs).config()
+    if args.num_workers is None:
+        args.num_workers = 0 if getattr(detector.backend, "on_accelerator", False) else default_workers()
+    config = detector.config()
     videos = distinct_videos(read_video_list(args.video_list), args.video_root)[args.shard_id :: args.num_shards]
     jobs, skipped, failures = plan_jobs(videos, args, config)
     log.info("shard %d/%d: %d videos, %d already done, %d to do with %s flow",

@@ -8,6 +8,7 @@ the OpenCV backends loop. New backends register themselves with :func:`register_
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 
@@ -15,6 +16,8 @@ import cv2
 import numpy as np
 
 _BACKENDS: dict[str, type[FlowBackend]] = {}
+# Backends in modules with heavy imports (torch), imported on first use so that the CLIs start quickly.
+_LAZY_BACKENDS = {"tvl1_torch": ".flow_torch", "codec_mv": ".codec_mv"}  # imported on first use
 
 
 def register_flow(name: str):
@@ -27,10 +30,12 @@ def register_flow(name: str):
 
 
 def available_flows() -> list[str]:
-    return sorted(_BACKENDS)
+    return sorted({*_BACKENDS, *_LAZY_BACKENDS})
 
 
 def create_flow(name: str, **kwargs) -> FlowBackend:
+    if name not in _BACKENDS and name in _LAZY_BACKENDS:
+        importlib.import_module(_LAZY_BACKENDS[name], __package__)
     if name not in _BACKENDS:
         raise ValueError(f"unknown flow backend {name!r}; available: {', '.join(available_flows())}")
     return _BACKENDS[name](**kwargs)
@@ -110,3 +115,4 @@ class DISFlow(FlowBackend):
 
     def pair(self, prev, nxt):
         return self._impl.calc(prev, nxt, None)
+

@@ -134,7 +134,14 @@ def main(argv: list[str] | None = None) -> int:
                              f"but {args.video} is {width}x{height}")
     if args.show_map and len(frames) < 2:
         raise SystemExit(f"--show_map: {args.video} has {len(frames)} frame; flow needs a frame pair")
-    maps = list(detector_for(boxes.flow, args.flow).iter_maps(frames)) if args.show_map else None
+    maps = None
+    if args.show_map:
+        detector = detector_for(boxes.flow, args.flow)
+        if hasattr(detector.backend, "flows_from_video"):  # motion read from the file (codec motion vectors)
+            size = detector.working_size(frames.shape[2], frames.shape[1])
+            maps = [detector.motion_map(f) for f in detector.backend.flows_from_video(args.video, size)]
+        else:
+            maps = list(detector.iter_maps(frames))
     write_output(render(frames, boxes, gt, maps), Path(args.out), info.fps, args.strip_frames)
     print(f"wrote {args.out}")
     return 0

@@ -1,0 +1,166 @@
+"""Codec motion vectors as flow (``--flow codec_mv``): the block vectors stored in the compressed video.
+
+As in MGM (Fan et al., ICCV 2023), motion comes from the bitstream instead of an optical-flow solver: FFmpeg's
+decoder exports each inter-coded block's vector (PyAV, ``flags2=+export_mvs``); the decoded pixels are never
+converted or looked at. FFmpeg exports vectors from its MPEG-1/2/4 part 2, H.261/H.263-family and H.264 decoders
+only: a video in another inter codec (HEVC, VP8/9, AV1, ...) is an error rather than silently "no motion".
+
+Each block's displacement is painted into its w x h block of the frame (overlapping vectors, e.g. the two of a
+bidirectional block, are averaged), and the field is area-resized to the working size with the vectors scaled to
+working pixels. Convention (same as :mod:`.flow`): flow ``i`` is the forward motion from frame ``i`` to ``i + 1``,
+taken from the vectors stored in frame ``i + 1``; there are ``T - 1`` flows for ``T`` frames.
+
+* Past reference (``source < 0``): ``dst - src`` is the motion from the reference to this frame. Future reference
+  (``source > 0``, B-frames): ``src - dst`` is the motion from this frame to the reference. Either is divided by
+  the frame distance to that reference, giving motion per frame. FFmpeg exports only the direction (``source`` is
+  always -1 or +1), so the distance is taken as the display-order distance to the nearest anchor (I/P) frame on
+  that side, which is exact for codecs with one reference per direction (MPEG-1/2/4 part 2, H.263). In H.264 a
+  block may use any of several references, including B-frames (B-pyramid), which the side data does not name;
+  its magnitudes can then be off by an integer factor, while the sign stays right.
+* The vectors sit where the block is in frame ``i + 1``, so an object's flow is one frame's motion ahead of an
+  optical flow indexed at frame ``i``.
+* I-frames and frames without vectors (intra-only codecs such as MJPEG, all-I encodes) give zero flow: no motion
+  is detected in them. So do MPEG-4 part 2 B-frames (FFmpeg exports their vectors as zeros) and the last frame
+  of an MPEG-1/2 stream or of an MPEG-4 part 2 stream with B-frames (output at flush without vectors).
+  Intra-coded blocks inside a predicted frame have no vector either; their motion is inpainted from the
+  surrounding blocks (zero there would draw false motion boundaries under a moving camera).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import av
+import cv2
+import numpy as np
+
+from .flow import FlowBackend, register_flow
+from .video import VideoReadError
+
+# FFmpeg decoders that export AV_FRAME_DATA_MOTION_VECTORS: the mpegvideo-based ones and H.264 (all but h263i,
+# msmpeg4v1, mpegvideo and rv10/20 checked by encoding a clip with PyAV 18.1).
+EXPORTING_DECODERS = frozenset({
+    "mpeg1video", "mpeg2video", "mpegvideo", "mpeg4", "h261", "h263", "h263i", "flv", "msmpeg4v1", "msmpeg4v2",
+    "msmpeg4", "wmv1", "wmv2", "rv10", "rv20", "h264",
+})
+_B_FRAME = int(av.video.frame.PictureType.B)
+
+
+def rasterise(vectors: np.ndarray | None, frame_size: tuple[int, int], out_size: tuple[int, int],
+              past_distance: float = 1.0, future_distance: float = 1.0) -> np.ndarray:
+    """Dense forward flow (out_h, out_w, 2), in output pixels, of one frame's ``MotionVectors.to_ndarray()``.
+
+    ``past_distance``/``future_distance``: frames between this frame and its past/future reference. Blocks are
+    painted on a grid of the largest cell dividing every block's size and position (8 px for FFmpeg's exports)
+    with two-dimensional difference arrays, so there is no per-block loop.
+    """
+    frame_w, frame_h = frame_size
+    out_w, out_h = out_size
+    if vectors is None or len(vectors) == 0:
+        return np.zeros((out_h, out_w, 2), np.float32)
+    scale = np.maximum(vectors["motion_scale"], 1).astype(np.float32)
+    # motion = src - dst; per frame forward motion is -motion / d for a past reference, +motion / d for a future.
+    per_frame = np.where(vectors["source"] < 0, -1.0 / past_distance, 1.0 / future_distance).astype(np.float32)
+    values = np.stack([vectors["motion_x"] / scale * per_frame, vectors["motion_y"] / scale * per_frame,
+                       np.ones(len(vectors), np.float32)], axis=-1)
+    w, h = vectors["w"].astype(np.int64), vectors["h"].astype(np.int64)
+    x0 = np.clip(vectors["dst_x"] - w // 2, 0, frame_w)
+    y0 = np.clip(vectors["dst_y"] - h // 2, 0, frame_h)
+    x1, y1 = np.clip(x0 + w, 0, frame_w), np.clip(y0 + h, 0, frame_h)
+    cell = int(np.gcd.reduce(np.concatenate([w, h, x0, y0, x1, y1, [frame_w, frame_h]])))
+    cols, rows = -(-frame_w // cell), -(-frame_h // cell)
+    diff = np.zeros((rows + 1, cols + 1, 3), np.float32)
+    x0, x1, y0, y1 = x0 // cell, -(-x1 // cell), y0 // cell, -(-y1 // cell)
+    for ys, xs, sign in ((y0, x0, 1), (y0, x1, -1), (y1, x0, -1), (y1, x1, 1)):
+        np.add.at(diff, (ys, xs), sign * values)
+    sums = diff.cumsum(axis=0).cumsum(axis=1)[:rows, :cols]
+    count = np.rint(sums[..., 2:])
+    cells = np.divide(sums[..., :2], count, out=np.zeros_like(sums[..., :2]), where=count > 0)
+    unknown = (count[..., 0] == 0).astype(np.uint8)
+    if 0 < unknown.sum() < unknown.size:  # intra-coded blocks of a predicted frame: inpaint from the neighbours
+        cells = np.dstack([cv2.inpaint(np.ascontiguousarray(cells[..., k]), unknown, 1, cv2.INPAINT_NS)
+                           for k in (0, 1)])
+    dense = np.repeat(np.repeat(cells, cell, axis=0), cell, axis=1)[:frame_h, :frame_w]
+    if (out_w, out_h) != (frame_w, frame_h):
+        dense = cv2.resize(dense, (out_w, out_h), interpolation=cv2.INTER_AREA)
+        dense *= np.array([out_w / frame_w, out_h / frame_h], np.float32)
+    return np.ascontiguousarray(dense, dtype=np.float32)
+
+
+def _decoded_vectors(path: str) -> Iterator[tuple[int, np.ndarray | None, tuple[int, int]]]:
+    """(picture type, vectors or None, (width, height)) of each frame in display order; errors -> VideoReadError."""
+    try:
+        container = av.open(path)
+    except (av.error.FFmpegError, OSError) as e:
+        raise VideoReadError(f"PyAV cannot open the file: {e}") from None
+    with container:
+        if not container.streams.video:
+            raise VideoReadError("no video stream")
+        stream = container.streams.video[0]
+        codec = stream.codec_context.codec
+        if codec.name not in EXPORTING_DECODERS and not codec.intra_only:
+            raise VideoReadError(f"codec {codec.name!r} exports no motion vectors (FFmpeg does for MPEG-1/2/4 "
+                                 f"part 2, H.263 and H.264 only); use an optical-flow backend")
+        stream.codec_context.options = {"flags2": "+export_mvs"}
+        decoded = 0
+        try:
+            for frame in container.decode(stream):
+                side = frame.side_data.get("MOTION_VECTORS")
+                yield int(frame.pict_type), None if side is None else side.to_ndarray(), (frame.width, frame.height)
+                decoded += 1
+        except av.error.FFmpegError as e:
+            raise VideoReadError(f"decoding failed after {decoded} frames: {e}") from None
+
+
+def _with_reference_distances(frames, reference: str):
+    """(vectors, size, past distance, future distance or None) per frame in display order. A B-frame waits for
+    the next anchor (I/P), which fixes its future distance; B-frames after the last anchor have none."""
+    last_anchor, pending = None, []
+
+    def past(index: int) -> int:
+        return 1 if reference == "adjacent" or last_anchor is None else index - last_anchor
+
+    for index, (kind, vectors, size) in enumerate(frames):
+        if kind == _B_FRAME:
+            pending.append((index, vectors, size))
+            continue
+        for i, v, s in pending:
+            yield v, s, past(i), 1 if reference == "adjacent" else index - i
+        yield vectors, size, past(index), 1
+        pending, last_anchor = [], index
+    for i, v, s in pending:
+        yield v, s, past(i), None
+
+
+@register_flow("codec_mv")
+class CodecMotionVectors(FlowBackend):
+    """Motion vectors exported by the decoder (see the module docstring). It reads the file, not frame pairs:
+    :class:`~.detect.MotionBoxDetector` calls :meth:`flows_from_video` for it.
+
+    ``reference``: how far a vector's reference is taken to be: ``"anchor"`` (default), the nearest I/P frame on
+    its side in display order; ``"adjacent"``, the neighbouring frame (what FFmpeg's ``source = +-1`` says).
+    """
+
+    REFERENCES = ("anchor", "adjacent")
+
+    def __init__(self, reference: str = "anchor"):
+        if reference not in self.REFERENCES:
+            raise ValueError(f"unknown reference model {reference!r}; choose from {self.REFERENCES}")
+        self.reference = reference
+
+    def params(self) -> dict:
+        return {"reference": self.reference}
+
+    def pair(self, prev, nxt):
+        raise TypeError("codec_mv reads motion vectors from the compressed file, not from decoded frames: "
+                        "use MotionBoxDetector.detect_video or flows_from_video")
+
+    def flows_from_video(self, path: str | os.PathLike, working_size: tuple[int, int]) -> Iterator[np.ndarray]:
+        """Forward flow (h, w, 2) at ``working_size`` = (w, h) for each of the video's T - 1 frame pairs."""
+        frames = _with_reference_distances(_decoded_vectors(os.fspath(path)), self.reference)
+        next(frames, None)  # frame 0's vectors point before the clip; flow i comes from frame i + 1
+        for vectors, size, past, future in frames:
+            if vectors is not None and future is None:
+                vectors = vectors[vectors["source"] < 0]
+            yield rasterise(vectors, size, working_size, past, future or 1)
