@@ -67,3 +67,19 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, VideoInfo]:
     if not frames:
         raise VideoReadError("no decodable frames")
     return np.stack(frames), info
+
+
+def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float) -> None:
+    """Encode RGB frames (T, H, W, 3) uint8 as an mp4v .mp4 with OpenCV; odd sizes are padded with black (mp4v
+    would crop them silently). Raises RuntimeError when OpenCV cannot open the writer."""
+    frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)))
+    height, width = frames.shape[1:3]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    writer = cv2.VideoWriter(os.fspath(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot open an mp4v writer for {path} ({width}x{height} @ {fps} fps)")
+    try:
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()

@@ -20,7 +20,7 @@ from PIL import Image
 from .boxfile import BoxFileError, load_boxes
 from .detect import MotionBoxDetector
 from .flow import available_flows
-from .video import VideoReadError, read_video
+from .video import VideoReadError, read_video, write_mp4
 
 OUTPUT_KINDS = (".mp4", ".gif", ".png")
 FRAME_COLOUR = (0, 255, 0)
@@ -79,18 +79,10 @@ def write_output(frames: np.ndarray, out: Path, fps: float, strip_frames: int) -
         raise SystemExit(unknown_kind(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".mp4":
-        # mp4v needs an even frame size (it silently crops an odd one): pad the last row/column with black.
-        height, width = frames.shape[1:3]
-        frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)))
-        height, width = frames.shape[1:3]
-        writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps or 12.0, (width, height))
-        if not writer.isOpened():
-            raise SystemExit(f"--out {out}: OpenCV cannot open an mp4v writer ({width}x{height})")
         try:
-            for frame in frames:
-                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-        finally:
-            writer.release()
+            write_mp4(out, frames, fps or 12.0)
+        except RuntimeError as e:
+            raise SystemExit(f"--out {out}: {e}") from None
     elif suffix == ".gif":
         images = [Image.fromarray(f) for f in frames]
         images[0].save(out, save_all=True, append_images=images[1:], duration=int(1000 / (fps or 12.0)), loop=0)

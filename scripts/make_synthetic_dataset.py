@@ -37,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from motion_detection.boxfile import MotionBoxes, save_boxes  # noqa: E402
+from motion_detection.video import write_mp4  # noqa: E402, F401  (part of this module's API: tests encode clips with it)
 
 CLASSES = [
     "move_left",
@@ -408,20 +409,6 @@ def render_clip(
 def clip_seed(seed: int, index: int) -> int:
     """Independent per-video seed derived from the dataset seed and the video index."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-
-
-def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
-    """Encode RGB frames (T, H, W, 3) uint8 as an mp4v .mp4 with OpenCV."""
-    height, width = frames.shape[1:3]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot open an mp4v writer for {path} ({width}x{height} @ {fps} fps)")
-    try:
-        for frame in frames:
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
 
 
 def split_indices(labels: list[int], seed: int, val_fraction: float, test_fraction: float) -> dict[str, list[int]]:

@@ -62,12 +62,7 @@ EPIC_ROWS = [("P01_01_0", "P01", "P01_01", 3, 20, 5, 17), ("P01_01_1", "P01", "P
 EPIC_SOURCES = {"P01_01": 0, "P02_03": 3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_lists(folder: Path, lines: list[str]) -> Path:

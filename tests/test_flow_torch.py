@@ -29,12 +29,7 @@ from motion_detection.flow_torch import median_filter, median_network, pyramid_s
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def texture(rng: np.random.Generator, h: int, w: int, sigma: float) -> np.ndarray:

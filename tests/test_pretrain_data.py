@@ -43,13 +43,7 @@ MASKS_PER_SLICE = int(0.9 * GRID * GRID)
 OBJECT_DIFF = 25.0  # mean |frame - background| of a patch the object covers (~70); codec noise < 10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors: intra-op threads only add contention (data-loader workers run single-threaded too)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
