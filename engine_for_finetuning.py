@@ -66,8 +66,11 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch: int, loss_scal
     metric_logger.add_meter("lr", utils.SmoothedValue(window_size=1, fmt="{value:.3e}"))
     header = f"Epoch: [{epoch}]"
     update_freq = args.update_freq
+    num_batches = len(data_loader) // update_freq * update_freq  # leftover batches would overrun the schedule
     optimizer.zero_grad(set_to_none=True)
     for it, batch in enumerate(metric_logger.log_every(data_loader, args.print_freq, header)):
+        if it >= num_batches:
+            break
         step = start_step + it // update_freq
         if it % update_freq == 0:
             utils.apply_schedules(optimizer, lr_schedule[step], wd_schedule[step])

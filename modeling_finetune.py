@@ -404,10 +404,11 @@ def cross_set_attention_mask(query_set: torch.Tensor) -> torch.Tensor:
 
 
 def masked_mean(tokens: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
-    """Mean of the selected tokens per sample (B, C); the mean of all tokens where none is selected."""
+    """Mean of the selected tokens per sample (B, C), summed in fp32; the mean of all tokens where none is
+    selected."""
     selected = torch.where(selected.any(dim=1, keepdim=True), selected, torch.ones_like(selected))
-    weights = selected.to(tokens.dtype)[..., None]
-    return (tokens * weights).sum(1) / weights.sum(1)
+    weights = selected.float()[..., None]
+    return ((tokens.float() * weights).sum(1) / weights.sum(1)).to(tokens.dtype)  # fp32 sums: no fp16 overflow
 
 
 class MultiCrossAttention(nn.Module):

@@ -175,6 +175,9 @@ def run_test(model, args, device, rank: int, world: int) -> dict:
     results = {}
     if utils.is_main_process():
         results = merge_views([out_dir / f"test_views_rank{r}.jsonl" for r in range(world)], args.head_sizes)
+        if results["videos"] != len(dataset.entries):
+            print(f"Warning: {len(dataset.entries) - results['videos']} of {len(dataset.entries)} test videos failed "
+                  "to decode and are not in the results (see the log for their names)")
         print("Final test (" + f"{args.test_num_segment} x {args.test_num_crop} views): "
               + "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items()))
         (out_dir / "test_results.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -205,7 +208,11 @@ def main(args) -> None:
                                              lambda n: layer_id_for(n, num_layers), layer_scales)
     optimizer = utils.create_optimizer(args, groups)
     model, model_without_ddp, optimizer, loss_scaler = utils.wrap_model(args, model, optimizer, device)
+    if args.eval and not args.resume:
+        args.auto_resume = False  # test exactly the --finetune weights, not a checkpoint found in --output_dir
     utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler)
+    if args.eval:
+        print(f"Testing the weights of {args.resume or args.finetune or 'a freshly initialised model'}")
 
     if args.eval:
         run_test(model, args, device, rank, world)
@@ -229,7 +236,10 @@ def main(args) -> None:
     print(f"lr: {args.lr:.3e}, total batch: {total_batch}, steps per epoch: {niter_per_ep}, "
           f"layer scales: {[round(s, 4) for s in layer_scales]}")
 
-    best_acc = 0.0
+    acc_key = "action_acc1" if len(args.head_sizes) == 2 else "acc1"
+    log_file = Path(args.output_dir) / "log.txt"
+    previous = [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.exists() else []
+    best_acc = max((r[f"val_{acc_key}"] for r in previous if r["epoch"] < args.start_epoch), default=0.0)
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         train_loader.sampler.set_epoch(epoch)
@@ -239,7 +249,6 @@ def main(args) -> None:
         if args.save_ckpt and ((epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs):
             utils.save_model(args, epoch, model, model_without_ddp, optimizer, loss_scaler)
         val_stats = validation_one_epoch(val_loader, model, device, args, args.enable_deepspeed)
-        acc_key = "action_acc1" if len(args.head_sizes) == 2 else "acc1"
         if val_stats[acc_key] > best_acc:
             best_acc = val_stats[acc_key]
             if args.save_ckpt:

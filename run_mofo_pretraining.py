@@ -2,7 +2,7 @@
 
     torchrun --nproc_per_node 8 run_mofo_pretraining.py --data_path train.csv --data_root videos/ \
         --box_dir boxes/ --mask_type motion --mask_ratio 0.9 --motion_mask_ratio 0.75 \
-        --model pretrain_videomae_base_patch16_224 --decoder_depth 4 --output_dir out/
+        --model pretrain_videomae_base_patch16_224 --decoder_depth 4 --opt_betas 0.9 0.95 --output_dir out/
 
 Flags and defaults are VideoMAE's, plus the motion-focused masking (``--mask_type motion``, ``--box_dir``,
 ``--motion_mask_ratio``, ``--box_source``, ``--missing_box``), motion-guided masking (``--mask_type

@@ -56,7 +56,8 @@ def init_distributed_mode(args) -> None:
         args.gpu = int(env.get("LOCAL_RANK", 0))
     elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         args.rank, args.world_size = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
-        args.gpu = int(env.get("SLURM_LOCALID", 0))
+        local_id = int(env.get("SLURM_LOCALID", 0))  # modulo: with --gpus-per-task each task sees one GPU
+        args.gpu = local_id % torch.cuda.device_count() if torch.cuda.is_available() else local_id
         env.setdefault("MASTER_ADDR", slurm_master_addr(env.get("SLURM_STEP_NODELIST", env["SLURM_JOB_NODELIST"])))
         env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 10000))
         env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = str(args.rank), str(args.world_size), str(args.gpu)
@@ -173,7 +174,8 @@ def wrap_model(args, model: torch.nn.Module, optimizer, device: torch.device):
     model_without_ddp = model
     if args.distributed:
         device_ids = [args.gpu] if device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        # No buffer needs syncing (fixed position tables, no BatchNorm): skip DDP's per-forward broadcast.
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
     scaler = NativeScalerWithGradNormCount(enabled=args.precision == "fp16", device=device.type)
     return model, model_without_ddp, optimizer, scaler
 
@@ -194,6 +196,9 @@ def cosine_scheduler(base_value: float, final_value: float, epochs: int, niter_p
                      start_warmup_value: float = 0.0, warmup_steps: int = -1) -> np.ndarray:
     """Per-step values: linear warmup from start_warmup_value, then half-cosine from base_value to final_value."""
     warmup_iters = warmup_steps if warmup_steps > 0 else warmup_epochs * niter_per_ep
+    if warmup_iters > epochs * niter_per_ep:
+        raise ValueError(f"the warmup ({warmup_iters} steps) is longer than the run ({epochs} epochs x {niter_per_ep} "
+                         "steps): lower --warmup_epochs / --warmup_steps or raise --epochs")
     warmup = np.linspace(start_warmup_value, base_value, warmup_iters)
     steps = np.arange(epochs * niter_per_ep - warmup_iters)
     cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * steps / max(len(steps), 1)))
@@ -445,6 +450,11 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
     sinusoid tables are rebuilt by the model and need nothing); missing and unexpected keys are printed.
     """
     state = encoder_state(read_model_state(path, model_key))
+    low_precision = sorted({str(v.dtype) for v in state.values() if v.is_floating_point() and v.dtype != torch.float32})
+    if low_precision:
+        print(f"Warning: {path} holds {', '.join(low_precision)} weights (e.g. a DeepSpeed bf16/fp16 run); fine-tuning "
+              "starts from these rounded values. For the fp32 master weights convert the folder with DeepSpeed's "
+              "zero_to_fp32.py and pass the result.")
     own = model.state_dict()
     for key in ("head.weight", "head.bias"):
         if key in state and key in own and state[key].shape != own[key].shape:

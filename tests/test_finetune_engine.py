@@ -117,3 +117,16 @@ def test_learned_position_tables_are_interpolated_to_a_new_grid():
     torch.testing.assert_close(same, table)
     # Values are kept in order: the first frame's corner stays the smallest, the last frame's corner the largest.
     assert resized[0, 0, 0] == resized.min() and resized[0, -1, 0] == resized.max()
+
+
+def test_a_warmup_longer_than_the_run_is_a_clear_error():
+    with pytest.raises(ValueError, match="--warmup_epochs"):
+        utils.cosine_scheduler(1.0, 0.0, epochs=3, niter_per_ep=2, warmup_epochs=5)
+
+
+def test_mofo_pooling_sums_in_fp32():
+    tokens = torch.full((1, 1568, 4), 300.0, dtype=torch.float16)  # an fp16 sum of 1568 x 300 overflows
+    selected = torch.zeros(1, 1568, dtype=torch.bool)
+    selected[0, :1000] = True
+    pooled = modeling_finetune.masked_mean(tokens, selected)
+    assert pooled.dtype == torch.float16 and torch.isfinite(pooled).all() and pooled[0, 0] == 300
