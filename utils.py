@@ -387,7 +387,9 @@ def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler) -> N
     print(f"Resume checkpoint {args.resume}")
     if deepspeed:
         path = Path(args.resume)
-        _, client_state = model.load_checkpoint(str(path.parent), tag=path.name)
+        loaded, client_state = model.load_checkpoint(str(path.parent), tag=path.name)
+        if loaded is None:
+            raise FileNotFoundError(f"{path}: not a DeepSpeed checkpoint folder (expected {path}/mp_rank_00_*.pt)")
         args.start_epoch = client_state["epoch"] + 1
         return
     checkpoint = load_checkpoint_file(args.resume)
