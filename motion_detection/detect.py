@@ -14,6 +14,7 @@ reported in the original pixels.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -189,11 +190,9 @@ def prefetch(items: Iterable, depth: int) -> Iterator:
 
     def put(entry) -> bool:
         while not stop.is_set():
-            try:
+            with contextlib.suppress(queue.Full):  # full: check whether the consumer stopped, then retry
                 buffer.put(entry, timeout=0.05)
                 return True
-            except queue.Full:
-                pass
         return False
 
     def produce() -> None:

@@ -10,6 +10,7 @@ against it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -105,10 +106,8 @@ def parse_commands(text: str, source: str) -> list[Command]:
         for i, word in enumerate(words):
             launched = launched or Path(word).name in LAUNCHERS
             if " " in word:
-                try:
+                with contextlib.suppress(ValueError):  # not shell code (an awk program, a message)
                     found += parse_commands(word, source)
-                except ValueError:  # not shell code (an awk program, a message)
-                    pass
             elif not launched or command.entry is not None:
                 continue
             elif word.endswith(".py") and not word.startswith("-"):
