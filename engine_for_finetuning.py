@@ -76,20 +76,23 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch: int, loss_scal
             utils.apply_schedules(optimizer, lr_schedule[step], wd_schedule[step])
         videos, targets = mixed_targets(mixup_fn, batch, args.head_sizes, device)
         batch = {**batch, "video": videos}
-        logits = forward(model, batch, device, args.use_box, args.precision, deepspeed)
-        loss = sum(head_losses(logits, targets, args.head_sizes, args.smoothing))
-        loss_value = loss.item()
-        utils.check_finite(loss_value, step)
-        if deepspeed:
-            model.backward(loss)
-            model.step()
-            grad_norm = model.get_global_grad_norm()
-        else:
-            update = (it + 1) % update_freq == 0
-            grad_norm = loss_scaler(loss / update_freq, optimizer, clip_grad=args.clip_grad,
-                                    parameters=model.parameters(), update_grad=update)
-            if update:
-                optimizer.zero_grad(set_to_none=True)
+        update = (it + 1) % update_freq == 0
+        # DDP: only the micro-step that updates all-reduces the accumulated gradients.
+        accumulate_only = not deepspeed and not update and isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        with model.no_sync() if accumulate_only else contextlib.nullcontext():
+            logits = forward(model, batch, device, args.use_box, args.precision, deepspeed)
+            loss = sum(head_losses(logits, targets, args.head_sizes, args.smoothing))
+            loss_value = loss.item()
+            utils.check_finite(loss_value, step)
+            if deepspeed:
+                model.backward(loss)
+                model.step()
+                grad_norm = model.get_global_grad_norm()
+            else:
+                grad_norm = loss_scaler(loss / update_freq, optimizer, clip_grad=args.clip_grad,
+                                        parameters=model.parameters(), update_grad=update)
+        if update and not deepspeed:
+            optimizer.zero_grad(set_to_none=True)
         metric_logger.update(loss=loss_value, lr=lr_schedule[step],
                              grad_norm=None if grad_norm is None else float(grad_norm))
         if log_writer is not None and it % update_freq == 0:
