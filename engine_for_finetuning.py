@@ -84,15 +84,8 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch: int, loss_scal
             loss = sum(head_losses(logits, targets, args.head_sizes, args.smoothing))
             loss_value = loss.item()
             utils.check_finite(loss_value, step)
-            if deepspeed:
-                model.backward(loss)
-                model.step()
-                grad_norm = model.get_global_grad_norm()
-            else:
-                grad_norm = loss_scaler(loss / update_freq, optimizer, clip_grad=args.clip_grad,
-                                        parameters=model.parameters(), update_grad=update)
-        if update and not deepspeed:
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = utils.backward_step(model, loss, optimizer, loss_scaler, args.clip_grad, deepspeed, update,
+                                            update_freq)
         metric_logger.update(loss=loss_value, lr=lr_schedule[step],
                              grad_norm=None if grad_norm is None else float(grad_norm))
         if log_writer is not None and it % update_freq == 0:

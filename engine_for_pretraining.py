@@ -50,6 +50,7 @@ def train_one_epoch(model, data_loader, optimizer, device: torch.device, epoch: 
     header = f"Epoch: [{epoch}]"
     patch_size, tubelet_size = args.patch_size[0], args.tubelet_size
     replaced = missing_boxes = 0
+    optimizer.zero_grad(set_to_none=True)
     last = time.time()
     for it, batch in enumerate(metric_logger.log_every(data_loader, args.print_freq, header)):
         step = start_step + it
@@ -75,14 +76,10 @@ def train_one_epoch(model, data_loader, optimizer, device: torch.device, epoch: 
         loss_value = loss.item()
         utils.check_finite(loss_value, step)
 
+        grad_norm = utils.backward_step(model, loss, optimizer, loss_scaler, args.clip_grad, deepspeed)
         if deepspeed:
-            model.backward(loss)
-            model.step()
-            grad_norm = model.get_global_grad_norm()
-            loss_scale = model.optimizer.cur_scale if hasattr(model.optimizer, "cur_scale") else None
+            loss_scale = getattr(model.optimizer, "cur_scale", None)
         else:
-            optimizer.zero_grad(set_to_none=True)
-            grad_norm = loss_scaler(loss, optimizer, clip_grad=args.clip_grad, parameters=model.parameters())
             loss_scale = loss_scaler.state_dict().get("scale")
 
         if device.type == "cuda":

@@ -144,13 +144,8 @@ def _focused_positions(inside: np.ndarray, num_masked: int, motion_mask_ratio: f
     ])
 
 
-def _check_motion_mask_ratio(motion_mask_ratio: float) -> None:
-    if not 0.0 <= motion_mask_ratio <= 1.0:
-        raise ValueError(f"motion_mask_ratio must be in [0, 1], got {motion_mask_ratio}")
-
-
-class MotionFocusedMaskingGenerator(_TubeMasking):
-    """MOFO tube masking that masks ``motion_mask_ratio`` of the patches inside the motion box (module docstring)."""
+class _BoxMasking(_TubeMasking):
+    """Tube masking that can favour the patches inside a motion box (``motion_mask_ratio`` of them masked)."""
 
     def __init__(
         self,
@@ -160,12 +155,20 @@ class MotionFocusedMaskingGenerator(_TubeMasking):
         seed=None,
     ):
         super().__init__(input_size, mask_ratio, seed)
-        _check_motion_mask_ratio(motion_mask_ratio)
+        if not 0.0 <= motion_mask_ratio <= 1.0:
+            raise ValueError(f"motion_mask_ratio must be in [0, 1], got {motion_mask_ratio}")
         self.motion_mask_ratio = motion_mask_ratio
 
     def inside_positions(self, box) -> np.ndarray:
         """(H'*W',) bool: the spatial positions inside ``box`` (all False for None, NaN or empty boxes)."""
         return _inside_positions(box, (self.height, self.width))
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, motion mask ratio {self.motion_mask_ratio})"
+
+
+class MotionFocusedMaskingGenerator(_BoxMasking):
+    """MOFO tube masking that masks ``motion_mask_ratio`` of the patches inside the motion box (module docstring)."""
 
     def __call__(self, box=None, *, rng: np.random.Generator | None = None) -> np.ndarray:
         """A fresh (T'*H'*W',) bool mask for the normalised xyxy ``box`` (or None); ``rng`` overrides the stream."""
@@ -173,11 +176,8 @@ class MotionFocusedMaskingGenerator(_TubeMasking):
         inside = self.inside_positions(box)
         return self._tube(_focused_positions(inside, self.num_masks_per_frame, self.motion_mask_ratio, rng))
 
-    def __repr__(self) -> str:
-        return f"{super().__repr__()[:-1]}, motion mask ratio {self.motion_mask_ratio})"
 
-
-class MotionGuidedMaskingGenerator(_TubeMasking):
+class MotionGuidedMaskingGenerator(_BoxMasking):
     """Motion-guided masking: a mask drawn at the middle time slice and moved along per-token motion (MGMAE, MGM).
 
     ``__call__(displacement, box)`` takes a (T'-1, H', W', 2) float field: ``displacement[t, i, j]`` is where the
@@ -207,9 +207,7 @@ class MotionGuidedMaskingGenerator(_TubeMasking):
         motion_mask_ratio: float = 0.75,
         seed=None,
     ):
-        super().__init__(input_size, mask_ratio, seed)
-        _check_motion_mask_ratio(motion_mask_ratio)
-        self.motion_mask_ratio = motion_mask_ratio
+        super().__init__(input_size, mask_ratio, motion_mask_ratio, seed)
         self.base_slice = self.frames // 2
         rows, cols = np.divmod(np.arange(self.num_patches_per_frame), self.width)
         self._token_rc = np.stack([rows, cols], axis=1).astype(np.float64)
@@ -218,7 +216,7 @@ class MotionGuidedMaskingGenerator(_TubeMasking):
     def base_positions(self, box=None, *, rng: np.random.Generator | None = None) -> np.ndarray:
         """The base slice's masked positions: random, or MOFO's inside-box rule when ``box`` holds a token."""
         rng = self.rng if rng is None else rng
-        inside = _inside_positions(box, (self.height, self.width))
+        inside = self.inside_positions(box)
         if not inside.any():
             return rng.choice(self.num_patches_per_frame, self.num_masks_per_frame, replace=False)
         return _focused_positions(inside, self.num_masks_per_frame, self.motion_mask_ratio, rng)
@@ -298,8 +296,7 @@ class MotionGuidedMaskingGenerator(_TubeMasking):
         return particles, np.concatenate([tokens[survivors], refill])
 
     def __repr__(self) -> str:
-        return (f"{super().__repr__()[:-1]}, motion guided from slice {self.base_slice}, "
-                f"motion mask ratio {self.motion_mask_ratio} at the base)")
+        return f"{super().__repr__()[:-1]}, motion guided from slice {self.base_slice})"
 
 
 def pool_to_tokens(flow: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:

@@ -508,6 +508,21 @@ class NativeScalerWithGradNormCount:
         self._scaler.load_state_dict(state_dict)
 
 
+def backward_step(model, loss: torch.Tensor, optimizer, loss_scaler, clip_grad: float | None, deepspeed: bool,
+                  update: bool = True, accumulation: int = 1):
+    """Backward, then (when ``update``) clip, optimizer step and zero the gradients; a DeepSpeed engine does its own
+    accumulation and stepping. Returns the gradient norm (None on accumulation micro-steps)."""
+    if deepspeed:
+        model.backward(loss)
+        model.step()
+        return model.get_global_grad_norm()
+    grad_norm = loss_scaler(loss / accumulation, optimizer, clip_grad=clip_grad, parameters=model.parameters(),
+                            update_grad=update)
+    if update:
+        optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 # ---------------------------------------------------------------- seeding
 
 

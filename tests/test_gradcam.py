@@ -3,7 +3,6 @@ ground-truth box file and saved mini-model checkpoints."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import make_synthetic_dataset
 import run_mofo_gradcam
 import run_mofo_vis
 from run_mofo_gradcam import GradCamError, grad_cam
+from test_vis import expected_box
 
 REPO = Path(__file__).resolve().parents[1]
 PLAIN, MOFO = "vit_mini_patch16_224", "vit_mini_patch16_224_mofo"
@@ -156,15 +156,6 @@ def test_bad_layer_target_or_missing_box_is_a_clear_error():
     cam, _ = grad_cam(mofo, video, np.array([0.25, 0.25, 0.75, 0.75]), 2)
     assert cam.shape == (NUM_FRAMES, INPUT_SIZE, INPUT_SIZE) and np.isfinite(cam).all()
     assert model.training is False and mofo.training is False
-
-
-def expected_box(box_file: Path, frame_indices: np.ndarray, width: int = 160, height: int = 120) -> np.ndarray:
-    """Union of the sampled frames' boxes, moved into the centred square crop and normalised to it."""
-    frames = np.array(json.loads(box_file.read_text())["frames"], dtype=np.float64)[frame_indices]
-    union = np.array([*frames[:, :2].min(axis=0), *frames[:, 2:].max(axis=0)])
-    side = min(width, height)
-    offset = np.array([(width - side) // 2, (height - side) // 2] * 2)
-    return np.clip(union - offset, 0, side) / side
 
 
 def test_cli_compares_two_models_in_a_png_with_one_row_each(data, tmp_path):
