@@ -41,6 +41,7 @@ from masking_generator import (
 )
 from motion_detection.boxfile import BoxFileError, MotionBoxes, box_file_path, load_boxes, relative_video_path
 from motion_detection.detect import union_box
+from trajectory_targets import TrajectoryTargets
 from video_transforms import (
     NO_BOX,
     RESIZED_CROP_RATIO,
@@ -83,12 +84,15 @@ def read_video_list(list_file: str | os.PathLike) -> list[tuple[str, list[str]]]
 
 
 def sample_window_indices(num_video_frames: int, num_frames: int, sampling_rate: int,
-                          rng: np.random.Generator) -> np.ndarray:
+                          rng: np.random.Generator, dense: bool = False) -> np.ndarray:
     """VideoMAE pretraining sampling: one random window of num_frames * sampling_rate frames, every
-    sampling_rate-th frame; short videos repeat their last frame."""
+    sampling_rate-th frame; short videos repeat their last frame. ``dense``: every frame of the same window plus
+    the next one (num_frames * sampling_rate + 1 frames, the sampled ones every sampling_rate-th), for targets
+    computed at the full frame rate."""
     span = num_frames * sampling_rate
     start = int(rng.integers(num_video_frames - span + 1)) if num_video_frames >= span else 0
-    return np.minimum(start + np.arange(num_frames) * sampling_rate, num_video_frames - 1)
+    steps = np.arange(span + 1) if dense else np.arange(num_frames) * sampling_rate
+    return np.minimum(start + steps, num_video_frames - 1)
 
 
 def decode_size(width: int, height: int, needed_short_side: int) -> tuple[int, int]:
@@ -232,6 +236,9 @@ class VideoMAEPretrainDataset(Dataset):
     ``box``, MOFO's inside-box rule on the motion box of the base slice's own frames (needs ``box_dir``; a clip
     without a box there gets a random base). ``motion_source`` maps the (T, 3, S, S) float clip in [0, 255] to the
     (T'-1, H', W', 2) token displacement field (see :class:`MotionGuidedMaskingGenerator`).
+
+    ``trajectory`` (a :class:`TrajectoryTargets`): every source frame of the window is decoded and cropped alike,
+    and each item also holds ``trajectory`` (N, dim), the motion-trajectory target of every token (M3Video).
     """
 
     def __init__(self, list_file: str, data_root: str = "", box_dir: str | None = None, num_frames: int = 16,
@@ -239,7 +246,8 @@ class VideoMAEPretrainDataset(Dataset):
                  mask_type: str = "tube", mask_ratio: float = 0.9, motion_mask_ratio: float = 0.75,
                  box_source: str = "clip", missing_box: str = "error", num_sample: int = 1,
                  scales=(1, 0.875, 0.75, 0.66), seed: int | None = None, guided_base: str = "random",
-                 motion_source: Callable[[torch.Tensor], np.ndarray] | None = None):
+                 motion_source: Callable[[torch.Tensor], np.ndarray] | None = None,
+                 trajectory: TrajectoryTargets | None = None):
         if mask_type not in MASK_TYPES:
             raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
         if box_source not in ("clip", "video"):
@@ -257,6 +265,10 @@ class VideoMAEPretrainDataset(Dataset):
         self.num_frames, self.sampling_rate, self.input_size = num_frames, sampling_rate, input_size
         self.box_source, self.num_sample, self.scales = box_source, num_sample, tuple(scales)
         self.mask_type, self.guided_base = mask_type, guided_base
+        self.trajectory = trajectory
+        if trajectory is not None and (trajectory.sampling_rate, trajectory.tubelet_size) != (sampling_rate,
+                                                                                            tubelet_size):
+            raise ValueError(f"{trajectory} was built for another sampling rate or tubelet size")
         self.window_size = (num_frames // tubelet_size, input_size // patch_size, input_size // patch_size)
         self.motion_source, self.base_frames = None, None
         if mask_type == "motion":
@@ -289,13 +301,16 @@ class VideoMAEPretrainDataset(Dataset):
     def _load(self, index: int):
         """Decoded frames, the clip's box and the base slice's box (NaN unless ``guided_base`` is ``box``) in [0, 1]
         of the decoded frames, replacing corrupt videos by random others (logged, counted)."""
+        dense = self.trajectory is not None
+
         def load(entry: int):
             boxes = self.boxes.load(entry) if self.boxes is not None else None
             native = None if boxes is None else (boxes.width, boxes.height)
             size = reduced_decode_size(native, math.ceil(self.input_size / min(self.scales)))
             frames, indices, num_video_frames = decode_frames(
                 self.video_path(entry),
-                lambda n: sample_window_indices(n, self.num_frames, self.sampling_rate, self.rng), size)
+                lambda n: sample_window_indices(n, self.num_frames, self.sampling_rate, self.rng, dense), size)
+            indices = indices[self.sampled_frames]
             box = clip_box(boxes, indices, num_video_frames, self.box_source)
             base_box = (clip_box(boxes, indices[self.base_frames], num_video_frames, "clip")
                         if self.guided_base == "box" else NO_BOX.copy())
@@ -303,6 +318,13 @@ class VideoMAEPretrainDataset(Dataset):
 
         _, (frames, boxes01, boxes), replaced = load_with_replacement(load, index, len(self), self.rng)
         return frames, boxes01, boxes, replaced
+
+    @property
+    def sampled_frames(self) -> slice:
+        """The sampled frames among the decoded ones (every frame, or every sampling_rate-th of a dense window)."""
+        if self.trajectory is None:
+            return slice(None)
+        return slice(0, self.num_frames * self.sampling_rate, self.sampling_rate)
 
     def _mask(self, clip: torch.Tensor, box: np.ndarray, base_box: np.ndarray) -> np.ndarray:
         """The clip's mask from its generator: boxes in [0, 1] of the augmented clip (NaN: none)."""
@@ -322,14 +344,19 @@ class VideoMAEPretrainDataset(Dataset):
             clip, crop_boxes = multiscale_crop(frames, scale_box(boxes01, width, height), self.input_size,
                                                self.rng, self.scales)
             box_out, base_box = crop_boxes / self.input_size
+            item = {}
+            if self.trajectory is not None:
+                item["trajectory"] = torch.from_numpy(self.trajectory(clip))
+                clip = clip[self.sampled_frames]
             mask = self._mask(clip, box_out, base_box)
-            items.append({
+            item.update({
                 "video": normalize_clip(clip),
                 "mask": torch.from_numpy(np.asarray(mask, dtype=bool)),
                 "box": torch.from_numpy(box_out.astype(np.float32)),
                 "replaced": 0 if items else replaced,  # counted once per decode
                 "missing_box": 0 if items else missing_box,
             })
+            items.append(item)
         return items[0] if self.num_sample == 1 else items
 
 
@@ -339,12 +366,16 @@ def multiple_samples_collate(batch):
 
 
 def build_pretraining_dataset(args) -> VideoMAEPretrainDataset:
+    trajectory = None
+    if "trajectory" in args.target.split("+"):
+        trajectory = TrajectoryTargets(args.window_size, args.patch_size[0], args.tubelet_size, args.sampling_rate,
+                                       args.trajectory_points, args.trajectory_flow)
     return VideoMAEPretrainDataset(
         list_file=args.data_path, data_root=args.data_root, box_dir=args.box_dir, num_frames=args.num_frames,
         sampling_rate=args.sampling_rate, input_size=args.input_size, patch_size=args.patch_size[0],
         tubelet_size=args.tubelet_size, mask_type=args.mask_type, mask_ratio=args.mask_ratio,
         motion_mask_ratio=args.motion_mask_ratio, box_source=args.box_source, missing_box=args.missing_box,
-        num_sample=args.num_sample, seed=args.seed, guided_base=args.guided_base,
+        num_sample=args.num_sample, seed=args.seed, guided_base=args.guided_base, trajectory=trajectory,
     )
 
 

@@ -61,12 +61,15 @@ def head_losses(logits: torch.Tensor, targets: list[torch.Tensor], head_sizes: l
 
 def train_one_epoch(model, data_loader, optimizer, device, epoch: int, loss_scaler, args, lr_schedule, wd_schedule,
                     start_step: int, mixup_fn=None, log_writer=None, deepspeed: bool = False) -> dict:
+    """Train one epoch. As in pretraining, nothing in a step waits for the device: values are read and the losses
+    checked for non-finite ones every ``--print_freq`` steps."""
     model.train()
     metric_logger = utils.MetricLogger()
     metric_logger.add_meter("lr", utils.SmoothedValue(window_size=1, fmt="{value:.3e}"))
     header = f"Epoch: [{epoch}]"
     update_freq = args.update_freq
     num_batches = len(data_loader) // update_freq * update_freq  # leftover batches would overrun the schedule
+    finite = utils.FiniteCheck(device)
     optimizer.zero_grad(set_to_none=True)
     for it, batch in enumerate(metric_logger.log_every(data_loader, args.print_freq, header)):
         if it >= num_batches:
@@ -82,15 +85,15 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch: int, loss_scal
         with model.no_sync() if accumulate_only else contextlib.nullcontext():
             logits = forward(model, batch, device, args.use_box, args.precision, deepspeed)
             loss = sum(head_losses(logits, targets, args.head_sizes, args.smoothing))
-            loss_value = loss.item()
-            utils.check_finite(loss_value, step)
+            finite.update(loss)
             grad_norm = utils.backward_step(model, loss, optimizer, loss_scaler, args.clip_grad, deepspeed, update,
                                             update_freq)
-        metric_logger.update(loss=loss_value, lr=lr_schedule[step],
-                             grad_norm=None if grad_norm is None else float(grad_norm))
-        if log_writer is not None and it % update_freq == 0:
-            log_writer.add_scalar("loss", loss_value, step)
-            log_writer.add_scalar("lr", lr_schedule[step], step)
+        metric_logger.update(loss=loss, lr=lr_schedule[step], grad_norm=grad_norm)
+        if it % args.print_freq == 0 or it == num_batches - 1:
+            finite.check(step)
+            if log_writer is not None:
+                log_writer.add_scalar("loss", metric_logger.meters["loss"].value, step)
+                log_writer.add_scalar("lr", lr_schedule[step], step)
     metric_logger.synchronize_between_processes(device)
     print("Averaged stats:", metric_logger)
     return {k: meter.global_avg for k, meter in metric_logger.meters.items()}

@@ -1,5 +1,5 @@
-"""One pretraining epoch: VideoMAE's normalised-pixel target, MSE on the masked tubes, per-step lr / weight-decay
-schedules, bf16 / fp16 / fp32, DDP or DeepSpeed."""
+"""One pretraining epoch: VideoMAE's normalised-pixel target and/or M3Video's motion trajectories, MSE on the masked
+tubes, per-step lr / weight-decay schedules, bf16 / fp16 / fp32, DDP or DeepSpeed."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from einops import rearrange
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import utils
+from modeling_pretrain import gather_tokens, split_tokens
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -40,64 +41,87 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def masked_count(mask: torch.Tensor) -> int:
+    """Masked tokens per clip of a CPU (B, N) mask batch; every clip must mask the same number (checked here on the
+    host, so the model does not have to count on the device)."""
+    counts = mask.flatten(1).sum(dim=1).numpy()  # numpy: a device tensor here would be an error, not a wait
+    if (counts != counts[0]).any():
+        raise ValueError(f"every clip in a batch must mask the same number of tokens, got {counts.tolist()}")
+    return int(counts[0])
+
+
+def pretrain_loss(model, batch: dict, device: torch.device, args, deepspeed: bool = False):
+    """Forward and loss of one batch: MSE on the masked tokens per target (``--target``), summed with the target
+    weights. Returns the loss and each target's unweighted loss (tensors: nothing here waits for the device)."""
+    num_masked = masked_count(batch["mask"])
+    videos = batch["video"].to(device, non_blocking=True)
+    mask = batch["mask"].to(device, non_blocking=True).flatten(1).bool()
+    _, masked_index = split_tokens(mask, num_masked)
+    targets = {}
+    with torch.no_grad():
+        if "pixel" in args.targets:
+            pixels = pixel_targets(videos, args.patch_size[0], args.tubelet_size, args.normlize_target)
+            targets["pixel"] = gather_tokens(pixels, masked_index)
+        if "trajectory" in args.targets:
+            trajectory = batch["trajectory"].to(device, non_blocking=True)
+            targets["trajectory"] = gather_tokens(trajectory.float(), masked_index)
+    if deepspeed:
+        dtype = AUTOCAST_DTYPES[args.precision] or torch.float32
+        outputs = model(videos.to(dtype), mask, num_masked)
+    else:
+        with autocast(device, args.precision):
+            outputs = model(videos, mask, num_masked)
+    if not isinstance(outputs, dict):
+        outputs = {"pixel": outputs}
+    losses = {name: torch.nn.functional.mse_loss(outputs[name].float(), target) for name, target in targets.items()}
+    weights = {"pixel": args.pixel_loss_weight, "trajectory": args.trajectory_loss_weight}
+    return sum(weights[name] * loss for name, loss in losses.items()), losses
+
+
 def train_one_epoch(model, data_loader, optimizer, device: torch.device, epoch: int, loss_scaler, args,
                     lr_schedule, wd_schedule, start_step: int, log_writer=None, deepspeed: bool = False) -> dict:
-    """Train one epoch; ``start_step`` is the global step of its first iteration (indexes the schedules)."""
+    """Train one epoch; ``start_step`` is the global step of its first iteration (indexes the schedules).
+
+    Nothing in a step waits for the device: losses, gradient norms and the loss scale stay tensors until the
+    console/tensorboard log every ``--print_freq`` steps, which also checks that no loss since the last log was
+    non-finite (a non-finite loss stops the run before the next checkpoint is written).
+    """
     model.train()
     metric_logger = utils.MetricLogger()
     metric_logger.add_meter("lr", utils.SmoothedValue(window_size=1, fmt="{value:.3e}"))
     metric_logger.add_meter("weight_decay", utils.SmoothedValue(window_size=1, fmt="{value:.4f}"))
     header = f"Epoch: [{epoch}]"
-    patch_size, tubelet_size = args.patch_size[0], args.tubelet_size
     replaced = missing_boxes = 0
+    finite = utils.FiniteCheck(device)
     optimizer.zero_grad(set_to_none=True)
-    last = time.time()
+    last_time, last_step = time.time(), 0
+    num_steps = len(data_loader)
     for it, batch in enumerate(metric_logger.log_every(data_loader, args.print_freq, header)):
         step = start_step + it
         lr, wd = lr_schedule[step], wd_schedule[step]
         utils.apply_schedules(optimizer, lr, wd)
-
-        videos = batch["video"].to(device, non_blocking=True)
-        mask = batch["mask"].to(device, non_blocking=True).flatten(1).bool()
         replaced += int(batch["replaced"].sum())
         missing_boxes += int(batch["missing_box"].sum())
-        with torch.no_grad():
-            targets = pixel_targets(videos, patch_size, tubelet_size, args.normlize_target)
-            targets = targets[mask].reshape(videos.shape[0], -1, targets.shape[-1])
 
-        if deepspeed:
-            dtype = AUTOCAST_DTYPES[args.precision] or torch.float32
-            outputs = model(videos.to(dtype), mask)
-            loss = torch.nn.functional.mse_loss(outputs.float(), targets)
-        else:
-            with autocast(device, args.precision):
-                outputs = model(videos, mask)
-            loss = torch.nn.functional.mse_loss(outputs.float(), targets)
-        loss_value = loss.item()
-        utils.check_finite(loss_value, step)
-
+        loss, losses = pretrain_loss(model, batch, device, args, deepspeed)
+        finite.update(loss)
         grad_norm = utils.backward_step(model, loss, optimizer, loss_scaler, args.clip_grad, deepspeed)
-        if deepspeed:
-            loss_scale = getattr(model.optimizer, "cur_scale", None)
-        else:
-            loss_scale = loss_scaler.state_dict().get("scale")
+        loss_scale = getattr(model.optimizer, "cur_scale", None) if deepspeed else loss_scaler.scale_tensor()
+        metric_logger.update(loss=loss, lr=lr, weight_decay=wd, grad_norm=grad_norm, loss_scale=loss_scale,
+                             **({f"loss_{name}": value for name, value in losses.items()} if len(losses) > 1 else {}))
 
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        now = time.time()
-        clips_per_s = videos.shape[0] * utils.get_world_size() / max(now - last, 1e-9)
-        last = now
-        grad_norm = float(grad_norm) if grad_norm is not None else None
-        metric_logger.update(loss=loss_value, lr=lr, weight_decay=wd, grad_norm=grad_norm, loss_scale=loss_scale,
-                             clips_per_s=clips_per_s)
-        if log_writer is not None:
-            log_writer.add_scalar("loss", loss_value, step)
-            log_writer.add_scalar("lr", lr, step)
-            log_writer.add_scalar("weight_decay", wd, step)
-            log_writer.add_scalar("clips_per_s", clips_per_s, step)
-            log_writer.add_scalar("data_time", metric_logger.meters["data_time"].value, step)
-            if grad_norm is not None:
-                log_writer.add_scalar("grad_norm", grad_norm, step)
+        if it % args.print_freq == 0 or it == num_steps - 1:
+            finite.check(step)  # waits for the device: the step time below is real
+            now = time.time()
+            clips = batch["video"].shape[0] * utils.get_world_size() * (it + 1 - last_step)
+            metric_logger.update(clips_per_s=clips / max(now - last_time, 1e-9))
+            last_time, last_step = now, it + 1
+            if log_writer is not None:
+                for name in ("loss", "grad_norm", "clips_per_s", "data_time", *(f"loss_{n}" for n in losses)):
+                    if name in metric_logger.meters:
+                        log_writer.add_scalar(name, metric_logger.meters[name].value, step)
+                log_writer.add_scalar("lr", lr, step)
+                log_writer.add_scalar("weight_decay", wd, step)
 
     metric_logger.synchronize_between_processes(device)
     replaced = utils.all_reduce_sum(replaced, device)

@@ -252,11 +252,26 @@ class PatchEmbed(nn.Module):
         self.num_patches = self.grid_size[0] * self.grid_size[1] * self.grid_size[2]
         self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _check_input(self, x: torch.Tensor) -> None:
         expected = (self.num_frames, *self.img_size)
         if tuple(x.shape[2:]) != expected:
             raise ValueError(f"expected input (B, C, T, H, W) with (T, H, W) = {expected}, got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
         return self.proj(x).flatten(2).transpose(1, 2)
+
+    def embed_tokens(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``forward(x)`` at the tokens ``index`` (B, K) only, (B, K, C): a convolution whose kernel equals its stride
+        is one linear map per tubelet, so only the K tubelets are gathered and projected. With 90% masking the
+        encoder embeds a tenth of the tokens."""
+        self._check_input(x)
+        (t, h, w), (pt, ph, pw) = self.grid_size, (self.tubelet_size, *self.patch_size)
+        batch, channels = x.shape[:2]
+        tubes = x.reshape(batch, channels, t, pt, h, ph, w, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)  # a view
+        rows = torch.arange(batch, device=x.device)[:, None]
+        picked = tubes[rows, index // (h * w), index // w % h, index % w]  # (B, K, C, pt, ph, pw): copies K only
+        return F.linear(picked.flatten(2), self.proj.weight.flatten(1), self.proj.bias)
 
 
 def init_weights_trunc_normal(module: nn.Module) -> None:

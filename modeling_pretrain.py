@@ -43,8 +43,36 @@ def init_weights_xavier(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+TARGETS = ("pixel", "trajectory")
+DEFAULT_TUBELET_SIZE = 2  # frames per token of every registered model (VideoMAE's)
+
+
+def parse_targets(target: str) -> tuple[str, ...]:
+    """``--target`` (``pixel``, ``trajectory`` or ``pixel+trajectory``) as a tuple of target names."""
+    names = tuple(target.split("+"))
+    if not names or any(name not in TARGETS for name in names) or len(set(names)) != len(names):
+        raise ValueError(f"target must be '+'-joined names from {TARGETS}, got {target!r}")
+    return names
+
+
+def split_tokens(mask: torch.Tensor, num_masked: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (B, N_visible) and (B, N_masked) of the visible and masked tokens, each ascending: the tokens
+    ``x[~mask]`` and ``x[mask]`` select. Boolean indexing waits for the device to count the selection; with
+    ``num_masked`` (the same for every sample, known to the data loader) nothing waits."""
+    if num_masked is None:
+        num_masked = int(mask[0].sum())
+    order = torch.argsort(mask.to(torch.int32), dim=1, stable=True)
+    num_visible = mask.shape[1] - num_masked
+    return order[:, :num_visible], order[:, num_visible:]
+
+
+def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tokens`` (B, N, C) at ``index`` (B, K) -> (B, K, C)."""
+    return tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[-1]))
+
+
 class PretrainVisionTransformerEncoder(nn.Module):
-    """ViT encoder over the visible tokens only: embed all tubelets, add positions, drop masked ones, run blocks."""
+    """ViT encoder over the visible tokens only: embed the visible tubelets, add their positions, run blocks."""
 
     def __init__(
         self,
@@ -103,18 +131,20 @@ class PretrainVisionTransformerEncoder(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(init_weights_xavier)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Encoded visible tokens (B, N_visible, C) in ascending token order; ``mask`` (B, N) is True where masked."""
-        tokens = self.patch_embed(x)
-        tokens = tokens + self.pos_embed.to(dtype=tokens.dtype)
-        batch, _, channels = tokens.shape
-        visible = tokens[~mask].reshape(batch, -1, channels)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, num_masked: int | None = None) -> torch.Tensor:
+        """Encoded visible tokens (B, N_visible, C) in ascending token order; ``mask`` (B, N) is True where masked.
+        Only the visible tubelets are embedded (exact: see ``PatchEmbed.embed_tokens``)."""
+        visible_index, _ = split_tokens(mask, num_masked)
+        visible = self.patch_embed.embed_tokens(x, visible_index)
+        pos = self.pos_embed.to(dtype=visible.dtype).expand(x.shape[0], -1, -1)
+        visible = visible + gather_tokens(pos, visible_index)
         visible = run_blocks(self.blocks, visible, self.use_checkpoint and self.training)
         return self.head(self.norm(visible))
 
 
 class PretrainVisionTransformerDecoder(nn.Module):
-    """Transformer decoder mapping tokens to pixel predictions of 3 * tubelet * patch^2 values per token."""
+    """Transformer decoder with one linear head per target: ``head`` predicts 3 * tubelet * patch^2 pixels per
+    token (VideoMAE's key), ``trajectory_head`` ``trajectory_dim`` trajectory values (M3Video)."""
 
     def __init__(
         self,
@@ -133,8 +163,12 @@ class PretrainVisionTransformerDecoder(nn.Module):
         init_values: float | None = None,
         tubelet_size: int = 2,
         use_checkpoint: bool = False,
+        targets: tuple[str, ...] = ("pixel",),
+        trajectory_dim: int = 0,
     ):
         super().__init__()
+        if "trajectory" in targets and trajectory_dim <= 0:
+            raise ValueError("the trajectory target needs trajectory_dim > 0 (see trajectory_targets.py)")
         pixels_per_tubelet = 3 * tubelet_size * patch_size**2
         if num_classes != pixels_per_tubelet:
             raise ValueError(
@@ -157,22 +191,29 @@ class PretrainVisionTransformerDecoder(nn.Module):
             init_values=init_values,
         )
         self.norm = norm_layer(embed_dim)
-        self.head = nn.Linear(embed_dim, num_classes)
+        self.targets = tuple(targets)
+        if "pixel" in self.targets:
+            self.head = nn.Linear(embed_dim, num_classes)
+        if "trajectory" in self.targets:
+            self.trajectory_head = nn.Linear(embed_dim, trajectory_dim)
         self.apply(init_weights_xavier)
 
-    def forward(self, x: torch.Tensor, return_token_num: int | None = None) -> torch.Tensor:
-        """Predictions for the last ``return_token_num`` tokens (all tokens when None)."""
+    def forward(self, x: torch.Tensor, return_token_num: int | None = None) -> dict[str, torch.Tensor]:
+        """Each target's predictions for the last ``return_token_num`` tokens (all tokens when None)."""
         x = run_blocks(self.blocks, x, self.use_checkpoint and self.training)
         if return_token_num is not None:
             x = x[:, x.shape[1] - return_token_num :]
-        return self.head(self.norm(x))
+        x = self.norm(x)
+        heads = {"pixel": "head", "trajectory": "trajectory_head"}
+        return {name: getattr(self, heads[name])(x) for name in self.targets}
 
 
 class PretrainVisionTransformer(nn.Module):
     """Encoder + ``encoder_to_decoder`` projection + ``mask_token`` + decoder, with VideoMAE's state-dict keys.
 
     ``forward(x, mask)`` returns (B, N_masked, decoder_num_classes) predictions for the masked tubelets in ascending
-    token order, which is the order of ``patches[mask]`` when building the reconstruction target.
+    token order, which is the order of ``patches[mask]`` when building the reconstruction target. A model built
+    with other ``targets`` than ``("pixel",)`` returns a dict of such predictions, one per target.
     """
 
     def __init__(
@@ -200,8 +241,11 @@ class PretrainVisionTransformer(nn.Module):
         use_checkpoint: bool = False,
         tubelet_size: int = 2,
         num_frames: int = 16,
+        targets: tuple[str, ...] | str = ("pixel",),
+        trajectory_dim: int = 0,
     ):
         super().__init__()
+        self.targets = parse_targets(targets) if isinstance(targets, str) else tuple(targets)
         self.encoder = PretrainVisionTransformerEncoder(
             img_size=img_size,
             patch_size=patch_size,
@@ -239,6 +283,8 @@ class PretrainVisionTransformer(nn.Module):
             init_values=init_values,
             tubelet_size=tubelet_size,
             use_checkpoint=use_checkpoint,
+            targets=self.targets,
+            trajectory_dim=trajectory_dim,
         )
         encoder_out_dim = encoder_num_classes if encoder_num_classes > 0 else encoder_embed_dim
         self.encoder_to_decoder = nn.Linear(encoder_out_dim, decoder_embed_dim, bias=False)
@@ -256,13 +302,17 @@ class PretrainVisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token", "mask_token"}
 
-    def _check_mask(self, mask: torch.Tensor, batch: int) -> None:
+    def _check_mask(self, mask: torch.Tensor, batch: int, num_masked: int | None) -> None:
+        """Shape and dtype; the per-sample counts only when ``num_masked`` is not given (that check waits for the
+        device: the engine checks the data loader's CPU mask instead)."""
         expected_shape = (batch, self.encoder.patch_embed.num_patches)
         if mask.dtype != torch.bool or tuple(mask.shape) != expected_shape:
             raise ValueError(
                 f"mask must be a bool tensor of shape {expected_shape} (True = masked), "
                 f"got {mask.dtype} of shape {tuple(mask.shape)}"
             )
+        if num_masked is not None:
+            return
         masked_per_sample = mask.sum(dim=1)
         if bool((masked_per_sample != masked_per_sample[0]).any()):
             raise ValueError(
@@ -270,16 +320,19 @@ class PretrainVisionTransformer(nn.Module):
                 f"got per-sample counts {masked_per_sample.tolist()}"
             )
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Pixel predictions (B, N_masked, decoder_num_classes) for clips (B, C, T, H, W) and mask (B, N)."""
-        self._check_mask(mask, x.shape[0])
-        visible = self.encoder_to_decoder(self.encoder(x, mask))
-        batch, _, channels = visible.shape
-        pos = self.pos_embed.to(dtype=visible.dtype).expand(batch, -1, -1)
-        pos_visible = pos[~mask].reshape(batch, -1, channels)
-        pos_masked = pos[mask].reshape(batch, -1, channels)
-        decoder_input = torch.cat([visible + pos_visible, self.mask_token.to(dtype=visible.dtype) + pos_masked], dim=1)
-        return self.decoder(decoder_input, return_token_num=pos_masked.shape[1])
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, num_masked: int | None = None):
+        """Pixel predictions (B, N_masked, decoder_num_classes) for clips (B, C, T, H, W) and mask (B, N), or a
+        dict of predictions per target. ``num_masked``: the number of True entries per row of ``mask``, when the
+        caller knows it (then nothing in the forward waits for the device)."""
+        self._check_mask(mask, x.shape[0], num_masked)
+        visible_index, masked_index = split_tokens(mask, num_masked)
+        visible = self.encoder_to_decoder(self.encoder(x, mask, masked_index.shape[1]))
+        pos = self.pos_embed.to(dtype=visible.dtype).expand(visible.shape[0], -1, -1)
+        pos_masked = gather_tokens(pos, masked_index)
+        decoder_input = torch.cat([visible + gather_tokens(pos, visible_index),
+                                   self.mask_token.to(dtype=visible.dtype) + pos_masked], dim=1)
+        outputs = self.decoder(decoder_input, return_token_num=pos_masked.shape[1])
+        return outputs["pixel"] if self.targets == ("pixel",) else outputs
 
 
 DECODER_DEFAULT_DEPTH = 4
@@ -316,7 +369,8 @@ def _build_pretrain_model(
         norm_layer=LayerNorm6,
     )
     config.update(drop_timm_factory_kwargs(kwargs))
-    config.setdefault("decoder_num_classes", 3 * config.get("tubelet_size", 2) * config["patch_size"] ** 2)
+    config.setdefault("tubelet_size", DEFAULT_TUBELET_SIZE)
+    config.setdefault("decoder_num_classes", 3 * config["tubelet_size"] * config["patch_size"] ** 2)
     return PretrainVisionTransformer(**config)
 
 

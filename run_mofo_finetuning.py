@@ -47,6 +47,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attn_drop_rate", default=0.0, type=float)
     parser.add_argument("--drop_path", default=0.1, type=float, help="stochastic depth rate")
     parser.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (in place: checkpoints keep their keys)")
     parser.add_argument("--use_mean_pooling", default=True, type=utils.str2bool)
     parser.add_argument("--init_scale", default=0.001, type=float, help="scale of the new head's initial weights")
     parser.add_argument("--mca_mode", default="both", choices=["both", "inner"],
@@ -156,18 +158,17 @@ def build_model(args):
     return model
 
 
-def make_loader(dataset, args, train: bool, rank: int, world: int, generator=None):
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=args.seed)
-    collate = multiple_samples_collate if train and args.num_sample > 1 else None
-    return DataLoader(dataset, sampler=sampler, batch_size=args.batch_size if train else 2 * args.batch_size,
-                      num_workers=args.num_workers, pin_memory=args.pin_mem and args.device.startswith("cuda"),
-                      drop_last=train, worker_init_fn=utils.seed_worker, generator=generator, collate_fn=collate)
+def eval_loader(dataset, args, rank: int, world: int):
+    """Validation / test loader: every video once (the sampler pads to equal shards), batches of 2x the training."""
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+    return DataLoader(dataset, sampler=sampler, batch_size=2 * args.batch_size, num_workers=args.num_workers,
+                      pin_memory=args.pin_mem and args.device.startswith("cuda"), worker_init_fn=utils.seed_worker)
 
 
 def run_test(model, args, device, rank: int, world: int) -> dict:
     """Multi-view test: every rank writes its views, rank 0 merges softmaxes per video over all ranks' files."""
     dataset = build_dataset(is_train=False, test_mode=True, args=args)
-    loader = make_loader(dataset, args, False, rank, world)
+    loader = eval_loader(dataset, args, rank, world)
     out_dir = Path(args.output_dir)
     final_test(loader, model, device, args, out_dir / f"test_views_rank{rank}.jsonl", args.enable_deepspeed)
     if utils.is_dist_avail_and_initialized():
@@ -220,9 +221,10 @@ def main(args) -> None:
 
     train_set = build_dataset(is_train=True, test_mode=False, args=args)
     val_set = build_dataset(is_train=False, test_mode=False, args=args)
-    loader_seed = torch.Generator()
-    train_loader = make_loader(train_set, args, True, rank, world, loader_seed)
-    val_loader = make_loader(val_set, args, False, rank, world)
+    train_sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+    train_loader = utils.train_loader(train_set, train_sampler, args, device,
+                                      multiple_samples_collate if args.num_sample > 1 else None)
+    val_loader = eval_loader(val_set, args, rank, world)
     niter_per_ep = len(train_loader) // args.update_freq
     if niter_per_ep == 0:
         raise SystemExit(f"{len(train_set)} training videos make no full batch of {args.batch_size} x {world}")
@@ -242,8 +244,7 @@ def main(args) -> None:
     best_acc = max((r[f"val_{acc_key}"] for r in previous if r["epoch"] < args.start_epoch), default=0.0)
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
-        train_loader.sampler.set_epoch(epoch)
-        utils.seed_epoch(args.seed, epoch, rank, loader_seed, train_set)
+        utils.seed_epoch(args.seed, epoch, rank, train_loader)
         train_stats = train_one_epoch(model, train_loader, optimizer, device, epoch, loss_scaler, args, lr_schedule,
                                       wd_schedule, epoch * niter_per_ep, mixup_fn, log_writer, args.enable_deepspeed)
         if args.save_ckpt and ((epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs):

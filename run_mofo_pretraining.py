@@ -6,7 +6,8 @@
 
 Flags and defaults are VideoMAE's, plus the motion-focused masking (``--mask_type motion``, ``--box_dir``,
 ``--motion_mask_ratio``, ``--box_source``, ``--missing_box``), motion-guided masking (``--mask_type
-motion_guided``, ``--guided_base``), ``--precision``, ``--num_sample`` and DeepSpeed.
+motion_guided``, ``--guided_base``), motion-trajectory targets (``--target``), ``--precision``, ``--num_sample``,
+``--compile`` and DeepSpeed.
 Under SLURM, ``srun`` with one task per GPU works without torchrun.
 """
 
@@ -17,15 +18,16 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from tensorboardX import SummaryWriter
 from timm.models import create_model
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DistributedSampler
 
-import modeling_pretrain  # noqa: F401  (registers the pretrain_videomae_* models)
 import utils
 from datasets import build_pretraining_dataset, multiple_samples_collate
 from engine_for_pretraining import train_one_epoch
+from modeling_pretrain import DEFAULT_TUBELET_SIZE, parse_targets  # the import registers pretrain_videomae_*
+from motion_detection.flow import available_flows
+from trajectory_targets import trajectory_dim
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -53,7 +55,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--drop_path", default=0.0, type=float, help="stochastic depth rate")
     parser.add_argument("--normlize_target", default=True, type=utils.str2bool,
                         help="predict per-tube normalised pixels (VideoMAE's spelling)")
+    parser.add_argument("--target", default="pixel", choices=["pixel", "trajectory", "pixel+trajectory"],
+                        help="what the decoder predicts for masked tokens: VideoMAE's pixels, M3Video's motion"
+                             " trajectories (points tracked through dense optical flow), or both (one head each)")
+    parser.add_argument("--trajectory_points", default=2, type=int,
+                        help="trajectory target: points per side of the grid tracked in every patch")
+    parser.add_argument("--trajectory_flow", default="dis", choices=available_flows(),
+                        help="trajectory target: optical flow between consecutive source frames (computed in the"
+                             " data workers on the cropped clip)")
+    parser.add_argument("--pixel_loss_weight", default=1.0, type=float, help="weight of the pixel loss")
+    parser.add_argument("--trajectory_loss_weight", default=1.0, type=float, help="weight of the trajectory loss")
     parser.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing in the encoder")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (in place: checkpoints keep their keys)")
 
     # optimiser
     parser.add_argument("--opt", default="adamw", type=str, help="any timm optimizer name")
@@ -107,8 +121,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def build_model(args):
+    args.targets = parse_targets(args.target)
+    traj_dim = 0
+    if "trajectory" in args.targets:
+        traj_dim = trajectory_dim(args.trajectory_points, DEFAULT_TUBELET_SIZE, args.sampling_rate)
     model = create_model(args.model, pretrained=False, drop_path_rate=args.drop_path, decoder_depth=args.decoder_depth,
-                         use_checkpoint=args.use_checkpoint, img_size=args.input_size, num_frames=args.num_frames)
+                         use_checkpoint=args.use_checkpoint, img_size=args.input_size, num_frames=args.num_frames,
+                         targets=args.targets, trajectory_dim=traj_dim)
     patch_embed = model.encoder.patch_embed
     args.patch_size = patch_embed.patch_size
     args.tubelet_size = patch_embed.tubelet_size
@@ -128,13 +147,8 @@ def main(args) -> None:
     model = build_model(args)
     dataset = build_pretraining_dataset(args)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
-    loader_seed = torch.Generator()
-    data_loader = DataLoader(
-        dataset, sampler=sampler, batch_size=args.batch_size, num_workers=args.num_workers,
-        pin_memory=args.pin_mem and device.type == "cuda",
-        drop_last=True, worker_init_fn=utils.seed_worker, generator=loader_seed,
-        collate_fn=multiple_samples_collate if args.num_sample > 1 else None,
-    )
+    data_loader = utils.train_loader(dataset, sampler, args, device,
+                                     multiple_samples_collate if args.num_sample > 1 else None)
     if len(data_loader) == 0:
         raise SystemExit(f"{args.data_path}: {len(dataset)} videos make no full batch of {args.batch_size} x {world}")
     print(f"Model: {args.model}, params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
@@ -156,8 +170,7 @@ def main(args) -> None:
     print(f"Start training for {args.epochs} epochs from epoch {args.start_epoch}")
     start_time = time.time()
     for epoch in range(args.start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        utils.seed_epoch(args.seed, epoch, rank, loader_seed, dataset)
+        utils.seed_epoch(args.seed, epoch, rank, data_loader)
         stats = train_one_epoch(model, data_loader, optimizer, device, epoch, loss_scaler, args, lr_schedule,
                                 wd_schedule, epoch * niter_per_ep, log_writer, args.enable_deepspeed)
         if args.output_dir and ((epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs):

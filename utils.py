@@ -1,5 +1,5 @@
 """What both run scripts share: distributed setup (torchrun or SLURM srun), schedules, metric logging,
-parameter groups, atomic checkpoints with auto-resume, and data-loader worker seeding."""
+parameter groups, atomic checkpoints with auto-resume, the training data loader and its seeding."""
 
 from __future__ import annotations
 
@@ -47,15 +47,22 @@ def init_distributed_mode(args) -> None:
     """Set args.rank / world_size / gpu / distributed from torchrun's or srun's environment and join the group.
 
     torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; under ``srun`` (one task per GPU) they come from SLURM_PROCID,
-    SLURM_NTASKS and SLURM_LOCALID, with the master address taken from the job's first node. Without either,
+    SLURM_STEP_NUM_TASKS (or SLURM_NTASKS) and SLURM_LOCALID, with the master address taken from the step's first
+    node. Without either,
     the run is a single process. The backend is NCCL on GPUs and gloo on CPUs.
     """
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
         args.rank, args.world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
         args.gpu = int(env.get("LOCAL_RANK", 0))
-    elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        args.rank, args.world_size = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+    elif "SLURM_PROCID" in env and int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1"))) > 1:
+        # srun's step size first: a step may run fewer tasks than the allocation holds.
+        args.rank = int(env["SLURM_PROCID"])
+        args.world_size = int(env.get("SLURM_STEP_NUM_TASKS", env["SLURM_NTASKS"]))
+        if "SLURM_STEP_NUM_TASKS" not in env:
+            print(f"SLURM: task {args.rank} of {args.world_size} (SLURM_NTASKS) waits for the others; a script run"
+                  " straight from the sbatch shell, without srun, would wait forever: launch with srun"
+                  " (scripts/launch.sh does)", flush=True)
         local_id = int(env.get("SLURM_LOCALID", 0))  # modulo: with --gpus-per-task each task sees one GPU
         args.gpu = local_id % torch.cuda.device_count() if torch.cuda.is_available() else local_id
         env.setdefault("MASTER_ADDR", slurm_master_addr(env.get("SLURM_STEP_NODELIST", env["SLURM_JOB_NODELIST"])))
@@ -140,19 +147,28 @@ def build_schedules(args, niter_per_ep: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def create_optimizer(args, param_groups: list[dict]) -> torch.optim.Optimizer:
-    """Any timm optimizer (``--opt``) over the parameter groups, with ``--opt_eps/--opt_betas/--momentum``."""
+    """Any timm optimizer (``--opt``) over the parameter groups, with ``--opt_eps/--opt_betas/--momentum``. Adam and
+    AdamW run PyTorch's fused kernel (one launch for all parameters instead of several per tensor) when every
+    parameter is on a CUDA or CPU device."""
     from timm.optim import create_optimizer_v2
 
     kwargs = {"eps": args.opt_eps, "momentum": args.momentum}
     if args.opt_betas:
         kwargs["betas"] = tuple(args.opt_betas)
+    devices = {p.device.type for group in param_groups for p in group["params"]}
+    if args.opt.lower() in ("adam", "adamw") and devices <= {"cuda", "cpu"}:
+        kwargs["fused"] = True
     return create_optimizer_v2(param_groups, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, **kwargs)
 
 
 def deepspeed_config(args) -> dict:
-    return {
+    """DeepSpeed's config from the flags. With bf16 and ``--update_freq > 1`` the gradients are accumulated in fp32
+    (``grad_accum_dtype``), which DeepSpeed supports from ZeRO stage 1 on; at stage 0 it would sum them in bf16, so
+    that combination is refused."""
+    accumulation = getattr(args, "update_freq", 1)
+    config = {
         "train_micro_batch_size_per_gpu": args.batch_size * args.num_sample,
-        "gradient_accumulation_steps": getattr(args, "update_freq", 1),
+        "gradient_accumulation_steps": accumulation,
         "steps_per_print": 10**9,
         "zero_optimization": {"stage": args.zero_stage},
         "zero_allow_untested_optimizer": True,
@@ -160,11 +176,21 @@ def deepspeed_config(args) -> dict:
         "fp16": {"enabled": args.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
         "bf16": {"enabled": args.precision == "bf16"},
     }
+    if args.precision == "bf16" and accumulation > 1:
+        if args.zero_stage == 0:
+            raise SystemExit("--enable_deepspeed --precision bf16 --update_freq > 1 needs --zero_stage 1 or 2: at"
+                             " stage 0 DeepSpeed accumulates the gradients in bf16 (or train with DDP, without"
+                             " --enable_deepspeed)")
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+    return config
 
 
 def wrap_model(args, model: torch.nn.Module, optimizer, device: torch.device):
     """DeepSpeed engine (``--enable_deepspeed``) or DDP (when distributed) around the model.
-    Returns (model, model_without_ddp, optimizer, loss_scaler); the scaler is None under DeepSpeed."""
+    Returns (model, model_without_ddp, optimizer, loss_scaler); the scaler is None under DeepSpeed. ``--compile``
+    compiles the model in place first (``nn.Module.compile``: state-dict keys and checkpoints stay the same)."""
+    if args.compile:
+        model.compile()
     if args.enable_deepspeed:
         import deepspeed
 
@@ -180,12 +206,13 @@ def wrap_model(args, model: torch.nn.Module, optimizer, device: torch.device):
     return model, model_without_ddp, optimizer, scaler
 
 
-def seed_epoch(seed: int, epoch: int, rank: int, loader_generator: torch.Generator, dataset) -> None:
+def seed_epoch(seed: int, epoch: int, rank: int, loader) -> None:
     """Make an epoch's randomness a function of (seed, epoch, rank) only, so a resumed run repeats an
-    uninterrupted one: data-loader worker seeds, the dataset's own streams and torch's global generator."""
+    uninterrupted one: the distributed sampler's shuffle, the seed every (persistent) worker reseeds from when the
+    epoch's first index reaches it (see :class:`EpochSeededDataset`), and torch's global generator."""
     epoch_seed = seed + 1000 * epoch + rank
-    loader_generator.manual_seed(epoch_seed)
-    dataset.reseed(epoch_seed)
+    loader.sampler.sampler.set_epoch(epoch)
+    loader.sampler.epoch_seed = epoch_seed
     torch.manual_seed(epoch_seed)
 
 
@@ -238,18 +265,34 @@ def apply_schedules(optimizer, lr: float, weight_decay: float | None) -> None:
 
 
 class SmoothedValue:
-    """Window median/average and global average of a series."""
+    """Window median/average and global average of a series. Tensor values are kept as they are and read in one
+    transfer when a statistic is asked for, so updating never waits for the device."""
 
     def __init__(self, window_size: int = 20, fmt: str = "{median:.4f} ({global_avg:.4f})"):
         self.deque: deque = deque(maxlen=window_size)
         self.total, self.count, self.fmt = 0.0, 0, fmt
+        self._pending: list[tuple[torch.Tensor, int]] = []
 
-    def update(self, value: float, n: int = 1) -> None:
+    def update(self, value: float | torch.Tensor, n: int = 1) -> None:
+        if isinstance(value, torch.Tensor):
+            self._pending.append((value.detach().float().reshape(()), n))
+            return
+        self._add(float(value), n)
+
+    def _add(self, value: float, n: int) -> None:
         self.deque.append(value)
         self.count += n
         self.total += value * n
 
+    def _flush(self) -> None:
+        if self._pending:
+            values = torch.stack([value.to(self._pending[0][0].device) for value, _ in self._pending]).tolist()
+            for value, (_, n) in zip(values, self._pending, strict=True):
+                self._add(value, n)
+            self._pending.clear()
+
     def synchronize_between_processes(self, device) -> None:
+        self._flush()
         if is_dist_avail_and_initialized():
             t = torch.tensor([self.count, self.total], dtype=torch.float64, device=device)
             dist.all_reduce(t)
@@ -257,22 +300,27 @@ class SmoothedValue:
 
     @property
     def median(self) -> float:
+        self._flush()
         return float(np.median(self.deque)) if self.deque else 0.0
 
     @property
     def avg(self) -> float:
+        self._flush()
         return float(np.mean(self.deque)) if self.deque else 0.0
 
     @property
     def global_avg(self) -> float:
+        self._flush()
         return self.total / max(self.count, 1)
 
     @property
     def max(self) -> float:
+        self._flush()
         return max(self.deque) if self.deque else 0.0
 
     @property
     def value(self) -> float:
+        self._flush()
         return self.deque[-1] if self.deque else 0.0
 
     def __str__(self) -> str:
@@ -291,7 +339,7 @@ class MetricLogger:
         for k, v in kwargs.items():
             if v is None:
                 continue
-            self.meters[k].update(float(v.item() if isinstance(v, torch.Tensor) else v))
+            self.meters[k].update(v)
 
     def add_meter(self, name: str, meter: SmoothedValue) -> None:
         self.meters[name] = meter
@@ -501,6 +549,10 @@ class NativeScalerWithGradNormCount:
         self._scaler.update()
         return norm
 
+    def scale_tensor(self) -> torch.Tensor | None:
+        """The current loss scale as a device tensor (None without fp16): reading it does not wait for the device."""
+        return self._scaler._scale if self._scaler.is_enabled() else None
+
     def state_dict(self) -> dict:
         return self._scaler.state_dict()
 
@@ -543,6 +595,67 @@ def seed_worker(worker_id: int) -> None:
         info.dataset.reseed(seed)
 
 
-def check_finite(loss_value: float, step: int) -> None:
-    if not math.isfinite(loss_value):
-        raise FloatingPointError(f"loss is {loss_value} at step {step}: stopping; the last checkpoint is intact")
+class EpochSeeds(torch.utils.data.Sampler):
+    """``sampler``'s indices paired with the current epoch's seed: what :class:`EpochSeededDataset` takes."""
+
+    def __init__(self, sampler):
+        self.sampler, self.epoch_seed = sampler, 0
+
+    def __iter__(self):
+        return ((self.epoch_seed, index) for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class EpochSeededDataset(torch.utils.data.Dataset):
+    """A dataset indexed by (epoch seed, index) that reseeds python, numpy, torch and the dataset's own streams from
+    (epoch seed, worker id) when the first index of a new epoch arrives. Workers can then stay alive across epochs
+    (``persistent_workers``, no re-fork and re-import every epoch) while each epoch's augmentations and masks
+    stay a function of the seed, the epoch and the rank: a resumed run repeats an uninterrupted one."""
+
+    def __init__(self, dataset):
+        self.dataset, self.epoch_seed = dataset, None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch_seed, index = key
+        if epoch_seed != self.epoch_seed:
+            info = torch.utils.data.get_worker_info()
+            seed = int(np.random.SeedSequence([epoch_seed, 0 if info is None else info.id]).generate_state(1)[0])
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            self.dataset.reseed(seed)
+            self.epoch_seed = epoch_seed
+        return self.dataset[index]
+
+
+def train_loader(dataset, sampler, args, device: torch.device, collate_fn=None) -> torch.utils.data.DataLoader:
+    """The training loader of both run scripts: epoch-seeded persistent workers, pinned memory on CUDA, full
+    batches only. Call :func:`seed_epoch` before every epoch."""
+    return torch.utils.data.DataLoader(
+        EpochSeededDataset(dataset), sampler=EpochSeeds(sampler), batch_size=args.batch_size,
+        num_workers=args.num_workers, pin_memory=args.pin_mem and device.type == "cuda", drop_last=True,
+        persistent_workers=args.num_workers > 0, collate_fn=collate_fn,
+    )
+
+
+class FiniteCheck:
+    """Remembers on the device whether any loss since the last ``check`` was non-finite; ``check`` (every
+    ``--print_freq`` steps) reads it once and stops the run if so, before the next checkpoint can be written."""
+
+    def __init__(self, device: torch.device):
+        self.all_finite = torch.ones((), dtype=torch.bool, device=device)
+        self.last_loss: torch.Tensor | None = None
+
+    def update(self, loss: torch.Tensor) -> None:
+        self.all_finite &= torch.isfinite(loss.detach())
+        self.last_loss = loss.detach()
+
+    def check(self, step: int) -> None:
+        if not bool(self.all_finite):
+            raise FloatingPointError(f"a loss since the previous log was not finite (last loss {float(self.last_loss)},"
+                                     f" step {step}): stopping; the last checkpoint is intact")

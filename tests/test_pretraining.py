@@ -138,14 +138,16 @@ def test_loss_falls_and_a_killed_run_resumes_on_the_same_trajectory(dataset, tmp
 
 
 def test_ddp_with_two_processes_launched_as_srun_tasks(dataset, tmp_path):
-    """Two CPU processes with only SLURM's variables (what ``srun`` gives each task): DDP over gloo."""
+    """Two CPU processes with only SLURM's variables (what ``srun`` gives each task): DDP over gloo. The step runs 2
+    of the allocation's 4 tasks: the world size is the step's."""
     out = tmp_path / "ddp"
     port = str(free_port())
     procs = [
         subprocess.Popen([sys.executable, "run_mofo_pretraining.py", *run_args(dataset, out, "--epochs", "1")],
                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         env=clean_env(SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank),
-                                       SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID="1", MASTER_PORT=port))
+                         env=clean_env(SLURM_PROCID=str(rank), SLURM_NTASKS="4", SLURM_STEP_NUM_TASKS="2",
+                                       SLURM_LOCALID=str(rank), SLURM_JOB_NODELIST="localhost",
+                                       SLURM_STEP_NODELIST="localhost", SLURM_JOB_ID="1", MASTER_PORT=port))
         for rank in range(2)
     ]
     logs = [p.communicate(timeout=240)[0] for p in procs]

@@ -1,0 +1,202 @@
+"""The training step's speed work: no reads of device values inside a step (pretraining and fine-tuning, the MCA
+head included), lazy metric meters, the deferred non-finite check, fused AdamW, the DeepSpeed bf16 accumulation
+rule, and SLURM step sizes. A CUDA-only test runs the steps under ``torch.cuda.set_sync_debug_mode("error")``."""
+
+from __future__ import annotations
+
+import contextlib
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from timm.models import create_model
+
+import modeling_finetune  # noqa: F401  (registers the vit_* models)
+import utils
+from engine_for_finetuning import forward, head_losses
+from engine_for_pretraining import pretrain_loss
+
+READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+
+
+@contextlib.contextmanager
+def count_device_reads():
+    """Counts the tensor -> Python conversions (each one waits for the device on a GPU)."""
+    calls = []
+    originals = {name: getattr(torch.Tensor, name) for name in READS}
+
+    def counted(name):
+        def read(self, *args, **kwargs):
+            calls.append(name)
+            return originals[name](self, *args, **kwargs)
+        return read
+
+    for name in READS:
+        setattr(torch.Tensor, name, counted(name))
+    try:
+        yield calls
+    finally:
+        for name, method in originals.items():
+            setattr(torch.Tensor, name, method)
+
+
+def pretrain_setup(device="cpu", precision="fp32"):
+    torch.manual_seed(0)
+    model = create_model("pretrain_videomae_mini_patch16_224", img_size=64, num_frames=8).to(device)
+    args = SimpleNamespace(targets=("pixel",), patch_size=(16, 16), tubelet_size=2, normlize_target=True,
+                           precision=precision, pixel_loss_weight=1.0, trajectory_loss_weight=1.0, opt="adamw",
+                           opt_eps=1e-8, opt_betas=[0.9, 0.95], momentum=0.9, lr=1e-3, weight_decay=0.05,
+                           clip_grad=0.02)
+    optimizer = utils.create_optimizer(args, utils.param_groups_weight_decay(model, 0.05))
+    scaler = utils.NativeScalerWithGradNormCount(enabled=precision == "fp16", device=torch.device(device).type)
+    mask = torch.zeros(2, 64, dtype=torch.bool)
+    mask[:, ::4] = True
+    batch = {"video": torch.randn(2, 3, 8, 64, 64), "mask": mask}
+    return model, args, optimizer, scaler, batch
+
+
+def pretrain_steps(model, args, optimizer, scaler, batch, device, steps=3):
+    logger, finite = utils.MetricLogger(), utils.FiniteCheck(torch.device(device))
+    for _ in range(steps):
+        loss, _ = pretrain_loss(model, batch, torch.device(device), args)
+        finite.update(loss)
+        grad_norm = utils.backward_step(model, loss, optimizer, scaler, args.clip_grad, deepspeed=False)
+        logger.update(loss=loss, grad_norm=grad_norm, loss_scale=scaler.scale_tensor(), lr=1e-3)
+    return logger, finite
+
+
+def test_pretraining_step_reads_nothing_from_the_device():
+    model, args, optimizer, scaler, batch = pretrain_setup()
+    with count_device_reads() as reads:
+        logger, finite = pretrain_steps(model, args, optimizer, scaler, batch, "cpu")
+    assert reads == []
+    finite.check(step=2)  # the log step reads once
+    assert logger.meters["loss"].global_avg > 0 and logger.meters["loss"].count == 3  # global_avg reads
+
+
+def finetune_setup(name: str):
+    torch.manual_seed(0)
+    model = create_model(name, img_size=64, all_frames=8, num_classes=5)
+    args = SimpleNamespace(opt="adamw", opt_eps=1e-8, opt_betas=None, momentum=0.9, lr=1e-3, weight_decay=0.05)
+    optimizer = utils.create_optimizer(args, utils.param_groups_weight_decay(model, 0.05))
+    batch = {"video": torch.randn(2, 3, 8, 64, 64), "box": torch.tensor([[0.2, 0.2, 0.6, 0.7], [0.0, 0.5, 0.5, 1.0]]),
+             "target": torch.tensor([[1], [3]])}
+    return model, optimizer, batch
+
+
+@pytest.mark.parametrize("name", ["vit_mini_patch16_224", "vit_mini_patch16_224_mofo"])
+def test_finetuning_step_reads_nothing_from_the_device(name):
+    model, optimizer, batch = finetune_setup(name)
+    scaler = utils.NativeScalerWithGradNormCount(enabled=False, device="cpu")
+    logger = utils.MetricLogger()
+    with count_device_reads() as reads:
+        for _ in range(2):
+            logits = forward(model, batch, torch.device("cpu"), name.endswith("_mofo"), "fp32", deepspeed=False)
+            loss = sum(head_losses(logits, [batch["target"][:, 0]], [5], smoothing=0.1))
+            grad_norm = utils.backward_step(model, loss, optimizer, scaler, 1.0, deepspeed=False)
+            logger.update(loss=loss, grad_norm=grad_norm)
+    assert reads == []
+    assert logger.meters["grad_norm"].max > 0 and logger.meters["grad_norm"].count == 2
+
+
+def test_meters_read_tensors_once_with_the_right_statistics():
+    meter = utils.SmoothedValue(window_size=2)
+    for value in (1.0, torch.tensor(2.0), torch.tensor(4.0)):
+        meter.update(value)
+    with count_device_reads() as reads:
+        assert (meter.global_avg, meter.median, meter.max, meter.value) == (7 / 3, 3.0, 4.0, 4.0)
+    assert reads == ["tolist"]  # one transfer for all pending values
+
+
+def test_finite_check_stops_on_any_non_finite_loss_since_the_last_log():
+    finite = utils.FiniteCheck(torch.device("cpu"))
+    for loss in (1.0, float("inf"), 2.0):
+        finite.update(torch.tensor(loss))
+    with pytest.raises(FloatingPointError, match="not finite.*step 7.*last checkpoint is intact"):
+        finite.check(step=7)
+    clean = utils.FiniteCheck(torch.device("cpu"))
+    clean.update(torch.tensor(0.5))
+    clean.check(step=1)
+
+
+def test_adam_and_adamw_are_fused_and_others_untouched():
+    model = torch.nn.Linear(4, 4)
+    base = dict(opt_eps=1e-8, opt_betas=None, momentum=0.9, lr=0.1, weight_decay=0.0)
+    for opt, fused in (("adamw", True), ("adam", True), ("sgd", None)):
+        optimizer = utils.create_optimizer(SimpleNamespace(opt=opt, **base), [{"params": list(model.parameters())}])
+        assert optimizer.defaults.get("fused") is fused
+
+
+def test_deepspeed_bf16_accumulates_in_fp32_or_refuses():
+    args = SimpleNamespace(batch_size=2, num_sample=1, update_freq=4, zero_stage=1, clip_grad=None, precision="bf16")
+    assert utils.deepspeed_config(args)["data_types"] == {"grad_accum_dtype": "fp32"}
+    args.zero_stage = 0
+    with pytest.raises(SystemExit, match="needs --zero_stage 1 or 2"):
+        utils.deepspeed_config(args)
+    args.update_freq = 1
+    assert "data_types" not in utils.deepspeed_config(args)
+
+
+def test_slurm_world_size_is_the_steps(monkeypatch):
+    """An srun step may run fewer tasks than the allocation: SLURM_STEP_NUM_TASKS wins over SLURM_NTASKS. A single
+    task (world 1) stays a plain process."""
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
+    args = SimpleNamespace(device="cpu", dist_url="env://")
+    utils.init_distributed_mode(args)
+    assert (args.distributed, args.world_size) == (False, 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_steps_never_synchronize():
+    model, args, optimizer, scaler, batch = pretrain_setup("cuda", "bf16")
+    pretrain_steps(model, args, optimizer, scaler, batch, "cuda", steps=1)  # warm-up: lazy state, kernels
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        pretrain_steps(model, args, optimizer, scaler, batch, "cuda", steps=2)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+class RandomDraws(torch.utils.data.Dataset):
+    """Each item: a draw from the dataset's own stream, numpy's and torch's global ones."""
+
+    def __init__(self):
+        self.rng = np.random.default_rng(0)
+
+    def reseed(self, seed):
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        return torch.tensor([index, self.rng.integers(1 << 30), np.random.randint(1 << 30),
+                             int(torch.randint(1 << 30, ()))])
+
+
+def epoch_batches(loader, epoch: int) -> list[torch.Tensor]:
+    utils.seed_epoch(seed=5, epoch=epoch, rank=0, loader=loader)
+    return list(loader)
+
+
+def test_persistent_workers_reseed_every_epoch_and_a_resumed_run_repeats_them():
+    args = SimpleNamespace(batch_size=2, num_workers=2, pin_mem=False)
+
+    def loader():
+        sampler = torch.utils.data.DistributedSampler(RandomDraws(), num_replicas=1, rank=0, shuffle=True, seed=5)
+        return utils.train_loader(RandomDraws(), sampler, args, torch.device("cpu"))
+
+    persistent = loader()
+    assert persistent.persistent_workers
+    epochs = [epoch_batches(persistent, epoch) for epoch in range(3)]
+    assert not torch.equal(torch.cat(epochs[1]), torch.cat(epochs[2]))  # new shuffle and new draws
+    resumed = loader()  # a run restarted at epoch 2: fresh workers
+    assert all(torch.equal(a, b) for a, b in zip(epoch_batches(resumed, 2), epochs[2], strict=True))
+    workers_draws = torch.cat(epochs[0])[:, 1]
+    assert len(set(workers_draws.tolist())) == 8  # the two workers do not repeat each other's stream

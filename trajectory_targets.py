@@ -1,0 +1,132 @@
+"""Motion-trajectory targets for masked tokens (M3Video / MME, Sun et al. 2023), computed in the data workers.
+
+For every tubelet token, ``points_per_side``^2 points on a regular grid inside its patch (cell centres) are tracked
+through the dense optical flow of the tubelet's time span at the full frame rate: a clip sampled every
+``sampling_rate`` frames with tubelets of ``tubelet_size`` sampled frames spans ``steps = tubelet_size *
+sampling_rate`` source frames per tubelet, so a point's trajectory is its position after each of those frame
+steps, relative to where it started. Flow is sampled bilinearly at the point's current (sub-pixel) position and
+chained step by step.
+
+Per patch, the displacements are divided by the mean path length of the patch's points (M3Video's ``mean``
+normalisation: the target is the shape of the motion, not its speed), floored at ``min_motion`` pixels so the
+flow noise of a static patch is not blown up to unit size. The target of a token is ``(points, steps, xy)``
+flattened: ``points_per_side**2 * steps * 2`` values.
+
+The flow is computed on the augmented frames (after the crop and resize), so the trajectories are in the
+coordinates of the clip the model sees; OpenCV's DIS at full resolution costs a few ms per 224x224 frame pair on one
+core. The pretraining loss compares predictions and targets on the masked tokens only.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from motion_detection.flow import create_flow
+
+DEFAULT_MIN_MOTION = 1.0  # pixels; smaller mean path lengths are not scaled up
+
+
+def trajectory_dim(points_per_side: int, tubelet_size: int, sampling_rate: int) -> int:
+    """Values per token: (x, y) displacement of each point after each source frame of the tubelet."""
+    return points_per_side**2 * tubelet_size * sampling_rate * 2
+
+
+def patch_grid_points(grid_hw: tuple[int, int], patch_size: int, points_per_side: int) -> np.ndarray:
+    """(H' * W' * P, 2) starting (x, y) pixel positions: ``P = points_per_side^2`` cell centres per patch, patches
+    in row-major order, points row-major inside the patch. Pixel (i, j) has its centre at x = j, y = i."""
+    cell = patch_size / points_per_side
+    offsets = (np.arange(points_per_side) + 0.5) * cell - 0.5
+    ys = (np.arange(grid_hw[0])[:, None] * patch_size + offsets[None, :]).reshape(-1)  # (H' * p,)
+    xs = (np.arange(grid_hw[1])[:, None] * patch_size + offsets[None, :]).reshape(-1)
+    yy = ys.reshape(grid_hw[0], 1, points_per_side, 1)
+    xx = xs.reshape(1, grid_hw[1], 1, points_per_side)
+    yy, xx = np.broadcast_arrays(yy, xx)
+    return np.stack([xx, yy], axis=-1).reshape(-1, 2).astype(np.float32)
+
+
+def sample_flow(flow: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Bilinear (u, v) of ``flow`` (K, H, W, 2) at ``points`` (K, Q, 2): each of the K fields at its own points.
+    Points outside the frame take the nearest border value."""
+    k, height, width, _ = flow.shape
+    x = np.clip(points[..., 0], 0, width - 1)
+    y = np.clip(points[..., 1], 0, height - 1)
+    x0 = np.minimum(np.floor(x).astype(np.int64), width - 2) if width > 1 else np.zeros_like(x, dtype=np.int64)
+    y0 = np.minimum(np.floor(y).astype(np.int64), height - 2) if height > 1 else np.zeros_like(y, dtype=np.int64)
+    x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    field = np.arange(k)[:, None]
+    top = flow[field, y0, x0] * (1 - fx) + flow[field, y0, x1] * fx
+    bottom = flow[field, y1, x0] * (1 - fx) + flow[field, y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def track_points(flows: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Positions (K, S + 1, Q, 2) of K independent tracks: ``flows`` (K, S, H, W, 2) holds S consecutive flow
+    fields per track, ``starts`` (K, Q, 2) the starting points."""
+    positions = [np.asarray(starts, dtype=np.float32)]
+    for step in range(flows.shape[1]):
+        positions.append(positions[-1] + sample_flow(flows[:, step], positions[-1]))
+    return np.stack(positions, axis=1)
+
+
+def trajectory_targets_from_flow(flows: np.ndarray, grid_size: tuple[int, int, int], patch_size: int,
+                                 tubelet_size: int, sampling_rate: int, points_per_side: int = 2,
+                                 normalize: bool = True, min_motion: float = DEFAULT_MIN_MOTION) -> np.ndarray:
+    """Targets (T' * H' * W', dim) in token order (t, h, w) from the dense flow ``flows`` (F, H, W, 2) between
+    consecutive source frames of the clip, ``F >= T' * steps`` (``steps = tubelet_size * sampling_rate``): tubelet
+    ``t`` tracks through flows ``t * steps`` to ``(t + 1) * steps - 1``. Raw pixel displacements without
+    ``normalize``."""
+    frames, height, width = grid_size[0], grid_size[1] * patch_size, grid_size[2] * patch_size
+    steps = tubelet_size * sampling_rate
+    if flows.shape[0] < frames * steps or tuple(flows.shape[1:3]) != (height, width):
+        raise ValueError(f"need at least {frames * steps} flow fields of {height}x{width} for {frames} tubelets of "
+                         f"{steps} frame steps, got {tuple(flows.shape)}")
+    starts = patch_grid_points(grid_size[1:], patch_size, points_per_side)
+    per_tubelet = flows[: frames * steps].reshape(frames, steps, height, width, 2)
+    tracks = track_points(per_tubelet, np.broadcast_to(starts, (frames, *starts.shape)))  # (T', S+1, Q, 2)
+    points = points_per_side**2
+    tracks = tracks.reshape(frames, steps + 1, grid_size[1] * grid_size[2], points, 2)
+    displacements = tracks[:, 1:] - tracks[:, :1]  # (T', S, H'W', P, 2)
+    if normalize:
+        path = np.linalg.norm(np.diff(tracks, axis=1), axis=-1).sum(axis=1).mean(axis=-1)  # (T', H'W')
+        displacements = displacements / np.maximum(path, min_motion)[:, None, :, None, None]
+    targets = displacements.transpose(0, 2, 3, 1, 4)  # (T', H'W', P, S, 2)
+    return np.ascontiguousarray(targets.reshape(frames * grid_size[1] * grid_size[2], -1), dtype=np.float32)
+
+
+class TrajectoryTargets:
+    """Trajectory targets of an augmented dense clip, for the pretraining dataset.
+
+    Call with the (F, 3, S, S) float clip in [0, 255] of ``T * sampling_rate + 1`` consecutive source frames after
+    the crop (the sampled frames are every ``sampling_rate``-th of them); returns (N, dim) float32.
+    """
+
+    def __init__(self, grid_size: tuple[int, int, int], patch_size: int, tubelet_size: int, sampling_rate: int,
+                 points_per_side: int = 2, flow: str = "dis", min_motion: float = DEFAULT_MIN_MOTION):
+        if points_per_side < 1 or patch_size % points_per_side:
+            raise ValueError(f"points_per_side must divide the patch size {patch_size}, got {points_per_side}")
+        self.grid_size, self.patch_size = tuple(grid_size), patch_size
+        self.tubelet_size, self.sampling_rate = tubelet_size, sampling_rate
+        self.points_per_side, self.flow_name, self.min_motion = points_per_side, flow, min_motion
+        self.dim = trajectory_dim(points_per_side, tubelet_size, sampling_rate)
+        create_flow(flow)  # fail early on an unknown backend name
+
+    @property
+    def num_source_frames(self) -> int:
+        """Source frames the clip must hold: every step of every tubelet plus the last frame."""
+        return self.grid_size[0] * self.tubelet_size * self.sampling_rate + 1
+
+    def __call__(self, dense_clip) -> np.ndarray:
+        frames = np.asarray(dense_clip, dtype=np.float32)
+        if frames.shape[0] < self.num_source_frames:
+            raise ValueError(f"need {self.num_source_frames} source frames, got {frames.shape[0]}")
+        grey = np.stack([cv2.cvtColor(np.clip(np.rint(f.transpose(1, 2, 0)), 0, 255).astype(np.uint8),
+                                      cv2.COLOR_RGB2GRAY) for f in frames[: self.num_source_frames]])
+        flows = create_flow(self.flow_name)(grey[:-1], grey[1:])  # made per call: OpenCV objects do not pickle
+        return trajectory_targets_from_flow(flows, self.grid_size, self.patch_size, self.tubelet_size,
+                                            self.sampling_rate, self.points_per_side, min_motion=self.min_motion)
+
+    def __repr__(self) -> str:
+        return (f"TrajectoryTargets({self.points_per_side}x{self.points_per_side} points per patch, "
+                f"{self.tubelet_size * self.sampling_rate} steps per tubelet, flow {self.flow_name})")
