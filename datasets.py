@@ -566,13 +566,15 @@ class VideoClassificationDataset(Dataset):
 
     def frame_indices(self, entry: ClipEntry, num_file_frames: int, segment: int) -> np.ndarray:
         """Frame indices in the file for this entry: random in training, else at the test segment's position
-        (validation: the middle). ValueError when the clip starts after the file's last frame."""
+        (validation: the middle). TSN test view ``k`` of ``n`` takes every segment's frame at ``k / n`` of it:
+        VideoMAE's SSV2 2-view test (segment starts, then segment middles). ValueError when the clip starts after
+        the file's last frame."""
         if entry.first_frame >= num_file_frames:
             raise ValueError(f"clip starts at frame {entry.first_frame + 1} but the video has {num_file_frames} frames")
         length = entry.num_frames if entry.num_frames is not None else num_file_frames - entry.first_frame
         rng = self.rng if self.mode == "train" else None
         if self.sampling == "tsn":
-            position = (segment + 0.5) / self.test_num_segment if self.mode == "test" else 0.5
+            position = segment / self.test_num_segment if self.mode == "test" else 0.5
             indices = tsn_indices(length, self.num_frames * self.num_segments, rng, position)
         else:
             spread = self.mode == "test" and self.test_num_segment > 1

@@ -312,10 +312,9 @@ def test_tsn_indices():
                 seen[segment].add(int(index))
         assert all(seen[s] == set(range(bounds[s], bounds[s + 1])) for s in range(NUM_FRAMES))
         views = [tsn_indices(num_video_frames, NUM_FRAMES, position=(s + 0.5) / 3) for s in range(3)]
-        for segment, view in enumerate(views):
-            np.testing.assert_array_equal(view, tsn_indices(num_video_frames, NUM_FRAMES,
-                                                            position=(segment + 0.5) / 3))
+        for view in views:
             assert ((bounds[:-1] <= view) & (view < bounds[1:])).all()
+        np.testing.assert_array_equal(tsn_indices(num_video_frames, NUM_FRAMES, position=0.0), bounds[:-1])
         if num_video_frames >= 3 * NUM_FRAMES:
             assert (views[0] < views[1]).all() and (views[1] < views[2]).all()
     short = tsn_indices(5, NUM_FRAMES, rng)
@@ -347,6 +346,12 @@ def test_dataset_sampling_positions(data):
     np.testing.assert_array_equal(views[0], np.arange(0, VIDEO_FRAMES, 3))
     np.testing.assert_array_equal(views[2], np.arange(2, VIDEO_FRAMES, 3))
     assert all((ssv2.frame_indices(ssv2.entries[0], VIDEO_FRAMES, s) == views[s]).all() for s in range(3))
+    # VideoMAE's SSV2 2-view test: view 0 at int(tick * x), view 1 at int(tick / 2 + tick * x), tick = frames / 16.
+    two_views = build_dataset(False, True, make_args(data, data_set="SSV2", test_num_segment=2))
+    tick = VIDEO_FRAMES / NUM_FRAMES
+    for view, offset in enumerate((0.0, tick / 2)):
+        np.testing.assert_array_equal(two_views.frame_indices(two_views.entries[0], VIDEO_FRAMES, view),
+                                      [int(offset + tick * x) for x in range(NUM_FRAMES)])
     kinetics = build_dataset(False, True, make_args(data, test_num_segment=3))
     windows = [kinetics.frame_indices(kinetics.entries[0], VIDEO_FRAMES, s) for s in range(3)]
     assert [int(w[0]) for w in windows] == [0, 4, 9] and windows[2][-1] == VIDEO_FRAMES - 1
