@@ -200,3 +200,13 @@ def test_persistent_workers_reseed_every_epoch_and_a_resumed_run_repeats_them():
     assert all(torch.equal(a, b) for a, b in zip(epoch_batches(resumed, 2), epochs[2], strict=True))
     workers_draws = torch.cat(epochs[0])[:, 1]
     assert len(set(workers_draws.tolist())) == 8  # the two workers do not repeat each other's stream
+
+
+def test_compile_keeps_the_checkpoint_keys():
+    """``--compile`` compiles in place (``nn.Module.compile``): no ``_orig_mod.`` prefix in saved state dicts."""
+    model = create_model("pretrain_videomae_mini_patch16_224", img_size=64, num_frames=8)
+    keys = list(model.state_dict())
+    args = SimpleNamespace(compile=True, enable_deepspeed=False, distributed=False, precision="fp32")
+    wrapped, without_ddp, _, _ = utils.wrap_model(args, model, None, torch.device("cpu"))
+    assert wrapped is model and without_ddp is model and model._compiled_call_impl is not None
+    assert list(without_ddp.state_dict()) == keys
