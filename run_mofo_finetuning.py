@@ -153,8 +153,6 @@ def build_model(args):
         kwargs.update(mca_mode=args.mca_mode, mca_depth=args.mca_depth, mca_heads=args.mca_heads)
     model = create_model(args.model, pretrained=False, **kwargs)
     args.use_box = isinstance(model, modeling_finetune.MotionFocusedVisionTransformer)
-    if args.use_box and not args.box_dir:
-        raise SystemExit(f"--model {args.model} fuses tokens inside and outside the motion box: pass --box_dir")
     return model
 
 
@@ -196,6 +194,8 @@ def main(args) -> None:
     print(args)
 
     model = build_model(args)
+    if args.use_box and not args.box_dir:
+        raise SystemExit(f"--model {args.model} fuses tokens inside and outside the motion box: pass --box_dir")
     if args.finetune:
         utils.load_finetune_checkpoint(model, args.finetune, args.model_key)
     model.to(device)

@@ -19,3 +19,110 @@ def test_bench_motion_prints_speed_and_agreement_tables():
     assert speed_rows and all(float(row[2]) > 0 for row in speed_rows)
     agreement_row = [line.split() for line in lines if line.startswith("dis ") and len(line.split()) == 5][-1]
     assert float(agreement_row[1]) == 1.0  # a backend agrees with itself
+
+
+BENCHMARKS = REPO / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # the tests below also import the benchmark scripts' functions
+TINY_STEP = ["--device", "cpu", "--batch_size", "2", "--num_frames", "4", "--input_size", "32", "--warmup", "1",
+             "--steps", "2", "--threads", "1"]
+
+
+def run_benchmark(script: str, *args: str) -> tuple[list[str], list[dict[str, str]]]:
+    """Run a benchmark script; returns its output lines and its markdown table as one dict per row."""
+    result = subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    table = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines if line.startswith("|")]
+    assert len(table) > 2 and set(table[1]) == {"---"}, result.stdout
+    return lines, [dict(zip(table[0], row, strict=True)) for row in table[2:]]
+
+
+def assert_environment_recorded(lines: list[str], script: str) -> None:
+    assert any(line.startswith("device: cpu") and "torch " in line for line in lines)
+    assert any(line.startswith(f"command: python benchmarks/{script}") for line in lines)
+
+
+def test_bench_pretrain_step_table():
+    lines, rows = run_benchmark("bench_pretrain_step.py", *TINY_STEP)
+    assert_environment_recorded(lines, "bench_pretrain_step.py")
+    assert [row["step"] for row in rows] == ["ours", "VideoMAE reference"]
+    assert [row["attention"] for row in rows] == ["SDPA", "explicit"]
+    for row in rows:
+        assert float(row["clips/s"]) > 0 and float(row["ms/step"]) > 0
+        assert row["peak memory"].endswith(("MiB", "GiB")) and float(row["peak memory"].split()[0]) > 0
+        assert float(row["speedup vs reference"].rstrip("x")) > 0
+    assert rows[1]["speedup vs reference"] == "1.00x"
+    assert "single-tensor" in rows[1]["optimizer"]
+
+
+def test_videomae_reference_computes_the_models_forward_and_target():
+    """The reference step's re-implementation of VideoMAE (explicit attention, every tube embedded) gives the
+    project model's predictions and the engine's targets, in fp32."""
+    import bench_pretrain_step as bench
+    import torch
+    from timm.models import create_model
+
+    from engine_for_pretraining import pixel_targets
+
+    torch.manual_seed(0)
+    model = create_model("pretrain_videomae_mini_patch16_224", img_size=32, num_frames=4, decoder_depth=2)
+    videos = torch.randn(2, 3, 4, 32, 32)
+    mask = torch.stack([torch.randperm(8) < 6 for _ in range(2)])
+    with torch.no_grad():
+        torch.testing.assert_close(bench.videomae_forward(model, videos, mask), model(videos, mask),
+                                   rtol=1e-4, atol=1e-5)
+    targets = pixel_targets(videos, 16, 2)
+    torch.testing.assert_close(bench.videomae_targets(videos, mask, 16, 2), targets[mask].reshape(2, 6, -1))
+
+
+def test_bench_finetune_step_table():
+    lines, rows = run_benchmark("bench_finetune_step.py", *TINY_STEP)
+    assert_environment_recorded(lines, "bench_finetune_step.py")
+    assert [row["model"] for row in rows] == ["vit_mini_patch16_224", "vit_mini_patch16_224_mofo"]
+    for row in rows:
+        assert float(row["clips/s"]) > 0 and float(row["ms/step"]) > 0
+        assert float(row["peak memory"].split()[0]) > 0
+    assert rows[0]["MCA overhead"] == "" and rows[1]["MCA overhead"].endswith("%")
+    assert float(rows[1]["MCA overhead"].rstrip("%")) > -100
+
+
+TINY_DATA = ["--num_frames", "4", "--sampling_rate", "1", "--input_size", "32", "--items", "2", "--rounds", "1"]
+
+
+def test_bench_data_table_on_synthetic_videos():
+    lines, rows = run_benchmark("bench_data.py", "--num_videos", "2", "--video_frames", "8", "--width", "64",
+                                "--height", "48", *TINY_DATA)
+    assert_environment_recorded(lines, "bench_data.py")
+    assert [(row["pipeline"], row["masking"], row["num_sample"]) for row in rows] == [
+        (pipeline, masking, n) for n in ("1", "4") for pipeline, masking in [
+            ("VideoMAE-style baseline", "tube"), ("ours", "tube"), ("ours", "motion (box files)")]]
+    for row in rows:
+        assert float(row["clips/s"]) > 0 and float(row["ms/clip"]) > 0 and float(row["speedup vs baseline"][:-1]) > 0
+    assert all(row["speedup vs baseline"] == "1.00x" for row in rows if row["pipeline"] != "ours")
+
+
+def test_bench_data_on_a_given_list_and_the_videomae_baseline_items(tmp_path):
+    """--data_path/--data_root/--box_dir read an existing set; the baseline's items are VideoMAE's (clip, mask)."""
+    import bench_data
+    import numpy as np
+    import torch
+
+    from make_synthetic_dataset import make_dataset
+
+    summary = make_dataset(tmp_path, 2, num_frames=10, width=64, height=48, val_fraction=0, test_fraction=0)
+    list_file = tmp_path / "list.csv"
+    list_file.write_text("000000.mp4 0\n000001.mp4 1\n")
+    baseline = bench_data.VideoMAEBaseline(str(list_file), str(summary["video_dir"]), num_frames=4, sampling_rate=2,
+                                           input_size=32, mask_ratio=0.75)
+    clip, mask = baseline[1]
+    assert clip.shape == (3, 4, 32, 32) and clip.dtype == torch.float32
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1, 1)
+    assert 0 <= float((clip * std + mean).min()) and float((clip * std + mean).max()) <= 1 + 1e-6
+    assert mask.shape == (2 * 2 * 2,) and mask.sum() == 2 * 3 and np.array_equal(mask[:4], mask[4:])
+
+    _, rows = run_benchmark("bench_data.py", "--data_path", str(list_file), "--data_root", str(summary["video_dir"]),
+                            "--box_dir", str(summary["box_dir"]), "--num_sample", "2", *TINY_DATA)
+    assert [(row["masking"], row["num_sample"]) for row in rows] == [("tube", "2"), ("tube", "2"),
+                                                                     ("motion (box files)", "2")]
