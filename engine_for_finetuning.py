@@ -29,7 +29,7 @@ def forward(model, batch: dict, device, use_box: bool, precision: str, deepspeed
     videos = batch["video"].to(device, non_blocking=True)
     if deepspeed and precision != "fp32":
         videos = videos.to(torch.bfloat16 if precision == "bf16" else torch.float16)
-    args = (videos, batch["box"].to(device, non_blocking=True)) if use_box else (videos,)
+    args = (videos, batch["box"]) if use_box else (videos,)  # the box stays on the CPU: see the MOFO model
     context = contextlib.nullcontext() if deepspeed else autocast(device, precision)
     with context:
         return model(*args).float()

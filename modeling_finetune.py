@@ -13,6 +13,7 @@ shadow timm's own image ViTs (and their pretrained tags) for the rest of the pro
 import re
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -426,10 +427,50 @@ def masked_mean(tokens: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
     return ((tokens.float() * weights).sum(1) / weights.sum(1)).to(tokens.dtype)  # fp32 sums: no fp16 overflow
 
 
+@dataclass(frozen=True)
+class TokenSets:
+    """Flat row indices (into the (B * N) tokens of a batch) of the tokens each MCA block processes: ``own[i]``
+    are the queries block i updates (0: inner = inside tokens, 1: outer = outside tokens), ``keys[i]`` the tokens
+    whose keys and values block i computes: the other set's tokens, or a sample's own set when its other set is
+    empty."""
+
+    own: tuple[torch.Tensor, torch.Tensor]
+    keys: tuple[torch.Tensor, torch.Tensor]
+
+
+def mca_token_sets(inside: torch.Tensor, device: torch.device) -> TokenSets:
+    """The :class:`TokenSets` of an inside mask (B, N), indexed on the host (no device wait when ``inside`` is on the
+    CPU) and moved to ``device``."""
+    inside = inside.cpu()
+    outside = ~inside
+    has_inside, has_outside = inside.any(1, keepdim=True), outside.any(1, keepdim=True)
+
+    def rows(selected: torch.Tensor) -> torch.Tensor:
+        return selected.flatten().nonzero().squeeze(1).to(device, non_blocking=True)
+
+    return TokenSets(own=(rows(inside), rows(outside)),
+                     keys=(rows(outside & has_inside | inside & ~has_outside),
+                           rows(inside & has_outside | outside & ~has_inside)))
+
+
+def _scatter_rows(num_rows: int, parts: list[tuple[torch.Tensor, torch.Tensor]], like: torch.Tensor) -> torch.Tensor:
+    """(num_rows, C) zeros with each part's values (K, C) written at its rows (K,)."""
+    width = parts[0][1].shape[-1] if parts else like.shape[-1]
+    out = like.new_zeros(num_rows, width, dtype=parts[0][1].dtype if parts else like.dtype)
+    for rows, values in parts:
+        out = out.index_copy(0, rows, values.to(out.dtype))
+    return out
+
+
 class MultiCrossAttention(nn.Module):
     """One MCA layer: tokens inside the motion box cross-attend to those outside (``inner`` block) and, in
-    ``both`` mode, outside tokens to inside ones (``outer`` block, own weights). Both read the same input; every
-    sample of the batch is handled at once through attention masks."""
+    ``both`` mode, outside tokens to inside ones (``outer`` block, own weights). Both read the same input.
+
+    Each token goes through the blocks' projections and MLP once: its query, output projection and MLP from its own
+    set's block, its key and value from the block of the set that attends to it; one attention over the batch
+    (masked to the other set, or to the token's own set where the other is empty) serves both blocks. The cost is
+    one block, not two blocks over all tokens, and the result is that of running each block on all tokens and
+    keeping its own set's outputs (:func:`cross_set_attention_mask`)."""
 
     def __init__(self, dim: int, num_heads: int, mode: str = "both", **block_kwargs):
         super().__init__()
@@ -438,18 +479,44 @@ class MultiCrossAttention(nn.Module):
         self.inner = Block(dim, num_heads, **block_kwargs)
         self.outer = Block(dim, num_heads, **block_kwargs) if mode == "both" else None
 
-    def forward(self, tokens: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
-        updated = torch.where(inside[..., None], self.inner(tokens, cross_set_attention_mask(inside)), tokens)
-        if self.outer is not None:
-            updated = torch.where(inside[..., None], updated, self.outer(tokens, cross_set_attention_mask(~inside)))
-        return updated
+    def forward(self, tokens: torch.Tensor, inside: torch.Tensor, sets: TokenSets | None = None) -> torch.Tensor:
+        """``tokens`` (B, N, C), ``inside`` (B, N) bool on the tokens' device; ``sets`` from
+        :func:`mca_token_sets` (computed from ``inside`` when not given, which waits for the device)."""
+        sets = sets or mca_token_sets(inside, tokens.device)
+        batch, num_tokens, dim = tokens.shape
+        x = tokens.reshape(batch * num_tokens, dim)
+        blocks = [(block, own, keys) for block, own, keys in zip((self.inner, self.outer), sets.own, sets.keys,
+                                                                 strict=True) if block is not None]
+        attn = self.inner.attn
+        width = attn.num_heads * attn.head_dim
+        queries, keys, values = [], [], []
+        for block, own, key_rows in blocks:
+            weight = block.attn.qkv.weight
+            queries.append((own, F.linear(block.norm1(x[own]), weight[:width], block.attn.q_bias)))
+            hidden = block.norm1(x[key_rows])
+            keys.append((key_rows, F.linear(hidden, weight[width:2 * width])))
+            values.append((key_rows, F.linear(hidden, weight[2 * width:], block.attn.v_bias)))
+        q, k, v = (_scatter_rows(batch * num_tokens, parts, x).reshape(batch, num_tokens, attn.num_heads, -1)
+                   .transpose(1, 2) for parts in (queries, keys, values))
+        mask = torch.where(inside[:, None, :, None], cross_set_attention_mask(inside),
+                           cross_set_attention_mask(~inside))
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale,
+                                                  dropout_p=attn.attn_drop_p if self.training else 0.0)
+        attended = attended.transpose(1, 2).reshape(batch * num_tokens, width)
+        updated = x
+        for block, own, _ in blocks:
+            y = x[own] + block.attn.proj_drop(block.attn.proj(attended[own]))
+            y = y + block.mlp(block.norm2(y))
+            updated = updated.index_copy(0, own, y.to(updated.dtype))
+        return updated.reshape(batch, num_tokens, dim)
 
 
 class MotionFocusedVisionTransformer(VisionTransformer):
     """MOFO fine-tuning model: the VideoMAE ViT encoder, then ``mca_depth`` multi-cross-attention layers fusing the
     tokens inside and outside the motion box, then the inside and outside token means -> ``fuse`` -> ``fc_norm`` ->
-    head. ``forward(x, box)`` takes normalised xyxy boxes, one per clip (B, 4) or one per frame (B, T, 4); tokens
-    are split by the masking generator's patch-centre rule. A clip without a box (NaN) has no inside tokens: its
+    head. ``forward(x, box)`` takes normalised xyxy boxes, one per clip (B, 4) or one per frame (B, T, 4), best
+    on the CPU (as the data loader gives them: the token sets are then indexed without waiting for the device);
+    tokens are split by the masking generator's patch-centre rule. A clip without a box (NaN) has no inside tokens: its
     outside tokens then attend among themselves and both pooled halves are the mean of all tokens."""
 
     def __init__(self, mca_mode: str = "both", mca_depth: int = 1, mca_heads: int | None = None, **kwargs):
@@ -474,9 +541,11 @@ class MotionFocusedVisionTransformer(VisionTransformer):
 
     def forward_features(self, x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
         tokens = self.forward_tokens(x)
-        inside = self.inside_tokens(box.to(tokens.device))
+        inside_host = self.inside_tokens(box)  # where the box is: on the CPU, nothing below waits for the device
+        sets = mca_token_sets(inside_host, tokens.device)
+        inside = inside_host.to(tokens.device, non_blocking=True)
         for layer in self.mca:
-            tokens = layer(tokens, inside)
+            tokens = layer(tokens, inside, sets)
         pooled = torch.cat([masked_mean(tokens, inside), masked_mean(tokens, ~inside)], dim=-1)
         return self.fc_norm(self.fuse(pooled))
 

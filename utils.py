@@ -199,9 +199,9 @@ def wrap_model(args, model: torch.nn.Module, optimizer, device: torch.device):
         return model, model.module, optimizer, None
     model_without_ddp = model
     if args.distributed:
-        device_ids = [args.gpu] if device.type == "cuda" else None
+        # No device_ids: DDP then leaves the inputs where the engines put them (the MOFO model's box on the CPU).
         # No buffer needs syncing (fixed position tables, no BatchNorm): skip DDP's per-forward broadcast.
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+        model = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
     scaler = NativeScalerWithGradNormCount(enabled=args.precision == "fp16", device=device.type)
     return model, model_without_ddp, optimizer, scaler
 
