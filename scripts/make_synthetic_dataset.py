@@ -13,13 +13,19 @@ Layout written under ``--out DIR``::
 
     videos/{idx:06d}.mp4      mp4v-encoded RGB clips
     gt_boxes/{idx:06d}.json   per-frame ground-truth boxes (motion_detection.boxfile schema, flow method
-                              "ground_truth"; extra keys: label, class_name, camera, object)
+                              "ground_truth"; extra keys: label, class_name, camera, object, scene)
     train.csv val.csv test.csv  VideoMAE lists: "<path relative to videos/> <label>" per line
     classes.txt               class names in label order
+
+``--difficulty easy`` (a still camera over a dark world without clutter, a bright, larger and faster object) is
+the preset a tiny model trained from scratch on a CPU learns in a few hundred steps (tests/test_finetune_learns.py);
+``--camera_motion``, ``--clutter``, ``--background``, ``--bright_object``, ``--object_scale`` and ``--motion_scale``
+change single settings of either preset.
 
 Usage::
 
     python scripts/make_synthetic_dataset.py --out data/synthetic --num_videos 24
+    python scripts/make_synthetic_dataset.py --out data/easy --num_videos 384 --num_frames 24 --difficulty easy
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -67,6 +73,44 @@ PIXEL_NOISE_STD = 2.0
 REFERENCE_SHORT_SIDE = 120.0
 
 
+@dataclass(frozen=True)
+class Scene:
+    """How hard a clip is: what besides the object moves or looks like it, and how the object looks and moves.
+
+    The default is the standard dataset (panning/zooming camera, textured world with object-like clutter);
+    ``DIFFICULTIES["easy"]`` is a still camera over a dark world without clutter and a bright, larger, faster
+    object, which a tiny model trained from scratch on a CPU learns in a few hundred steps (the dark world keeps
+    its texture, so optical flow and motion-box detection still work on it).
+    """
+
+    camera_motion: bool = True  # pan and zoom (as before: a quarter of the clips only zoom)
+    clutter: bool = True  # static object-like shapes painted into the world
+    background: str = "textured"  # "textured" (noise, stripes, blobs) or "dark" (the same, dimmed to a quarter)
+    bright_object: bool = False  # object (and clutter) texture lifted into the upper half of every channel
+    object_scale: float = 1.0  # multiplies OBJECT_SIZE_RANGE
+    motion_scale: float = 1.0  # multiplies the translation speed, the approach/recede rate and the rotation speed
+
+    def __post_init__(self):
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {BACKGROUNDS}, got {self.background!r}")
+        if not 0 < self.object_scale <= MAX_OBJECT_SCALE:
+            raise ValueError(f"object_scale must be in (0, {MAX_OBJECT_SCALE}], got {self.object_scale}")
+        if not 0 < self.motion_scale <= MAX_MOTION_SCALE:
+            raise ValueError(f"motion_scale must be in (0, {MAX_MOTION_SCALE}], got {self.motion_scale}")
+
+
+BACKGROUNDS = ("textured", "dark")
+DARK_BACKGROUND_SCALE = 0.25  # a dark background is the textured one times this (channels <= 64 of 255)
+MAX_OBJECT_SCALE = 2.0  # up to this an approaching object can still grow 1.5x before reaching MAX_OBJECT_SIZE
+MAX_MOTION_SCALE = 2.0  # keeps rotations under 12 degrees/frame: cw and ccw stay apart in subsampled frames
+DIFFICULTIES = {
+    "standard": Scene(),
+    "easy": Scene(
+        camera_motion=False, clutter=False, background="dark", bright_object=True, object_scale=1.5, motion_scale=1.5
+    ),
+}
+
+
 @dataclass
 class CameraPath:
     """Per-frame camera: world point ``centers[t]`` is seen at the frame centre with magnification ``scales[t]``."""
@@ -101,6 +145,7 @@ class RenderedClip:
     label: int
     camera: CameraPath
     obj: ObjectPath
+    scene: Scene
 
     def metadata(self) -> dict:
         """JSON-ready description of the camera and object motion (stored in the ground-truth box file)."""
@@ -120,6 +165,7 @@ class RenderedClip:
                 "end_size": round(float(self.obj.sizes[-1]), 2),
                 "rotation_deg": round(float(self.obj.angles[-1] - self.obj.angles[0]), 2),
             },
+            "scene": asdict(self.scene),
         }
 
 
@@ -138,6 +184,12 @@ def textured_noise(rng: np.random.Generator, height: int, width: int, cell_sizes
     image /= total_weight
     low, high = np.percentile(image, [1, 99])
     return np.clip((image - low) / max(high - low, 1e-6), 0.0, 1.0)
+
+
+def dark_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Dark world, (H, W, 3) uint8: ``background_texture`` times DARK_BACKGROUND_SCALE, so every channel stays far
+    below a bright object's while the texture still gives optical flow something to match."""
+    return np.round(background_texture(rng, height, width) * DARK_BACKGROUND_SCALE).astype(np.uint8)
 
 
 def background_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -159,8 +211,11 @@ def background_texture(rng: np.random.Generator, height: int, width: int) -> np.
     return image
 
 
-def object_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Saturated two-colour checker or stripes modulated by noise, (H, W, 3) uint8; for the object and the clutter."""
+def object_texture(rng: np.random.Generator, height: int, width: int, bright: bool = False) -> np.ndarray:
+    """Saturated two-colour checker or stripes modulated by noise, (H, W, 3) uint8; for the object and the clutter.
+
+    ``bright`` maps every channel from [0, 1] to [0.5, 1] (a paler texture, always brighter than a dark background).
+    """
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     period = rng.uniform(6, 12)
     if rng.random() < 0.5:
@@ -171,6 +226,8 @@ def object_texture(rng: np.random.Generator, height: int, width: int) -> np.ndar
     colour_a, colour_b = _saturated_colour(rng), _saturated_colour(rng)
     image = pattern[..., None] * colour_a + (1 - pattern[..., None]) * colour_b
     image = 0.75 * image + 0.25 * textured_noise(rng, height, width, cell_sizes=(8, 3))
+    if bright:
+        image = 0.5 + 0.5 * image
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
@@ -193,11 +250,15 @@ def shape_mask(shape: str, height: int, width: int, inset: int = 1) -> np.ndarra
 
 
 def paint_clutter(
-    rng: np.random.Generator, world: np.ndarray, region: tuple[float, float, float, float], short_side: float
+    rng: np.random.Generator,
+    world: np.ndarray,
+    region: tuple[float, float, float, float],
+    short_side: float,
+    bright: bool = False,
 ) -> None:
     """Paint 2-4 static textured shapes into ``world`` (in place), centred inside ``region`` (xyxy world px).
 
-    Their sides are 15-30% of ``short_side``, i.e. about the moving object's size.
+    Their sides are 15-30% of ``short_side``, i.e. about the moving object's size; ``bright`` as for the object.
     """
     world_h, world_w = world.shape[:2]
     x1, y1, x2, y2 = region
@@ -208,7 +269,7 @@ def paint_clutter(
         left = int(np.clip(rng.uniform(x1, x2) - shape_w / 2, 0, world_w - shape_w))
         alpha = shape_mask(str(rng.choice(["rectangle", "ellipse"])), shape_h, shape_w)[..., None]
         patch = world[top : top + shape_h, left : left + shape_w].astype(np.float32)
-        texture = object_texture(rng, shape_h, shape_w).astype(np.float32)
+        texture = object_texture(rng, shape_h, shape_w, bright).astype(np.float32)
         world[top : top + shape_h, left : left + shape_w] = (alpha * texture + (1 - alpha) * patch).astype(np.uint8)
 
 
@@ -217,29 +278,43 @@ def _scaled(value_range: tuple[float, float], factor: float) -> tuple[float, flo
     return value_range[0] * factor, value_range[1] * factor
 
 
-def plan_object_motion(rng: np.random.Generator, label: int, num_frames: int, width: int, height: int) -> ObjectPath:
-    """Choose the object's per-frame pose for ``label`` so that it stays fully inside the frame throughout."""
+def plan_object_motion(
+    rng: np.random.Generator,
+    label: int,
+    num_frames: int,
+    width: int,
+    height: int,
+    object_scale: float = 1.0,
+    motion_scale: float = 1.0,
+) -> ObjectPath:
+    """Choose the object's per-frame pose for ``label`` so that it stays fully inside the frame throughout.
+
+    ``object_scale`` multiplies the object's size range and ``motion_scale`` its speed (translation px/frame,
+    approach/recede rate, degrees/frame); the approaching/receding object still never exceeds MAX_OBJECT_SIZE.
+    """
     short_side = min(width, height)
     steps = np.arange(num_frames, dtype=np.float64)
+    size_range = (OBJECT_SIZE_RANGE[0] * object_scale, OBJECT_SIZE_RANGE[1] * object_scale)
     aspect = float(rng.uniform(0.55, 0.8))
     shape = str(rng.choice(["rectangle", "ellipse"]))
-    size = rng.uniform(*OBJECT_SIZE_RANGE) * short_side
+    size = rng.uniform(*size_range) * short_side
     sizes = np.full(num_frames, size)
     angles = np.full(num_frames, rng.uniform(-30, 30))
     offsets = np.zeros((num_frames, 2))
     if label in _TRANSLATION_DIRECTIONS:
-        speed = rng.uniform(*_scaled(TRANSLATION_SPEED_RANGE, short_side / REFERENCE_SHORT_SIDE))
+        speed = rng.uniform(*_scaled(TRANSLATION_SPEED_RANGE, short_side / REFERENCE_SHORT_SIDE)) * motion_scale
         offsets = np.outer(steps, _TRANSLATION_DIRECTIONS[label]) * speed
     elif label in (4, 5):
-        largest_growth = MAX_OBJECT_SIZE / OBJECT_SIZE_RANGE[0]
-        growth = min((1 + rng.uniform(*SCALE_RATE_RANGE)) ** max(num_frames - 1, 1), largest_growth)
-        small_end = rng.uniform(OBJECT_SIZE_RANGE[0], min(OBJECT_SIZE_RANGE[1], MAX_OBJECT_SIZE / growth)) * short_side
+        largest_growth = MAX_OBJECT_SIZE / size_range[0]
+        rate = rng.uniform(*SCALE_RATE_RANGE) * motion_scale
+        growth = min((1 + rate) ** max(num_frames - 1, 1), largest_growth)
+        small_end = rng.uniform(size_range[0], min(size_range[1], MAX_OBJECT_SIZE / growth)) * short_side
         sizes = small_end * growth ** (steps / max(num_frames - 1, 1))
         if label == 5:
             sizes = sizes[::-1].copy()
     else:
         direction = 1.0 if label == 6 else -1.0
-        angles = angles + direction * rng.uniform(*ROTATION_SPEED_RANGE) * steps
+        angles = angles + direction * rng.uniform(*ROTATION_SPEED_RANGE) * motion_scale * steps
 
     while True:
         half_extents = _rotated_half_extents(sizes, sizes * aspect, angles)
@@ -350,25 +425,54 @@ def mask_box(visible: np.ndarray) -> np.ndarray:
     return np.array([x1, y1, x2, y2], np.float32)
 
 
+def resolve_scene(scene: Scene | str | None = None, camera_motion: bool | None = None) -> Scene:
+    """A Scene from a Scene, a DIFFICULTIES name or None (standard); ``camera_motion``, when given, overrides it."""
+    if scene is None:
+        scene = Scene()
+    elif isinstance(scene, str):
+        if scene not in DIFFICULTIES:
+            raise ValueError(f"difficulty must be one of {sorted(DIFFICULTIES)}, got {scene!r}")
+        scene = DIFFICULTIES[scene]
+    if camera_motion is not None:
+        scene = replace(scene, camera_motion=camera_motion)
+    return scene
+
+
 def render_clip_details(
-    label: int, num_frames: int = 32, width: int = 160, height: int = 120, seed: int = 0, camera_motion: bool = True
+    label: int,
+    num_frames: int = 32,
+    width: int = 160,
+    height: int = 120,
+    seed: int = 0,
+    camera_motion: bool | None = None,
+    scene: Scene | str | None = None,
 ) -> RenderedClip:
-    """Render one clip in memory and keep everything a test or a caller might want to inspect."""
+    """Render one clip in memory and keep everything a test or a caller might want to inspect.
+
+    ``scene`` (a Scene or a DIFFICULTIES name; default standard) sets the camera, background, clutter, object
+    size and speed; ``camera_motion`` overrides the scene's camera when given.
+    """
     if not 0 <= label < len(CLASSES):
         raise ValueError(f"label must be in [0, {len(CLASSES)}), got {label}")
     if num_frames < 2 or width < 32 or height < 32:
         raise ValueError(f"need num_frames >= 2 and a frame of at least 32x32, got {num_frames}, {width}x{height}")
+    scene = resolve_scene(scene, camera_motion)
     rng = np.random.default_rng(seed)
-    obj = plan_object_motion(rng, label, num_frames, width, height)
-    camera, (world_w, world_h) = plan_camera(rng, obj, label, num_frames, width, height, camera_motion)
-    world = background_texture(rng, world_h, world_w)
-    views_x1, views_y1 = camera.centers.min(axis=0) - (width / 2, height / 2)
-    views_x2, views_y2 = camera.centers.max(axis=0) + (width / 2, height / 2)
-    paint_clutter(rng, world, (views_x1, views_y1, views_x2, views_y2), min(width, height))
+    obj = plan_object_motion(rng, label, num_frames, width, height, scene.object_scale, scene.motion_scale)
+    camera, (world_w, world_h) = plan_camera(rng, obj, label, num_frames, width, height, scene.camera_motion)
+    if scene.background == "dark":
+        world = dark_background(rng, world_h, world_w)
+    else:
+        world = background_texture(rng, world_h, world_w)
+    if scene.clutter:
+        views_x1, views_y1 = camera.centers.min(axis=0) - (width / 2, height / 2)
+        views_x2, views_y2 = camera.centers.max(axis=0) + (width / 2, height / 2)
+        region = (views_x1, views_y1, views_x2, views_y2)
+        paint_clutter(rng, world, region, min(width, height), scene.bright_object)
 
     sprite_long = int(math.ceil(obj.sizes.max()))
     sprite_short = max(int(round(sprite_long * obj.aspect)), 2)
-    sprite = object_texture(rng, sprite_short, sprite_long)
+    sprite = object_texture(rng, sprite_short, sprite_long, scene.bright_object)
     sprite_alpha = shape_mask(obj.shape, sprite_short, sprite_long)
     noise = rng.normal(0.0, PIXEL_NOISE_STD, size=(num_frames, height, width, 3)).astype(np.float32)
 
@@ -392,17 +496,23 @@ def render_clip_details(
         frames[t] = np.clip(composite + noise[t] + 0.5, 0, 255).astype(np.uint8)
         background[t] = np.clip(view + noise[t] + 0.5, 0, 255).astype(np.uint8)
         boxes[t] = mask_box(alpha >= 0.5)
-    return RenderedClip(frames, background, boxes, label, camera, obj)
+    return RenderedClip(frames, background, boxes, label, camera, obj, scene)
 
 
 def render_clip(
-    label: int, num_frames: int = 32, width: int = 160, height: int = 120, seed: int = 0, camera_motion: bool = True
+    label: int,
+    num_frames: int = 32,
+    width: int = 160,
+    height: int = 120,
+    seed: int = 0,
+    camera_motion: bool | None = None,
+    scene: Scene | str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render one clip in memory: frames (T, H, W, 3) uint8 RGB and ground-truth boxes (T, 4) float32 xyxy.
 
     The same arguments always give byte-identical frames (all randomness comes from ``seed``).
     """
-    clip = render_clip_details(label, num_frames, width, height, seed, camera_motion)
+    clip = render_clip_details(label, num_frames, width, height, seed, camera_motion, scene)
     return clip.frames, clip.boxes
 
 
@@ -446,11 +556,14 @@ def make_dataset(
     seed: int = 0,
     val_fraction: float = 0.25,
     test_fraction: float = 0.25,
+    scene: Scene | str | None = None,
 ) -> dict:
     """Write the whole dataset under ``out_dir`` and return its paths and split sizes.
 
     Video ``i`` gets label ``i % len(CLASSES)``, so every class appears once ``num_videos >= len(CLASSES)``.
+    ``scene``: a Scene or a DIFFICULTIES name (default: standard, a moving camera over a cluttered world).
     """
+    scene = resolve_scene(scene)
     if num_videos < 1:
         raise ValueError(f"num_videos must be positive, got {num_videos}")
     if width % 2 or height % 2:
@@ -460,7 +573,7 @@ def make_dataset(
     labels = [i % len(CLASSES) for i in range(num_videos)]
     splits = split_indices(labels, seed, val_fraction, test_fraction)
     for index, label in enumerate(labels):
-        clip = render_clip_details(label, num_frames, width, height, clip_seed(seed, index), camera_motion=True)
+        clip = render_clip_details(label, num_frames, width, height, clip_seed(seed, index), scene=scene)
         name = f"{index:06d}.mp4"
         write_mp4(video_dir / name, clip.frames, fps)
         boxes = clip.boxes
@@ -508,11 +621,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="dataset seed; same seed, same frames")
     parser.add_argument("--val_fraction", type=float, default=0.25, help="fraction of videos in val.csv")
     parser.add_argument("--test_fraction", type=float, default=0.25, help="fraction of videos in test.csv")
+    parser.add_argument("--difficulty", choices=sorted(DIFFICULTIES), default="standard",
+                        help="scene preset: standard (panning/zooming camera, textured cluttered world) or easy "
+                        "(still camera, dark background, no clutter, bright object 1.5x larger and faster); "
+                        "the flags below override single settings of it")
+    parser.add_argument("--camera_motion", choices=["on", "off"], default=None,
+                        help="camera pans and zooms (default: the difficulty's)")
+    parser.add_argument("--clutter", choices=["on", "off"], default=None,
+                        help="static object-like shapes in the world (default: the difficulty's)")
+    parser.add_argument("--background", choices=BACKGROUNDS, default=None,
+                        help="world behind the object: textured, or dark (the same texture dimmed to a quarter of "
+                        "the range) (default: the difficulty's)")
+    parser.add_argument("--bright_object", choices=["on", "off"], default=None,
+                        help="object and clutter textures in the upper half of every channel (default: the "
+                        "difficulty's)")
+    parser.add_argument("--object_scale", type=float, default=None,
+                        help=f"multiplies the object's size range {OBJECT_SIZE_RANGE} (fraction of the short side; "
+                        f"at most {MAX_OBJECT_SCALE}; default: the difficulty's)")
+    parser.add_argument("--motion_scale", type=float, default=None,
+                        help=f"multiplies the object's speed: translation, approach/recede rate, rotation (at most "
+                        f"{MAX_MOTION_SCALE}; default: the difficulty's)")
     return parser.parse_args(argv)
+
+
+def scene_from_args(args: argparse.Namespace) -> Scene:
+    """The --difficulty preset with the single-setting flags that were given applied on top."""
+    overrides = {
+        "camera_motion": None if args.camera_motion is None else args.camera_motion == "on",
+        "clutter": None if args.clutter is None else args.clutter == "on",
+        "background": args.background,
+        "bright_object": None if args.bright_object is None else args.bright_object == "on",
+        "object_scale": args.object_scale,
+        "motion_scale": args.motion_scale,
+    }
+    return replace(DIFFICULTIES[args.difficulty], **{k: v for k, v in overrides.items() if v is not None})
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    try:
+        scene = scene_from_args(args)
+    except ValueError as error:
+        raise SystemExit(f"make_synthetic_dataset.py: {error}") from None
     start = time.perf_counter()
     summary = make_dataset(
         args.out,
@@ -524,6 +674,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
+        scene=scene,
     )
     sizes = ", ".join(f"{split} {n}" for split, n in summary["split_sizes"].items())
     print(f"wrote {args.num_videos} videos to {summary['out_dir']} ({sizes}) in {time.perf_counter() - start:.1f}s")
