@@ -226,15 +226,18 @@ GUIDED_BASES = ("random", "box")
 class VideoMAEPretrainDataset(Dataset):
     """Clips for masked-autoencoder pretraining with a motion-focused, motion-guided or plain tube mask per clip.
 
-    Each item is a dict (or a list of ``num_sample`` dicts from one decode): ``video`` (3, T, S, S) normalised,
-    ``mask`` (N,) bool (True = masked), ``box`` (4,) the clip's motion box in [0, 1] of the augmented frames
-    (NaN: none), ``replaced`` (corrupt videos skipped to produce this item) and ``missing_box`` (0/1).
+    Each item is a dict (or a list of ``num_sample`` dicts from one decode): ``frames`` (T, S, S, 3) uint8, the
+    augmented clip's pixels (the training step normalises the batch on its device with
+    :func:`video_transforms.normalize_video`: a quarter of float32's bytes through worker memory, pinning and the
+    host-to-device copy, and no normalisation in the worker), ``mask`` (N,) bool (True = masked), ``box`` (4,) the
+    clip's motion box in [0, 1] of the augmented frames (NaN: none), ``replaced`` (corrupt videos skipped to produce
+    this item) and ``missing_box`` (0/1).
 
     ``mask_type``: ``tube`` (VideoMAE), ``motion`` (MOFO: needs ``box_dir``) or ``motion_guided`` (the mask is
     drawn at the middle time slice and follows the per-token motion of each augmented clip, computed here by
     ``motion_source``, by default :class:`DISTokenMotion`). ``guided_base`` picks that base draw: ``random``, or
     ``box``, MOFO's inside-box rule on the motion box of the base slice's own frames (needs ``box_dir``; a clip
-    without a box there gets a random base). ``motion_source`` maps the (T, 3, S, S) float clip in [0, 255] to the
+    without a box there gets a random base). ``motion_source`` maps the (T, 3, S, S) uint8 clip to the
     (T'-1, H', W', 2) token displacement field (see :class:`MotionGuidedMaskingGenerator`).
 
     ``trajectory`` (a :class:`TrajectoryTargets`): every source frame of the window is decoded and cropped alike,
@@ -350,7 +353,7 @@ class VideoMAEPretrainDataset(Dataset):
                 clip = clip[self.sampled_frames]
             mask = self._mask(clip, box_out, base_box)
             item.update({
-                "video": normalize_clip(clip),
+                "frames": clip.permute(0, 2, 3, 1).contiguous(),  # a copy only if the resize was skipped or T sliced
                 "mask": torch.from_numpy(np.asarray(mask, dtype=bool)),
                 "box": torch.from_numpy(box_out.astype(np.float32)),
                 "replaced": 0 if items else replaced,  # counted once per decode

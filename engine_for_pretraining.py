@@ -8,25 +8,22 @@ import time
 
 import torch
 from einops import rearrange
-from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import utils
 from modeling_pretrain import gather_tokens, split_tokens
+from video_transforms import normalize_video
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
-def pixel_targets(videos: torch.Tensor, patch_size: int, tubelet_size: int, normalize: bool = True) -> torch.Tensor:
-    """Per-tube targets (B, N, tubelet*p*p*3) from ImageNet-normalised videos (B, 3, T, H, W).
+def pixel_targets(pixels: torch.Tensor, patch_size: int, tubelet_size: int, normalize: bool = True) -> torch.Tensor:
+    """Per-tube targets (B, N, tubelet*p*p*3) from videos (B, 3, T, H, W) of pixels in [0, 1].
 
-    Pixels are un-normalised to [0, 1]; with ``normalize`` every tube is standardised per colour channel over its
-    pixels (mean, unbiased std + 1e-6), VideoMAE's default target. Feature order: (t, h, w) inside the tube,
-    channel fastest.
+    With ``normalize`` every tube is standardised per colour channel over its pixels (mean, unbiased std + 1e-6),
+    VideoMAE's default target. Feature order: (t, h, w) inside the tube, channel fastest. VideoMAE un-normalises the
+    model input to get these pixels; the training step takes them straight from the uint8 batch.
     """
-    mean = torch.as_tensor(IMAGENET_DEFAULT_MEAN, device=videos.device, dtype=torch.float32)[None, :, None, None, None]
-    std = torch.as_tensor(IMAGENET_DEFAULT_STD, device=videos.device, dtype=torch.float32)[None, :, None, None, None]
-    pixels = videos.float() * std + mean
-    tubes = rearrange(pixels, "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c",
+    tubes = rearrange(pixels.float(), "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c",
                       p0=tubelet_size, p1=patch_size, p2=patch_size)
     if normalize:
         tubes = (tubes - tubes.mean(dim=-2, keepdim=True)) / (tubes.var(dim=-2, unbiased=True, keepdim=True).sqrt()
@@ -51,16 +48,19 @@ def masked_count(mask: torch.Tensor) -> int:
 
 
 def pretrain_loss(model, batch: dict, device: torch.device, args, deepspeed: bool = False):
-    """Forward and loss of one batch: MSE on the masked tokens per target (``--target``), summed with the target
-    weights. Returns the loss and each target's unweighted loss (tensors: nothing here waits for the device)."""
+    """Forward and loss of one batch (uint8 frames, normalised here on the device): MSE on the masked tokens per
+    target (``--target``), summed with the target weights. Returns the loss and each target's unweighted loss
+    (tensors: nothing here waits for the device)."""
     num_masked = masked_count(batch["mask"])
-    videos = batch["video"].to(device, non_blocking=True)
+    frames = batch["frames"].to(device, non_blocking=True).permute(0, 4, 1, 2, 3)  # (B, 3, T, H, W) uint8
+    videos = normalize_video(frames)
     mask = batch["mask"].to(device, non_blocking=True).flatten(1).bool()
     _, masked_index = split_tokens(mask, num_masked)
     targets = {}
     with torch.no_grad():
         if "pixel" in args.targets:
-            pixels = pixel_targets(videos, args.patch_size[0], args.tubelet_size, args.normlize_target)
+            pixels = pixel_targets(frames.float().div_(255), args.patch_size[0], args.tubelet_size,
+                                   args.normlize_target)
             targets["pixel"] = gather_tokens(pixels, masked_index)
         if "trajectory" in args.targets:
             trajectory = batch["trajectory"].to(device, non_blocking=True)
@@ -113,7 +113,7 @@ def train_one_epoch(model, data_loader, optimizer, device: torch.device, epoch: 
         if it % args.print_freq == 0 or it == num_steps - 1:
             finite.check(step)  # waits for the device: the step time below is real
             now = time.time()
-            clips = batch["video"].shape[0] * utils.get_world_size() * (it + 1 - last_step)
+            clips = batch["frames"].shape[0] * utils.get_world_size() * (it + 1 - last_step)
             metric_logger.update(clips_per_s=clips / max(now - last_time, 1e-9))
             last_time, last_step = now, it + 1
             if log_writer is not None:

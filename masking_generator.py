@@ -351,7 +351,7 @@ class DISTokenMotion:
         return dis
 
     def __call__(self, clip) -> np.ndarray:
-        """Field of a (T, 3, H, W) float clip in [0, 255] (``multiscale_crop``'s output, before normalisation)."""
+        """Field of a (T, 3, H, W) uint8 clip (``multiscale_crop``'s output, before normalisation)."""
         frames = np.asarray(clip, dtype=np.float32)
         luma = np.einsum("tchw,c->thw", frames, np.array([0.299, 0.587, 0.114], dtype=np.float32))
         size = (self.grid_hw[1] * self.pixels_per_token, self.grid_hw[0] * self.pixels_per_token)

@@ -127,7 +127,7 @@ def read_clip(video_path: str, num_frames: int, sampling_rate: int, start_frame:
 
 
 def centre_crop_clip(frames: torch.Tensor, box_pixels: np.ndarray, input_size: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Centred square of the short side resized to input_size^2: frames (T, 3, S, S) float in [0, 255] and the box
+    """Centred square of the short side resized to input_size^2: frames (T, 3, S, S) uint8 and the box
     normalised to [0, 1] of the crop (NaN when it lies outside)."""
     height, width = frames.shape[1:3]
     side = min(height, width)
@@ -231,7 +231,7 @@ def reconstruct(model: torch.nn.Module, video: torch.Tensor, mask: torch.Tensor,
     reconstructed_tubes = reconstructed_tubes.clamp(0.0, 1.0)
     original_tubes = tubes.clamp(0.0, 1.0)
     pixel_mse = float(((reconstructed_tubes[mask] - original_tubes[mask]) ** 2).mean())
-    targets = pixel_targets(batch_video, patch_h, tubelet, normalize_target)[batch_mask]
+    targets = pixel_targets(pixels[None], patch_h, tubelet, normalize_target)[batch_mask]
     target_mse = float(((predictions - targets) ** 2).mean())
 
     def frames(tube_pixels: torch.Tensor) -> torch.Tensor:

@@ -98,7 +98,7 @@ def trajectory_targets_from_flow(flows: np.ndarray, grid_size: tuple[int, int, i
 class TrajectoryTargets:
     """Trajectory targets of an augmented dense clip, for the pretraining dataset.
 
-    Call with the (F, 3, S, S) float clip in [0, 255] of ``T * sampling_rate + 1`` consecutive source frames after
+    Call with the (F, 3, S, S) uint8 clip of ``T * sampling_rate + 1`` consecutive source frames after
     the crop (the sampled frames are every ``sampling_rate``-th of them); returns (N, dim) float32.
     """
 
@@ -118,11 +118,13 @@ class TrajectoryTargets:
         return self.grid_size[0] * self.tubelet_size * self.sampling_rate + 1
 
     def __call__(self, dense_clip) -> np.ndarray:
-        frames = np.asarray(dense_clip, dtype=np.float32)
+        frames = np.asarray(dense_clip)
         if frames.shape[0] < self.num_source_frames:
             raise ValueError(f"need {self.num_source_frames} source frames, got {frames.shape[0]}")
-        grey = np.stack([cv2.cvtColor(np.clip(np.rint(f.transpose(1, 2, 0)), 0, 255).astype(np.uint8),
-                                      cv2.COLOR_RGB2GRAY) for f in frames[: self.num_source_frames]])
+        if frames.dtype != np.uint8:
+            frames = np.clip(np.rint(frames), 0, 255).astype(np.uint8)
+        grey = np.stack([cv2.cvtColor(np.ascontiguousarray(f.transpose(1, 2, 0)), cv2.COLOR_RGB2GRAY)
+                         for f in frames[: self.num_source_frames]])
         flows = create_flow(self.flow_name)(grey[:-1], grey[1:])  # made per call: OpenCV objects do not pickle
         return trajectory_targets_from_flow(flows, self.grid_size, self.patch_size, self.tubelet_size,
                                             self.sampling_rate, self.points_per_side, min_motion=self.min_motion)

@@ -1,11 +1,14 @@
 """Clip transforms on tensors that carry the motion boxes through the same geometry as the frames.
 
-Frames are uint8 tensors (T, H, W, 3) straight from the decoder, or float tensors (T, 3, H, W) in [0, 255] after
-the first resize, until ``normalize_clip``. A box is xyxy in pixels of the current frames (continuous coordinates:
-pixel i covers [i, i + 1), so x2/y2 are exclusive edges), float32 with shape (4,) for one box per clip or (T, 4) for
-one per frame; NaN rows mean "no box". Every geometric op maps the boxes exactly as it maps the pixels, so after the
-last op the box still sits on the moving object. The MOFO release got this wrong: its crops ignored the crop
-offset, its flips and shear/translate ops left the box where it was.
+Frames stay uint8 until ``normalize_clip``, as in VideoMAE's PIL pipeline: (T, H, W, 3) straight from the decoder,
+then (T, 3, H, W) after the first resize, whose output is channels-last in memory (``clip.permute(0, 2, 3, 1)`` is
+then a contiguous (T, H, W, 3) array; a skipped resize leaves a view of the decoded frames).
+
+A box is xyxy in pixels of the current frames (continuous coordinates: pixel i covers [i, i + 1), so x2/y2 are
+exclusive edges), float32 with shape (4,) for one box per clip or (T, 4) for one per frame; NaN rows mean "no box".
+Every geometric op maps the boxes exactly as it maps the pixels, so after the last op the box still sits on the
+moving object. The MOFO release got this wrong: its crops ignored the crop offset, its flips and shear/translate ops
+left the box where it was.
 
 Fine-tuning training applies, as VideoMAE: random resized crop, horizontal flip (not for SSV2), RandAugment with
 timm's ops (drawn once per clip), ImageNet normalisation and timm's random erasing (one rectangle per clip).
@@ -68,31 +71,30 @@ def affine_box(box: np.ndarray, matrix: np.ndarray, width: int, height: int) -> 
 
 
 def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (T, 3, h, w) float in [0, 255], bilinear with antialiasing (PIL-like).
-
-    Speed without changing the values: a resize that shrinks a side runs the antialiasing kernel on planar
-    (contiguous) frames, where it is fastest. One that shrinks no side uses plain bilinear interpolation on
-    channels-last frames: growing, the antialiasing triangle filter has exactly bilinear's weights, so the values
-    are the same (to float rounding), several times faster."""
-    shrinks = size[0] < frames.shape[1] or size[1] < frames.shape[2]
-    if not shrinks:
-        x = frames.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.channels_last)
-        return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="bilinear",
-                                                                            align_corners=False)
-    x = torch.empty((frames.shape[0], frames.shape[3], frames.shape[1], frames.shape[2]), dtype=torch.float32,
-                    device=frames.device)
-    x.copy_(frames.permute(0, 3, 1, 2))
+    """(T, H, W, 3) uint8 -> (T, 3, h, w) uint8, bilinear with antialiasing and rounded to integers like PIL's
+    resize; channels-last in memory (a view of ``frames`` when the size is already right). torch's vectorised uint8
+    kernel is several times faster than resizing in float."""
+    x = frames.permute(0, 3, 1, 2)
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def normalize_clip(frames: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
-    """(T, 3, H, W) float in [0, 255] -> (3, T, H, W) normalised with ImageNet statistics, written straight into
-    the output layout (no temporaries)."""
-    mean_t = torch.tensor(mean, dtype=frames.dtype, device=frames.device).view(3, 1, 1, 1) * 255
-    std_t = torch.tensor(std, dtype=frames.dtype, device=frames.device).view(3, 1, 1, 1) * 255
-    out = torch.empty((frames.shape[1], frames.shape[0], *frames.shape[2:]), dtype=frames.dtype, device=frames.device)
-    torch.sub(frames.transpose(0, 1), mean_t, out=out)
-    return out.div_(std_t)
+    """(T, 3, H, W) uint8 (or float in [0, 255]) -> (3, T, H, W) float32 normalised with ImageNet statistics."""
+    return normalize_video(frames.transpose(0, 1), mean, std)
+
+
+def normalize_video(video: torch.Tensor, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD) -> torch.Tensor:
+    """(..., 3, T, H, W) pixels in [0, 255], uint8 or float, in any memory layout -> a contiguous float32 tensor of
+    that shape normalised with ImageNet statistics. Pretraining batches of (B, T, H, W, 3) uint8 frames are
+    normalised this way on the training device: ``normalize_video(frames.permute(0, 4, 1, 2, 3))``. Python-scalar
+    statistics: no host-to-device copy, so nothing waits for a GPU."""
+    out = torch.empty(video.shape, dtype=torch.float32, device=video.device)
+    for channel in range(3):
+        torch.sub(video.select(-4, channel), mean[channel] * 255, out=out.select(-4, channel))
+        out.select(-4, channel).div_(std[channel] * 255)
+    return out
 
 
 def multiscale_crop_params(width: int, height: int, input_size: int, rng: np.random.Generator,
@@ -115,7 +117,7 @@ def multiscale_crop_params(width: int, height: int, input_size: int, rng: np.ran
 def multiscale_crop(frames: torch.Tensor, box: np.ndarray, input_size: int, rng: np.random.Generator,
                     scales=(1, 0.875, 0.75, 0.66)) -> tuple[torch.Tensor, np.ndarray]:
     """Multi-scale crop + resize to input_size^2 (VideoMAE pretraining); the box follows.
-    Returns frames (T, 3, S, S) float [0, 255] and the box in pixels of the output."""
+    Returns frames (T, 3, S, S) uint8 and the box in pixels of the output."""
     height, width = frames.shape[1:3]
     x0, y0, cw, ch = multiscale_crop_params(width, height, input_size, rng, scales)
     out = resize_frames(frames[:, y0:y0 + ch, x0:x0 + cw], (input_size, input_size))
@@ -148,7 +150,7 @@ def random_resized_crop_params(width: int, height: int, rng: np.random.Generator
 
 def resized_crop(frames: torch.Tensor, box: np.ndarray, x0: int, y0: int, crop_w: int, crop_h: int,
                  size: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Crop uint8 frames (T, H, W, 3) and resize the crop to size^2: (T, 3, S, S) float and the boxes there."""
+    """Crop uint8 frames (T, H, W, 3) and resize the crop to size^2: (T, 3, S, S) uint8 and the boxes there."""
     out = resize_frames(frames[:, y0:y0 + crop_h, x0:x0 + crop_w], (size, size))
     return out, scale_box(crop_box(box, x0, y0, crop_w, crop_h), size / crop_w, size / crop_h)
 
@@ -159,7 +161,7 @@ def horizontal_flip(frames: torch.Tensor, box: np.ndarray) -> tuple[torch.Tensor
 
 
 def short_side_resize(frames: torch.Tensor, box: np.ndarray, short_side: int) -> tuple[torch.Tensor, np.ndarray]:
-    """uint8 frames (T, H, W, 3) -> (T, 3, h, w) float with min(h, w) = short_side, aspect kept; boxes follow."""
+    """uint8 frames (T, H, W, 3) -> (T, 3, h, w) uint8 with min(h, w) = short_side, aspect kept; boxes follow."""
     height, width = frames.shape[1:3]
     scale = short_side / min(width, height)
     new_w, new_h = (short_side, round(height * scale)) if width <= height else (round(width * scale), short_side)
@@ -242,11 +244,11 @@ class ClipRandAugment:
     @staticmethod
     def apply(frames: torch.Tensor, box: np.ndarray,
               ops: list[tuple[AugmentOp, tuple]]) -> tuple[torch.Tensor, np.ndarray]:
-        """Apply drawn ops to every frame of (T, 3, H, W) float [0, 255] frames (rounded to uint8 for PIL)."""
+        """Apply drawn ops to every frame of (T, 3, H, W) uint8 frames; returns uint8 frames of the same layout."""
         if not ops:
             return frames, box
         height, width = frames.shape[-2:]
-        pixels = frames.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        pixels = frames.permute(0, 2, 3, 1).numpy()
         images = [Image.fromarray(frame) for frame in pixels]
         for op, level_args in ops:
             images = [op.aug_fn(image, *level_args, **op.kwargs) for image in images]
@@ -254,7 +256,7 @@ class ClipRandAugment:
                 forward = np.linalg.inv(pil_affine_inverse(op.name, level_args, width, height))
                 box = affine_box(box, forward, width, height)
         frames = torch.from_numpy(np.stack([np.asarray(image) for image in images])).permute(0, 3, 1, 2)
-        return frames.float(), box
+        return frames, box
 
     def __call__(self, frames: torch.Tensor, box: np.ndarray,
                  rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:

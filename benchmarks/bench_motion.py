@@ -6,7 +6,7 @@
 1. Speed: flow alone and the whole per-pair detection (flow + motion map + box) on synthetic frames with the
    short side at ``--short_side`` (default 224, i.e. 298x224), with OpenCV (and torch) limited to 1 thread (cost
    per core) and with all threads. ``tvl1_torch`` gets ``--batch_size`` pairs per call, on the CPU and, when
-   there is one, on a CUDA GPU (rows labelled ``tvl1_torch[device,bN]``).
+   there is one, on a CUDA GPU (rows labelled ``tvl1_torch[device,bN]``; ``--torch_devices`` picks them).
 2. Agreement on the synthetic set (in memory, 160x120): union-box and per-frame IoU of every backend's boxes
    with the first backend's (TV-L1, the paper's) and with the ground truth (two missing boxes agree).
 3. With ``codec_mv`` among the flows: codec motion vectors against TV-L1 on the same clips encoded to mp4 files
@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 
@@ -64,22 +63,22 @@ def time_backend(
     return flow_rate, detect_rate
 
 
-def speed_configs(flow: str, batch_size: int, all_threads: int) -> list[tuple[str, dict | None, int, list[int]]]:
+def speed_configs(flow: str, batch_size: int, all_threads: int,
+                  torch_devices: list[str]) -> list[tuple[str, dict | None, int, list[int]]]:
     """(row label, flow parameters, pairs per call, thread counts) timed for a backend: the OpenCV ones one pair
-    per call; tvl1_torch ``batch_size`` pairs per call on the CPU, and on CUDA when there is a GPU."""
+    per call; tvl1_torch ``batch_size`` pairs per call on each of ``torch_devices``."""
     threads = sorted({1, all_threads})
     if flow != "tvl1_torch":
         return [(flow, None, 1, threads)]
-    import torch
-
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    return [(f"{flow}[{d},b{batch_size}]", {"device": d}, batch_size, threads) for d in devices]
+    return [(f"{flow}[{d},b{batch_size}]", {"device": d}, batch_size, threads) for d in torch_devices]
 
 
-def speed_table(flows: list[str], pairs: int, short_side: int, all_threads: int, batch_size: int) -> None:
+def speed_table(flows: list[str], pairs: int, short_side: int, all_threads: int, batch_size: int,
+                torch_devices: list[str]) -> None:
     frames = gray_frames(pairs + 1, short_side)
     print(f"speed: {frames.shape[2]}x{frames.shape[1]}, {pairs} pairs, OpenCV {cv2.__version__}, {all_threads} CPUs")
-    rows = [(flow, *config) for flow in flows for config in speed_configs(flow, batch_size, all_threads)]
+    rows = [(flow, *config) for flow in flows
+            for config in speed_configs(flow, batch_size, all_threads, torch_devices)]
     width = max(8, *(len(label) for _, label, *_ in rows))
     print(f"{'flow':<{width}} {'threads':>7} {'flow pairs/s':>12} {'detect pairs/s':>14} {'ms/pair':>8}")
     for flow, label, flow_params, batch, thread_counts in rows:
@@ -119,6 +118,8 @@ def encode_clips(folder: Path, clips: list, encoder: str) -> list[Path]:
         if encoder == "mp4v":
             synthetic.write_mp4(path, frames, 12)
         else:
+            import av
+
             with av.open(str(path), "w") as container:
                 stream = container.add_stream(encoder, rate=12)
                 stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
@@ -138,6 +139,8 @@ def mean_ious(boxes: list, reference: list) -> tuple[float, float]:
 
 def codec_table(num_videos: int, num_frames: int, sizes: list[str]) -> None:
     """codec_mv (both reference models) and TV-L1 boxes of the same encoded files: IoUs and frames/s."""
+    import av  # PyAV: only this table needs it
+
     cv2.setNumThreads(os.cpu_count() or 1)
     detectors = {"codec_mv": MotionBoxDetector("codec_mv"),
                  "codec_mv adjacent": MotionBoxDetector("codec_mv", {"reference": "adjacent"}),
@@ -175,17 +178,24 @@ def main() -> None:
     parser.add_argument("--skip_speed", action="store_true", help="only the agreement table")
     parser.add_argument("--batch_size", type=int, default=8,
                         help="frame pairs per call of a batched backend (tvl1_torch) in the speed test")
+    parser.add_argument("--torch_devices", nargs="+", default=None, choices=["cpu", "cuda"],
+                        help="devices of the tvl1_torch speed rows (default: cpu, and cuda when there is a GPU)")
     parser.add_argument("--codec_sizes", nargs="+", default=["160x120", "320x240"],
                         help="frame sizes (WxH) of the encoded clips for the codec_mv table")
     args = parser.parse_args()
     flows = args.flows or sorted(available_flows(), key=lambda f: f != "tvl1")
+    torch_devices = args.torch_devices
+    if torch_devices is None and "tvl1_torch" in flows:
+        import torch
+
+        torch_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     all_threads = os.cpu_count() or 1
 
     file_flows = [f for f in flows if hasattr(create_flow(f), "flows_from_video")]
     flows = [f for f in flows if f not in file_flows]
 
     if not args.skip_speed and flows:
-        speed_table(flows, args.pairs, args.short_side, all_threads, args.batch_size)
+        speed_table(flows, args.pairs, args.short_side, all_threads, args.batch_size, torch_devices or [])
     if flows:
         rows = agreement_table(flows, args.num_videos, args.num_frames)
         print(f"\nagreement: {args.num_videos} synthetic clips of {args.num_frames} frames (160x120)")

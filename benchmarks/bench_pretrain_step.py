@@ -3,8 +3,9 @@
     python benchmarks/bench_pretrain_step.py             # CUDA: ViT-B, batch 32, 16x224x224; CPU: tiny sizes
     python benchmarks/bench_pretrain_step.py --compile   # adds a torch.compile row
 
-Rows (inputs: random normalised clips on the device and --mask_ratio tube masks on the host, as the engine gets
-them from the data loader; the data pipeline is bench_data.py's business):
+Rows (inputs: random clips on the device, as uint8 frames for ours, which normalises them in its step, and normalised
+for VideoMAE's, as its loader gives them; --mask_ratio tube masks on the host, as the engine gets them from the data
+loader; the data pipeline is bench_data.py's business):
 
 - ``ours``: run_mofo_pretraining's model (``build_model``), optimizer (``utils.create_optimizer`` over
   ``utils.param_groups_weight_decay``) and scaler (``utils.wrap_model``), then one iteration of
@@ -56,6 +57,7 @@ import engine_for_pretraining  # noqa: E402
 import run_mofo_pretraining  # noqa: E402  (registers the pretrain_videomae_* models)
 import utils  # noqa: E402
 from masking_generator import TubeMaskingGenerator  # noqa: E402
+from video_transforms import normalize_video  # noqa: E402
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -205,14 +207,19 @@ def project_args(options: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def make_batch(args: argparse.Namespace, device: torch.device, seed: int) -> dict:
-    """Random normalised clips (B, 3, T, S, S) already on the device (the host-to-device copy is not timed) and tube
-    masks (B, N) on the host, pinned on CUDA, as the engine gets them from the data loader."""
+def make_batch(args: argparse.Namespace, device: torch.device, seed: int, reference: bool) -> dict:
+    """Random clips already on the device (the host-to-device copy is not timed), as each step's loader gives them:
+    ``frames`` (B, T, S, S, 3) uint8 for ours (normalised in the step) or, for VideoMAE's (``reference``), ``video``
+    (B, 3, T, S, S), the same clips normalised; tube masks (B, N) on the host, pinned on CUDA."""
     generator = torch.Generator().manual_seed(seed)
-    video = torch.randn(args.batch_size, 3, args.num_frames, args.input_size, args.input_size, generator=generator)
+    shape = (args.batch_size, args.num_frames, args.input_size, args.input_size, 3)
+    frames = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
     masks = TubeMaskingGenerator(args.window_size, args.mask_ratio, seed=seed)
     mask = torch.stack([torch.from_numpy(masks()) for _ in range(args.batch_size)])
-    return {"video": video.to(device), "mask": mask.pin_memory() if device.type == "cuda" else mask}
+    batch = {"mask": mask.pin_memory() if device.type == "cuda" else mask}
+    if reference:
+        return batch | {"video": normalize_video(frames.permute(0, 4, 1, 2, 3)).to(device)}
+    return batch | {"frames": frames.to(device)}
 
 
 def our_step(model, optimizer, loss_scaler, finite: utils.FiniteCheck, batch: dict, device: torch.device,
@@ -355,7 +362,7 @@ def run_row(name: str, options: argparse.Namespace) -> dict:
     args = project_args(options)
     with torch.device("meta"):
         run_mofo_pretraining.build_model(args)  # sets patch_size, tubelet_size and window_size on args
-    batch = make_batch(args, device, options.seed)
+    batch = make_batch(args, device, options.seed, reference=name == "reference")
     with PeakMemory(device) as memory:
         torch.manual_seed(options.seed)
         model = run_mofo_pretraining.build_model(args).to(device)

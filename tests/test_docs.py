@@ -25,7 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", "DATASET.md", "PRETRAIN.md", "FINETUNE.md", "BENCHMARKS.md"]
 STAGE_SCRIPTS = sorted((REPO / "scripts").glob("*/*.sh"))
-SCRIPTS = sorted((REPO / "scripts").glob("*.sh")) + STAGE_SCRIPTS
+SCRIPTS = sorted((REPO / "scripts").glob("*.sh")) + sorted((REPO / "benchmarks").glob("*.sh")) + STAGE_SCRIPTS
 SHELL_FENCES = {"", "bash", "sh", "shell", "console"}
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```", re.M | re.S)
 INLINE = re.compile(r"`((?:\w+=\S*\s+)*(?:python3?|torchrun|srun|sbatch|bash)\s[^`\n]*)`")  # inline commands
@@ -102,13 +102,13 @@ def parse_commands(text: str, source: str) -> list[Command]:
     for words in split_commands(text):
         command = Command(source, words)
         found.append(command)
-        launched = False  # python, torchrun, ... seen
+        launched = external = False  # python, torchrun, ... seen; python -m running another package
         for i, word in enumerate(words):
             launched = launched or Path(word).name in LAUNCHERS
             if " " in word:
                 with contextlib.suppress(ValueError):  # not shell code (an awk program, a message)
                     found += parse_commands(word, source)
-            elif not launched or command.entry is not None:
+            elif not launched or command.entry is not None or external:
                 continue
             elif word.endswith(".py") and not word.startswith("-"):
                 command.entry = word.removeprefix("./")
@@ -116,6 +116,8 @@ def parse_commands(text: str, source: str) -> list[Command]:
             elif word == "-m" and i + 1 < len(words) and is_project_module(words[i + 1]):
                 command.entry = f"-m {words[i + 1]}"
                 command.flags = words[i + 2:]
+            elif word == "-m":  # another package's module (pytest, pip): its arguments are not ours to check
+                external = True
         command.flags = [f.split("=")[0] for f in command.flags if re.match(r"^--?[A-Za-z]", f)]
     return found
 
@@ -254,6 +256,7 @@ sbatch --array=0-63 --cpus-per-task=16 --wrap \\
   "python -m motion_detection.extract_boxes --video_list a.csv --output_dir b --flwo dis"
 python run_mofo_nonexistent.py --x 1 | tee out.txt
 ruff check tests/test_docs.py --not-an-entry-point
+timeout 80 python3 -m pytest -q -k cuda tests/test_train_step.py --not-ours
 """
 
 
@@ -264,6 +267,7 @@ def test_the_check_catches_made_up_flags_entry_points_and_variables(entry_flags)
                 "run_mofo_pretraining.py has no flag --made_up_flag",
                 "-m motion_detection.extract_boxes has no flag --flwo", "no entry point run_mofo_nonexistent.py"]
     assert len(errors) == len(expected) and all(e in error for e, error in zip(expected, errors, strict=True)), errors
+    assert not any(c.entry for c in commands if "pytest" in c.words)  # another package's module: not checked
     commented, launched = [c.flags for c in commands if c.entry == "run_mofo_pretraining.py"]
     assert commented == ["--mask_type"]
     assert launched == ["--mask_type", "--mask_ratio", "--made_up_flag"]  # not torchrun's, not echo's

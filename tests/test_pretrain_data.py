@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 import utils
 from datasets import (
@@ -32,7 +32,7 @@ from datasets import (
 from make_synthetic_dataset import CLASSES, clip_seed, make_dataset, render_clip_details, write_mp4
 from masking_generator import inside_box_tokens
 from motion_detection.boxfile import MotionBoxes, load_boxes
-from video_transforms import multiscale_crop_params
+from video_transforms import multiscale_crop_params, normalize_clip, normalize_video
 
 NUM_VIDEOS, VIDEO_FRAMES, WIDTH, HEIGHT = 8, 24, 160, 120
 NUM_FRAMES, SAMPLING_RATE, INPUT_SIZE, PATCH = 8, 2, 64, 8
@@ -69,11 +69,16 @@ def motion_dataset(data, list_file=None, data_root=None, box_dir=None, **kwargs)
                                    str(box_dir or data / "small" / "gt_boxes"), **options)
 
 
-def unnormalize(video: torch.Tensor) -> torch.Tensor:
-    """(3, T, S, S) normalised -> (T, 3, S, S) in [0, 255]."""
-    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1, 1) * 255
-    std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1, 1) * 255
-    return (video * std + mean).permute(1, 0, 2, 3)
+def pixels(item: dict) -> torch.Tensor:
+    """An item's uint8 (T, S, S, 3) frames as float (T, 3, S, S)."""
+    return item["frames"].permute(0, 3, 1, 2).float()
+
+
+def assert_resized_alike(clip: torch.Tensor, expected: torch.Tensor) -> None:
+    """The item's uint8 pixels against a float resize of the same crop: equal up to the integer rounding of
+    torch's uint8 kernel (PIL rounds the same way), which a wrong crop offset or scale exceeds by far."""
+    difference = (clip - expected).abs()
+    assert difference.max() <= 1.01 and difference.mean() <= 0.5, (difference.max(), difference.mean())
 
 
 def resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -152,8 +157,8 @@ def check_item(item: dict, video: Video, indices: np.ndarray, crop: tuple[int, i
     """The item's pixels, box and mask against the crop computed here on the decoded frames and the true boxes.
     Returns how many patches show the object (0 when the crop lost the box)."""
     x0, y0, cw, ch = crop
-    clip = unnormalize(item["video"])
-    assert torch.allclose(clip, crop_resize(video.frames[indices].float(), *crop), atol=1e-2)
+    clip = pixels(item)
+    assert_resized_alike(clip, crop_resize(video.frames[indices].float(), *crop))
 
     sx, sy = video.decoded_w / video.width, video.decoded_h / video.height
     rows = indices if box_source == "clip" else np.arange(len(video.gt))
@@ -283,7 +288,7 @@ def test_large_video_decoded_smaller_with_correct_boxes(data):
         assert min(cw, ch) >= size  # the reduced decode still never upsamples a crop
         item = dataset[0]
         expected = resize(frames[indices, :, y0:y0 + ch, x0:x0 + cw], size, size)
-        assert torch.allclose(unnormalize(item["video"]), expected, atol=1e-2)
+        assert_resized_alike(pixels(item), expected)
         box = expected_box(gt, indices, decoded[0] / 480, decoded[1] / 360, x0, y0, cw, ch)
         np.testing.assert_allclose(item["box"].numpy(), box, atol=1e-4)
 
@@ -362,7 +367,7 @@ def test_corrupt_videos_are_replaced_and_logged(data, corrupt_list, caplog):
         with caplog.at_level(logging.WARNING, logger="datasets"):
             item = dataset[names.index(bad)]
         assert item["replaced"] >= 1
-        assert item["video"].shape == (3, NUM_FRAMES, INPUT_SIZE, INPUT_SIZE)
+        assert item["frames"].shape == (NUM_FRAMES, INPUT_SIZE, INPUT_SIZE, 3)
         assert item["missing_box"] == 0  # the box belongs to the replacement, which has one
         assert any(bad in r.getMessage() and "corrupt" in r.getMessage() for r in caplog.records)
     assert dataset[0]["replaced"] == 0
@@ -398,10 +403,10 @@ def test_repeated_sampling_crops_one_decoded_window(data, videos):
         masks = [item["mask"] for item in items]
         assert not any(torch.equal(masks[a], masks[b]) for a, b in ((0, 1), (0, 2), (1, 2)))
         if len(set(crops)) > 1:
-            assert not all(torch.equal(items[0]["video"], item["video"]) for item in items[1:])
+            assert not all(torch.equal(items[0]["frames"], item["frames"]) for item in items[1:])
         assert [item["replaced"] for item in items] == [0, 0, 0]
     batch = multiple_samples_collate([dataset[0], dataset[1]])
-    assert batch["video"].shape == (6, 3, NUM_FRAMES, INPUT_SIZE, INPUT_SIZE)
+    assert batch["frames"].shape == (6, NUM_FRAMES, INPUT_SIZE, INPUT_SIZE, 3)
     assert batch["mask"].shape == (6, NUM_FRAMES // 2 * GRID * GRID) and batch["mask"].dtype == torch.bool
     assert batch["box"].shape == (6, 4) and batch["replaced"].shape == (6,)
 
@@ -451,12 +456,12 @@ def test_workers_differ_and_runs_reproduce(data, tmp_path):
     dataset = motion_dataset(data, list_file=write_list(tmp_path / "list.csv", ["000002.mp4"] * 8))
     first = loader_outputs(dataset, seed=1)
     masks = torch.cat([batch["mask"] for batch in first])
-    clips = torch.cat([batch["video"] for batch in first])
+    clips = torch.cat([batch["frames"] for batch in first])
     assert len({tuple(mask.tolist()) for mask in masks}) == 8
     assert not torch.equal(masks[0], masks[2]) and not torch.equal(clips[0], clips[2])  # worker 0 vs worker 1
     again = loader_outputs(dataset, seed=1)
     for a, b in zip(first, again, strict=True):
-        assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["video"], b["video"])
+        assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["frames"], b["frames"])
         assert torch.equal(a["box"].nan_to_num(-1.0), b["box"].nan_to_num(-1.0))
     other = torch.cat([batch["mask"] for batch in loader_outputs(dataset, seed=2)])
     assert not torch.equal(masks, other)
@@ -466,15 +471,30 @@ def test_output_format(data, videos):
     dataset = motion_dataset(data)
     for index in range(NUM_VIDEOS):
         item = dataset[index]
-        assert set(item) == {"video", "mask", "box", "replaced", "missing_box"}
-        assert item["video"].dtype == torch.float32
-        assert item["video"].shape == (3, NUM_FRAMES, INPUT_SIZE, INPUT_SIZE)
+        assert set(item) == {"frames", "mask", "box", "replaced", "missing_box"}
+        assert item["frames"].dtype == torch.uint8 and item["frames"].is_contiguous()
+        assert item["frames"].shape == (NUM_FRAMES, INPUT_SIZE, INPUT_SIZE, 3)
         assert item["mask"].dtype == torch.bool and item["mask"].shape == (NUM_FRAMES // 2 * GRID * GRID,)
         assert item["box"].dtype == torch.float32 and item["box"].shape == (4,)
         box = item["box"]
         assert torch.isnan(box).all() or (box.min() >= 0 and box.max() <= 1 and box[2] > box[0] and box[3] > box[1])
         assert item["replaced"] == 0 and item["missing_box"] == 0
-        pixels = unnormalize(item["video"])
-        frames = videos[index].frames.float()
-        assert pixels.min() >= frames.min() - 1e-3 and pixels.max() <= frames.max() + 1e-3
-        assert abs(item["video"].mean()) < 2 and 0.2 < item["video"].std() < 2
+        clip, frames = pixels(item), videos[index].frames.float()
+        assert clip.min() >= frames.min() and clip.max() <= frames.max()
+        assert 2 < clip.std() and clip.min() < clip.max()
+
+
+def test_device_normalisation_of_a_batch_equals_normalising_each_clip(data):
+    """The training step normalises a collated (B, T, S, S, 3) uint8 batch in one pass into (B, 3, T, S, S); each
+    clip comes out as VideoMAE's per-clip ImageNet normalisation of the same pixels."""
+    dataset = motion_dataset(data)
+    items = [dataset[index] for index in range(3)]
+    batch = default_collate(items)["frames"]
+    video = normalize_video(batch.permute(0, 4, 1, 2, 3))
+    assert video.shape == (3, 3, NUM_FRAMES, INPUT_SIZE, INPUT_SIZE) and video.is_contiguous()
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1, 1)
+    for clip, item in zip(video, items, strict=True):
+        expected = (item["frames"].permute(3, 0, 1, 2).float() / 255 - mean) / std
+        torch.testing.assert_close(clip, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(normalize_clip(item["frames"].permute(0, 3, 1, 2)), clip)

@@ -52,7 +52,7 @@ def pretrain_setup(device="cpu", precision="fp32"):
     scaler = utils.NativeScalerWithGradNormCount(enabled=precision == "fp16", device=torch.device(device).type)
     mask = torch.zeros(2, 64, dtype=torch.bool)
     mask[:, ::4] = True
-    batch = {"video": torch.randn(2, 3, 8, 64, 64), "mask": mask}
+    batch = {"frames": torch.randint(0, 256, (2, 8, 64, 64, 3), dtype=torch.uint8), "mask": mask}
     return model, args, optimizer, scaler, batch
 
 

@@ -15,7 +15,7 @@ from timm.models import create_model
 
 import make_synthetic_dataset as synthetic
 from datasets import VideoMAEPretrainDataset
-from engine_for_pretraining import masked_count, pretrain_loss
+from engine_for_pretraining import masked_count, pixel_targets, pretrain_loss
 from modeling_pretrain import parse_targets, split_tokens
 from test_pretraining import pretrain, run_args
 from trajectory_targets import (
@@ -25,6 +25,7 @@ from trajectory_targets import (
     trajectory_dim,
     trajectory_targets_from_flow,
 )
+from video_transforms import normalize_video
 
 GRID = (2, 3, 4)  # tubelets, patch rows, patch columns: non-square catches swapped axes
 PATCH = 8
@@ -145,7 +146,7 @@ def test_dataset_adds_targets_and_keeps_the_sampled_clip(dataset_root):
     plain = pretrain_dataset(dataset_root, num_sample=2)
     for index in range(len(plain)):
         for item, reference in zip(with_targets[index], plain[index], strict=True):
-            torch.testing.assert_close(item["video"], reference["video"])
+            assert torch.equal(item["frames"], reference["frames"])
             assert torch.equal(item["mask"], reference["mask"])
             assert item["trajectory"].shape == (64, targets.dim) and item["trajectory"].dtype == torch.float32
             assert torch.isfinite(item["trajectory"]).all()
@@ -187,16 +188,21 @@ def test_loss_sums_the_weighted_target_losses():
     model = tiny_model("pixel+trajectory").eval()
     mask = torch.zeros(2, 64, dtype=torch.bool)
     mask[:, ::3] = True
-    batch = {"video": torch.randn(2, 3, 8, 64, 64), "mask": mask, "trajectory": torch.randn(2, 64, 32)}
+    frames = torch.randint(0, 256, (2, 8, 64, 64, 3), dtype=torch.uint8)
+    batch = {"frames": frames, "mask": mask, "trajectory": torch.randn(2, 64, 32)}
     args = SimpleNamespace(targets=("pixel", "trajectory"), patch_size=(16, 16), tubelet_size=2, normlize_target=True,
                            precision="fp32", pixel_loss_weight=0.5, trajectory_loss_weight=2.0)
     loss, parts = pretrain_loss(model, batch, torch.device("cpu"), args)
     assert set(parts) == {"pixel", "trajectory"}
     torch.testing.assert_close(loss, 0.5 * parts["pixel"] + 2.0 * parts["trajectory"])
     # The trajectory loss compares the masked tokens' predictions with their targets, in token order.
-    predictions = model(batch["video"], mask)["trajectory"]
-    expected = torch.nn.functional.mse_loss(predictions, batch["trajectory"][mask].reshape(2, -1, 32))
+    video = frames.permute(0, 4, 1, 2, 3)
+    predictions = model(normalize_video(video), mask)
+    expected = torch.nn.functional.mse_loss(predictions["trajectory"], batch["trajectory"][mask].reshape(2, -1, 32))
     torch.testing.assert_close(parts["trajectory"], expected)
+    # The pixel target comes from the uint8 frames as pixels in [0, 1] (VideoMAE un-normalises its input instead).
+    pixels = pixel_targets(video.float() / 255, 16, 2)[mask].reshape(2, -1, 16 * 16 * 2 * 3)
+    torch.testing.assert_close(parts["pixel"], torch.nn.functional.mse_loss(predictions["pixel"], pixels))
 
 
 def test_masked_count_needs_equal_counts():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import create_model
 
 import make_synthetic_dataset
@@ -126,7 +127,9 @@ class OracleModel(torch.nn.Module):
         self.normalize = normalize
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        targets = pixel_targets(video, 16, self.encoder.patch_embed.tubelet_size, self.normalize)
+        std, mean = (torch.tensor(stats).view(3, 1, 1, 1) for stats in (IMAGENET_DEFAULT_STD, IMAGENET_DEFAULT_MEAN))
+        pixels = video * std + mean
+        targets = pixel_targets(pixels, 16, self.encoder.patch_embed.tubelet_size, self.normalize)
         return targets[mask].reshape(video.shape[0], -1, targets.shape[-1])
 
 

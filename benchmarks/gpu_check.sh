@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Every GPU figure of BENCHMARKS.md and the CUDA-only tests in one run, for a session lent a GPU machine.
+#
+#   here, once:  bash benchmarks/gpu_check.sh --fetch-wheels   # decord + tensorboardX wheels -> .whl/ (14 MB)
+#   device:      command "bash benchmarks/gpu_check.sh", carry [".whl"], timeout_s 600
+#
+# The GPU image has PyTorch, timm, einops and OpenCV without its contrib modules; decord and tensorboardX come as
+# wheels (installed under /tmp/site). OpenCV-contrib's wheel is over the device's 64 MiB transfer limit and PyAV is
+# not needed, so the motion table there times dis and tvl1_torch, and the OpenCV TV-L1 rate per core to compare
+# with is the CPU table's. Each step writes its output to $OUT/NAME.txt (default .device/gpu_check, ignored by git)
+# and a line to $OUT/summary.txt as soon as it ends, and has its own time limit (together about 8 minutes), so a
+# slow step costs only its own figures. Exit status 1 if any step failed or ran out of time.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+WHEELS=(decord==0.6.0 tensorboardX==2.6.5)
+
+if [[ ${1:-} == --fetch-wheels ]]; then
+    exec python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --platform manylinux2010_x86_64 --platform manylinux1_x86_64 -d .whl "${WHEELS[@]}"
+fi
+if [[ $# -gt 0 ]]; then
+    echo "usage: bash benchmarks/gpu_check.sh [--fetch-wheels]" >&2
+    exit 2
+fi
+
+OUT=${OUT:-.device/gpu_check}
+mkdir -p "$OUT"
+: > "$OUT/summary.txt"
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+elif ! python3 -c "import decord, tensorboardX" 2> /dev/null; then
+    echo "decord or tensorboardX is missing: run 'bash benchmarks/gpu_check.sh --fetch-wheels' here and carry .whl" >&2
+    exit 1
+fi
+export PYTHONUNBUFFERED=1
+FAILED=0
+
+step() {  # NAME LIMIT_S COMMAND...: run COMMAND with a time limit, its output to $OUT/NAME.txt
+    local name=$1 limit=$2 start=$SECONDS rc
+    shift 2
+    echo "== $name: $*"
+    timeout -k 10 "$limit" "$@" > "$OUT/$name.txt" 2>&1
+    rc=$?
+    ((rc == 0)) || FAILED=1
+    echo "$name: exit $rc after $((SECONDS - start)) s (limit $limit s)" >> "$OUT/summary.txt"
+    tail -n 20 "$OUT/$name.txt"
+}
+
+{ date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python3 -c \
+    "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"; } > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+step cuda_tests 80 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_train_step.py \
+    tests/test_flow_torch.py tests/test_masking.py
+step motion 60 python3 benchmarks/bench_motion.py --flows tvl1_torch dis --torch_devices cuda --pairs 512 \
+    --batch_size 64
+step pretrain_step 200 python3 benchmarks/bench_pretrain_step.py --compile
+step finetune_step 80 python3 benchmarks/bench_finetune_step.py
+step data 60 python3 benchmarks/bench_data.py --num_videos 8 --width 320 --height 240 --video_frames 48 --rounds 7
+cat "$OUT/summary.txt"
+exit "$FAILED"
