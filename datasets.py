@@ -164,6 +164,15 @@ FINETUNING_BOX_REMEDY = ("Run motion_detection.extract_boxes for them: the motio
                          " video.")
 
 
+def box_video_paths(videos: list[str], data_root: str) -> list[str]:
+    """The listed videos as paths below ``data_root`` (absolute entries below it included), which the box files
+    mirror."""
+    try:
+        return [relative_video_path(video, data_root) for video in videos]
+    except ValueError as e:
+        raise ValueError(f"{e} (box files mirror paths below --data_root {data_root!r})") from None
+
+
 class MotionBoxIndex:
     """Box files of a video list under ``box_dir`` (mirroring the list's relative paths)."""
 
@@ -283,7 +292,7 @@ class VideoMAEPretrainDataset(Dataset):
             self.base_frames = slice(base * tubelet_size, (base + 1) * tubelet_size)  # sampled frames of the base
         else:
             self.mask_generator = TubeMaskingGenerator(self.window_size, mask_ratio)
-        videos = [path for path, _ in self.entries]
+        videos = box_video_paths([path for path, _ in self.entries], data_root) if uses_boxes else []
         self.boxes = MotionBoxIndex(box_dir, videos, missing_box) if uses_boxes else None
         self.reseed(seed)
 
@@ -523,7 +532,7 @@ class VideoClassificationDataset(Dataset):
         self.num_sample = num_sample if mode == "train" else 1
         train = mode == "train"
         self.rand_augment = ClipRandAugment(rand_augment, input_size) if train and rand_augment else None
-        self.eraser = (RandomErasing(reprob, mode=remode, max_count=recount, device="cpu")
+        self.eraser = (RandomErasing(reprob, mode=remode, max_count=recount, num_splits=recount, device="cpu")
                        if train and reprob > 0 else None)
         # Decoding smaller never drops pixels the output uses: training crops keep at least
         # sqrt(min scale x min ratio) of the short side, validation/test resize the short side to short_side_size.
@@ -534,10 +543,7 @@ class VideoClassificationDataset(Dataset):
                                   if train else short_side_size)
         self.box_index, self._box_slots, self._box_cache = None, [], OrderedDict()
         if box_dir:
-            try:
-                relative = [relative_video_path(entry.video, data_root) for entry in entries]
-            except ValueError as e:
-                raise ValueError(f"{e} (box files mirror paths below --data_root {data_root!r})") from None
+            relative = box_video_paths([entry.video for entry in entries], data_root)
             distinct = list(dict.fromkeys(relative))
             slot = {video: k for k, video in enumerate(distinct)}
             self.box_index = MotionBoxIndex(box_dir, distinct, "error", FINETUNING_BOX_REMEDY)

@@ -66,7 +66,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weight_decay_end", default=None, type=float)
     parser.add_argument("--lr", default=1e-3, type=float, help="base lr: the lr is lr * total batch / 256")
     parser.add_argument("--layer_decay", default=0.75, type=float, help="layer-wise lr decay")
-    parser.add_argument("--warmup_lr", default=1e-6, type=float)
+    parser.add_argument("--warmup_lr", default=0.0, type=float,
+                        help="lr at the first warmup step (scaled like --lr). VideoMAE's flag says 1e-6 but its"
+                             " schedules never read it and warm up from 0, which is this default")
     parser.add_argument("--min_lr", default=1e-6, type=float)
     parser.add_argument("--warmup_epochs", default=5, type=int)
     parser.add_argument("--warmup_steps", default=-1, type=int)
@@ -126,10 +128,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pin_mem", action="store_true", default=True)
     parser.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
 
-    # distributed
-    parser.add_argument("--dist_url", default="env://")
-    parser.add_argument("--enable_deepspeed", action="store_true")
-    parser.add_argument("--zero_stage", default=0, type=int, choices=[0, 1, 2])
+    parser.add_argument("--dist_eval", action="store_true",
+                        help="VideoMAE's switch for validating on every rank: validation and the final test here always"
+                             " split the videos over the ranks and merge their results")
+    utils.add_distributed_args(parser)
     return parser
 
 

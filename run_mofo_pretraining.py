@@ -79,7 +79,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weight_decay_end", default=None, type=float,
                         help="final weight decay of the cosine schedule (default: --weight_decay)")
     parser.add_argument("--lr", default=1.5e-4, type=float, help="base lr: the lr is lr * total batch / 256")
-    parser.add_argument("--warmup_lr", default=1e-6, type=float)
+    parser.add_argument("--warmup_lr", default=0.0, type=float,
+                        help="lr at the first warmup step (scaled like --lr). VideoMAE's flag says 1e-6 but its"
+                             " schedules never read it and warm up from 0, which is this default")
     parser.add_argument("--min_lr", default=1e-5, type=float)
     parser.add_argument("--warmup_epochs", default=40, type=int)
     parser.add_argument("--warmup_steps", default=-1, type=int, help="overrides --warmup_epochs when > 0")
@@ -113,10 +115,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pin_mem", action="store_true", default=True, help="pin CPU memory in the data loader")
     parser.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
 
-    # distributed
-    parser.add_argument("--dist_url", default="env://", help="url used to set up distributed training")
-    parser.add_argument("--enable_deepspeed", action="store_true", help="train with DeepSpeed instead of DDP")
-    parser.add_argument("--zero_stage", default=0, type=int, choices=[0, 1, 2], help="DeepSpeed ZeRO stage")
+    utils.add_distributed_args(parser)
     return parser
 
 

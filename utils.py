@@ -7,6 +7,7 @@ import argparse
 import datetime
 import math
 import os
+import pickle
 import random
 import re
 import subprocess
@@ -41,6 +42,16 @@ def slurm_master_addr(nodelist: str) -> str:
     except (OSError, subprocess.CalledProcessError, IndexError):
         match = re.match(r"([^,\[]+)(?:\[(\d+))?", nodelist)
         return match.group(1) + (match.group(2) or "")
+
+
+def add_distributed_args(parser: argparse.ArgumentParser) -> None:
+    """The distributed flags of both run scripts, with VideoMAE's names."""
+    parser.add_argument("--dist_url", default="env://", help="url used to set up distributed training")
+    parser.add_argument("--local_rank", "--local-rank", default=-1, type=int,
+                        help="passed by torch.distributed.launch (VideoMAE's launcher), which also exports LOCAL_RANK:"
+                             " the rank and GPU are taken from that environment, as under torchrun or srun")
+    parser.add_argument("--enable_deepspeed", action="store_true", help="train with DeepSpeed instead of DDP")
+    parser.add_argument("--zero_stage", default=0, type=int, choices=[0, 1, 2], help="DeepSpeed ZeRO stage")
 
 
 def init_distributed_mode(args) -> None:
@@ -375,13 +386,22 @@ CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)(\.pth)?$")
 
 
 def save_on_master(state: dict, path: str | Path) -> None:
-    """torch.save to ``path.tmp`` then rename, on the main process: never a half-written checkpoint."""
+    """torch.save to ``path.tmp``, flushed to disk, then renamed, on the main process: never a half-written
+    checkpoint, also after a node crash (the rename and the data are both synced before the next epoch)."""
     if not is_main_process():
         return
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def checkpoint_state(model_without_ddp, optimizer, loss_scaler, epoch: int, args) -> dict:
@@ -419,8 +439,14 @@ def latest_checkpoint(output_dir: str | Path, deepspeed: bool) -> Path | None:
 
 
 def load_checkpoint_file(path: str | Path) -> dict:
-    """Checkpoints from anywhere are read with weights_only=True (no arbitrary code from pickles)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Checkpoints from anywhere are read with weights_only=True (no arbitrary code from pickles). The one class
+    allowed besides tensors and plain containers is ``argparse.Namespace``: VideoMAE's and the MOFO release's
+    ``save_model`` store their ``args`` as one, so their released checkpoints load as they are."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise pickle.UnpicklingError(f"{path}: refused by torch.load(weights_only=True): {e}") from None
 
 
 def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler) -> None:

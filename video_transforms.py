@@ -11,7 +11,7 @@ moving object. The MOFO release got this wrong: its crops ignored the crop offse
 left the box where it was.
 
 Fine-tuning training applies, as VideoMAE: random resized crop, horizontal flip (not for SSV2), RandAugment with
-timm's ops (drawn once per clip), ImageNet normalisation and timm's random erasing (one rectangle per clip).
+timm's ops (drawn once per clip), ImageNet normalisation and timm's random erasing (frame by frame, as VideoMAE).
 """
 
 from __future__ import annotations
@@ -264,8 +264,8 @@ class ClipRandAugment:
 
 
 def erase_clip(video: torch.Tensor, eraser: RandomErasing, rng: np.random.Generator) -> torch.Tensor:
-    """timm's random erasing with one rectangle for the whole normalised clip (3, T, H, W), in place: a 3-D input
-    gets one rectangle across all its channels, so the clip goes in as (3*T, H, W)."""
+    """timm's random erasing as VideoMAE applies it, in place on the normalised clip (3, T, H, W): the clip goes in as
+    a batch of T frames, so every frame is erased on its own (probability ``--reprob``, its own rectangles)."""
     with seeded_global_rngs(rng):
-        eraser(video.view(-1, *video.shape[-2:]))
+        eraser(video.transpose(0, 1))
     return video

@@ -57,7 +57,7 @@ for row in "tube --mask_type tube" \
            "trajectory --mask_type tube --target pixel+trajectory"; do
     read -r name options <<< "$row"
     read -ra options <<< "$options"
-    python run_mofo_pretraining.py "${PRETRAIN_ARGS[@]}" "${options[@]}" --box_dir "$OUT"/learn_boxes \
+    python run_mofo_pretraining.py "${PRETRAIN_ARGS[@]}" ${options[@]+"${options[@]}"} --box_dir "$OUT"/learn_boxes \
         --output_dir "$OUT"/pretrain_"$name" --log_dir "$OUT"/pretrain_"$name"/tb > "$OUT"/pretrain_"$name".log
 done
 python scripts/loss_curves.py "$OUT"/pretrain_tube "$OUT"/pretrain_motion "$OUT"/pretrain_guided \
@@ -80,7 +80,7 @@ for row in "scratch none vit_mini_patch16_224" \
     if [[ $pretraining != none ]]; then
         init=(--finetune "$OUT/pretrain_$pretraining/checkpoint-$((EPOCHS - 1)).pth")
     fi
-    python run_mofo_finetuning.py "${FINETUNE_ARGS[@]}" --model "$model" "${init[@]}" \
+    python run_mofo_finetuning.py "${FINETUNE_ARGS[@]}" --model "$model" ${init[@]+"${init[@]}"} \
         --output_dir "$OUT"/finetune_"$name" > "$OUT"/finetune_"$name".log
 done
 python scripts/results_table.py "$OUT"/finetune_scratch "$OUT"/finetune_videomae "$OUT"/finetune_mofo_star \

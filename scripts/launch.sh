@@ -3,11 +3,13 @@
 #
 #   launch ENTRY.py [ARGS...]   runs a training entry point with one process per GPU:
 #     - inside a SLURM allocation (sbatch, salloc) with srun on PATH: `srun python ENTRY.py ARGS`, one task per GPU
-#       as the #SBATCH lines ask (--ntasks-per-node = GPUs per node); the Python code takes its rank, world size
-#       and GPU from SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID, and the master address from the job's nodes;
+#       as the #SBATCH lines ask (--ntasks-per-node = GPUs per node), or $GPUS tasks per node in an allocation that
+#       sets no tasks per node (a plain `salloc --gres=gpu:8`); the Python code takes its rank, world size and GPU
+#       from SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID, and the master address from the job's nodes;
 #     - anywhere else (plain `bash` on one node): `torchrun --standalone --nproc_per_node $GPUS ENTRY.py ARGS`.
 #   EXTRA           the words of $EXTRA_ARGS (split on whitespace, no globbing), for the scripts to append last:
-#                   argparse keeps the last value of a flag, so EXTRA_ARGS overrides the script's settings.
+#                   argparse keeps the last value of a flag, so EXTRA_ARGS overrides the script's settings. Scripts
+#                   expand it as ${EXTRA[@]+"${EXTRA[@]}"}: bash before 4.4 takes an empty array as unset (set -u).
 #   epic_videos CSV...   "<participant>/videos/<video>.MP4 0" for every row of EPIC-KITCHENS-100 annotation csvs:
 #                   a VideoMAE-style list of the long videos, a video once per action segment.
 
@@ -17,7 +19,12 @@ read -ra EXTRA <<< "${EXTRA_ARGS:-}"
 launch() {
     if [[ -n "${SLURM_JOB_ID:-}" ]] && command -v srun > /dev/null; then
         # srun no longer inherits sbatch's --cpus-per-task (SLURM 22.05+): pass it on for the data loaders.
-        srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"} python "$@"
+        local tasks=()
+        if [[ -z "${SLURM_NTASKS_PER_NODE:-}" && -n "${GPUS:-}" ]]; then
+            tasks=(--ntasks-per-node="$GPUS")  # salloc without --ntasks-per-node: one task per GPU all the same
+        fi
+        srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"} \
+            ${tasks[@]+"${tasks[@]}"} python "$@"
     else
         torchrun --standalone --nproc_per_node "${GPUS:?set GPUS to the number of GPUs}" "$@"
     fi

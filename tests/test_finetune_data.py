@@ -498,8 +498,9 @@ def test_epic_pretrimmed_clips_and_unlabelled_csv(epic, videos, tmp_path):
         build_dataset(True, False, epic_args(epic, data_path=str(tmp_path)))
 
 
-def test_clip_consistent_rand_augment_and_erasing(data, videos):
-    """A clip of one repeated frame stays a clip of one repeated frame through RandAugment and random erasing."""
+def test_clip_consistent_rand_augment_and_per_frame_erasing(data, videos):
+    """A clip of one repeated frame stays a clip of one repeated frame through RandAugment (VideoMAE draws its ops
+    once per clip); random erasing, as in VideoMAE, erases each frame on its own."""
     augmenter = ClipRandAugment(POLICY, INPUT)
     still = videos[3].frames[[5] * NUM_FRAMES]
     boxes = np.tile(scale_box(videos[3].gt[5], INPUT / WIDTH, INPUT / HEIGHT), (NUM_FRAMES, 1))
@@ -512,19 +513,21 @@ def test_clip_consistent_rand_augment_and_erasing(data, videos):
         changed += not torch.equal(out, clip)
     assert changed >= 20
 
+    # Random erasing as VideoMAE does it: every frame on its own, one rectangle each at --reprob 1.
     for mode in ("const", "pixel"):
         dataset = build_dataset(True, False, make_args(data, reprob=1.0, remode=mode))
-        erased_frames = 0
+        erased_frames, differing_clips = 0, 0
         for index in range(NUM_VIDEOS):
             dataset.reseed(index)
             draw = replay_train(dataset, VIDEO_FRAMES)
             video = unnormalize(dataset[index]["video"])
-            erased = (video - augment(videos[index].frames[draw.indices], draw, [])).abs().amax(1) > 1e-2
-            assert (erased == erased[0]).all()  # the same rectangle in every frame
-            box = mask_bbox(erased[0])
-            assert box is not None and erased[0].sum() == (box[2] - box[0]) * (box[3] - box[1])
+            erased = (video - augment(videos[index].frames[draw.indices], draw, []).float()).abs().amax(1) > 1e-2
+            for frame in erased:
+                box = mask_bbox(frame)
+                assert box is not None and frame.sum() == (box[2] - box[0]) * (box[3] - box[1])
             erased_frames += int(erased.any((1, 2)).sum())
-        assert erased_frames == NUM_VIDEOS * NUM_FRAMES
+            differing_clips += not (erased == erased[0]).all()
+        assert erased_frames == NUM_VIDEOS * NUM_FRAMES and differing_clips == NUM_VIDEOS
 
 
 def test_missing_and_malformed_box_files(data, tmp_path):

@@ -317,6 +317,13 @@ def test_box_files_mirror_the_list_paths(data, videos, tmp_path):
         item = dataset[0]
         assert item["missing_box"] == 0
         check_item(item, videos[3], indices, crop, box_source="video")
+    # VideoMAE's lists often hold absolute paths: below --data_root they find the same box file.
+    absolute = write_list(tmp_path / "absolute.csv", [str(tmp_path / "videos" / "a" / "b.mp4")])
+    dataset = motion_dataset(data, list_file=absolute, data_root=tmp_path / "videos", box_dir=tmp_path / "boxes")
+    assert dataset[0]["missing_box"] == 0 and dataset.boxes.load(0) is not None
+    outside = write_list(tmp_path / "outside.csv", [str(data / "small" / "videos" / "000003.mp4")])
+    with pytest.raises(ValueError, match="000003.mp4: not below --video_root.*box files mirror paths below"):
+        motion_dataset(data, list_file=outside, data_root=tmp_path / "videos", box_dir=tmp_path / "boxes")
 
 
 def test_missing_box_random_gives_plain_tube_masks(data, tmp_path, caplog):

@@ -85,6 +85,17 @@ def test_pixel_targets_match_a_per_tube_reference():
     torch.testing.assert_close(raw[1, t * 4 + h * 2 + w], tube.reshape(3, -1).T.reshape(-1))
 
 
+def test_lr_warmup_starts_at_zero_like_videomae_unless_warmup_lr_is_given():
+    import run_mofo_finetuning
+    import run_mofo_pretraining
+
+    for parser in (run_mofo_pretraining.get_args_parser(), run_mofo_finetuning.get_args_parser()):
+        for extra, first in (([], 0.0), (["--warmup_lr", "1e-4"], 1e-4)):
+            args = parser.parse_args(["--epochs", "4", "--warmup_epochs", "1", *extra])
+            lr_schedule, _ = utils.build_schedules(args, niter_per_ep=5)
+            assert lr_schedule[0] == pytest.approx(first) and lr_schedule[4] == pytest.approx(args.lr)
+
+
 def test_cosine_schedule_warms_up_then_decays():
     schedule = utils.cosine_scheduler(1.0, 0.1, epochs=4, niter_per_ep=5, warmup_epochs=1, start_warmup_value=0.0)
     assert len(schedule) == 20
@@ -156,6 +167,18 @@ def test_ddp_with_two_processes_launched_as_srun_tasks(dataset, tmp_path):
     assert checkpoint["epoch"] == 0 and np.isfinite(epoch_losses(out)[0])
 
 
+def test_videomae_launcher_with_two_processes(dataset, tmp_path):
+    """VideoMAE's scripts launch with ``python -m torch.distributed.launch``, which appends ``--local-rank=N``."""
+    out = tmp_path / "launch"
+    launch = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node", "2", "--master_port",
+              str(free_port()), "run_mofo_pretraining.py"]
+    result = subprocess.run(launch + run_args(dataset, out, "--epochs", "1"), cwd=REPO, env=clean_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "distributed init (rank 1/2, gloo)" in result.stdout + result.stderr
+    assert utils.load_checkpoint_file(out / "checkpoint-0.pth")["epoch"] == 0
+
+
 def test_deepspeed_with_two_processes_and_resume(dataset, tmp_path):
     out = tmp_path / "deepspeed"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
@@ -197,12 +220,17 @@ def test_missing_box_files_fail_before_training(dataset, tmp_path):
 
 
 def test_resume_from_a_videomae_style_checkpoint_loads_strictly(dataset, tmp_path):
-    """Released VideoMAE/MOFO pretraining checkpoints hold only {'model': state_dict}."""
+    """Released VideoMAE/MOFO pretraining checkpoints: the state dict under 'model', and the run's argparse
+    Namespace under 'args' (their save_model stores it; weights_only loading must still accept the file)."""
+    import argparse
+
     import modeling_pretrain
 
     model = modeling_pretrain.pretrain_videomae_mini_patch16_224(img_size=64, num_frames=8, decoder_depth=1)
     released = tmp_path / "released.pth"
-    torch.save({"model": model.state_dict()}, released)
+    videomae_args = argparse.Namespace(model="pretrain_videomae_base_patch16_224", lr=1.5e-4, window_size=(8, 14, 14),
+                                       mask_type="tube", imagenet_default_mean_and_std=True, resume="")
+    torch.save({"model": model.state_dict(), "args": videomae_args}, released)
     result = pretrain(run_args(dataset, tmp_path / "out", "--epochs", "1", "--resume", str(released)))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "from epoch 0" in result.stdout
@@ -222,5 +250,5 @@ def test_checkpoints_are_atomic_and_loaded_without_pickled_code(tmp_path):
     assert utils.latest_checkpoint(tmp_path, deepspeed=False) == tmp_path / "checkpoint-4.pth"
     assert utils.load_checkpoint_file(tmp_path / "checkpoint-4.pth")["epoch"] == 4
     torch.save({"model": {}, "payload": Path("x")}, tmp_path / "evil.pth")
-    with pytest.raises(Exception, match="[Ww]eights"):
+    with pytest.raises(Exception, match=r"(?s)evil.pth: refused by torch.load\(weights_only=True\).*PosixPath"):
         utils.load_checkpoint_file(tmp_path / "evil.pth")

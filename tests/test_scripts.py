@@ -266,9 +266,14 @@ def test_under_slurm_srun_runs_python_from_the_submission_directory(dry_run, tmp
     spool = tmp_path / "spool" / "job42"  # sbatch runs a copy of the script from its spool folder
     spool.mkdir(parents=True)
     shutil.copy(REPO / "scripts/ssv2/pretrain.sh", spool / "slurm_script")
-    slurm = {"SLURM_JOB_ID": "42", "SLURM_SUBMIT_DIR": str(REPO), "SLURM_CPUS_PER_TASK": "12"}
+    slurm = {"SLURM_JOB_ID": "42", "SLURM_SUBMIT_DIR": str(REPO), "SLURM_CPUS_PER_TASK": "12",
+             "SLURM_NTASKS_PER_NODE": "8"}  # as sbatch sets them from the script's #SBATCH lines
     words = dry_run(spool / "slurm_script", **slurm)
     assert words[:5] == ["srun", "--kill-on-bad-exit=1", "--cpus-per-task=12", "python", "run_mofo_pretraining.py"]
+    # An allocation without tasks per node (`salloc --gres=gpu:4`, then `GPUS=4 bash scripts/...`): GPUS tasks.
+    salloc = {"SLURM_JOB_ID": "43", "GPUS": "4"}
+    words = dry_run(REPO / "scripts/ssv2/finetune_mofo.sh", **salloc)
+    assert words[:4] == ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=4", "python"]
     # Box extraction runs once per array task, without srun; the shard comes from SLURM_ARRAY_TASK_*.
     assert dry_run(REPO / "scripts/ssv2/boxes.sh", **slurm)[:3] == ["python", "-m", "motion_detection.extract_boxes"]
     elsewhere = run_script(spool / "slurm_script", tmp_path, **slurm | {"SLURM_SUBMIT_DIR": str(tmp_path)})

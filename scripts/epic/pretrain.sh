@@ -39,4 +39,4 @@ launch run_mofo_pretraining.py \
     --mask_type "$MASK_TYPE" --mask_ratio 0.9 --motion_mask_ratio 0.75 \
     --model "$MODEL" --decoder_depth 4 --batch_size "$BATCH_SIZE" --num_frames 16 --sampling_rate 2 \
     --opt adamw --opt_betas 0.9 0.95 --lr 1.5e-4 --warmup_epochs 40 --epochs "$EPOCHS" \
-    --save_ckpt_freq 20 --output_dir "$OUTPUT_DIR" --log_dir "$OUTPUT_DIR/tb" "${EXTRA[@]}"
+    --save_ckpt_freq 20 --output_dir "$OUTPUT_DIR" --log_dir "$OUTPUT_DIR/tb" ${EXTRA[@]+"${EXTRA[@]}"}

@@ -30,9 +30,9 @@ BOXES=()
 if [[ $MODEL == *_mofo ]]; then BOXES=(--box_dir "$BOX_DIR"); fi
 
 launch run_mofo_finetuning.py \
-    --data_set SSV2 --nb_classes 174 --data_path "$DATA_PATH" --data_root "$DATA_ROOT" "${BOXES[@]}" \
+    --data_set SSV2 --nb_classes 174 --data_path "$DATA_PATH" --data_root "$DATA_ROOT" ${BOXES[@]+"${BOXES[@]}"} \
     --model "$MODEL" --finetune "$PRETRAINED" \
     --batch_size "$BATCH_SIZE" --num_sample 2 --num_frames 16 --input_size 224 --short_side_size 224 \
     --opt adamw --opt_betas 0.9 0.999 --lr 5e-4 --layer_decay 0.75 --weight_decay 0.05 \
     --warmup_epochs 5 --epochs "$EPOCHS" --drop_path 0.1 --save_ckpt_freq 5 \
-    --test_num_segment 2 --test_num_crop 3 --output_dir "$OUTPUT_DIR" --log_dir "$OUTPUT_DIR/tb" "${EXTRA[@]}"
+    --test_num_segment 2 --test_num_crop 3 --output_dir "$OUTPUT_DIR" --log_dir "$OUTPUT_DIR/tb" ${EXTRA[@]+"${EXTRA[@]}"}
