@@ -33,6 +33,7 @@ SEPARATORS = set(";&|\n")  # a punctuation token holding one of these ends a com
 ASSIGNMENT = re.compile(r"^([A-Za-z_]\w*)=")
 READ_VARIABLE = re.compile(r"\$\{?([A-Za-z_]\w*)")
 LAUNCHERS = {"python", "python3", "torchrun", "srun", "deepspeed", "launch"}  # launch: scripts/launch.sh
+MODULE_LAUNCHERS = {"torch.distributed.launch", "torch.distributed.run"}  # python -m X ENTRY.py ...
 
 
 @dataclass
@@ -116,8 +117,8 @@ def parse_commands(text: str, source: str) -> list[Command]:
             elif word == "-m" and i + 1 < len(words) and is_project_module(words[i + 1]):
                 command.entry = f"-m {words[i + 1]}"
                 command.flags = words[i + 2:]
-            elif word == "-m":  # another package's module (pytest, pip): its arguments are not ours to check
-                external = True
+            elif word == "-m" and i + 1 < len(words) and words[i + 1] not in MODULE_LAUNCHERS:
+                external = True  # another package's module (pytest, pip): its arguments are not ours to check
         command.flags = [f.split("=")[0] for f in command.flags if re.match(r"^--?[A-Za-z]", f)]
     return found
 
@@ -257,6 +258,7 @@ sbatch --array=0-63 --cpus-per-task=16 --wrap \\
 python run_mofo_nonexistent.py --x 1 | tee out.txt
 ruff check tests/test_docs.py --not-an-entry-point
 timeout 80 python3 -m pytest -q -k cuda tests/test_train_step.py --not-ours
+python -m torch.distributed.launch --nproc_per_node 8 run_mofo_pretraining.py --mask_type tube --no_such_launch_flag
 """
 
 
@@ -265,10 +267,11 @@ def test_the_check_catches_made_up_flags_entry_points_and_variables(entry_flags)
     errors = check(commands, entry_flags)
     expected = ["does not read $NOT_READ_BY_IT", "have no flag --no_such_flag",
                 "run_mofo_pretraining.py has no flag --made_up_flag",
-                "-m motion_detection.extract_boxes has no flag --flwo", "no entry point run_mofo_nonexistent.py"]
+                "-m motion_detection.extract_boxes has no flag --flwo", "no entry point run_mofo_nonexistent.py",
+                "run_mofo_pretraining.py has no flag --no_such_launch_flag"]
     assert len(errors) == len(expected) and all(e in error for e, error in zip(expected, errors, strict=True)), errors
     assert not any(c.entry for c in commands if "pytest" in c.words)  # another package's module: not checked
-    commented, launched = [c.flags for c in commands if c.entry == "run_mofo_pretraining.py"]
+    commented, launched, _ = [c.flags for c in commands if c.entry == "run_mofo_pretraining.py"]
     assert commented == ["--mask_type"]
     assert launched == ["--mask_type", "--mask_ratio", "--made_up_flag"]  # not torchrun's, not echo's
     assert help_flags("usage: x [-h]\n\ndescription mentions --desc_flag\n\noptions:\n  -h, --help  help\n"
