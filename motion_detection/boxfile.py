@@ -16,6 +16,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +27,8 @@ import numpy as np
 BOX_FILE_VERSION = 1
 _COORD_DECIMALS = 2
 _TOLERANCE = 1e-3
+TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")  # .NAME.RANDOM.tmp, written by atomic_write_text
+STALE_TEMP_AGE = 3600.0  # seconds; a temp file lives for one write, so an older one was left by a killed writer
 
 
 class BoxFileError(ValueError):
@@ -93,15 +98,40 @@ def relative_video_path(entry: str, video_root: str) -> str:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to ``path.tmp`` and rename: a killed writer never leaves a half-written ``path``."""
+    """Write to a temporary file of its own in the same folder (``.NAME.RANDOM.tmp``, created exclusively, so two
+    writers never share one) and rename it to ``path``: a killed writer never leaves a half-written ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, max_age: float = STALE_TEMP_AGE) -> int:
+    """Delete the temp files of :func:`atomic_write_text` in ``folder`` older than ``max_age`` seconds (left by
+    killed writers; younger ones may belong to a run still writing). Returns how many were deleted."""
+    deadline, removed = time.time() - max_age, 0
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if TEMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False) and \
+                    entry.stat(follow_symlinks=False).st_mtime < deadline:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:  # removed meanwhile by another run
+            continue
+    return removed
 
 
 def save_boxes(path: str | os.PathLike, boxes: MotionBoxes) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 
 from .boxfile import MotionBoxes
 from .flow import create_flow
-from .video import VideoReadError, iter_frames, open_video
+from .video import VideoReadError, check_frame_count, iter_frames, open_video
 
 MOTION_MAPS = ("boundary", "magnitude")
 
@@ -296,7 +296,8 @@ class MotionBoxDetector:
     def detect_video(self, path, video_name: str) -> MotionBoxes:
         """Decode a video file frame by frame (constant memory) and build its box record. A backend that reads
         motion from the file itself (``flows_from_video(path, working_size)``, e.g. codec motion vectors) is
-        given the file instead of decoded frame pairs."""
+        given the file instead of decoded frame pairs. A video that decodes to clearly fewer frames than its
+        container reports (truncated or corrupt) raises VideoReadError rather than giving boxes for part of it."""
         cap, info = open_video(path)
         if hasattr(self.backend, "flows_from_video"):
             cap.release()
@@ -304,6 +305,7 @@ class MotionBoxDetector:
             boxes = self.boxes_from_flows(flows, info.width, info.height)
         else:
             boxes = self.detect(iter_frames(cap), info.width, info.height)
+        check_frame_count(len(boxes), info.reported_frames)
         return MotionBoxes(
             video=video_name, width=info.width, height=info.height, num_frames=len(boxes), fps=info.fps,
             flow=self.config(), frames=boxes, union=union_box(boxes),

@@ -3,11 +3,14 @@
     python -m motion_detection.extract_boxes --video_list train.csv --video_root videos/ --output_dir boxes/
 
 ``a/b.mp4`` (relative to ``--video_root``) gets ``boxes/a/b.json``. The run is resumable: a valid box file made
-with the same flow and detection settings is skipped, and every file is written under a temporary name and
-renamed, so a killed run leaves no half file. Videos that cannot be used are listed with the reason in
-``failed.tsv`` (per shard when sharded) and the exit status is 1 (2 for invalid arguments); every other video is
-still written. A video listed twice, or spelled differently (``./a.mp4``, ``ROOT/a.mp4``), is processed once.
-Under a SLURM array the shard defaults to the array task (``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``).
+with the same flow and detection settings is skipped, and every file is written under a temporary name of its own
+and renamed, so a killed run leaves no half file (and its temp files are removed by a later run after an hour).
+Videos that cannot be used (unreadable, truncated, crashing the decoder, or two entries such as ``a/b.mp4`` and
+``a/b.MP4`` that would share a box file) are listed with the reason in ``failed.tsv`` (per shard when sharded) and
+the exit status is 1 (2 for invalid arguments); every other video is still written. A video listed twice, or
+spelled differently (``./a.mp4``, ``ROOT/a.mp4``), is processed once. Under a SLURM array the shard defaults to
+the array task (``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``); a resubmission of some tasks
+(``sbatch --array=17``) is an array of its own, so pass ``--shard_id``/``--num_shards`` there (scripts/*/boxes.sh do).
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from .boxfile import BoxFileError, atomic_write_text, box_file_path, load_boxes, relative_video_path, save_boxes
+from .boxfile import (
+    BoxFileError,
+    atomic_write_text,
+    box_file_path,
+    load_boxes,
+    relative_video_path,
+    remove_stale_temp_files,
+    save_boxes,
+)
 from .detect import MotionBoxDetector, add_detection_args, params_from_args
 from .flow import available_flows
 from .video import VideoReadError
@@ -151,20 +162,58 @@ def run_jobs(jobs: list[Job], detector_kwargs: dict, num_workers: int, progress)
             progress(outcomes[-1])
         return outcomes
     outcomes, lost = _run_pool(jobs, detector_kwargs, num_workers, progress)
-    # A decoder crash takes its worker and the pool down; retry the unfinished videos one per pool so the
-    # culprit is identified and the rest still get done.
-    for job in lost:
-        retried, still_lost = _run_pool([job], detector_kwargs, 1, progress)
-        if still_lost:
-            retried = [Outcome(job.video, False, "the worker process crashed while decoding this video")]
-            progress(retried[0])
-        outcomes += retried
+    if lost:
+        log.warning("a worker process died (a decoder crash, or out of memory); rerunning the %d unfinished videos "
+                    "in a new pool of %d workers", len(lost), min(num_workers, len(lost)))
+        outcomes += _rerun(lost, detector_kwargs, num_workers, progress)
     return outcomes
 
 
-def plan_jobs(videos: list[str], args, config: dict) -> tuple[list[Job], int, list[Outcome]]:
-    """Jobs still to do, the number already done, and list entries that are unusable as paths."""
-    jobs, skipped, bad = [], 0, []
+def _rerun(jobs: list[Job], detector_kwargs: dict, num_workers: int, progress) -> list[Outcome]:
+    """Run jobs in a fresh pool; when it breaks as well, split its unfinished jobs in halves and rerun each half
+    the same way, so that a video that kills its worker even alone is found in a few pools (each as large as the
+    jobs allow) and recorded as failed, while every other video is still done."""
+    outcomes, lost = _run_pool(jobs, detector_kwargs, min(num_workers, len(jobs)), progress)
+    if not lost:
+        return outcomes
+    if len(jobs) == 1:
+        outcome = Outcome(jobs[0].video, False, "the worker process died while processing this video alone "
+                          "(a decoder crash, or out of memory)")
+        progress(outcome)
+        return outcomes + [outcome]
+    halves = [lost] if len(lost) == 1 else [lost[: len(lost) // 2], lost[len(lost) // 2 :]]
+    log.warning("a worker process died again; rerunning the %d unfinished videos in %s", len(lost),
+                "a pool of its own" if len(lost) == 1 else f"two pools of {len(halves[0])} and {len(halves[1])}")
+    for half in halves:
+        outcomes += _rerun(half, detector_kwargs, num_workers, progress)
+    return outcomes
+
+
+def box_file_collisions(videos: list[str], video_root: str) -> dict[str, str]:
+    """Entry -> reason, for distinct list entries that map to the same box file (``a/b.mp4`` and ``a/b.MP4`` or
+    ``a/b.webm`` all give ``a/b.json``): each would overwrite the other's boxes, so neither is processed. Checked
+    on the whole list, as the entries may fall into different shards."""
+    owners: dict[Path, list[str]] = {}
+    for entry in videos:
+        try:
+            owners.setdefault(box_file_path("", relative_video_path(entry, video_root)), []).append(entry)
+        except ValueError:
+            continue  # not a usable path: plan_jobs reports it
+    reasons = {}
+    for box, entries in owners.items():
+        for entry in entries if len(entries) > 1 else ():
+            others = ", ".join(other for other in entries if other != entry)
+            reasons[entry] = f"same box file {box.as_posix()} as list entry {others}; rename one of the videos"
+    return reasons
+
+
+def plan_jobs(
+    videos: list[str], args, config: dict, collisions: dict[str, str] | None = None
+) -> tuple[list[Job], int, list[Outcome]]:
+    """Jobs still to do, the number already done, and list entries that are unusable as paths or collide
+    (``collisions``: entry -> reason). Stale temp files of killed runs are removed from the box folders."""
+    jobs, skipped, bad, folders = [], 0, [], {Path(args.output_dir)}
+    collisions = collisions or {}
     for entry in videos:
         try:
             rel = relative_video_path(entry, args.video_root)
@@ -172,7 +221,10 @@ def plan_jobs(videos: list[str], args, config: dict) -> tuple[list[Job], int, li
         except ValueError as e:
             bad.append(Outcome(entry, False, str(e)))
             continue
-        output.with_name(output.name + ".tmp").unlink(missing_ok=True)  # left by a killed run
+        if entry in collisions:
+            bad.append(Outcome(entry, False, collisions[entry]))
+            continue
+        folders.add(output.parent)
         if output.exists() and not args.overwrite:
             try:
                 if load_boxes(output).flow == config:
@@ -182,6 +234,8 @@ def plan_jobs(videos: list[str], args, config: dict) -> tuple[list[Job], int, li
             except BoxFileError as e:
                 log.info("recomputing invalid box file: %s", e)
         jobs.append(Job(rel, os.path.join(args.video_root, rel), str(output)))
+    for folder in folders:  # once per folder, not per video: SSV2 has 220k box files in one
+        remove_stale_temp_files(folder)
     return jobs, skipped, bad
 
 
@@ -231,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_workers is None:
         args.num_workers = 0 if getattr(detector.backend, "on_accelerator", False) else default_workers()
     config = detector.config()
-    videos = distinct_videos(read_video_list(args.video_list), args.video_root)[args.shard_id :: args.num_shards]
-    jobs, skipped, failures = plan_jobs(videos, args, config)
+    all_videos = distinct_videos(read_video_list(args.video_list), args.video_root)
+    videos = all_videos[args.shard_id :: args.num_shards]
+    jobs, skipped, failures = plan_jobs(videos, args, config, box_file_collisions(all_videos, args.video_root))
     log.info("shard %d/%d: %d videos, %d already done, %d to do with %s flow",
              args.shard_id, args.num_shards, len(videos), skipped, len(jobs), args.flow)
     for outcome in failures:

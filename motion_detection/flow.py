@@ -60,7 +60,10 @@ class FlowBackend(ABC):
 
 @dataclass(frozen=True)
 class TVL1Params:
-    """OpenCV DualTVL1 parameters (its defaults, which are also denseflow's, used by the MOFO release)."""
+    """OpenCV contrib's CPU DualTVL1 parameters, at its defaults. The MOFO release's flow came from denseflow, whose
+    TV-L1 is OpenCV's CUDA ``cv::cuda::OpticalFlowDual_TVL1``: the same model and tau, lambda, theta, scales,
+    warps, epsilon and scale_step, but one loop of up to 300 iterations per warp instead of 10 outer x 30 inner,
+    and no median filtering (``median_filtering`` 5 here), so its flow is close to this one but not the same."""
 
     tau: float = 0.25
     lambda_: float = 0.15

@@ -49,6 +49,7 @@ from .flow import FlowBackend, TVL1Params, register_flow
 MIN_LEVEL_SIZE = 8
 GRAD_EPSILON = float(np.finfo(np.float32).eps)  # |grad I1|^2 below this counts as no gradient
 REVISION = 1  # bump when the numbers this backend produces change, so box files made before are recomputed
+IMPLEMENTATION = f"torch float32 r{REVISION}"  # recorded in box files next to the TV-L1 parameters
 
 
 def default_device() -> str:
@@ -254,9 +255,13 @@ def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor, config: TVL1Params | None =
 class TVL1TorchFlow(FlowBackend):
     """TV-L1 with OpenCV DualTVL1's parameters in batched PyTorch, on ``device`` (default: cuda when available,
     else cpu). The box-file record (``params()``) leaves out the device, so box files from a GPU and a CPU run
-    count as made with the same settings."""
+    count as made with the same settings. ``params()`` is accepted back as keyword arguments (to recompute a box
+    file's maps); its ``implementation`` must then be this one, whose numbers it records."""
 
-    def __init__(self, device: str | torch.device | None = None, **overrides):
+    def __init__(self, device: str | torch.device | None = None, implementation: str | None = None, **overrides):
+        if implementation not in (None, IMPLEMENTATION):
+            raise ValueError(f"implementation {implementation!r} is not this one ({IMPLEMENTATION!r}), whose flow "
+                             "differs: recompute the box file")
         self.config = TVL1Params(**overrides)
         c = self.config
         if c.scales < 1 or c.warps < 1 or c.inner_iterations < 1 or c.outer_iterations < 1:
@@ -279,7 +284,7 @@ class TVL1TorchFlow(FlowBackend):
         return self.device.type != "cpu"
 
     def params(self) -> dict:
-        return {**asdict(self.config), "implementation": f"torch float32 r{REVISION}"}
+        return {**asdict(self.config), "implementation": IMPLEMENTATION}
 
     def __call__(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         if prev.shape != nxt.shape or prev.ndim != 3 or prev.dtype != np.uint8 or nxt.dtype != np.uint8:

@@ -13,9 +13,15 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+# Decoding may end this many frames (or this fraction of them) short of the container's frame count: the count is
+# sometimes estimated from duration and frame rate. Clearly fewer frames means a truncated or corrupt file, whose
+# decoding ends early without an error.
+FRAME_COUNT_SLACK = 2
+FRAME_COUNT_TOLERANCE = 0.05
+
 
 class VideoReadError(RuntimeError):
-    """The video cannot be used; the message says why (missing, empty, undecodable, too short)."""
+    """The video cannot be used; the message says why (missing, empty, undecodable, truncated, too short)."""
 
 
 @dataclass
@@ -48,6 +54,14 @@ def open_video(path: str | os.PathLike) -> tuple[cv2.VideoCapture, VideoInfo]:
     return cap, info
 
 
+def check_frame_count(decoded: int, reported: int) -> None:
+    """Raise VideoReadError when clearly fewer frames decode than the container reports (``reported`` 0 means
+    unknown), so that a truncated or corrupt video fails instead of giving boxes for part of it."""
+    if reported > 0 and reported - decoded > max(FRAME_COUNT_SLACK, FRAME_COUNT_TOLERANCE * reported):
+        raise VideoReadError(f"only {decoded} of the {reported} frames the container reports could be decoded "
+                             "(truncated or corrupt file)")
+
+
 def iter_frames(cap: cv2.VideoCapture) -> Iterator[np.ndarray]:
     """Yield RGB uint8 frames until the stream ends; releases the capture."""
     try:
@@ -61,11 +75,13 @@ def iter_frames(cap: cv2.VideoCapture) -> Iterator[np.ndarray]:
 
 
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, VideoInfo]:
-    """Decode a whole (short) video to (T, H, W, 3) RGB uint8; for clips, tests and visualisation."""
+    """Decode a whole (short) video to (T, H, W, 3) RGB uint8; for clips, tests and visualisation. A video that
+    decodes to clearly fewer frames than its container reports raises VideoReadError (:func:`check_frame_count`)."""
     cap, info = open_video(path)
     frames = list(iter_frames(cap))
     if not frames:
         raise VideoReadError("no decodable frames")
+    check_frame_count(len(frames), info.reported_frames)
     return np.stack(frames), info
 
 

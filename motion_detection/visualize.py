@@ -44,10 +44,17 @@ def colour_map(motion_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def detector_for(flow_config: dict, fallback_flow: str) -> MotionBoxDetector:
-    """The detector that made a box file (so the map shown is the one thresholded), else ``fallback_flow``."""
-    if flow_config.get("method") in available_flows():
-        return MotionBoxDetector(flow_config["method"], flow_config.get("params"), **flow_config.get("detection", {}))
-    return MotionBoxDetector(fallback_flow)
+    """The detector that made a box file (so the map shown is the one thresholded), else ``fallback_flow``.
+    Settings this code cannot rebuild (another version's) raise ValueError saying which."""
+    if flow_config.get("method") not in available_flows():
+        return MotionBoxDetector(fallback_flow)
+    params, detection = flow_config.get("params") or {}, flow_config.get("detection") or {}
+    if not isinstance(params, dict) or not isinstance(detection, dict):
+        raise ValueError("'flow' field: 'params' and 'detection' must be objects")
+    try:
+        return MotionBoxDetector(flow_config["method"], params, **detection)
+    except TypeError as e:  # a parameter this version does not have
+        raise ValueError(f"{flow_config['method']} flow or detection settings this code does not take ({e})") from None
 
 
 def render(frames: np.ndarray, boxes, gt=None, maps=None) -> np.ndarray:
@@ -128,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--show_map: {args.video} has {len(frames)} frame; flow needs a frame pair")
     maps = None
     if args.show_map:
-        detector = detector_for(boxes.flow, args.flow)
+        try:
+            detector = detector_for(boxes.flow, args.flow)
+        except ValueError as e:
+            raise SystemExit(f"{args.boxes}: --show_map cannot recompute the motion map: {e}") from None
         if hasattr(detector.backend, "flows_from_video"):  # motion read from the file (codec motion vectors)
             size = detector.working_size(frames.shape[2], frames.shape[1])
             maps = [detector.motion_map(f) for f in detector.backend.flows_from_video(args.video, size)]

@@ -12,14 +12,17 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import cv2
 import decord
+import numpy as np
 import pytest
 
 import make_synthetic_dataset
 from motion_detection import load_boxes
+from motion_detection.boxfile import STALE_TEMP_AGE
 from motion_detection.extract_boxes import Outcome, default_shard, failed_list_text
-from motion_detection.video import read_video
+from motion_detection.video import read_video, write_mp4
 
 REPO = Path(__file__).resolve().parents[1]
 NESTED = "nested/deeper/clip.mp4"
@@ -30,13 +33,29 @@ BAD = {  # list entry -> part of the reason the CLI must give
     "bad/empty.mp4": "empty",
     "bad/one_frame.mp4": "fewer than 2 decodable frames",
     "bad/missing.mp4": "not found",
+    "bad/truncated_faststart.mp4": "of the 60 frames the container reports could be decoded",
+    "bad/corrupt_middle.mp4": "of the 60 frames the container reports could be decoded",
 }
+INTACT = ["sixty/faststart.mp4", "sixty/mp4v.mp4"]  # the 60-frame videos the two above are cut from
+VICTIM = "long/victim.mp4"  # 400 frames: open long enough for a test to kill the worker decoding it
 SUMMARY = re.compile(r"summary: (\d+) videos \| (\d+) written \| (\d+) already done \| (\d+) failed")
+
+
+def write_faststart_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
+    """An MPEG-4 mp4 with its index before the frames (PyAV, movflags=faststart), as streaming-ready downloads are:
+    cut short, it still opens and reports every frame."""
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, Path]:
-    """(base, video root): six good clips (one in a nested folder), broken files, and a clip outside the root."""
+    """(base, video root): six good clips (one in a nested folder), broken files (among them two 60-frame videos
+    that decode to fewer frames than they report), a long clip, and a clip outside the root."""
     base = tmp_path_factory.mktemp("extract_boxes")
     make_synthetic_dataset.make_dataset(base / "synthetic", 6, num_frames=20, width=160, height=120, fps=12, seed=3)
     root = base / "synthetic" / "videos"
@@ -52,6 +71,21 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
     writer = cv2.VideoWriter(str(bad / "one_frame.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 12.0, (160, 120))
     writer.write(cv2.cvtColor(frames[0], cv2.COLOR_RGB2BGR))
     writer.release()
+    frames, _ = make_synthetic_dataset.render_clip(0, 60, 160, 120, seed=2)
+    (root / "sixty").mkdir()
+    write_faststart_mp4(root / INTACT[0], frames, 12)
+    whole = (root / INTACT[0]).read_bytes()
+    (bad / "truncated_faststart.mp4").write_bytes(whole[: len(whole) // 2])
+    write_mp4(root / INTACT[1], frames, 12)
+    corrupt = bytearray((root / INTACT[1]).read_bytes())
+    corrupt[len(corrupt) // 2 : len(corrupt) // 2 + 2000] = bytes(2000)  # index intact, frames zeroed
+    (bad / "corrupt_middle.mp4").write_bytes(corrupt)
+    for name in ("truncated_faststart.mp4", "corrupt_middle.mp4"):  # the container still reports 60 frames
+        capture = cv2.VideoCapture(str(bad / name))
+        assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 60
+        capture.release()
+    write_mp4(root / VICTIM, np.tile(frames[:20], (20, 1, 1, 1)), 12)
+    shutil.copy(root / "000000.mp4", root / "000000.MP4")
     (base / "outside").mkdir()
     shutil.copy(root / "000000.mp4", base / "outside" / "000000.mp4")
     return base, root
@@ -136,12 +170,18 @@ def test_one_box_file_per_video_mirrors_the_list(data, reference_dir, reference)
 
 
 def test_bad_videos_are_recorded_and_good_ones_still_written(data, reference, tmp_path):
-    """Corrupt, truncated, empty, one-frame and missing videos go to failed.tsv with a reason; the run exits 1."""
+    """Corrupt, truncated, empty, one-frame and missing videos go to failed.tsv with a reason; the run exits 1.
+    Truncated or corrupt videos that still open (index at the front) fail because they decode to fewer frames than
+    the container reports, while the intact videos they were cut from are written with all 60 frames."""
     _, root = data
     out = tmp_path / "out"
-    result = run(write_list(tmp_path / "list.csv", GOOD[:2] + list(BAD)), root, out, rc=1, workers=2)
-    assert summary(result) == (7, 2, 0, 5)
-    assert outputs(out) == {box_name(v): reference[box_name(v)] for v in GOOD[:2]}
+    result = run(write_list(tmp_path / "list.csv", GOOD[:2] + INTACT + list(BAD)), root, out, rc=1, workers=2)
+    assert summary(result) == (4 + len(BAD), 4, 0, len(BAD))
+    written = outputs(out)
+    assert {name: written[name] for name in map(box_name, GOOD[:2])} == {box_name(v): reference[box_name(v)]
+                                                                        for v in GOOD[:2]}
+    assert set(written) == set(map(box_name, GOOD[:2] + INTACT))
+    assert all(load_boxes(out / box_name(video)).num_frames == 60 for video in INTACT)
     reasons = failed_rows(out / "failed.tsv")
     assert set(reasons) == set(BAD)
     for video, reason in BAD.items():
@@ -151,6 +191,79 @@ def test_bad_videos_are_recorded_and_good_ones_still_written(data, reference, tm
     again = run(write_list(tmp_path / "good.csv", GOOD[:2]), root, out)
     assert summary(again) == (2, 0, 2, 0)
     assert not (out / "failed.tsv").exists(), "a run without failures must remove the stale failed list"
+
+
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is pid (from /proc)."""
+    found = []
+    for name in os.listdir("/proc"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if name.isdigit() and int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(name))
+    return found
+
+
+def has_open(pid: int, path: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd"))
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the worker decoding a video through /proc")
+def test_a_video_that_kills_its_worker_is_recorded_and_every_other_one_written(data, reference, tmp_path):
+    """A worker killed (SIGKILL, as by the out-of-memory killer) each time it opens one video breaks its pool. The
+    unfinished videos are rerun in a new pool of the full size, then in halves until the video runs alone and
+    kills its worker again: it is recorded in failed.tsv, and every other video is written, byte-identical."""
+    _, root = data
+    victim = (root / VICTIM).resolve()
+    out = tmp_path / "out"
+    video_list = write_list(tmp_path / "list.csv", GOOD[:2] + [VICTIM] + GOOD[2:])
+    log = tmp_path / "stdout", tmp_path / "stderr"  # files, not pipes: nothing is read until the run ends
+    with open(log[0], "w") as stdout, open(log[1], "w") as stderr:
+        proc = subprocess.Popen(cli(video_list, root, out, workers=2), cwd=REPO, env=clean_env(), stdout=stdout,
+                                stderr=stderr, start_new_session=True)
+    killed = set()
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None:
+            assert time.monotonic() < deadline, "the extraction did not end within 240 s"
+            for pid in children(proc.pid):
+                if has_open(pid, victim):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                        killed.add(pid)
+            time.sleep(0.005)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, log[0].read_text(), log[1].read_text())
+    assert result.returncode == 1, f"{result.stdout}\n{result.stderr}"
+    assert len(killed) >= 3, "a worker killed in the first pool, in the full-size rerun and alone"
+    assert "rerunning the" in result.stderr and "in a new pool of 2 workers" in result.stderr, result.stderr
+    assert summary(result) == (7, 6, 0, 1)
+    assert outputs(out) == reference
+    reasons = failed_rows(out / "failed.tsv")
+    assert list(reasons) == [VICTIM] and "worker process died" in reasons[VICTIM]
+
+
+def test_entries_that_would_share_a_box_file_are_both_rejected(data, reference, tmp_path):
+    """a.mp4 and a.MP4 (two files on Linux) map to one a.json: both go to failed.tsv naming each other, also when
+    they fall into different shards, and the rest of the list is written."""
+    _, root = data
+    video_list = write_list(tmp_path / "list.csv", ["000000.mp4", "000000.MP4", "000001.mp4"])
+    result = run(video_list, root, tmp_path / "out", rc=1)
+    assert summary(result) == (3, 1, 0, 2)
+    assert outputs(tmp_path / "out") == {"000001.json": reference["000001.json"]}
+    reasons = failed_rows(tmp_path / "out" / "failed.tsv")
+    assert set(reasons) == {"000000.mp4", "000000.MP4"}
+    for entry, other in (("000000.mp4", "000000.MP4"), ("000000.MP4", "000000.mp4")):
+        assert f"same box file 000000.json as list entry {other}" in reasons[entry], reasons[entry]
+    shards = [run(video_list, root, tmp_path / f"shard{i}", "--shard_id", i, "--num_shards", 2, rc=1) for i in (0, 1)]
+    assert [summary(r) for r in shards] == [(2, 1, 0, 1), (1, 0, 0, 1)]  # 000000.mp4 and 000000.MP4 apart
+    assert [set(failed_rows(next((tmp_path / f"shard{i}").glob("failed*")))) for i in (0, 1)] == [
+        {"000000.mp4"}, {"000000.MP4"}]
+    assert not list(tmp_path.glob("shard*/000000.json"))
 
 
 def test_resume_skips_valid_files_and_recomputes_the_rest(data, reference_dir, reference, tmp_path):
@@ -179,7 +292,8 @@ def test_resume_skips_valid_files_and_recomputes_the_rest(data, reference_dir, r
 
 
 def test_killed_run_resumes_to_identical_outputs(data, reference, tmp_path):
-    """SIGKILL mid-run leaves only complete box files; the re-run completes them byte-identically, no temp files."""
+    """SIGKILL mid-run leaves only complete box files; the re-run completes them byte-identically and leaves no
+    temp file of its own (a killed writer's is kept until it is stale: it could belong to a running extraction)."""
     _, root = data
     out = tmp_path / "out"
     video_list = write_list(tmp_path / "good.csv", GOOD)
@@ -199,26 +313,34 @@ def test_killed_run_resumes_to_identical_outputs(data, reference, tmp_path):
     assert 0 < len(done) < len(GOOD), "the kill came after the run had finished: nothing was interrupted"
     assert done == {name: reference[name] for name in done}, "a killed run left a partial box file"
     files = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
-    assert all(f.endswith((".json", ".json.tmp")) for f in files), files
+    assert all(f.endswith(".json") or re.fullmatch(r"(.*/)?\..+\.json\.[0-9a-f]{12}\.tmp", f) for f in files), files
+    left = set(out.rglob("*.tmp"))
 
     result = run(video_list, root, out)
     assert summary(result) == (6, 6 - len(done), len(done), 0)
     assert outputs(out) == reference
-    assert not list(out.rglob("*.tmp"))
+    assert set(out.rglob("*.tmp")) <= left
 
 
-def test_stale_temp_files_are_removed(data, reference_dir, reference, tmp_path):
-    """Temp files left by a killed run are gone after a completed re-run, also next to box files it skips."""
+def test_stale_temp_files_are_removed_and_fresh_ones_kept(data, reference_dir, reference, tmp_path):
+    """Temp files older than an hour (left by killed runs) are removed by a re-run, also next to box files it
+    skips; younger ones may be another running extraction's writes and are left alone, as are other files."""
     _, root = data
     out = tmp_path / "out"
     shutil.copytree(reference_dir, out)
-    (out / "000000.json.tmp").write_bytes(reference["000000.json"][:100])
+    stale = [out / ".000000.json.0123456789ab.tmp", out / "nested/deeper/.clip.json.ba9876543210.tmp"]
+    fresh = out / ".000001.json.00112233aabb.tmp"
+    other = out / "notes.tmp"
+    for path in [*stale, fresh, other]:
+        path.write_bytes(reference["000000.json"][:100])
+    old = time.time() - STALE_TEMP_AGE - 60
+    for path in [*stale, other]:
+        os.utime(path, (old, old))
     (out / box_name(NESTED)).unlink()
-    (out / (box_name(NESTED) + ".tmp")).write_bytes(reference[box_name(NESTED)][:100])
     result = run(write_list(tmp_path / "good.csv", GOOD), root, out)
     assert summary(result) == (6, 1, 5, 0)
     assert outputs(out) == reference
-    assert not list(out.rglob("*.tmp"))
+    assert sorted(out.rglob("*.tmp")) == sorted([fresh, other])
 
 
 def test_in_process_and_worker_pool_give_identical_outputs(data, reference, tmp_path):
@@ -332,3 +454,63 @@ def test_failed_list_reasons_stay_on_one_line():
     """Multi-line reasons (OpenCV errors) and tabs cannot break the failed list's two-column rows."""
     failures = [Outcome("b.mp4", False, "OpenCV error: (-215)\n in function 'x'\n"), Outcome("a.mp4", False, "x\ty")]
     assert failed_list_text(failures) == "video\treason\na.mp4\tx y\nb.mp4\tOpenCV error: (-215) in function 'x'\n"
+
+
+# ---------------------------------------------------------------- the SLURM launch scripts, dry runs
+
+BOX_SCRIPTS = [REPO / "scripts/ssv2/boxes.sh", REPO / "scripts/epic/boxes.sh"]
+
+
+def dry_run_script(script: Path, tmp_path: Path, **variables: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run a box script with a python that records its arguments: (the script's result, python's arguments)."""
+    fake_bin, lists, record = tmp_path / "bin", tmp_path / "lists", tmp_path / "record"
+    if not fake_bin.exists():
+        fake_bin.mkdir()
+        (fake_bin / "python").write_text('#!/usr/bin/env bash\nprintf "%s\\0" "$@" > "$RECORD"\n')
+        (fake_bin / "python").chmod(0o755)
+        lists.mkdir()
+        for split in ("train", "val", "test"):
+            (lists / f"{split}.csv").write_text(f"{split}.mp4 0\n")
+    record.unlink(missing_ok=True)
+    env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "RECORD": str(record), "DATA_PATH": str(lists),
+           "VIDEO_LIST": str(lists / "train.csv")} | variables
+    result = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    return result, record.read_text().split("\0")[:-1] if record.exists() else []
+
+
+@pytest.mark.parametrize("script", BOX_SCRIPTS, ids=lambda p: p.parent.name)
+def test_box_scripts_take_the_shard_from_the_task_id_out_of_num_shards(script, tmp_path):
+    """Array task N is shard N of NUM_SHARDS (default: as many as the #SBATCH --array line has tasks), also when
+    it is resubmitted alone (SLURM_ARRAY_TASK_COUNT=1); outside SLURM no shard is passed."""
+    first, last = map(int, re.search(r"^#SBATCH --array=(\d+)-(\d+)$", script.read_text(), re.M).groups())
+    result, words = dry_run_script(script, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert words[:2] == ["-m", "motion_detection.extract_boxes"] and "--shard_id" not in words
+    assert "--num_shards" not in words and words[-2:] == ["--flow", "tvl1"], words  # no empty words from arrays
+    resubmitted = {"SLURM_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "17", "SLURM_ARRAY_TASK_COUNT": "1",
+                   "SLURM_ARRAY_TASK_MIN": "17", "SLURM_ARRAY_TASK_MAX": "17"}
+    for extra, shards in (({}, str(last - first + 1)), ({"NUM_SHARDS": "32"}, "32")):
+        result, words = dry_run_script(script, tmp_path, **resubmitted, **extra)
+        assert result.returncode == 0, result.stderr
+        assert words[-4:] == ["--num_shards", shards, "--shard_id", "17"], words
+    result, words = dry_run_script(script, tmp_path, **resubmitted, EXTRA_ARGS="--num_workers 3")
+    assert words[-6:] == ["--num_shards", "64", "--shard_id", "17", "--num_workers", "3"], words
+
+
+@pytest.mark.parametrize("script", BOX_SCRIPTS, ids=lambda p: p.parent.name)
+def test_box_scripts_expand_possibly_empty_arrays_safely(script):
+    """"${A[@]}" of an empty array aborts under set -u in bash < 4.4: every expansion is guarded, ${A[@]+"${A[@]}"}."""
+    text = script.read_text()
+    expansions = re.findall(r'"\$\{(\w+)\[@\]\}"', text)
+    guarded = re.findall(r'\$\{(\w+)\[@\]\+"\$\{\1\[@\]\}"\}', text)
+    assert "EXTRA" in expansions and sorted(expansions) == sorted(guarded), text
+
+
+def test_ssv2_box_script_stops_on_a_missing_list(tmp_path):
+    """A missing csv would be an empty stream inside <(cat ...), silently leaving its videos out: the script names
+    it and stops before running the extraction."""
+    dry_run_script(REPO / "scripts/ssv2/boxes.sh", tmp_path)
+    (tmp_path / "lists" / "val.csv").unlink()
+    result, words = dry_run_script(REPO / "scripts/ssv2/boxes.sh", tmp_path)
+    assert result.returncode == 2 and words == []
+    assert f"{tmp_path / 'lists' / 'val.csv'} not found" in result.stderr, result.stderr

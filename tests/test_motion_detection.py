@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import make_synthetic_dataset
 from motion_detection import (
     BoxFileError,
     MotionBoxDetector,
@@ -19,8 +20,9 @@ from motion_detection import (
     save_boxes,
     union_box,
 )
+from motion_detection.boxfile import atomic_write_text, remove_stale_temp_files
 from motion_detection.detect import DetectionParams, box_from_map, clean_boxes, smooth_map
-from motion_detection.video import read_video
+from motion_detection.video import VideoReadError, check_frame_count, read_video, write_mp4
 
 H, W = 64, 80
 
@@ -220,3 +222,52 @@ def test_load_boxes_reports_missing_and_broken_files(tmp_path):
     (tmp_path / "broken.json").write_text('{"version": 1, "frames": [')
     with pytest.raises(BoxFileError, match="broken.json: not valid JSON"):
         load_boxes(tmp_path / "broken.json")
+
+
+def test_atomic_write_uses_a_temp_file_of_its_own_and_leaves_nothing_on_failure(tmp_path):
+    """Another writer's temp file is never touched; a failed write removes its own and keeps the old file; the new
+    file gets the permissions open() would give it (the umask's), not a private temp file's 0600."""
+    target = tmp_path / "a.json"
+    target.write_text("old")
+    others = [tmp_path / "a.json.tmp", tmp_path / ".a.json.0123456789ab.tmp"]  # the old fixed name, a running writer
+    for other in others:
+        other.write_text("another writer")
+    with pytest.raises(UnicodeEncodeError):
+        atomic_write_text(target, "\ud800")
+    assert target.read_text() == "old"
+    assert sorted(tmp_path.iterdir()) == sorted([target, *others])
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new" and all(other.read_text() == "another writer" for other in others)
+    assert sorted(tmp_path.iterdir()) == sorted([target, *others])
+    with open(tmp_path / "plain", "w"):
+        pass
+    assert target.stat().st_mode == (tmp_path / "plain").stat().st_mode
+    assert remove_stale_temp_files(tmp_path) == 0  # all are young
+    assert remove_stale_temp_files(tmp_path, max_age=-1) == 1  # only the temp name of atomic_write_text
+    assert others[0].exists() and not others[1].exists()
+
+
+def test_frame_count_check_allows_a_frame_or_two_and_rejects_clearly_fewer():
+    """A container's count may be off by a frame or two (or 5% of a long video); clearly fewer frames is an error
+    giving both counts; an unknown count (0) is never an error."""
+    for decoded, reported in [(60, 60), (57, 60), (62, 60), (3, 5), (95, 100), (1, 0)]:
+        check_frame_count(decoded, reported)
+    for decoded, reported in [(56, 60), (30, 60), (94, 100), (2, 5)]:
+        with pytest.raises(VideoReadError, match=f"only {decoded} of the {reported} frames"):
+            check_frame_count(decoded, reported)
+
+
+def test_a_video_decoding_to_fewer_frames_than_it_reports_is_an_error(tmp_path):
+    """A 60-frame mp4 with zeroed bytes mid-file still opens and reports 60 frames but decoding stops early: both
+    detect_video and read_video raise instead of returning boxes or frames for part of it."""
+    frames, _ = make_synthetic_dataset.render_clip(0, 60, 160, 120, seed=2)
+    write_mp4(tmp_path / "whole.mp4", frames, 12)
+    data = bytearray((tmp_path / "whole.mp4").read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 2000] = bytes(2000)
+    (tmp_path / "corrupt.mp4").write_bytes(data)
+    detector = MotionBoxDetector("dis", short_side=56)
+    assert detector.detect_video(tmp_path / "whole.mp4", "whole.mp4").num_frames == 60
+    with pytest.raises(VideoReadError, match=r"only \d+ of the 60 frames the container reports"):
+        detector.detect_video(tmp_path / "corrupt.mp4", "corrupt.mp4")
+    with pytest.raises(VideoReadError, match=r"only \d+ of the 60 frames the container reports"):
+        read_video(tmp_path / "corrupt.mp4")

@@ -171,6 +171,33 @@ def test_show_map_with_a_ground_truth_box_file_draws_the_fallback_flows_map(data
     np.testing.assert_array_equal(strip, np.concatenate([expected[0], expected[-1]], axis=0))
 
 
+@pytest.mark.usefixtures("one_torch_thread")
+def test_show_map_recomputes_a_tvl1_torch_box_files_map_with_its_settings(data, tmp_path, capsys):
+    """A box file written with --flow tvl1_torch (whose record includes the implementation) rebuilds its detector,
+    and the CLI draws that detector's maps; a box file from another implementation exits naming the file."""
+    video = data / "videos/000000.mp4"
+    made = MotionBoxDetector("tvl1_torch", {"device": "cpu"}, short_side=48)
+    save_boxes(tmp_path / "torch.json", made.detect_video(video, "000000.mp4"))
+    boxes = load_boxes(tmp_path / "torch.json")
+    assert "implementation" in boxes.flow["params"]
+    assert visualize.detector_for(boxes.flow, "dis").config() == boxes.flow
+    visualize.main([str(video), str(tmp_path / "torch.json"), "--show_map", "--strip_frames", "2",
+                    "--out", str(tmp_path / "torch.png")])
+    strip = np.asarray(Image.open(tmp_path / "torch.png").convert("RGB"))
+    frames, _ = read_video(video)
+    maps = list(MotionBoxDetector("tvl1_torch", short_side=48).iter_maps(frames))  # on the CLI's default device
+    expected = visualize.render(frames, boxes, None, maps)
+    np.testing.assert_array_equal(strip, np.concatenate([expected[0], expected[-1]], axis=0))
+
+    boxes.flow["params"]["implementation"] = "torch float32 r0"
+    save_boxes(tmp_path / "old.json", boxes)
+    with pytest.raises(SystemExit) as excinfo:
+        visualize.main([str(video), str(tmp_path / "old.json"), "--show_map", "--out", str(tmp_path / "old.png")])
+    message = exit_message(excinfo, capsys)
+    assert str(tmp_path / "old.json") in message and "torch float32 r0" in message, message
+    assert not (tmp_path / "old.png").exists()
+
+
 # ---------------------------------------------------------------- visualize: input checks
 
 

@@ -4,8 +4,11 @@
 # per frame; or the videos of VIDEO_LIST (a VideoMAE-style list, e.g. of trimmed clips).
 #
 #   sbatch scripts/epic/boxes.sh        # submit from the repository root: 64 array tasks, one shard each
+#   sbatch --array=17,40 scripts/epic/boxes.sh              # rerun some of the shards (e.g. timed out)
+#   NUM_SHARDS=16 sbatch --array=0-15 scripts/epic/boxes.sh  # other shard counts: --array=0-(NUM_SHARDS-1)
 #   bash scripts/epic/boxes.sh          # or all videos on this machine
 #
+# Array task N does shard N of NUM_SHARDS (64, as --array=0-63 below) and uses all its CPUs (one video per process).
 # One video is one process's job: with TV-L1 (~1 frame pair per second per core) the longest videos take days,
 # so FLOW=dis (~100x faster) or trimmed clips may be the practical choice. Resumable; bad videos go to
 # $BOX_DIR/failed*.tsv (exit status 1).
@@ -23,6 +26,12 @@ DATA_PATH=${DATA_PATH:-data/epic}          # train.csv, val.csv, test.csv (EPIC_
 DATA_ROOT=${DATA_ROOT:-data/epic/videos}   # holds P01/videos/P01_01.MP4, ...
 BOX_DIR=${BOX_DIR:-data/epic/boxes}        # P01/videos/P01_01.MP4 -> $BOX_DIR/P01/videos/P01_01.json
 FLOW=${FLOW:-tvl1}                         # tvl1 (the paper's) or dis
+# The shard is the array task's id, out of NUM_SHARDS: not out of SLURM_ARRAY_TASK_COUNT, which is that of the
+# submitted array (1 for a resubmitted `--array=17`).
+SHARD=()
+if [[ -n ${SLURM_ARRAY_TASK_ID:-} ]]; then
+    SHARD=(--num_shards "${NUM_SHARDS:-64}" --shard_id "$SLURM_ARRAY_TASK_ID")
+fi
 if [[ -z ${VIDEO_LIST:-} ]]; then
     VIDEO_LIST=$(mktemp)
     trap 'rm -f "$VIDEO_LIST"' EXIT
@@ -30,4 +39,4 @@ if [[ -z ${VIDEO_LIST:-} ]]; then
 fi
 
 python -m motion_detection.extract_boxes --video_list "$VIDEO_LIST" \
-    --video_root "$DATA_ROOT" --output_dir "$BOX_DIR" --flow "$FLOW" "${EXTRA[@]}"
+    --video_root "$DATA_ROOT" --output_dir "$BOX_DIR" --flow "$FLOW" ${SHARD[@]+"${SHARD[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}

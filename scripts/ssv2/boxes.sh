@@ -2,9 +2,11 @@
 # Motion boxes of every Something-Something V2 video in train.csv, val.csv and test.csv (DATASET.md), on CPUs.
 #
 #   sbatch scripts/ssv2/boxes.sh        # submit from the repository root: 64 array tasks, one shard each
+#   sbatch --array=17,40 scripts/ssv2/boxes.sh              # rerun some of the shards (e.g. timed out)
+#   NUM_SHARDS=16 sbatch --array=0-15 scripts/ssv2/boxes.sh  # other shard counts: --array=0-(NUM_SHARDS-1)
 #   bash scripts/ssv2/boxes.sh          # or all videos on this machine
 #
-# Each array task takes its shard from SLURM_ARRAY_TASK_ID/COUNT and uses all its CPUs (one video per process).
+# Array task N does shard N of NUM_SHARDS (64, as --array=0-63 below) and uses all its CPUs (one video per process).
 # Resumable: resubmit to finish what a timed-out task left; bad videos go to $BOX_DIR/failed*.tsv (exit status 1).
 # TV-L1 costs about 45 core-seconds per video (~2,700 core-hours for SSV2); FLOW=dis is ~100x faster.
 #SBATCH --job-name=mofo-boxes-ssv2
@@ -21,7 +23,19 @@ DATA_PATH=${DATA_PATH:-data/ssv2}          # train.csv, val.csv, test.csv: "<vid
 DATA_ROOT=${DATA_ROOT:-data/ssv2/videos}   # the mp4s; list paths are relative to it
 BOX_DIR=${BOX_DIR:-data/ssv2/boxes}        # a/b.mp4 -> $BOX_DIR/a/b.json
 FLOW=${FLOW:-tvl1}                         # tvl1 (the paper's) or dis
+# The shard is the array task's id, out of NUM_SHARDS: not out of SLURM_ARRAY_TASK_COUNT, which is that of the
+# submitted array (1 for a resubmitted `--array=17`).
+SHARD=()
+if [[ -n ${SLURM_ARRAY_TASK_ID:-} ]]; then
+    SHARD=(--num_shards "${NUM_SHARDS:-64}" --shard_id "$SLURM_ARRAY_TASK_ID")
+fi
 
+for list in "$DATA_PATH"/{train,val,test}.csv; do  # cat in <(...) would fail unseen: the run would miss a list
+    if [[ ! -f $list ]]; then
+        echo "$0: $list not found (DATA_PATH must hold train.csv, val.csv and test.csv)" >&2
+        exit 2
+    fi
+done
 # One list of all videos (the same in every array task, so the shards split it alike); repeats are skipped.
 python -m motion_detection.extract_boxes --video_list <(cat "$DATA_PATH"/{train,val,test}.csv) \
-    --video_root "$DATA_ROOT" --output_dir "$BOX_DIR" --flow "$FLOW" "${EXTRA[@]}"
+    --video_root "$DATA_ROOT" --output_dir "$BOX_DIR" --flow "$FLOW" ${SHARD[@]+"${SHARD[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
