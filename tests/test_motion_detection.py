@@ -239,8 +239,7 @@ def test_atomic_write_uses_a_temp_file_of_its_own_and_leaves_nothing_on_failure(
     atomic_write_text(target, "new")
     assert target.read_text() == "new" and all(other.read_text() == "another writer" for other in others)
     assert sorted(tmp_path.iterdir()) == sorted([target, *others])
-    with open(tmp_path / "plain", "w"):
-        pass
+    (tmp_path / "plain").write_text("")  # a file made the ordinary way, for its permissions
     assert target.stat().st_mode == (tmp_path / "plain").stat().st_mode
     assert remove_stale_temp_files(tmp_path) == 0  # all are young
     assert remove_stale_temp_files(tmp_path, max_age=-1) == 1  # only the temp name of atomic_write_text
