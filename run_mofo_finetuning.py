@@ -49,7 +49,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model (in place: checkpoints keep their keys)")
-    parser.add_argument("--use_mean_pooling", default=True, type=utils.str2bool)
+    parser.add_argument("--use_mean_pooling", default=True, type=utils.str2bool, nargs="?", const=True,
+                        help="feature: fc_norm of the token mean (the default; also takes true/false)")
+    parser.add_argument("--use_cls", action="store_false", dest="use_mean_pooling",
+                        help="VideoMAE's switch: feature from the final norm's first token instead of the mean")
     parser.add_argument("--init_scale", default=0.001, type=float, help="scale of the new head's initial weights")
     parser.add_argument("--mca_mode", default="both", choices=["both", "inner"],
                         help="MOFO head: inside<->outside cross-attention both ways, or inside->outside only")
@@ -92,6 +95,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     # checkpoints
     parser.add_argument("--finetune", default="", help="initialise from this checkpoint (file or DeepSpeed folder)")
     parser.add_argument("--model_key", default="model|module", type=str)
+    parser.add_argument("--model_prefix", default="", type=str,
+                        help="load only the checkpoint's keys under this prefix, with the prefix removed")
 
     # data
     parser.add_argument("--data_set", default="Kinetics-400",
@@ -124,6 +129,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_save_ckpt", action="store_false", dest="save_ckpt")
     parser.add_argument("--start_epoch", default=0, type=int)
     parser.add_argument("--eval", action="store_true", help="only run the multi-view test")
+    parser.add_argument("--disable_eval_during_finetuning", action="store_true",
+                        help="no validation after each epoch (and so no checkpoint-best); the final test still runs")
     parser.add_argument("--num_workers", default=10, type=int)
     parser.add_argument("--pin_mem", action="store_true", default=True)
     parser.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
@@ -199,7 +206,7 @@ def main(args) -> None:
     if args.use_box and not args.box_dir:
         raise SystemExit(f"--model {args.model} fuses tokens inside and outside the motion box: pass --box_dir")
     if args.finetune:
-        utils.load_finetune_checkpoint(model, args.finetune, args.model_key)
+        utils.load_finetune_checkpoint(model, args.finetune, args.model_key, args.model_prefix)
     model.to(device)
     print(f"Model: {args.model}, params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
 
@@ -222,11 +229,11 @@ def main(args) -> None:
         return
 
     train_set = build_dataset(is_train=True, test_mode=False, args=args)
-    val_set = build_dataset(is_train=False, test_mode=False, args=args)
+    val_set = None if args.disable_eval_during_finetuning else build_dataset(is_train=False, test_mode=False, args=args)
     train_sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
     train_loader = utils.train_loader(train_set, train_sampler, args, device,
                                       multiple_samples_collate if args.num_sample > 1 else None)
-    val_loader = eval_loader(val_set, args, rank, world)
+    val_loader = None if val_set is None else eval_loader(val_set, args, rank, world)
     niter_per_ep = len(train_loader) // args.update_freq
     if niter_per_ep == 0:
         raise SystemExit(f"{len(train_set)} training videos make no full batch of {args.batch_size} x {world}")
@@ -243,7 +250,8 @@ def main(args) -> None:
     acc_key = "action_acc1" if len(args.head_sizes) == 2 else "acc1"
     log_file = Path(args.output_dir) / "log.txt"
     previous = [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.exists() else []
-    best_acc = max((r[f"val_{acc_key}"] for r in previous if r["epoch"] < args.start_epoch), default=0.0)
+    best_acc = max((r[f"val_{acc_key}"] for r in previous if r["epoch"] < args.start_epoch and f"val_{acc_key}" in r),
+                   default=0.0)
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         utils.seed_epoch(args.seed, epoch, rank, train_loader)
@@ -251,14 +259,18 @@ def main(args) -> None:
                                       wd_schedule, epoch * niter_per_ep, mixup_fn, log_writer, args.enable_deepspeed)
         if args.save_ckpt and ((epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs):
             utils.save_model(args, epoch, model, model_without_ddp, optimizer, loss_scaler)
-        val_stats = validation_one_epoch(val_loader, model, device, args, args.enable_deepspeed)
-        if val_stats[acc_key] > best_acc:
-            best_acc = val_stats[acc_key]
-            if args.save_ckpt:
-                utils.save_model(args, epoch, model, model_without_ddp, optimizer, loss_scaler, tag="checkpoint-best")
-        print(f"Val {acc_key}: {val_stats[acc_key]:.2f}%  best: {best_acc:.2f}%")
+        val_stats = {}
+        if val_loader is not None:
+            val_stats = validation_one_epoch(val_loader, model, device, args, args.enable_deepspeed)
+            if val_stats[acc_key] > best_acc:
+                best_acc = val_stats[acc_key]
+                if args.save_ckpt:
+                    utils.save_model(args, epoch, model, model_without_ddp, optimizer, loss_scaler,
+                                     tag="checkpoint-best")
+            print(f"Val {acc_key}: {val_stats[acc_key]:.2f}%  best: {best_acc:.2f}%")
+            if log_writer is not None:
+                log_writer.add_scalar(f"val_{acc_key}", val_stats[acc_key], epoch)
         if log_writer is not None:
-            log_writer.add_scalar(f"val_{acc_key}", val_stats[acc_key], epoch)
             log_writer.flush()
         if utils.is_main_process():
             record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},

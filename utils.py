@@ -519,13 +519,20 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int, int]) -
     return table.permute(0, 2, 3, 4, 1).reshape(1, -1, dim).to(pos_embed.dtype)
 
 
-def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key: str = "model|module") -> None:
-    """Initialise a fine-tuning model from a pretraining, fine-tuned, DeepSpeed or own checkpoint (``--finetune``).
+def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key: str = "model|module",
+                             model_prefix: str = "") -> None:
+    """Initialise a fine-tuning model from a pretraining, fine-tuned, DeepSpeed or own checkpoint (``--finetune``);
+    with ``model_prefix`` (VideoMAE's ``--model_prefix``) only from the keys under that prefix, the prefix removed.
 
     A classifier head of another size is dropped; a learned position table of another grid is interpolated (fixed
     sinusoid tables are rebuilt by the model and need nothing); missing and unexpected keys are printed.
     """
-    state = encoder_state(read_model_state(path, model_key))
+    state = read_model_state(path, model_key)
+    if model_prefix:
+        state = {k[len(model_prefix):]: v for k, v in state.items() if k.startswith(model_prefix)}
+        if not state:
+            raise ValueError(f"{path}: no weights under --model_prefix {model_prefix!r}")
+    state = encoder_state(state)
     low_precision = sorted({str(v.dtype) for v in state.values() if v.is_floating_point() and v.dtype != torch.float32})
     if low_precision:
         print(f"Warning: {path} holds {', '.join(low_precision)} weights (e.g. a DeepSpeed bf16/fp16 run); fine-tuning "

@@ -6,7 +6,8 @@
 1. Speed: flow alone and the whole per-pair detection (flow + motion map + box) on synthetic frames with the
    short side at ``--short_side`` (default 224, i.e. 298x224), with OpenCV (and torch) limited to 1 thread (cost
    per core) and with all threads. ``tvl1_torch`` gets ``--batch_size`` pairs per call, on the CPU and, when
-   there is one, on a CUDA GPU (rows labelled ``tvl1_torch[device,bN]``; ``--torch_devices`` picks them).
+   there is one, on a CUDA GPU (rows labelled ``tvl1_torch[device,bN]``, ``[device,bN,compile]`` through
+   torch.compile; ``--torch_devices``, ``--batch_size`` and ``--torch_modes`` pick them).
 2. Agreement on the synthetic set (in memory, 160x120): union-box and per-frame IoU of every backend's boxes
    with the first backend's (TV-L1, the paper's) and with the ground truth (two missing boxes agree).
 3. With ``codec_mv`` among the flows: codec motion vectors against TV-L1 on the same clips encoded to mp4 files
@@ -63,22 +64,25 @@ def time_backend(
     return flow_rate, detect_rate
 
 
-def speed_configs(flow: str, batch_size: int, all_threads: int,
-                  torch_devices: list[str]) -> list[tuple[str, dict | None, int, list[int]]]:
+def speed_configs(flow: str, batch_sizes: list[int], all_threads: int, torch_devices: list[str],
+                  torch_modes: list[str]) -> list[tuple[str, dict | None, int, list[int]]]:
     """(row label, flow parameters, pairs per call, thread counts) timed for a backend: the OpenCV ones one pair
-    per call; tvl1_torch ``batch_size`` pairs per call on each of ``torch_devices``."""
+    per call, with 1 thread (the cost per core) and all; tvl1_torch each of ``batch_sizes`` pairs per call on each
+    of ``torch_devices``, ``eager`` and/or ``compile`` (torch.compile), on a GPU with all threads only."""
     threads = sorted({1, all_threads})
     if flow != "tvl1_torch":
         return [(flow, None, 1, threads)]
-    return [(f"{flow}[{d},b{batch_size}]", {"device": d}, batch_size, threads) for d in torch_devices]
+    return [(f"{flow}[{d},b{b}{',compile' if mode == 'compile' else ''}]", {"device": d, "compile": mode == "compile"},
+             b, threads if d == "cpu" else [all_threads])
+            for d in torch_devices for mode in torch_modes for b in batch_sizes]
 
 
-def speed_table(flows: list[str], pairs: int, short_side: int, all_threads: int, batch_size: int,
-                torch_devices: list[str]) -> None:
+def speed_table(flows: list[str], pairs: int, short_side: int, all_threads: int, batch_sizes: list[int],
+                torch_devices: list[str], torch_modes: list[str]) -> None:
     frames = gray_frames(pairs + 1, short_side)
     print(f"speed: {frames.shape[2]}x{frames.shape[1]}, {pairs} pairs, OpenCV {cv2.__version__}, {all_threads} CPUs")
     rows = [(flow, *config) for flow in flows
-            for config in speed_configs(flow, batch_size, all_threads, torch_devices)]
+            for config in speed_configs(flow, batch_sizes, all_threads, torch_devices, torch_modes)]
     width = max(8, *(len(label) for _, label, *_ in rows))
     print(f"{'flow':<{width}} {'threads':>7} {'flow pairs/s':>12} {'detect pairs/s':>14} {'ms/pair':>8}")
     for flow, label, flow_params, batch, thread_counts in rows:
@@ -176,10 +180,13 @@ def main() -> None:
     parser.add_argument("--num_videos", type=int, default=16, help="synthetic clips for the agreement test")
     parser.add_argument("--num_frames", type=int, default=24, help="frames per synthetic clip")
     parser.add_argument("--skip_speed", action="store_true", help="only the agreement table")
-    parser.add_argument("--batch_size", type=int, default=8,
-                        help="frame pairs per call of a batched backend (tvl1_torch) in the speed test")
+    parser.add_argument("--batch_size", type=int, nargs="+", default=[8],
+                        help="frame pairs per call of a batched backend (tvl1_torch) in the speed test; a row each")
     parser.add_argument("--torch_devices", nargs="+", default=None, choices=["cpu", "cuda"],
                         help="devices of the tvl1_torch speed rows (default: cpu, and cuda when there is a GPU)")
+    parser.add_argument("--torch_modes", nargs="+", default=["eager"], choices=["eager", "compile"],
+                        help="tvl1_torch speed rows run eagerly and/or through torch.compile (its compilation is "
+                        "in the untimed warm-up call)")
     parser.add_argument("--codec_sizes", nargs="+", default=["160x120", "320x240"],
                         help="frame sizes (WxH) of the encoded clips for the codec_mv table")
     args = parser.parse_args()
@@ -195,7 +202,8 @@ def main() -> None:
     flows = [f for f in flows if f not in file_flows]
 
     if not args.skip_speed and flows:
-        speed_table(flows, args.pairs, args.short_side, all_threads, args.batch_size, torch_devices or [])
+        speed_table(flows, args.pairs, args.short_side, all_threads, args.batch_size, torch_devices or [],
+                    args.torch_modes)
     if flows:
         rows = agreement_table(flows, args.num_videos, args.num_frames)
         print(f"\nagreement: {args.num_videos} synthetic clips of {args.num_frames} frames (160x120)")

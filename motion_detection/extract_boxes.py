@@ -43,7 +43,8 @@ from .flow import available_flows
 from .video import VideoReadError
 
 log = logging.getLogger("extract_boxes")
-DEVICE_FLOWS = ("tvl1_torch",)  # flow backends that take --device
+DEVICE_FLOWS = ("tvl1_torch",)  # flow backends that take --device and --compile
+GPU_BATCH_SIZE = 64  # --batch_size default for a flow backend on a GPU (one process, pairs batched on the device)
 
 
 @dataclass
@@ -256,10 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None,
                         help=f"device of a torch flow backend ({', '.join(DEVICE_FLOWS)}): cuda, cuda:N or cpu "
                         "(default: cuda when available, else cpu); box files do not depend on it")
+    parser.add_argument("--compile", action="store_true",
+                        help=f"{', '.join(DEVICE_FLOWS)}: run the flow iterations through torch.compile (fused "
+                        "kernels, about a minute to compile at the start)")
     parser.add_argument("--shard_id", type=int, default=shard_id, help="this shard (default: SLURM array task)")
     parser.add_argument("--num_shards", type=int, default=num_shards, help="shards in all (default: SLURM array)")
     parser.add_argument("--overwrite", action="store_true", help="recompute even valid existing box files")
-    parser.add_argument("--batch_size", type=int, default=8, help="frame pairs handed to the flow backend at once")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help=f"frame pairs of a video handed to the flow backend at once (default: 8; "
+                        f"{GPU_BATCH_SIZE} for tvl1_torch on a GPU)")
     add_detection_args(parser)
     return parser
 
@@ -273,17 +279,21 @@ def main(argv: list[str] | None = None) -> int:
     for name, low in (("num_workers", 0), ("batch_size", 1)):
         if getattr(args, name) is not None and getattr(args, name) < low:
             parser.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
-    if args.device is not None and args.flow not in DEVICE_FLOWS:
-        parser.error(f"--device applies to {', '.join(DEVICE_FLOWS)}, not to --flow {args.flow}")
+    for name in ("device", "compile"):
+        if getattr(args, name) not in (None, False) and args.flow not in DEVICE_FLOWS:
+            parser.error(f"--{name} applies to {', '.join(DEVICE_FLOWS)}, not to --flow {args.flow}")
+    flow_params = {"device": args.device} if args.device is not None else {}
+    if args.compile:
+        flow_params["compile"] = True
     try:
-        detector_kwargs = {"flow": args.flow, "batch_size": args.batch_size, **vars(params_from_args(args))}
-        if args.device is not None:
-            detector_kwargs["flow_params"] = {"device": args.device}
+        detector_kwargs = {"flow": args.flow, "flow_params": flow_params, **vars(params_from_args(args))}
         detector = MotionBoxDetector(**detector_kwargs)
     except ValueError as e:
         parser.error(str(e))
+    on_accelerator = getattr(detector.backend, "on_accelerator", False)
+    detector_kwargs["batch_size"] = args.batch_size or (GPU_BATCH_SIZE if on_accelerator else detector.batch_size)
     if args.num_workers is None:
-        args.num_workers = 0 if getattr(detector.backend, "on_accelerator", False) else default_workers()
+        args.num_workers = 0 if on_accelerator else default_workers()
     config = detector.config()
     all_videos = distinct_videos(read_video_list(args.video_list), args.video_root)
     videos = all_videos[args.shard_id :: args.num_shards]

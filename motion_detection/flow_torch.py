@@ -22,7 +22,10 @@ of :class:`~motion_detection.flow.TVL1Params`:
    ``epsilon``^2 (OpenCV's test). Gradients are forward differences and div their negative adjoint.
 
 Batching does not change a pair's result: a pair that meets the stopping test leaves the working batch, so each
-follows the iteration sequence it would follow alone and no per-pair Python loop is needed.
+follows the iteration sequence it would follow alone and no per-pair Python loop is needed. On a GPU the test is
+read on the host only every ``DEVICE_CHECK_EVERY`` iterations (each read waits for the device), a pair that stops in
+between being frozen by a mask, which gives the same flow. ``compile=True`` runs one iteration and the median
+filter through torch.compile, which fuses their dozens of elementwise kernels into a few.
 
 Deviations from OpenCV's implementation (none changes the model or the parameters): the pyramid follows IPOL
 (Gaussian anti-aliasing, then bilinear resampling) and may differ from OpenCV's resizing in detail; bicubic
@@ -50,6 +53,7 @@ MIN_LEVEL_SIZE = 8
 GRAD_EPSILON = float(np.finfo(np.float32).eps)  # |grad I1|^2 below this counts as no gradient
 REVISION = 1  # bump when the numbers this backend produces change, so box files made before are recomputed
 IMPLEMENTATION = f"torch float32 r{REVISION}"  # recorded in box files next to the TV-L1 parameters
+DEVICE_CHECK_EVERY = 10  # on a GPU, iterations between host reads of the stopping test (each read is a sync)
 
 
 def default_device() -> str:
@@ -100,9 +104,11 @@ def centred_gradient(images: torch.Tensor) -> torch.Tensor:
 
 def forward_gradient(flow: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """(B, 2, h, w) -> (B, 2, 2, h, w): forward differences along x (index 0 of dim 1) and y, zero on the last
-    column / row (Neumann boundary). ``out``, when given, must hold zeros there; it is filled and returned."""
+    column / row (Neumann boundary). ``out``, when given, must hold zeros there; it is filled and returned (the
+    CPU's eager iterations reuse one buffer; compiled ones leave the memory to the compiler)."""
     if out is None:
-        out = flow.new_zeros(flow.shape[0], 2, *flow.shape[1:])
+        dx = F.pad(flow[..., 1:] - flow[..., :-1], (0, 1))
+        return torch.stack([dx, F.pad(flow[..., 1:, :] - flow[..., :-1, :], (0, 0, 0, 1))], 1)
     torch.sub(flow[..., 1:], flow[..., :-1], out=out[:, 0, ..., :-1])
     torch.sub(flow[..., 1:, :], flow[..., :-1, :], out=out[:, 1, ..., :-1, :])
     return out
@@ -133,18 +139,23 @@ def _batcher_comparators(n: int) -> list[tuple[int, int]]:
     return pairs
 
 
-@functools.cache
+MEDIAN_NETWORKS: dict[int, tuple[tuple[int, int, bool, bool], ...]] = {}  # median_network's, by m
+
+
 def median_network(m: int) -> tuple[tuple[int, int, bool, bool], ...]:
     """A selection network for the median (wire m // 2) of m values: Batcher's network for the next power of two
     (the missing wires act as +inf, so comparators touching them are dropped), pruned back from the median wire.
-    Each entry (i, j, want_min, want_max) says which of min -> i and max -> j are still needed."""
-    n = 1 << max(m - 1, 0).bit_length()
-    needed, kept = {m // 2}, []
-    for i, j in reversed([(i, j) for i, j in _batcher_comparators(n) if j < m]):
-        if i in needed or j in needed:
-            kept.append((i, j, i in needed, j in needed))
-            needed |= {i, j}
-    return tuple(reversed(kept))
+    Each entry (i, j, want_min, want_max) says which of min -> i and max -> j are still needed. Kept in
+    ``MEDIAN_NETWORKS`` (a plain dict, which torch.compile reads without tracing the construction again)."""
+    if m not in MEDIAN_NETWORKS:
+        n = 1 << max(m - 1, 0).bit_length()
+        needed, kept = {m // 2}, []
+        for i, j in reversed([(i, j) for i, j in _batcher_comparators(n) if j < m]):
+            if i in needed or j in needed:
+                kept.append((i, j, i in needed, j in needed))
+                needed |= {i, j}
+        MEDIAN_NETWORKS[m] = tuple(reversed(kept))
+    return MEDIAN_NETWORKS[m]
 
 
 def median_filter(flow: torch.Tensor, size: int) -> torch.Tensor:
@@ -176,46 +187,83 @@ def warp(images: torch.Tensor, flow: torch.Tensor, base: torch.Tensor) -> tuple[
     return samples, (x < 0) | (x > w - 1) | (y < 0) | (y > h - 1)
 
 
-def _iterate(
-    u: torch.Tensor, p: torch.Tensor, grad_i1: torch.Tensor, rho_c: torch.Tensor, c: TVL1Params
-) -> tuple[torch.Tensor, torch.Tensor]:
+def primal_dual_step(u: torch.Tensor, p: torch.Tensor, grad_i1: torch.Tensor, rho_c: torch.Tensor,
+                     neg_inv_norm: torch.Tensor, grad_u: torch.Tensor | None, active: torch.Tensor | None,
+                     limit: float, taut: float, theta: float, epsilon_sq: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One inner iteration of step 4 on every pair of a batch: thresholding, primal and dual steps. Returns the new
+    flow ``u`` (B, 2, h, w) and, per pair, whether it goes on iterating (its u changed by a mean square above
+    ``epsilon_sq``); the dual variable ``p`` (B, 2, 2, h, w) is updated in place. Pairs not ``active`` (None: all
+    are) keep their u and p and stop. ``grad_u``: a buffer for :func:`forward_gradient` (None: a new tensor). No
+    host synchronisation, so that torch.compile can fuse it into a few kernels."""
+    rho = torch.addcmul(rho_c, grad_i1[:, :1], u[:, :1]).addcmul_(grad_i1[:, 1:], u[:, 1:])
+    new_u = torch.addcmul(u, grad_i1, rho.mul_(neg_inv_norm).clamp_(-limit, limit))  # v
+    new_u.add_(divergence(p), alpha=theta)
+    going_on = (new_u - u).square_().sum((1, 2, 3)) > epsilon_sq * u.shape[-2] * u.shape[-1]
+    grad_u = forward_gradient(new_u, out=grad_u)
+    norm = torch.hypot(grad_u[:, 0], grad_u[:, 1]).mul_(taut).add_(1).unsqueeze(1)
+    if active is None:
+        p.add_(grad_u, alpha=taut).div_(norm)
+        return new_u, going_on
+    p.copy_(torch.where(active.view(-1, 1, 1, 1, 1), torch.add(p, grad_u, alpha=taut).div_(norm), p))
+    return torch.where(active.view(-1, 1, 1, 1), new_u, u), active & going_on
+
+
+def masked_median(u: torch.Tensor, size: int, active: torch.Tensor | None) -> torch.Tensor:
+    """The median filter of step 4 on the ``active`` pairs of (B, 2, h, w) flow (None: on all)."""
+    filtered = median_filter(u, size)
+    return filtered if active is None else torch.where(active.view(-1, 1, 1, 1), filtered, u)
+
+
+@functools.cache
+def compiled(function):
+    """``function`` compiled once for all shapes (pairs, level sizes): torch.compile with dynamic shapes."""
+    return torch.compile(function, dynamic=True)
+
+
+def _iterate(u: torch.Tensor, p: torch.Tensor, grad_i1: torch.Tensor, rho_c: torch.Tensor, c: TVL1Params,
+             check_every: int, compile: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 4 for one warp, updating the flow ``u`` (B, 2, h, w) and dual variable ``p`` (B, 2, 2, h, w) in place.
-    ``grad_i1`` is the warped gradient (B, 2, h, w) and ``rho_c`` = rho(0) (B, 1, h, w). Pairs that meet the
-    stopping test are written back and dropped from the working tensors."""
-    b, _, h, w = u.shape
-    limit = c.lambda_ * c.theta
-    taut = c.tau / c.theta
-    threshold = c.epsilon**2 * h * w
+    ``grad_i1`` is the warped gradient (B, 2, h, w) and ``rho_c`` = rho(0) (B, 1, h, w).
+
+    The stopping test is read on the host every ``check_every`` iterations: pairs that have stopped are written
+    back and dropped from the working tensors then. With ``check_every`` 1 (the CPU, where reading it costs
+    nothing) every pair left is still iterating; otherwise (a GPU, where each read waits for the device) a pair
+    that stops in between is frozen by a mask until the next read, so it ends on the same iteration either way."""
+    step = compiled(primal_dual_step) if compile else primal_dual_step
+    median = compiled(masked_median) if compile else masked_median
+    constants = dict(limit=c.lambda_ * c.theta, taut=c.tau / c.theta, theta=c.theta, epsilon_sq=c.epsilon**2)
     neg_inv_norm = -1.0 / grad_i1.square().sum(1, keepdim=True).clamp_min(GRAD_EPSILON)
-    index = torch.arange(b, device=u.device)
+    index = torch.arange(u.shape[0], device=u.device)
     work_u, work_p = u, p.clone()
-    grad_u = u.new_zeros(b, 2, 2, h, w)
+    grad_u = None if compile else u.new_zeros(u.shape[0], 2, *u.shape[1:])
+    active = None if check_every == 1 else torch.ones_like(index, dtype=torch.bool)
+    iteration = 0
     for _ in range(c.outer_iterations):
         if c.median_filtering > 1:
-            work_u = median_filter(work_u, c.median_filtering)
+            work_u = median(work_u, c.median_filtering, active)
         for _ in range(c.inner_iterations):
-            rho = torch.addcmul(rho_c, grad_i1[:, :1], work_u[:, :1]).addcmul_(grad_i1[:, 1:], work_u[:, 1:])
-            new_u = torch.addcmul(work_u, grad_i1, rho.mul_(neg_inv_norm).clamp_(-limit, limit))  # v
-            new_u.add_(divergence(work_p), alpha=c.theta)
-            change = (new_u - work_u).square_().sum((1, 2, 3))
-            work_u = new_u
-            forward_gradient(work_u, out=grad_u)
-            norm = torch.hypot(grad_u[:, 0], grad_u[:, 1]).mul_(taut).add_(1)
-            work_p.add_(grad_u, alpha=taut).div_(norm.unsqueeze(1))
-            done = change <= threshold
-            if bool(done.any()):
-                u[index[done]], p[index[done]] = work_u[done], work_p[done]
-                keep = ~done
-                if not bool(keep.any()):
-                    return u, p
-                index, work_u, work_p, grad_u, grad_i1, rho_c, neg_inv_norm = (
-                    t[keep] for t in (index, work_u, work_p, grad_u, grad_i1, rho_c, neg_inv_norm)
-                )
+            work_u, going_on = step(work_u, work_p, grad_i1, rho_c, neg_inv_norm, grad_u, active, **constants)
+            if active is not None:
+                active = going_on
+            iteration += 1
+            if iteration % check_every or bool(going_on.all()):
+                continue
+            done = ~going_on
+            u[index[done]], p[index[done]] = work_u[done], work_p[done]
+            if not bool(going_on.any()):
+                return u, p
+            index, work_u, work_p, grad_i1, rho_c, neg_inv_norm = (
+                t[going_on] for t in (index, work_u, work_p, grad_i1, rho_c, neg_inv_norm))
+            if grad_u is not None:
+                grad_u = grad_u[going_on]
+            if active is not None:
+                active = torch.ones_like(index, dtype=torch.bool)
     u[index], p[index] = work_u, work_p
     return u, p
 
 
-def solve_level(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, c: TVL1Params) -> torch.Tensor:
+def solve_level(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, c: TVL1Params, check_every: int,
+                compile: bool) -> torch.Tensor:
     """Steps 3-4 on one pyramid level: (B, 1, h, w) images and initial flow (B, 2, h, w) -> refined flow."""
     b, _, h, w = i0.shape
     i1_and_gradient = torch.cat([i1, centred_gradient(i1)], 1)
@@ -228,15 +276,21 @@ def solve_level(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, c: TVL1Para
         warped, outside = warp(i1_and_gradient, u, base)
         grad_i1 = warped[:, 1:].masked_fill(outside, 0)  # no data term where x + u0 leaves the image
         rho_c = warped[:, :1] - (grad_i1 * u).sum(1, keepdim=True) - i0
-        u, p = _iterate(u, p, grad_i1, rho_c, c)
+        u, p = _iterate(u, p, grad_i1, rho_c, c, check_every, compile)
     return u
 
 
 @torch.inference_mode()
-def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor, config: TVL1Params | None = None) -> torch.Tensor:
+def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor, config: TVL1Params | None = None, compile: bool = False,
+              check_every: int | None = None) -> torch.Tensor:
     """TV-L1 flow of a batch: ``prev``/``nxt`` (B, 1, H, W) float grey levels in [0, 255] -> (B, 2, H, W) float32
-    (u, v) with prev[y, x] ~ nxt[y + v, x + u]."""
+    (u, v) with prev[y, x] ~ nxt[y + v, x + u]. ``compile``: the iterations through torch.compile (fused kernels,
+    compiled once for all batch and frame sizes; the flow agrees with the eager one to float rounding, which can
+    move a pair's stopping iteration). ``check_every``: iterations between reads of the stopping test on
+    the host (default 1 on a CPU, ``DEVICE_CHECK_EVERY`` on a GPU); the flow is the same for any value."""
     c = config or TVL1Params()
+    if check_every is None:
+        check_every = 1 if prev.device.type == "cpu" else DEVICE_CHECK_EVERY
     images = torch.cat([prev, nxt], 1).float()
     b, _, height, width = images.shape
     sizes = pyramid_sizes(height, width, c.scales, c.scale_step)
@@ -247,18 +301,20 @@ def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor, config: TVL1Params | None =
     for level in reversed(range(len(sizes))):
         if u.shape[-2:] != sizes[level]:
             u = upscale_flow(u, sizes[level])
-        u = solve_level(levels[level][:, :1], levels[level][:, 1:], u, c)
+        u = solve_level(levels[level][:, :1], levels[level][:, 1:], u, c, check_every, compile)
     return u
 
 
 @register_flow("tvl1_torch")
 class TVL1TorchFlow(FlowBackend):
     """TV-L1 with OpenCV DualTVL1's parameters in batched PyTorch, on ``device`` (default: cuda when available,
-    else cpu). The box-file record (``params()``) leaves out the device, so box files from a GPU and a CPU run
-    count as made with the same settings. ``params()`` is accepted back as keyword arguments (to recompute a box
-    file's maps); its ``implementation`` must then be this one, whose numbers it records."""
+    else cpu); ``compile``: the iterations through torch.compile (fused kernels, compiled on the first call, about
+    a minute). The box-file record (``params()``) leaves out the device and ``compile``, so box files from a GPU and
+    a CPU run count as made with the same settings. ``params()`` is accepted back as keyword arguments (to
+    recompute a box file's maps); its ``implementation`` must then be this one, whose numbers it records."""
 
-    def __init__(self, device: str | torch.device | None = None, implementation: str | None = None, **overrides):
+    def __init__(self, device: str | torch.device | None = None, implementation: str | None = None,
+                 compile: bool = False, **overrides):
         if implementation not in (None, IMPLEMENTATION):
             raise ValueError(f"implementation {implementation!r} is not this one ({IMPLEMENTATION!r}), whose flow "
                              "differs: recompute the box file")
@@ -276,6 +332,7 @@ class TVL1TorchFlow(FlowBackend):
             raise ValueError(f"invalid device {device!r}: {e}") from None
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device} requested but CUDA is not available")
+        self.compile = compile
 
     @property
     def on_accelerator(self) -> bool:
@@ -290,7 +347,7 @@ class TVL1TorchFlow(FlowBackend):
         if prev.shape != nxt.shape or prev.ndim != 3 or prev.dtype != np.uint8 or nxt.dtype != np.uint8:
             raise ValueError(f"expected two uint8 (B, H, W) batches, got {prev.shape} {prev.dtype} and {nxt.shape}")
         pairs = torch.from_numpy(np.stack([prev, nxt], 1)).to(self.device).float()
-        flow = tvl1_flow(pairs[:, :1], pairs[:, 1:], self.config)
+        flow = tvl1_flow(pairs[:, :1], pairs[:, 1:], self.config, compile=self.compile)
         return flow.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
     def pair(self, prev, nxt):

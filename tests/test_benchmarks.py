@@ -27,6 +27,20 @@ TINY_STEP = ["--device", "cpu", "--batch_size", "2", "--num_frames", "4", "--inp
              "--steps", "2", "--threads", "1"]
 
 
+def test_bench_motion_rows_per_device_batch_and_mode():
+    """OpenCV rows run with one thread and all; tvl1_torch gets a row per device, mode and batch size, a GPU row
+    with all threads only (its cost per core means nothing)."""
+    import bench_motion
+
+    assert bench_motion.speed_configs("dis", [8], 4, ["cpu"], ["eager"]) == [("dis", None, 1, [1, 4])]
+    rows = bench_motion.speed_configs("tvl1_torch", [8, 64], 4, ["cpu", "cuda"], ["eager", "compile"])
+    assert [label for label, *_ in rows] == [
+        "tvl1_torch[cpu,b8]", "tvl1_torch[cpu,b64]", "tvl1_torch[cpu,b8,compile]", "tvl1_torch[cpu,b64,compile]",
+        "tvl1_torch[cuda,b8]", "tvl1_torch[cuda,b64]", "tvl1_torch[cuda,b8,compile]", "tvl1_torch[cuda,b64,compile]"]
+    assert rows[3][1:] == ({"device": "cpu", "compile": True}, 64, [1, 4])
+    assert rows[4][1:] == ({"device": "cuda", "compile": False}, 8, [4])
+
+
 def run_benchmark(script: str, *args: str) -> tuple[list[str], list[dict[str, str]]]:
     """Run a benchmark script; returns its output lines and its markdown table as one dict per row."""
     result = subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=REPO, capture_output=True, text=True,

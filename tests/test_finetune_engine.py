@@ -94,6 +94,22 @@ def test_finetune_from_a_pretraining_checkpoint_takes_the_encoder(tmp_path):
     torch.testing.assert_close(model.patch_embed.proj.bias, pretrain.encoder.patch_embed.proj.bias)
 
 
+def test_finetune_model_prefix_picks_the_weights_under_it(tmp_path):
+    """VideoMAE's ``--model_prefix``: a checkpoint holding several models (a student and a teacher, say) loads the
+    one under the prefix; a prefix with no weights is an error naming the file."""
+    student, teacher = (timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4)
+                        for _ in range(2))
+    state = {**{f"student.{k}": v for k, v in student.state_dict().items()},
+             **{f"teacher.{k}": v for k, v in teacher.state_dict().items()}}
+    torch.save({"model": state}, tmp_path / "both.pth")
+    model = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4)
+    utils.load_finetune_checkpoint(model, tmp_path / "both.pth", model_prefix="teacher.")
+    torch.testing.assert_close(model.blocks[0].attn.qkv.weight, teacher.blocks[0].attn.qkv.weight)
+    torch.testing.assert_close(model.head.weight, teacher.head.weight)
+    with pytest.raises(ValueError, match=r"both\.pth: no weights under --model_prefix 'ema\.'"):
+        utils.load_finetune_checkpoint(model, tmp_path / "both.pth", model_prefix="ema.")
+
+
 def test_finetune_from_a_deepspeed_folder_drops_a_head_of_another_size(tmp_path, capsys):
     source = timm.create_model("vit_mini_patch16_224", num_classes=7, img_size=32, all_frames=4)
     tag = tmp_path / "run" / "checkpoint-3"

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import make_synthetic_dataset
 from test_pretraining import clean_env, free_port, pretrain, run_args
@@ -69,6 +70,26 @@ def test_finetune_from_a_pretraining_run_then_eval(data, pretrained, tmp_path, m
     again = finetune(finetune_args(data, out, model, "--eval", "--resume", str(out / "checkpoint-0.pth")))
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((out / "test_results.json").read_text()) == results
+
+
+def test_videomae_switches_use_cls_and_no_eval_during_finetuning(data, tmp_path):
+    """VideoMAE's ``--use_cls`` (final norm, first token) and ``--disable_eval_during_finetuning`` (no validation,
+    so no checkpoint-best; the final test still runs); ``--use_mean_pooling`` also works bare, as in VideoMAE."""
+    from run_mofo_finetuning import get_args_parser
+
+    parse = get_args_parser().parse_args
+    assert parse(["--use_mean_pooling"]).use_mean_pooling
+    assert not parse(["--use_mean_pooling", "false"]).use_mean_pooling
+    assert not parse(["--use_cls"]).use_mean_pooling and parse([]).use_mean_pooling
+    out = tmp_path / "run"
+    result = finetune(finetune_args(data, out, "vit_mini_patch16_224", "--use_cls", "--disable_eval_during_finetuning"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "Val acc1" not in result.stdout and not (out / "checkpoint-best.pth").exists()
+    record = json.loads((out / "log.txt").read_text().splitlines()[-1])
+    assert "train_loss" in record and not any(k.startswith("val_") for k in record)
+    state = torch.load(out / "checkpoint-0.pth", map_location="cpu", weights_only=False)["model"]
+    assert "norm.weight" in state and "fc_norm.weight" not in state
+    assert json.loads((out / "test_results.json").read_text())["videos"] > 0
 
 
 def test_mofo_model_without_box_dir_is_refused(data, tmp_path):
