@@ -8,8 +8,8 @@ every time slice; the motion-guided one moves them along the clip's motion.
 Motion-focused masking takes the motion box of the augmented clip, normalised xyxy in [0, 1] (x right, y down).
 The box is clipped to [0, 1]; a patch (row i, column j) is *inside* when its centre ((j+0.5)/W', (i+0.5)/H') lies in
 the box (bounds included), and a non-empty box always holds the patch under its own centre, so a box smaller than a
-patch still counts. The inside set is therefore a rectangle of patches. Per slice ``round(motion_mask_ratio*|inside|)``
-inside patches are masked (Python's round, at most the per-slice total), the rest of the per-slice total is drawn
+patch still counts. The inside set is therefore a rectangle of patches. Per slice ``motion_mask_ratio*|inside|``
+inside patches are masked (to the nearest whole patch, halves up; at most the per-slice total), the rest of the per-slice total is drawn
 from outside, and from inside again if outside runs out. A missing, NaN, empty or degenerate box gives plain random
 tube masking. :func:`inside_box_tokens` is the single implementation of the inside rule; the fine-tuning model
 splits its tokens with it as well.
@@ -35,6 +35,8 @@ OpenCV's DIS optical flow; codec motion vectors (MGM) pooled with :func:`pool_to
 """
 
 from __future__ import annotations
+
+import math
 
 import cv2
 import numpy as np
@@ -132,11 +134,12 @@ def _inside_positions(box, grid_hw: tuple[int, int]) -> np.ndarray:
 
 def _focused_positions(inside: np.ndarray, num_masked: int, motion_mask_ratio: float,
                        rng: np.random.Generator) -> np.ndarray:
-    """MOFO's draw of one slice's ``num_masked`` positions: ``round(motion_mask_ratio*|inside|)`` from inside (at
-    most ``num_masked``), the rest from outside, and from inside again if outside runs out."""
+    """MOFO's draw of one slice's ``num_masked`` positions: ``motion_mask_ratio*|inside|`` (to the nearest whole
+    patch, halves up: 4.5 -> 5) from inside (at most ``num_masked``), the rest from outside, and from inside again
+    if outside runs out."""
     inside_positions = np.flatnonzero(inside)
     outside_positions = np.flatnonzero(~inside)
-    masked_inside = min(round(motion_mask_ratio * len(inside_positions)), num_masked)
+    masked_inside = min(math.floor(motion_mask_ratio * len(inside_positions) + 0.5), num_masked)
     masked_inside = max(masked_inside, num_masked - len(outside_positions))
     return np.concatenate([
         rng.choice(inside_positions, masked_inside, replace=False),

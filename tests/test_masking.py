@@ -83,7 +83,7 @@ def flat_set(inside: torch.Tensor | np.ndarray) -> set[int]:
 
 
 def expected_masked_inside(num_inside: int, num_patches: int, num_masked: int, motion_mask_ratio: float) -> int:
-    masked_inside = min(round(motion_mask_ratio * num_inside), num_masked)
+    masked_inside = min(int(motion_mask_ratio * num_inside + 0.5), num_masked)  # halves up: 0.75 * 6 -> 5
     return max(masked_inside, num_masked - (num_patches - num_inside))
 
 
@@ -226,6 +226,16 @@ def test_default_counts_are_176_of_196_per_slice():
     assert generator.num_masks_per_frame == 176 and generator.total_masks == 8 * 176
     per_frame = frame_masks(generator([0.3, 0.3, 0.6, 0.6]), 8)
     assert (per_frame.sum(1) == 176).all()
+
+
+def test_inside_count_rounds_halves_up():
+    """0.75 of 6 inside patches is 4.5: 5 are masked in every slice (Python's round gives 4 here, yet 8 for 7.5)."""
+    generator = MotionFocusedMaskingGenerator((2, 7, 10), 0.9, 0.75, seed=0)
+    box = [0.0, 0.0, 0.28, 0.25]  # patch centres of rows 0-1, columns 0-2
+    inside = sorted(reference_inside(box, 7, 10))
+    assert len(inside) == 6
+    for frame_mask in frame_masks(generator(box), 2):
+        assert frame_mask[inside].sum() == 5 and frame_mask.sum() == 63
 
 
 def test_small_outside_takes_the_remainder_from_inside():

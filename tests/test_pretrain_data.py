@@ -171,7 +171,7 @@ def check_item(item: dict, video: Video, indices: np.ndarray, crop: tuple[int, i
     masked = item["mask"].reshape(NUM_FRAMES // 2, GRID * GRID)
     assert (masked == masked[0]).all() and masked[0].sum() == MASKS_PER_SLICE
     num_inside = int(inside.sum())
-    motion = max(min(round(0.75 * num_inside), MASKS_PER_SLICE), MASKS_PER_SLICE - (GRID * GRID - num_inside))
+    motion = max(min(int(0.75 * num_inside + 0.5), MASKS_PER_SLICE), MASKS_PER_SLICE - (GRID * GRID - num_inside))
     assert int((masked[0] & inside).sum()) == motion
 
     # The object is what differs from the object-free background under the same crop.
