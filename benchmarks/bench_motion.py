@@ -53,6 +53,8 @@ def time_backend(
     pairs = len(gray) - 1
     first = min(batch_size, pairs)
     detector.backend(gray[:first], gray[1 : first + 1])  # warm-up
+    if (flow_params or {}).get("compile"):
+        detector.backend(gray[:1], gray[1:2])  # and torch.compile's graphs for a single pair, which it specialises
     start = time.perf_counter()
     for i in range(0, pairs, batch_size):
         j = min(i + batch_size, pairs)

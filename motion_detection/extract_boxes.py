@@ -270,6 +270,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_detector(args: argparse.Namespace) -> tuple[MotionBoxDetector, dict]:
+    """The detector for this process and the keyword arguments every worker builds its own from. Fills in the
+    device-dependent defaults: ``--batch_size`` (8, or ``GPU_BATCH_SIZE`` on a GPU) and ``--num_workers`` (one per
+    usable CPU, or 0 on a GPU). ValueError for a setting that does not fit the flow."""
+    for name in ("device", "compile"):
+        if getattr(args, name) not in (None, False) and args.flow not in DEVICE_FLOWS:
+            raise ValueError(f"--{name} applies to {', '.join(DEVICE_FLOWS)}, not to --flow {args.flow}")
+    flow_params = {"device": args.device} if args.device is not None else {}
+    if args.compile:
+        flow_params["compile"] = True
+    detector_kwargs = {"flow": args.flow, "flow_params": flow_params, **vars(params_from_args(args))}
+    detector = MotionBoxDetector(**detector_kwargs)
+    on_accelerator = getattr(detector.backend, "on_accelerator", False)
+    if args.compile and not on_accelerator:
+        log.warning("--compile on a CPU: torch.compile runs tvl1_torch slower than eager there (BENCHMARKS.md), and "
+                    "every worker process compiles it again")
+    detector_kwargs["batch_size"] = args.batch_size or (GPU_BATCH_SIZE if on_accelerator else detector.batch_size)
+    if args.num_workers is None:
+        args.num_workers = 0 if on_accelerator else default_workers()
+    return detector, detector_kwargs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -279,21 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, low in (("num_workers", 0), ("batch_size", 1)):
         if getattr(args, name) is not None and getattr(args, name) < low:
             parser.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
-    for name in ("device", "compile"):
-        if getattr(args, name) not in (None, False) and args.flow not in DEVICE_FLOWS:
-            parser.error(f"--{name} applies to {', '.join(DEVICE_FLOWS)}, not to --flow {args.flow}")
-    flow_params = {"device": args.device} if args.device is not None else {}
-    if args.compile:
-        flow_params["compile"] = True
     try:
-        detector_kwargs = {"flow": args.flow, "flow_params": flow_params, **vars(params_from_args(args))}
-        detector = MotionBoxDetector(**detector_kwargs)
+        detector, detector_kwargs = build_detector(args)
     except ValueError as e:
         parser.error(str(e))
-    on_accelerator = getattr(detector.backend, "on_accelerator", False)
-    detector_kwargs["batch_size"] = args.batch_size or (GPU_BATCH_SIZE if on_accelerator else detector.batch_size)
-    if args.num_workers is None:
-        args.num_workers = 0 if on_accelerator else default_workers()
     config = detector.config()
     all_videos = distinct_videos(read_video_list(args.video_list), args.video_root)
     videos = all_videos[args.shard_id :: args.num_shards]

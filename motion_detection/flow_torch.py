@@ -23,9 +23,10 @@ of :class:`~motion_detection.flow.TVL1Params`:
 
 Batching does not change a pair's result: a pair that meets the stopping test leaves the working batch, so each
 follows the iteration sequence it would follow alone and no per-pair Python loop is needed. On a GPU the test is
-read on the host only every ``DEVICE_CHECK_EVERY`` iterations (each read waits for the device), a pair that stops in
-between being frozen by a mask, which gives the same flow. ``compile=True`` runs one iteration and the median
-filter through torch.compile, which fuses their dozens of elementwise kernels into a few.
+read on the host only every ``DEVICE_CHECK_EVERY`` iterations (each read waits for the device), and a pair that
+stops in between is frozen by a mask until then, which gives the same flow up to float rounding.
+``compile=True`` runs one iteration and the median filter through torch.compile, which fuses their dozens of
+elementwise kernels into a few.
 
 Deviations from OpenCV's implementation (none changes the model or the parameters): the pyramid follows IPOL
 (Gaussian anti-aliasing, then bilinear resampling) and may differ from OpenCV's resizing in detail; bicubic
@@ -216,7 +217,8 @@ def masked_median(u: torch.Tensor, size: int, active: torch.Tensor | None) -> to
 
 @functools.cache
 def compiled(function):
-    """``function`` compiled once for all shapes (pairs, level sizes): torch.compile with dynamic shapes."""
+    """``function`` through torch.compile with dynamic shapes: one compilation serves most batch and level sizes
+    (a batch of one pair, among a few special sizes, compiles once more)."""
     return torch.compile(function, dynamic=True)
 
 
@@ -229,8 +231,12 @@ def _iterate(u: torch.Tensor, p: torch.Tensor, grad_i1: torch.Tensor, rho_c: tor
     back and dropped from the working tensors then. With ``check_every`` 1 (the CPU, where reading it costs
     nothing) every pair left is still iterating; otherwise (a GPU, where each read waits for the device) a pair
     that stops in between is frozen by a mask until the next read, so it ends on the same iteration either way."""
+    if check_every < 1:
+        raise ValueError(f"check_every must be >= 1, got {check_every}")
     step = compiled(primal_dual_step) if compile else primal_dual_step
     median = compiled(masked_median) if compile else masked_median
+    if c.median_filtering > 1:
+        median_network(c.median_filtering**2)  # in MEDIAN_NETWORKS before torch.compile first reads it
     constants = dict(limit=c.lambda_ * c.theta, taut=c.tau / c.theta, theta=c.theta, epsilon_sq=c.epsilon**2)
     neg_inv_norm = -1.0 / grad_i1.square().sum(1, keepdim=True).clamp_min(GRAD_EPSILON)
     index = torch.arange(u.shape[0], device=u.device)
@@ -285,9 +291,10 @@ def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor, config: TVL1Params | None =
               check_every: int | None = None) -> torch.Tensor:
     """TV-L1 flow of a batch: ``prev``/``nxt`` (B, 1, H, W) float grey levels in [0, 255] -> (B, 2, H, W) float32
     (u, v) with prev[y, x] ~ nxt[y + v, x + u]. ``compile``: the iterations through torch.compile (fused kernels,
-    compiled once for all batch and frame sizes; the flow agrees with the eager one to float rounding, which can
-    move a pair's stopping iteration). ``check_every``: iterations between reads of the stopping test on
-    the host (default 1 on a CPU, ``DEVICE_CHECK_EVERY`` on a GPU); the flow is the same for any value."""
+    compiled with dynamic shapes on first use; the flow agrees with the eager one to float rounding, which can
+    move a pair's stopping iteration). ``check_every``: iterations between reads of the stopping test on the host
+    (default 1 on a CPU, ``DEVICE_CHECK_EVERY`` on a GPU); on a CPU the flow is the same to the bit for any value,
+    on a GPU up to the rounding of the per-pair sum in the test, whose order can depend on the batch."""
     c = config or TVL1Params()
     if check_every is None:
         check_every = 1 if prev.device.type == "cpu" else DEVICE_CHECK_EVERY
@@ -308,10 +315,11 @@ def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor, config: TVL1Params | None =
 @register_flow("tvl1_torch")
 class TVL1TorchFlow(FlowBackend):
     """TV-L1 with OpenCV DualTVL1's parameters in batched PyTorch, on ``device`` (default: cuda when available,
-    else cpu); ``compile``: the iterations through torch.compile (fused kernels, compiled on the first call, about
-    a minute). The box-file record (``params()``) leaves out the device and ``compile``, so box files from a GPU and
-    a CPU run count as made with the same settings. ``params()`` is accepted back as keyword arguments (to
-    recompute a box file's maps); its ``implementation`` must then be this one, whose numbers it records."""
+    else cpu); ``compile``: the iterations through torch.compile (fused kernels, compiled on the first calls, about
+    a minute; slower than eager on a CPU). The box-file record (``params()``) leaves out the device and
+    ``compile``, so box files from a GPU and a CPU run count as made with the same settings. ``params()`` is
+    accepted back as keyword arguments (to recompute a box file's maps); its ``implementation`` must then be this
+    one, whose numbers it records."""
 
     def __init__(self, device: str | torch.device | None = None, implementation: str | None = None,
                  compile: bool = False, **overrides):

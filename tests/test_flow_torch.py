@@ -23,6 +23,7 @@ import make_synthetic_dataset as synthetic
 from motion_detection import MotionBoxDetector, create_flow, load_boxes, union_box
 from motion_detection.detect import prefetch
 from motion_detection.evaluate import agreement
+from motion_detection.extract_boxes import build_detector, build_parser, default_workers
 from motion_detection.flow import TVL1Params
 from motion_detection.flow_torch import DEVICE_CHECK_EVERY, median_filter, median_network, pyramid_sizes, tvl1_flow
 
@@ -110,30 +111,33 @@ def test_batched_equals_one_by_one(known_pairs, torch_flows):
 def test_stopping_test_read_every_few_iterations_gives_the_same_flow(known_pairs, torch_flows):
     """On a GPU the stopping test is read on the host every DEVICE_CHECK_EVERY iterations, and a pair that stops in
     between is frozen by a mask until then: each pair still ends on its own iteration, so the flow is the same to
-    the bit. A still pair (stops after one iteration) joins the batch so that the mask is exercised."""
+    the bit. A still pair (stops after one iteration) joins the batch; 7 does not divide the 30 inner iterations,
+    so frozen pairs also meet an outer iteration's median filter, which must leave them alone."""
     prev, nxt, _ = known_pairs
     images = torch.from_numpy(np.stack([np.concatenate([prev, prev[:1]]), np.concatenate([nxt, prev[:1]])], 1))
     expected = torch.from_numpy(torch_flows).permute(0, 3, 1, 2)
-    for check_every in (3, DEVICE_CHECK_EVERY):
+    for check_every in (3, 7, DEVICE_CHECK_EVERY):
         flow = tvl1_flow(images[:, :1].float(), images[:, 1:].float(), check_every=check_every)
         assert torch.equal(flow[:-1], expected)
         assert flow[-1].abs().max() < 0.01
 
 
 def test_compiled_matches_eager(known_pairs, torch_flows):
-    """torch.compile of the iterations, as on a GPU (stopping test read every DEVICE_CHECK_EVERY iterations), gives
-    the eager flow to float rounding; ``compile`` is not recorded in box files. Measured (CI VM, 2026-12-01): mean
-    EPE 0.0002 px between the two."""
+    """torch.compile of the iterations gives the eager flow to float rounding, both as on a GPU (stopping test read
+    every DEVICE_CHECK_EVERY iterations, masks) and as on a CPU (``compile=True`` there: read every iteration);
+    ``compile`` is not recorded in box files. Measured (CI VM, 2026-12-01): mean EPE 0.0002 px from the eager flow."""
     prev, nxt, truth = known_pairs
     images = torch.from_numpy(np.stack([prev, nxt], 1)).float()
-    flows = tvl1_flow(images[:, :1], images[:, 1:], compile=True, check_every=DEVICE_CHECK_EVERY)
-    flows = flows.permute(0, 2, 3, 1).numpy()
-    between = np.mean([epe(f, g) for f, g in zip(flows, torch_flows, strict=True)])
-    print(f"mean EPE between compiled and eager: {between:.4f}")
-    assert between < 0.01
-    assert np.mean([epe(f, t) for f, t in zip(flows, truth, strict=True)]) < 0.25
+    as_gpu = tvl1_flow(images[:, :1], images[:, 1:], compile=True, check_every=DEVICE_CHECK_EVERY)
     backend = create_flow("tvl1_torch", device="cpu", compile=True)
     assert backend.compile and backend.params() == create_flow("tvl1_torch", device="cpu").params()
+    for flows in (as_gpu.permute(0, 2, 3, 1).numpy(), backend(prev, nxt)):
+        between = np.mean([epe(f, g) for f, g in zip(flows, torch_flows, strict=True)])
+        print(f"mean EPE between compiled and eager: {between:.4f}")
+        assert between < 0.01
+        assert np.mean([epe(f, t) for f, t in zip(flows, truth, strict=True)]) < 0.25
+    with pytest.raises(ValueError, match="check_every"):
+        tvl1_flow(images[:1, :1], images[:1, 1:], check_every=0)
 
 
 def test_median_network_and_filter():
@@ -238,6 +242,22 @@ def test_extract_boxes_cli(tmp_path):
     assert subprocess.run([sys.executable, "-c", lazy], cwd=REPO).returncode == 0
 
 
+def test_extract_boxes_settings_by_device():
+    """What every worker gets: the flow settings, and batch size and worker count defaults for a CPU run (on a GPU:
+    64 pairs per call, no workers; the CUDA test below)."""
+    parser = build_parser()
+    base = ["--video_list", "list.csv", "--output_dir", "boxes", "--flow", "tvl1_torch", "--device", "cpu"]
+    args = parser.parse_args([*base, "--compile"])
+    detector, kwargs = build_detector(args)
+    assert kwargs["flow_params"] == {"device": "cpu", "compile": True} and detector.backend.compile
+    assert kwargs["batch_size"] == 8 and args.num_workers == default_workers()
+    args = parser.parse_args([*base, "--batch_size", "5", "--num_workers", "0"])
+    _, kwargs = build_detector(args)
+    assert kwargs["batch_size"] == 5 and args.num_workers == 0 and kwargs["flow_params"] == {"device": "cpu"}
+    with pytest.raises(ValueError, match="--compile applies to tvl1_torch"):
+        build_detector(parser.parse_args([*base[:-4], "--flow", "dis", "--compile"]))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_cpu(known_pairs, torch_flows):
     prev, nxt, truth = known_pairs
@@ -250,6 +270,8 @@ def test_cuda_matches_cpu(known_pairs, torch_flows):
     assert np.mean([epe(f, g) for f, g in zip(flows, singles, strict=True)]) < 0.05
     compiled = create_flow("tvl1_torch", device="cuda", compile=True)(prev, nxt)
     assert np.mean([epe(f, g) for f, g in zip(compiled, flows, strict=True)]) < 0.01
+    args = build_parser().parse_args(["--video_list", "list.csv", "--output_dir", "boxes", "--flow", "tvl1_torch"])
+    assert build_detector(args)[1]["batch_size"] == 64 and args.num_workers == 0
     frames, _ = synthetic.render_clip(label=4, num_frames=10, seed=1004, camera_motion=True)
     cpu, gpu = (MotionBoxDetector("tvl1_torch", {"device": d}).detect(frames, 160, 120) for d in ("cpu", "cuda"))
     assert agreement(union_box(cpu), union_box(gpu)) >= 0.9
