@@ -9,10 +9,10 @@ Motion-focused masking takes the motion box of the augmented clip, normalised xy
 The box is clipped to [0, 1]; a patch (row i, column j) is *inside* when its centre ((j+0.5)/W', (i+0.5)/H') lies in
 the box (bounds included), and a non-empty box always holds the patch under its own centre, so a box smaller than a
 patch still counts. The inside set is therefore a rectangle of patches. Per slice ``motion_mask_ratio*|inside|``
-inside patches are masked (to the nearest whole patch, halves up; at most the per-slice total), the rest of the per-slice total is drawn
-from outside, and from inside again if outside runs out. A missing, NaN, empty or degenerate box gives plain random
-tube masking. :func:`inside_box_tokens` is the single implementation of the inside rule; the fine-tuning model
-splits its tokens with it as well.
+inside patches are masked (to the nearest whole patch, halves up; at most the per-slice total), the rest of the
+per-slice total is drawn from outside, and from inside again if outside runs out. A missing, NaN, empty or
+degenerate box gives plain random tube masking. :func:`inside_box_tokens` is the single implementation of the
+inside rule; the fine-tuning model splits its tokens with it as well.
 
 The released MOFO generator differed in four ways, all fixed here:
 
@@ -139,7 +139,8 @@ def _focused_positions(inside: np.ndarray, num_masked: int, motion_mask_ratio: f
     if outside runs out."""
     inside_positions = np.flatnonzero(inside)
     outside_positions = np.flatnonzero(~inside)
-    masked_inside = min(math.floor(motion_mask_ratio * len(inside_positions) + 0.5), num_masked)
+    exact = round(motion_mask_ratio * len(inside_positions), 9)  # 0.7 * 45 is 31.4999... in floats, meant 31.5
+    masked_inside = min(math.floor(exact + 0.5), num_masked)
     masked_inside = max(masked_inside, num_masked - len(outside_positions))
     return np.concatenate([
         rng.choice(inside_positions, masked_inside, replace=False),

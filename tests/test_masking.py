@@ -83,7 +83,7 @@ def flat_set(inside: torch.Tensor | np.ndarray) -> set[int]:
 
 
 def expected_masked_inside(num_inside: int, num_patches: int, num_masked: int, motion_mask_ratio: float) -> int:
-    masked_inside = min(int(motion_mask_ratio * num_inside + 0.5), num_masked)  # halves up: 0.75 * 6 -> 5
+    masked_inside = min(int(round(motion_mask_ratio * num_inside, 9) + 0.5), num_masked)  # halves up: 4.5 -> 5
     return max(masked_inside, num_masked - (num_patches - num_inside))
 
 
@@ -229,13 +229,18 @@ def test_default_counts_are_176_of_196_per_slice():
 
 
 def test_inside_count_rounds_halves_up():
-    """0.75 of 6 inside patches is 4.5: 5 are masked in every slice (Python's round gives 4 here, yet 8 for 7.5)."""
+    """0.75 of 6 inside patches is 4.5: 5 are masked in every slice (Python's round gives 4 here, yet 8 for 7.5);
+    0.7 of 45 is 31.5 even where the float product falls just below."""
     generator = MotionFocusedMaskingGenerator((2, 7, 10), 0.9, 0.75, seed=0)
     box = [0.0, 0.0, 0.28, 0.25]  # patch centres of rows 0-1, columns 0-2
     inside = sorted(reference_inside(box, 7, 10))
     assert len(inside) == 6
     for frame_mask in frame_masks(generator(box), 2):
         assert frame_mask[inside].sum() == 5 and frame_mask.sum() == 63
+    generator = MotionFocusedMaskingGenerator((1, 14, 14), 0.9, 0.7, seed=0)
+    box = [0.0, 0.0, 9 / 14, 5 / 14]  # 9 x 5 = 45 patches; 0.7 * 45 is 31.5, though 31.4999... in floats
+    inside = sorted(reference_inside(box, 14, 14))
+    assert len(inside) == 45 and generator(box)[inside].sum() == 32
 
 
 def test_small_outside_takes_the_remainder_from_inside():
