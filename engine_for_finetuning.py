@@ -60,9 +60,10 @@ def head_losses(logits: torch.Tensor, targets: list[torch.Tensor], head_sizes: l
 
 
 def train_one_epoch(model, data_loader, optimizer, device, epoch: int, loss_scaler, args, lr_schedule, wd_schedule,
-                    start_step: int, mixup_fn=None, log_writer=None, deepspeed: bool = False) -> dict:
+                    start_step: int, mixup_fn=None, log_writer=None, deepspeed: bool = False, model_ema=None) -> dict:
     """Train one epoch. As in pretraining, nothing in a step waits for the device: values are read and the losses
-    checked for non-finite ones every ``--print_freq`` steps."""
+    checked for non-finite ones every ``--print_freq`` steps. ``model_ema`` (timm's ModelEmaV3, ``--model_ema``)
+    is updated after every optimizer step."""
     model.train()
     metric_logger = utils.MetricLogger()
     metric_logger.add_meter("lr", utils.SmoothedValue(window_size=1, fmt="{value:.3e}"))
@@ -88,6 +89,8 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch: int, loss_scal
             finite.update(loss)
             grad_norm = utils.backward_step(model, loss, optimizer, loss_scaler, args.clip_grad, deepspeed, update,
                                             update_freq)
+        if update and model_ema is not None:
+            model_ema.update(getattr(model, "module", model))  # DDP / DeepSpeed: the wrapped model
         metric_logger.update(loss=loss, lr=lr_schedule[step], grad_norm=grad_norm)
         if it % args.print_freq == 0 or it == num_batches - 1:
             finite.check(step)

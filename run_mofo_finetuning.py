@@ -20,6 +20,7 @@ import torch
 from tensorboardX import SummaryWriter
 from timm.data.mixup import Mixup
 from timm.models import create_model
+from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, DistributedSampler
 
 import modeling_finetune
@@ -54,6 +55,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--use_cls", action="store_false", dest="use_mean_pooling",
                         help="VideoMAE's switch: feature from the final norm's first token instead of the mean")
     parser.add_argument("--init_scale", default=0.001, type=float, help="scale of the new head's initial weights")
+    parser.add_argument("--model_ema", action="store_true",
+                        help="keep an exponential moving average of the weights, saved as model_ema in the "
+                             "checkpoints (test it with --eval --finetune CHECKPOINT --model_key model_ema)")
+    parser.add_argument("--model_ema_decay", default=0.9999, type=float, help="EMA decay per optimizer step")
+    parser.add_argument("--model_ema_force_cpu", action="store_true",
+                        help="keep the EMA on the CPU (the weights are copied to the host after every step)")
     parser.add_argument("--mca_mode", default="both", choices=["both", "inner"],
                         help="MOFO head: inside<->outside cross-attention both ways, or inside->outside only")
     parser.add_argument("--mca_depth", default=1, type=int, help="MOFO head: multi-cross-attention layers")
@@ -206,9 +213,19 @@ def main(args) -> None:
     if args.use_box and not args.box_dir:
         raise SystemExit(f"--model {args.model} fuses tokens inside and outside the motion box: pass --box_dir")
     if args.finetune:
-        utils.load_finetune_checkpoint(model, args.finetune, args.model_key, args.model_prefix)
+        try:
+            utils.load_finetune_checkpoint(model, args.finetune, args.model_key, args.model_prefix)
+        except ValueError as e:
+            raise SystemExit(f"--finetune: {e}") from None
     model.to(device)
     print(f"Model: {args.model}, params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
+    model_ema = None
+    if args.model_ema and not args.eval:
+        if args.enable_deepspeed and args.precision != "fp32":
+            raise SystemExit(f"--model_ema with --enable_deepspeed --precision {args.precision}: DeepSpeed keeps the "
+                             "model's weights in that precision, so their average would be of rounded weights; "
+                             "train with DDP (no --enable_deepspeed) or --precision fp32")
+        model_ema = ModelEmaV3(model, decay=args.model_ema_decay, device="cpu" if args.model_ema_force_cpu else None)
 
     total_batch = args.batch_size * args.update_freq * world
     utils.scale_lr_to_batch(args, total_batch)
@@ -220,7 +237,7 @@ def main(args) -> None:
     model, model_without_ddp, optimizer, loss_scaler = utils.wrap_model(args, model, optimizer, device)
     if args.eval and not args.resume:
         args.auto_resume = False  # test exactly the --finetune weights, not a checkpoint found in --output_dir
-    utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler)
+    utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema)
     if args.eval:
         print(f"Testing the weights of {args.resume or args.finetune or 'a freshly initialised model'}")
 
@@ -256,9 +273,10 @@ def main(args) -> None:
     for epoch in range(args.start_epoch, args.epochs):
         utils.seed_epoch(args.seed, epoch, rank, train_loader)
         train_stats = train_one_epoch(model, train_loader, optimizer, device, epoch, loss_scaler, args, lr_schedule,
-                                      wd_schedule, epoch * niter_per_ep, mixup_fn, log_writer, args.enable_deepspeed)
+                                      wd_schedule, epoch * niter_per_ep, mixup_fn, log_writer, args.enable_deepspeed,
+                                      model_ema)
         if args.save_ckpt and ((epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs):
-            utils.save_model(args, epoch, model, model_without_ddp, optimizer, loss_scaler)
+            utils.save_model(args, epoch, model, model_without_ddp, optimizer, loss_scaler, model_ema=model_ema)
         val_stats = {}
         if val_loader is not None:
             val_stats = validation_one_epoch(val_loader, model, device, args, args.enable_deepspeed)
@@ -266,7 +284,7 @@ def main(args) -> None:
                 best_acc = val_stats[acc_key]
                 if args.save_ckpt:
                     utils.save_model(args, epoch, model, model_without_ddp, optimizer, loss_scaler,
-                                     tag="checkpoint-best")
+                                     tag="checkpoint-best", model_ema=model_ema)
             print(f"Val {acc_key}: {val_stats[acc_key]:.2f}%  best: {best_acc:.2f}%")
             if log_writer is not None:
                 log_writer.add_scalar(f"val_{acc_key}", val_stats[acc_key], epoch)

@@ -404,25 +404,34 @@ def save_on_master(state: dict, path: str | Path) -> None:
         os.close(directory)
 
 
-def checkpoint_state(model_without_ddp, optimizer, loss_scaler, epoch: int, args) -> dict:
-    """Everything to resume, in types that ``torch.load(weights_only=True)`` accepts (args as a plain dict)."""
-    return {
+def checkpoint_state(model_without_ddp, optimizer, loss_scaler, epoch: int, args, model_ema=None) -> dict:
+    """Everything to resume, in types that ``torch.load(weights_only=True)`` accepts (args as a plain dict); with
+    ``model_ema``, its weights under ``model_ema`` (VideoMAE's key)."""
+    state = {
         "model": model_without_ddp.state_dict(),
         "optimizer": optimizer.state_dict(),
         "epoch": epoch,
         "scaler": loss_scaler.state_dict() if loss_scaler is not None else None,
         "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, tuple))},
     }
+    if model_ema is not None:
+        state["model_ema"] = model_ema.module.state_dict()
+    return state
 
 
-def save_model(args, epoch: int, model, model_without_ddp, optimizer, loss_scaler, tag: str | None = None) -> None:
-    """``checkpoint-{epoch}.pth`` (DDP / single process) or DeepSpeed's ``checkpoint-{epoch}/`` folder. A named
-    ``tag`` (``checkpoint-best``) never becomes what auto-resume picks."""
+def save_model(args, epoch: int, model, model_without_ddp, optimizer, loss_scaler, tag: str | None = None,
+               model_ema=None) -> None:
+    """``checkpoint-{epoch}.pth`` (DDP / single process) or DeepSpeed's ``checkpoint-{epoch}/`` folder (the EMA
+    weights in its client state, as VideoMAE). A named ``tag`` (``checkpoint-best``) never becomes what auto-resume
+    picks."""
     if getattr(args, "enable_deepspeed", False):
-        model.save_checkpoint(args.output_dir, tag=tag or f"checkpoint-{epoch}", client_state={"epoch": epoch},
+        client_state = {"epoch": epoch}
+        if model_ema is not None:
+            client_state["model_ema"] = model_ema.module.state_dict()
+        model.save_checkpoint(args.output_dir, tag=tag or f"checkpoint-{epoch}", client_state=client_state,
                               save_latest=tag is None)
     else:
-        save_on_master(checkpoint_state(model_without_ddp, optimizer, loss_scaler, epoch, args),
+        save_on_master(checkpoint_state(model_without_ddp, optimizer, loss_scaler, epoch, args, model_ema),
                        Path(args.output_dir) / f"{tag or f'checkpoint-{epoch}'}.pth")
 
 
@@ -449,9 +458,10 @@ def load_checkpoint_file(path: str | Path) -> dict:
             raise pickle.UnpicklingError(f"{path}: refused by torch.load(weights_only=True): {e}") from None
 
 
-def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler) -> None:
+def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema=None) -> None:
     """Resume from ``--resume`` or, with ``--auto_resume``, from the newest checkpoint in ``--output_dir``;
-    sets ``args.start_epoch``."""
+    sets ``args.start_epoch``. ``model_ema`` takes the checkpoint's EMA weights, or the model's when it has none
+    (a checkpoint written without ``--model_ema``)."""
     deepspeed = getattr(args, "enable_deepspeed", False)
     if args.auto_resume and not args.resume and args.output_dir:
         found = latest_checkpoint(args.output_dir, deepspeed)
@@ -465,9 +475,13 @@ def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler) -> N
         if loaded is None:
             raise FileNotFoundError(f"{path}: not a DeepSpeed checkpoint folder (expected {path}/mp_rank_00_*.pt)")
         args.start_epoch = client_state["epoch"] + 1
+        if model_ema is not None:
+            model_ema.module.load_state_dict(client_state.get("model_ema") or model_without_ddp.state_dict())
         return
     checkpoint = load_checkpoint_file(args.resume)
     model_without_ddp.load_state_dict(checkpoint["model"])
+    if model_ema is not None:
+        model_ema.module.load_state_dict(checkpoint.get("model_ema") or checkpoint["model"])
     if "optimizer" in checkpoint and "epoch" in checkpoint:
         optimizer.load_state_dict(checkpoint["optimizer"])
         args.start_epoch = checkpoint["epoch"] + 1
@@ -527,12 +541,11 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
     A classifier head of another size is dropped; a learned position table of another grid is interpolated (fixed
     sinusoid tables are rebuilt by the model and need nothing); missing and unexpected keys are printed.
     """
-    state = read_model_state(path, model_key)
-    if model_prefix:
-        state = {k[len(model_prefix):]: v for k, v in state.items() if k.startswith(model_prefix)}
-        if not state:
-            raise ValueError(f"{path}: no weights under --model_prefix {model_prefix!r}")
-    state = encoder_state(state)
+    state = encoder_state(read_model_state(path, model_key))
+    if model_prefix:  # after the wrapper prefixes, as VideoMAE applies it; a prefix may hold an encoder. part
+        state = encoder_state({k[len(model_prefix):]: v for k, v in state.items() if k.startswith(model_prefix)})
+        if not state.keys() & model.state_dict().keys():
+            raise ValueError(f"{path}: no weights of {type(model).__name__} under --model_prefix {model_prefix!r}")
     low_precision = sorted({str(v.dtype) for v in state.values() if v.is_floating_point() and v.dtype != torch.float32})
     if low_precision:
         print(f"Warning: {path} holds {', '.join(low_precision)} weights (e.g. a DeepSpeed bf16/fp16 run); fine-tuning "

@@ -2,6 +2,7 @@
 across ranks, mixup on clips, layer-wise lr decay and checkpoint loading for ``--finetune``."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import timm
@@ -94,6 +95,33 @@ def test_finetune_from_a_pretraining_checkpoint_takes_the_encoder(tmp_path):
     torch.testing.assert_close(model.patch_embed.proj.bias, pretrain.encoder.patch_embed.proj.bias)
 
 
+def test_model_ema_resumes_from_the_checkpoint(tmp_path):
+    """A resumed ``--model_ema`` run takes the saved average, not the model's weights; a checkpoint written without
+    one starts the average from the model."""
+    from timm.utils import ModelEmaV3
+
+    def make():
+        model = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4)
+        return model, ModelEmaV3(model, decay=0.5), torch.optim.AdamW(model.parameters())
+
+    model, ema, optimizer = make()
+    with torch.no_grad():
+        model.head.weight.add_(1.0)
+    ema.update(model)
+    args = SimpleNamespace(output_dir=str(tmp_path), enable_deepspeed=False, resume="", auto_resume=True)
+    utils.save_model(args, 3, model, model, optimizer, None, model_ema=ema)
+    resumed_model, resumed_ema, resumed_optimizer = make()
+    utils.auto_load_model(args, resumed_model, resumed_model, resumed_optimizer, None, resumed_ema)
+    assert args.start_epoch == 4
+    torch.testing.assert_close(resumed_model.head.weight, model.head.weight)
+    torch.testing.assert_close(resumed_ema.module.head.weight, ema.module.head.weight)
+    assert not torch.equal(resumed_ema.module.head.weight, model.head.weight)
+    utils.save_model(args, 4, model, model, optimizer, None)
+    args.resume = ""
+    utils.auto_load_model(args, resumed_model, resumed_model, resumed_optimizer, None, resumed_ema)
+    torch.testing.assert_close(resumed_ema.module.head.weight, model.head.weight)
+
+
 def test_finetune_model_prefix_picks_the_weights_under_it(tmp_path):
     """VideoMAE's ``--model_prefix``: a checkpoint holding several models (a student and a teacher, say) loads the
     one under the prefix; a prefix with no weights is an error naming the file."""
@@ -101,13 +129,15 @@ def test_finetune_model_prefix_picks_the_weights_under_it(tmp_path):
                         for _ in range(2))
     state = {**{f"student.{k}": v for k, v in student.state_dict().items()},
              **{f"teacher.{k}": v for k, v in teacher.state_dict().items()}}
-    torch.save({"model": state}, tmp_path / "both.pth")
-    model = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4)
-    utils.load_finetune_checkpoint(model, tmp_path / "both.pth", model_prefix="teacher.")
-    torch.testing.assert_close(model.blocks[0].attn.qkv.weight, teacher.blocks[0].attn.qkv.weight)
-    torch.testing.assert_close(model.head.weight, teacher.head.weight)
-    with pytest.raises(ValueError, match=r"both\.pth: no weights under --model_prefix 'ema\.'"):
-        utils.load_finetune_checkpoint(model, tmp_path / "both.pth", model_prefix="ema.")
+    for wrapped in ("", "module.", "encoder."):  # the prefix applies after DDP's / a pretraining model's, as VideoMAE
+        torch.save({"model": {wrapped + k: v for k, v in state.items()}}, tmp_path / "both.pth")
+        model = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4)
+        utils.load_finetune_checkpoint(model, tmp_path / "both.pth", model_prefix="teacher.")
+        torch.testing.assert_close(model.blocks[0].attn.qkv.weight, teacher.blocks[0].attn.qkv.weight)
+        torch.testing.assert_close(model.head.weight, teacher.head.weight)
+    for prefix in ("ema.", "teacher"):  # none there; without its dot nothing matches the model's keys
+        with pytest.raises(ValueError, match=r"both\.pth: no weights of VisionTransformer under --model_prefix"):
+            utils.load_finetune_checkpoint(model, tmp_path / "both.pth", model_prefix=prefix)
 
 
 def test_finetune_from_a_deepspeed_folder_drops_a_head_of_another_size(tmp_path, capsys):

@@ -92,6 +92,37 @@ def test_videomae_switches_use_cls_and_no_eval_during_finetuning(data, tmp_path)
     assert json.loads((out / "test_results.json").read_text())["videos"] > 0
 
 
+def test_model_ema_is_updated_saved_and_testable(data, pretrained, tmp_path):
+    """``--model_ema``: decay 1 keeps the starting (--finetune) weights, decay 0 follows the model; the average is
+    saved as ``model_ema`` and tested with ``--model_key model_ema``. DeepSpeed in bf16 is refused."""
+    encoder = torch.load(pretrained, map_location="cpu", weights_only=False)["model"]
+    runs = {}
+    for decay in ("1.0", "0.0"):
+        out = tmp_path / f"decay{decay}"
+        result = finetune(finetune_args(data, out, "vit_mini_patch16_224", "--finetune", str(pretrained),
+                                        "--model_ema", "--model_ema_decay", decay))
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        runs[decay] = out, torch.load(out / "checkpoint-0.pth", map_location="cpu", weights_only=False)
+    _, kept = runs["1.0"]
+    qkv = "blocks.0.attn.qkv.weight"
+    torch.testing.assert_close(kept["model_ema"][qkv], encoder[f"encoder.{qkv}"])
+    assert not torch.equal(kept["model"][qkv], kept["model_ema"][qkv])
+    out, followed = runs["0.0"]
+    for key, value in followed["model"].items():
+        torch.testing.assert_close(followed["model_ema"][key], value)
+    tested = {}
+    for key in ("model", "model_ema"):
+        (out / "test_results.json").unlink()
+        result = finetune(finetune_args(data, out, "vit_mini_patch16_224", "--eval", "--finetune",
+                                        str(out / "checkpoint-0.pth"), "--model_key", key))
+        assert result.returncode == 0, result.stderr[-3000:]
+        tested[key] = json.loads((out / "test_results.json").read_text())
+    assert tested["model"] == tested["model_ema"]
+    refused = finetune(finetune_args(data, tmp_path / "ds", "vit_mini_patch16_224", "--model_ema",
+                                     "--enable_deepspeed", "--precision", "bf16"))
+    assert refused.returncode != 0 and "--model_ema with --enable_deepspeed --precision bf16" in refused.stderr
+
+
 def test_mofo_model_without_box_dir_is_refused(data, tmp_path):
     args = finetune_args(data, tmp_path, "vit_mini_patch16_224_mofo")
     del args[args.index("--box_dir"):args.index("--box_dir") + 2]
