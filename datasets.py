@@ -515,7 +515,7 @@ class VideoClassificationDataset(Dataset):
                  sampling_rate: int = 4, num_segments: int = 1, input_size: int = 224, short_side_size: int = 224,
                  test_num_segment: int = 5, test_num_crop: int = 3, num_sample: int = 1, rand_augment: str = "",
                  reprob: float = 0.0, remode: str = "pixel", recount: int = 1, seed: int | None = None,
-                 crop_scale: tuple[float, float] = RESIZED_CROP_SCALE):
+                 crop_scale: tuple[float, float] = RESIZED_CROP_SCALE, interpolation: str = "bicubic"):
         if mode not in ("train", "validation", "test"):
             raise ValueError(f"mode must be 'train', 'validation' or 'test', got {mode!r}")
         if sampling not in ("tsn", "dense"):
@@ -531,7 +531,8 @@ class VideoClassificationDataset(Dataset):
         self.num_views = test_num_segment * test_num_crop if mode == "test" else 1
         self.num_sample = num_sample if mode == "train" else 1
         train = mode == "train"
-        self.rand_augment = ClipRandAugment(rand_augment, input_size) if train and rand_augment else None
+        self.rand_augment = (ClipRandAugment(rand_augment, input_size, interpolation=interpolation)
+                             if train and rand_augment else None)
         self.eraser = (RandomErasing(reprob, mode=remode, max_count=recount, num_splits=recount, device="cpu")
                        if train and reprob > 0 else None)
         # Decoding smaller never drops pixels the output uses: training crops keep at least
@@ -666,4 +667,5 @@ def build_dataset(is_train: bool, test_mode: bool, args) -> VideoClassificationD
         test_num_crop=args.test_num_crop, num_sample=args.num_sample, rand_augment=args.aa, reprob=args.reprob,
         remode=args.remode, recount=args.recount, seed=args.seed,
         crop_scale=tuple(getattr(args, "crop_scale", RESIZED_CROP_SCALE)),
+        interpolation=getattr(args, "train_interpolation", "bicubic"),
     )

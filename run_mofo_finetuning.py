@@ -27,6 +27,7 @@ import modeling_finetune
 import utils
 from datasets import build_dataset, multiple_samples_collate
 from engine_for_finetuning import final_test, merge_views, train_one_epoch, validation_one_epoch
+from video_transforms import AUGMENT_INTERPOLATIONS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -86,6 +87,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     # augmentation
     parser.add_argument("--aa", default="rand-m7-n4-mstd0.5-inc1", type=str,
                         help='RandAugment policy (timm syntax), "" for none')
+    parser.add_argument("--train_interpolation", default="bicubic", choices=sorted(AUGMENT_INTERPOLATIONS),
+                        help="resampling of RandAugment's geometric ops (random: bilinear or bicubic per op and clip)")
     parser.add_argument("--crop_scale", default=[0.08, 1.0], type=float, nargs=2, metavar=("MIN", "MAX"),
                         help="area range of the training random resized crop (VideoMAE: 0.08 1.0)")
     parser.add_argument("--smoothing", default=0.1, type=float, help="label smoothing")

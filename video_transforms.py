@@ -17,6 +17,7 @@ timm's ops (drawn once per clip), ImageNet normalisation and timm's random erasi
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 
@@ -33,6 +34,9 @@ RESIZED_CROP_SCALE = (0.08, 1.0)  # VideoMAE fine-tuning: area fraction of the f
 RESIZED_CROP_RATIO = (3 / 4, 4 / 3)  # width / height
 AUGMENT_FILL = (128, 128, 128)  # timm's fill for pixels a geometric op brings in from outside the frame
 AUGMENT_LEVEL_MAX = 10.0  # timm's magnitude scale (``_LEVEL_DENOM``): magnitudes are clipped to [0, 10]
+AUGMENT_INTERPOLATIONS = {  # the resampling filters PIL's affine transforms take; random: one of the first two
+    "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST, "random": (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)}
 AFFINE_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel", "Rotate")
 
 
@@ -212,13 +216,20 @@ def pil_affine_inverse(name: str, level_args: tuple, width: int, height: int) ->
 
 class ClipRandAugment:
     """timm's RandAugment (policy strings such as ``rand-m7-n4-mstd0.5-inc1``, hyper-parameters as VideoMAE:
-    bicubic, grey fill, translate_const 0.45 x input size) drawn once per clip and applied with timm's op functions
-    to every frame, so a clip gets the same ops with the same magnitudes throughout. Geometric ops move the boxes
-    by the same affine map (bounding box of the mapped corners, clipped). ``transforms`` overrides the op set."""
+    grey fill, translate_const 0.45 x input size) drawn once per clip and applied with timm's op functions to every
+    frame, so a clip gets the same ops with the same magnitudes throughout. Geometric ops move the boxes by the same
+    affine map (bounding box of the mapped corners, clipped). ``transforms`` overrides the op set.
 
-    def __init__(self, config_str: str, input_size: int, transforms: list[str] | None = None):
+    ``interpolation`` (``--train_interpolation``) is the geometric ops' resampling, one of
+    ``AUGMENT_INTERPOLATIONS``; ``random`` picks bilinear or bicubic per op and clip (timm and VideoMAE pick per
+    frame, which would make one op resample the frames of a clip differently)."""
+
+    def __init__(self, config_str: str, input_size: int, transforms: list[str] | None = None,
+                 interpolation: str = "bicubic"):
+        if interpolation not in AUGMENT_INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {sorted(AUGMENT_INTERPOLATIONS)}, got {interpolation!r}")
         hparams = {"translate_const": int(0.45 * input_size), "img_mean": AUGMENT_FILL,
-                   "interpolation": Image.Resampling.BICUBIC}
+                   "interpolation": AUGMENT_INTERPOLATIONS[interpolation]}
         policy = rand_augment_transform(config_str, hparams, transforms=transforms)
         self.ops: list[AugmentOp] = list(policy.ops)
         self.num_layers, self.choice_weights = policy.num_layers, policy.choice_weights
@@ -238,7 +249,12 @@ class ClipRandAugment:
                 elif op.magnitude_std > 0:
                     magnitude = rng.normal(magnitude, op.magnitude_std)
                 magnitude = min(max(float(magnitude), 0.0), op.magnitude_max or AUGMENT_LEVEL_MAX)
-                drawn.append((op, op.level_fn(magnitude, op.hparams) if op.level_fn is not None else ()))
+                level_args = op.level_fn(magnitude, op.hparams) if op.level_fn is not None else ()
+                resample = op.kwargs["resample"]
+                if isinstance(resample, tuple):
+                    op = copy.copy(op)
+                    op.kwargs = {**op.kwargs, "resample": resample[rng.integers(len(resample))]}
+                drawn.append((op, level_args))
         return drawn
 
     @staticmethod

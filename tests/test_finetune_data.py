@@ -24,6 +24,7 @@ import decord
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from datasets import (
@@ -39,6 +40,8 @@ from make_synthetic_dataset import CLASSES, clip_seed, make_dataset, render_clip
 from motion_detection.boxfile import BoxFileError, MotionBoxes, load_boxes, save_boxes
 from video_transforms import (
     AFFINE_OPS,
+    AUGMENT_FILL,
+    NO_BOX,
     ClipRandAugment,
     normalized_box,
     random_resized_crop_params,
@@ -269,6 +272,41 @@ def test_each_geometric_op_moves_the_box_with_the_pixels(videos, name):
                 shown += check_boxes(normalized_box(moved, width, height), object_clip, rect_clip,
                                      int(not name.startswith("Translate")))
     assert shown >= 8 * len(frames)
+
+
+def test_train_interpolation_sets_the_resampling_of_geometric_ops(data, videos):
+    """``--train_interpolation``: each filter is PIL's own rotation with that filter; ``random`` draws bilinear or
+    bicubic per op and clip, so every frame of a clip is resampled alike."""
+    clip = resized_crop(videos[1].frames[:NUM_FRAMES], np.full((NUM_FRAMES, 4), np.nan, np.float32),
+                        0, 0, WIDTH, HEIGHT, INPUT)[0]
+    filters = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+               "nearest": Image.Resampling.NEAREST}
+    outputs = {}
+    for name, resample in filters.items():
+        augmenter = ClipRandAugment("rand-m9-n1-mstd0-p1.0", INPUT, transforms=["Rotate"], interpolation=name)
+        ops = augmenter.draw(np.random.default_rng(0))
+        [(_, (degrees,))] = ops
+        outputs[name] = augmenter.apply(clip, NO_BOX, ops)[0]
+        expected = [np.asarray(Image.fromarray(frame).rotate(degrees, resample=resample, fillcolor=AUGMENT_FILL))
+                    for frame in clip.permute(0, 2, 3, 1).numpy()]
+        assert torch.equal(outputs[name], torch.from_numpy(np.stack(expected)).permute(0, 3, 1, 2))
+    assert not torch.equal(outputs["bilinear"], outputs["bicubic"])
+
+    augmenter = ClipRandAugment("rand-m9-n2-mstd0-p1.0", INPUT, transforms=["Rotate", "ShearX"],
+                                interpolation="random")
+    still = clip[[0] * NUM_FRAMES]
+    rng, picked = np.random.default_rng(0), []
+    for _ in range(10):
+        ops = augmenter.draw(rng)
+        picked += [op.kwargs["resample"] for op, _ in ops]
+        out = augmenter.apply(still, NO_BOX, ops)[0]
+        assert (out == out[0]).all() and not torch.equal(out, still)
+    assert len(picked) == 20 and set(picked) == {Image.Resampling.BILINEAR, Image.Resampling.BICUBIC}
+
+    dataset = build_dataset(True, False, make_args(data, aa=POLICY, train_interpolation="bilinear"))
+    assert {op.kwargs["resample"] for op in dataset.rand_augment.ops} == {Image.Resampling.BILINEAR}
+    with pytest.raises(ValueError, match="lanczos"):
+        ClipRandAugment(POLICY, INPUT, interpolation="lanczos")
 
 
 def box_centres_x(box: torch.Tensor) -> np.ndarray:
