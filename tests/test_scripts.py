@@ -186,12 +186,16 @@ PAPER_PRETRAINING = {"--mask_type": "motion", "--mask_ratio": "0.9", "--motion_m
                      "--model": "pretrain_videomae_base_patch16_224", "--decoder_depth": "4", "--batch_size": "32",
                      "--num_frames": "16", "--sampling_rate": "2", "--opt": "adamw", "--opt_betas": "0.9 0.95",
                      "--lr": "1.5e-4", "--warmup_epochs": "40", "--epochs": "800"}
-FINETUNING = {"--num_frames": "16", "--input_size": "224", "--test_num_segment": "2", "--test_num_crop": "3"}
+FINETUNING = {"--num_frames": "16", "--input_size": "224", "--test_num_segment": "2", "--test_num_crop": "3",
+              "--batch_size": "8", "--lr": "5e-4", "--opt_betas": "0.9 0.999", "--layer_decay": "0.75"}
 RECIPES = {
     ("ssv2", "pretrain"): PAPER_PRETRAINING,
     ("epic", "pretrain"): PAPER_PRETRAINING,
-    ("ssv2", "finetune"): FINETUNING | {"--data_set": "SSV2", "--nb_classes": "174"},
-    ("epic", "finetune"): FINETUNING | {"--data_set": "EPIC-KITCHENS-100", "--nb_verbs": "97", "--nb_nouns": "300"},
+    # VideoMAE's recipe for its 800-epoch SSV2 checkpoint; the MOFO release's for EPIC
+    ("ssv2", "finetune"): FINETUNING | {"--data_set": "SSV2", "--nb_classes": "174", "--epochs": "50",
+                                        "--num_sample": "1"},
+    ("epic", "finetune"): FINETUNING | {"--data_set": "EPIC-KITCHENS-100", "--nb_verbs": "97", "--nb_nouns": "300",
+                                        "--epochs": "100", "--num_sample": "2"},
 }
 
 

@@ -6,6 +6,8 @@
 #   PRETRAINED from VideoMAE pretraining (MASK_TYPE=tube, or VideoMAE's file)  -> row MOFO** (54.5)
 # MODEL=vit_base_patch16_224 gives the plain head: scripts/epic/finetune_plain.sh. Pre-trimmed clips:
 # EXTRA_ARGS="--epic_video_template clips/{narration_id}.mp4" (relative to DATA_ROOT).
+# Recipe: the MOFO release's EPIC fine-tuning (lr 5e-4, batch 8, 100 epochs) with VideoMAE's repeated
+# augmentation default (NUM_SAMPLE=2).
 #
 #   sbatch scripts/epic/finetune_mofo.sh                  # submit from the repository root
 #   GPUS=8 PRETRAINED=videomae_epic_vitb.pth bash scripts/epic/finetune_mofo.sh
@@ -27,14 +29,14 @@ BOX_DIR=${BOX_DIR:-data/epic/boxes}        # read by the _mofo models only
 MODEL=${MODEL:-vit_base_patch16_224_mofo}
 PRETRAINED=${PRETRAINED:-out/epic/pretrain_motion_vitb/checkpoint-799.pth}
 OUTPUT_DIR=${OUTPUT_DIR:-out/epic/finetune_${MODEL}_from_$(basename "$(dirname "$PRETRAINED")")}
-GPUS=${GPUS:-8} EPOCHS=${EPOCHS:-40} BATCH_SIZE=${BATCH_SIZE:-8}
+GPUS=${GPUS:-8} EPOCHS=${EPOCHS:-100} BATCH_SIZE=${BATCH_SIZE:-8} NUM_SAMPLE=${NUM_SAMPLE:-2}
 BOXES=()
 if [[ $MODEL == *_mofo ]]; then BOXES=(--box_dir "$BOX_DIR"); fi
 
 launch run_mofo_finetuning.py \
     --data_set EPIC-KITCHENS-100 --nb_verbs 97 --nb_nouns 300 --data_path "$DATA_PATH" --data_root "$DATA_ROOT" \
     ${BOXES[@]+"${BOXES[@]}"} --model "$MODEL" --finetune "$PRETRAINED" \
-    --batch_size "$BATCH_SIZE" --num_sample 2 --num_frames 16 --input_size 224 --short_side_size 224 \
+    --batch_size "$BATCH_SIZE" --num_sample "$NUM_SAMPLE" --num_frames 16 --input_size 224 --short_side_size 224 \
     --opt adamw --opt_betas 0.9 0.999 --lr 5e-4 --layer_decay 0.75 --weight_decay 0.05 \
     --warmup_epochs 5 --epochs "$EPOCHS" --drop_path 0.1 --save_ckpt_freq 5 \
     --test_num_segment 2 --test_num_crop 3 --output_dir "$OUTPUT_DIR" --log_dir "$OUTPUT_DIR/tb" ${EXTRA[@]+"${EXTRA[@]}"}

@@ -4,6 +4,8 @@
 #   PRETRAINED from MOFO pretraining (scripts/ssv2/pretrain.sh, the default)   -> row MOFO†  (75.5 in the paper)
 #   PRETRAINED from VideoMAE pretraining (MASK_TYPE=tube, or VideoMAE's file)  -> row MOFO** (74.7)
 # MODEL=vit_base_patch16_224 gives the plain head: scripts/ssv2/finetune_plain.sh.
+# Recipe: VideoMAE's for its 800-epoch SSV2 checkpoint (lr 5e-4, 50 epochs, no repeated augmentation); for its
+# 2400-epoch recipe set EPOCHS=30 NUM_SAMPLE=2 BATCH_SIZE=6.
 #
 #   sbatch scripts/ssv2/finetune_mofo.sh                  # submit from the repository root
 #   GPUS=8 PRETRAINED=videomae_ssv2_vitb.pth bash scripts/ssv2/finetune_mofo.sh
@@ -25,14 +27,14 @@ BOX_DIR=${BOX_DIR:-data/ssv2/boxes}        # read by the _mofo models only
 MODEL=${MODEL:-vit_base_patch16_224_mofo}
 PRETRAINED=${PRETRAINED:-out/ssv2/pretrain_motion_vitb/checkpoint-799.pth}
 OUTPUT_DIR=${OUTPUT_DIR:-out/ssv2/finetune_${MODEL}_from_$(basename "$(dirname "$PRETRAINED")")}
-GPUS=${GPUS:-8} EPOCHS=${EPOCHS:-40} BATCH_SIZE=${BATCH_SIZE:-8}
+GPUS=${GPUS:-8} EPOCHS=${EPOCHS:-50} BATCH_SIZE=${BATCH_SIZE:-8} NUM_SAMPLE=${NUM_SAMPLE:-1}
 BOXES=()
 if [[ $MODEL == *_mofo ]]; then BOXES=(--box_dir "$BOX_DIR"); fi
 
 launch run_mofo_finetuning.py \
     --data_set SSV2 --nb_classes 174 --data_path "$DATA_PATH" --data_root "$DATA_ROOT" ${BOXES[@]+"${BOXES[@]}"} \
     --model "$MODEL" --finetune "$PRETRAINED" \
-    --batch_size "$BATCH_SIZE" --num_sample 2 --num_frames 16 --input_size 224 --short_side_size 224 \
+    --batch_size "$BATCH_SIZE" --num_sample "$NUM_SAMPLE" --num_frames 16 --input_size 224 --short_side_size 224 \
     --opt adamw --opt_betas 0.9 0.999 --lr 5e-4 --layer_decay 0.75 --weight_decay 0.05 \
     --warmup_epochs 5 --epochs "$EPOCHS" --drop_path 0.1 --save_ckpt_freq 5 \
     --test_num_segment 2 --test_num_crop 3 --output_dir "$OUTPUT_DIR" --log_dir "$OUTPUT_DIR/tb" ${EXTRA[@]+"${EXTRA[@]}"}
