@@ -90,7 +90,8 @@ def sample_window_indices(num_video_frames: int, num_frames: int, sampling_rate:
     the next one (num_frames * sampling_rate + 1 frames, the sampled ones every sampling_rate-th), for targets
     computed at the full frame rate."""
     span = num_frames * sampling_rate
-    start = int(rng.integers(num_video_frames - span + 1)) if num_video_frames >= span else 0
+    needed = span + 1 if dense else span
+    start = int(rng.integers(num_video_frames - needed + 1)) if num_video_frames >= needed else 0
     steps = np.arange(span + 1) if dense else np.arange(num_frames) * sampling_rate
     return np.minimum(start + steps, num_video_frames - 1)
 

@@ -51,6 +51,8 @@ class DetectionParams:
             raise ValueError(f"motion_map must be one of {MOTION_MAPS}, got {self.motion_map!r}")
         if self.num_contours < 1 or self.temporal_window < 1 or self.short_side < 0:
             raise ValueError("num_contours and temporal_window must be >= 1, short_side >= 0")
+        if self.temporal_window % 2 == 0:
+            raise ValueError(f"temporal_window must be odd (a median centred on the frame), got {self.temporal_window}")
 
 
 PARAM_HELP = {
@@ -72,7 +74,7 @@ PARAM_HELP = {
     "max_box_area": "frame boxes covering more than this fraction of the frame are rejected (camera shake, shot "
     "cuts, global motion)",
     "min_box_area": "frame boxes covering less than this fraction of the frame are rejected",
-    "temporal_window": "running median of the frame boxes over this many frames (1 = off); isolated outliers "
+    "temporal_window": "running median of the frame boxes over this many frames (odd; 1 = off); isolated outliers "
     "do not survive it",
 }
 

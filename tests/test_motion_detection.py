@@ -100,6 +100,8 @@ def test_clean_boxes_rejects_implausible_boxes_and_outliers():
     assert np.isnan(cleaned[[2, 4]]).all()
     np.testing.assert_allclose(cleaned[[0, 1, 3]], boxes[[0, 1, 3]])  # their valid windows agree
     np.testing.assert_allclose(cleaned[[5, 6]], [[10.5, 11, 30.5, 31]] * 2)  # median over valid rows 5 and 6
+    with pytest.raises(ValueError, match="odd"):  # a centred median has an odd window
+        DetectionParams(temporal_window=4)
 
 
 def test_union_and_iou():

@@ -232,6 +232,14 @@ def test_sample_window_indices():
     np.testing.assert_array_equal(sample_window_indices(32, 8, 4, rng), np.arange(0, 32, 4))
     np.testing.assert_array_equal(sample_window_indices(10, 8, 2, rng), [0, 2, 4, 6, 8, 9, 9, 9])
     np.testing.assert_array_equal(sample_window_indices(1, 4, 3, rng), [0, 0, 0, 0])
+    # dense windows (trajectory targets) hold one more frame: a window that fits never repeats its last one
+    dense_starts = set()
+    for _ in range(400):
+        indices = sample_window_indices(40, 8, 4, rng, dense=True)
+        assert len(indices) == 33 and np.all(np.diff(indices) == 1) and indices[-1] < 40
+        dense_starts.add(int(indices[0]))
+    assert dense_starts == set(range(40 - 33 + 1))
+    np.testing.assert_array_equal(sample_window_indices(33, 8, 4, rng, dense=True), np.arange(33))
 
 
 def make_boxes(frames, width=100, height=50, union=None) -> MotionBoxes:
