@@ -325,7 +325,7 @@ class VideoMAEPretrainDataset(Dataset):
                 lambda n: sample_window_indices(n, self.num_frames, self.sampling_rate, self.rng, dense), size)
             indices = indices[self.sampled_frames]
             box = clip_box(boxes, indices, num_video_frames, self.box_source)
-            base_box = (clip_box(boxes, indices[self.base_frames], num_video_frames, "clip")
+            base_box = (clip_box(boxes, indices[self.base_frames], num_video_frames, self.box_source)
                         if self.guided_base == "box" else NO_BOX.copy())
             return frames, np.stack([box, base_box]), boxes
 

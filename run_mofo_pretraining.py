@@ -93,7 +93,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="motion-box files from motion_detection.extract_boxes (needed by --mask_type motion"
                              " and --guided_base box)")
     parser.add_argument("--box_source", default="clip", choices=["clip", "video"],
-                        help="clip: union of the sampled frames' boxes; video: the video's union box")
+                        help="clip: union of the sampled frames' boxes (--guided_base box: the middle slice's"
+                             " frames'); video: the video's union box")
     parser.add_argument("--missing_box", default="error", choices=["error", "random"],
                         help="videos without a box file: fail before training, or use plain tube masking")
     parser.add_argument("--num_frames", default=16, type=int)

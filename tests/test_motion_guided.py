@@ -213,10 +213,21 @@ def test_dataset_hands_the_augmented_clip_to_a_pluggable_motion_source(dataset_r
 
 def test_base_box_is_the_base_slices_own_box(dataset_root):
     dataset = guided_dataset(dataset_root, guided_base="box", box_dir=str(dataset_root / "gt_boxes"))
+    smaller = 0
     for index in range(len(dataset)):
         _, (clip_box, base_box), _, _ = dataset._load(index)
         assert not np.isnan(base_box).any()  # the synthetic object is always in view
         assert (base_box[:2] >= clip_box[:2] - 1e-6).all() and (base_box[2:] <= clip_box[2:] + 1e-6).all()
+        smaller += not np.allclose(base_box, clip_box)
+    assert smaller >= len(dataset) // 2  # the object moves: two frames cover less than the clip
+    # --box_source video: the base is the video's union box, as for --mask_type motion
+    dataset = guided_dataset(dataset_root, guided_base="box", box_dir=str(dataset_root / "gt_boxes"),
+                             box_source="video")
+    for index in range(len(dataset)):
+        _, (clip_box, base_box), boxes, _ = dataset._load(index)
+        union = boxes.union / np.array([boxes.width, boxes.height] * 2, np.float32)
+        np.testing.assert_allclose(base_box, union, atol=1e-6)
+        np.testing.assert_allclose(clip_box, union, atol=1e-6)
 
 
 def test_invalid_combinations_fail_early(dataset_root):
