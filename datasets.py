@@ -62,6 +62,7 @@ from video_transforms import (
 log = logging.getLogger("datasets")
 
 MIN_VIDEO_BYTES = 1024  # VideoMAE skips smaller files: decoders can hang on them
+BOX_CACHE_FRAMES = 1_000_000  # parsed boxes kept per worker (16 MB): about 35 of EPIC's long videos
 MAX_REPLACEMENTS = 20
 
 Loaded = TypeVar("Loaded")
@@ -175,7 +176,10 @@ def box_video_paths(videos: list[str], data_root: str) -> list[str]:
 
 
 class MotionBoxIndex:
-    """Box files of a video list under ``box_dir`` (mirroring the list's relative paths)."""
+    """Box files of a video list under ``box_dir`` (mirroring the list's relative paths; a video may be listed many
+    times, as EPIC's long videos are, once per action segment). Parsed files are kept per worker up to
+    ``BOX_CACHE_FRAMES`` boxes in all, least recently used out first: a long video's file takes tens of
+    milliseconds to parse."""
 
     def __init__(self, box_dir: str, videos: list[str], missing_box: str = "error",
                  remedy: str = PRETRAINING_BOX_REMEDY):
@@ -183,24 +187,37 @@ class MotionBoxIndex:
             raise ValueError(f"missing_box must be 'error' or 'random', got {missing_box!r}")
         self.box_dir, self.missing_box = box_dir, missing_box
         self.paths = [box_file_path(box_dir, v) for v in videos]
-        missing = [str(p) for p in self.paths if not p.exists()]
+        distinct = list(dict.fromkeys(self.paths))
+        missing = [str(p) for p in distinct if not p.exists()]
         self.num_missing = len(missing)
         if missing and missing_box == "error":
             shown = "\n  ".join(missing[:10])
             raise FileNotFoundError(
-                f"{len(missing)} of {len(self.paths)} videos have no box file under {box_dir} (first: \n  {shown}\n)."
+                f"{len(missing)} of {len(distinct)} videos have no box file under {box_dir} (first: \n  {shown}\n)."
                 f" {remedy}")
         if missing:
             log.warning("%d of %d videos have no box file under %s; they get plain tube masking",
-                        len(missing), len(self.paths), box_dir)
+                        len(missing), len(distinct), box_dir)
+        self._cache: OrderedDict[Path, MotionBoxes] = OrderedDict()
+        self._cached_frames = 0
 
     def load(self, index: int) -> MotionBoxes | None:
-        try:
-            return load_boxes(self.paths[index])
-        except BoxFileError:
-            if self.missing_box == "error" or self.paths[index].exists():
-                raise
-            return None
+        """The entry's boxes (shared with the cache: do not modify them); None for a missing file when
+        ``missing_box`` is ``random``; BoxFileError naming the file for a malformed one."""
+        path = self.paths[index]
+        if path not in self._cache:
+            try:
+                boxes = load_boxes(path)
+            except BoxFileError:
+                if self.missing_box == "error" or path.exists():
+                    raise
+                return None
+            self._cache[path] = boxes
+            self._cached_frames += boxes.num_frames
+            while self._cached_frames > BOX_CACHE_FRAMES and len(self._cache) > 1:
+                self._cached_frames -= self._cache.popitem(last=False)[1].num_frames
+        self._cache.move_to_end(path)
+        return self._cache[path]
 
 
 def _box_file_rows(boxes: MotionBoxes, frame_indices: np.ndarray, num_video_frames: int) -> np.ndarray:
@@ -400,7 +417,6 @@ TSN_DATA_SETS = ("SSV2", EPIC_KITCHENS)  # segment sampling over the whole clip;
 NO_FLIP_DATA_SETS = ("SSV2",)  # left/right in the labels ("pushing something from left to right")
 EPIC_VIDEO_TEMPLATE = "{participant_id}/videos/{video_id}.MP4"
 EPIC_LABEL_COLUMNS = ("verb_class", "noun_class")
-BOX_CACHE_SIZE = 8  # parsed box files kept per worker (EPIC rows share long videos whose files are large)
 
 
 @dataclass(frozen=True)
@@ -543,13 +559,10 @@ class VideoClassificationDataset(Dataset):
         self.crop_scale = tuple(crop_scale)
         self.needed_short_side = (math.ceil(input_size / math.sqrt(self.crop_scale[0] * RESIZED_CROP_RATIO[0]))
                                   if train else short_side_size)
-        self.box_index, self._box_slots, self._box_cache = None, [], OrderedDict()
+        self.box_index = None
         if box_dir:
             relative = box_video_paths([entry.video for entry in entries], data_root)
-            distinct = list(dict.fromkeys(relative))
-            slot = {video: k for k, video in enumerate(distinct)}
-            self.box_index = MotionBoxIndex(box_dir, distinct, "error", FINETUNING_BOX_REMEDY)
-            self._box_slots = [slot[video] for video in relative]
+            self.box_index = MotionBoxIndex(box_dir, relative, "error", FINETUNING_BOX_REMEDY)
         self._native_sizes: dict[str, tuple[int, int]] = {}
         self.reseed(seed)
 
@@ -565,15 +578,7 @@ class VideoClassificationDataset(Dataset):
 
     def motion_boxes(self, index: int) -> MotionBoxes | None:
         """The entry's box file (None without ``box_dir``); malformed files raise BoxFileError naming the file."""
-        if self.box_index is None:
-            return None
-        slot = self._box_slots[index]
-        if slot not in self._box_cache:
-            self._box_cache[slot] = self.box_index.load(slot)
-            if len(self._box_cache) > BOX_CACHE_SIZE:
-                self._box_cache.popitem(last=False)
-        self._box_cache.move_to_end(slot)
-        return self._box_cache[slot]
+        return None if self.box_index is None else self.box_index.load(index)
 
     def frame_indices(self, entry: ClipEntry, num_file_frames: int, segment: int) -> np.ndarray:
         """Frame indices in the file for this entry: random in training, else at the test segment's position

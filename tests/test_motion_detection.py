@@ -204,6 +204,9 @@ def test_box_file_round_trip_is_exact_and_deterministic(tmp_path):
         (lambda r: r.update(frames=r["frames"][:2]), "'frames' must be a list of num_frames=3"),
         (lambda r: r["frames"].__setitem__(0, [5, 5, 1, 1]), "'frames[0]'"),
         (lambda r: r["frames"].__setitem__(2, [0, 0, 65, 48]), "'frames[2]'"),
+        (lambda r: r["frames"].__setitem__(2, [0, 0, "64", 48]), "'frames[2]' must hold 4 finite numbers"),
+        (lambda r: r["frames"].__setitem__(0, [True, 0, 1, 1]), "'frames[0]' must hold 4 finite numbers"),
+        (lambda r: r["frames"].__setitem__(2, [0, 0, 64]), "'frames[2]' must be [x1, y1, x2, y2] or null"),
         (lambda r: r.update(union=[1, 2, 3]), "'union'"),
         (lambda r: r.update(fps="fast"), "'fps'"),
     ],
@@ -216,6 +219,24 @@ def test_load_boxes_names_the_file_and_the_field(tmp_path, edit, field):
     with pytest.raises(BoxFileError) as err:
         load_boxes(path)
     assert str(path) in str(err.value) and field in str(err.value)
+
+
+def test_load_boxes_of_a_long_video(tmp_path):
+    """A long video's file (checked all at once) reads back as every box on its own would."""
+    rng = np.random.default_rng(0)
+    corners = np.sort(rng.uniform(0, 1080, (5000, 2, 2)), axis=1)
+    frames = corners.transpose(0, 2, 1).reshape(-1, 4)[:, [0, 2, 1, 3]].astype(np.float32)
+    frames[::7] = np.nan
+    frames[3] = [0, 0, 1920, 1080]
+    path = tmp_path / "long.json"
+    save_boxes(path, MotionBoxes("long.mp4", 1920, 1080, len(frames), 50.0, {}, frames, union_box(frames)))
+    record = json.loads(path.read_text())
+    expected = np.array([[np.nan] * 4 if box is None else box for box in record["frames"]], np.float32)
+    np.testing.assert_array_equal(load_boxes(path).frames, expected)
+    record["frames"][4000] = [5, 6, 4, 7]
+    path.write_text(json.dumps(record))
+    with pytest.raises(BoxFileError, match=r"'frames\[4000\]' \[5, 6, 4, 7\] is not an ordered box"):
+        load_boxes(path)
 
 
 def test_load_boxes_reports_missing_and_broken_files(tmp_path):

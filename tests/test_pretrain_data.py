@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, default_collate
 
+import datasets
 import utils
 from datasets import (
+    MotionBoxIndex,
     VideoMAEPretrainDataset,
     clip_box,
     decode_size,
@@ -332,6 +334,24 @@ def test_box_files_mirror_the_list_paths(data, videos, tmp_path):
     outside = write_list(tmp_path / "outside.csv", [str(data / "small" / "videos" / "000003.mp4")])
     with pytest.raises(ValueError, match="000003.mp4: not below --video_root.*box files mirror paths below"):
         motion_dataset(data, list_file=outside, data_root=tmp_path / "videos", box_dir=tmp_path / "boxes")
+
+
+def test_box_files_are_parsed_once_per_worker_within_the_cache_budget(data, monkeypatch):
+    """A video listed many times (EPIC's long videos, once per segment) is parsed once; the cache drops the least
+    recently used files beyond BOX_CACHE_FRAMES boxes, and always keeps the last one."""
+    names = ["000000.mp4", "000001.mp4", "000000.mp4", "000002.mp4", "000000.mp4"]
+    index = MotionBoxIndex(str(data / "small" / "gt_boxes"), names)
+    first = index.load(0)
+    assert index.load(2) is first and index.load(4) is first
+    np.testing.assert_array_equal(first.frames, load_boxes(data / "small" / "gt_boxes" / "000000.json").frames)
+    monkeypatch.setattr(datasets, "BOX_CACHE_FRAMES", 2 * VIDEO_FRAMES)
+    index = MotionBoxIndex(str(data / "small" / "gt_boxes"), names)
+    first, second = index.load(0), index.load(1)
+    assert index.load(2) is first  # two files fit; 000000 is now the most recent
+    index.load(3)  # a third: 000001, the least recently used, goes
+    assert index.load(4) is first and index.load(1) is not second
+    monkeypatch.setattr(datasets, "BOX_CACHE_FRAMES", 1)
+    assert index.load(3) is index.load(3) and list(index._cache) == [index.paths[3]]  # a new file, alone
 
 
 def test_missing_box_random_gives_plain_tube_masks(data, tmp_path, caplog):
