@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import cv2
 import decord
 import numpy as np
 import torch
@@ -107,6 +108,23 @@ def decode_size(width: int, height: int, needed_short_side: int) -> tuple[int, i
     return 2 * math.ceil(width * scale / 2), 2 * math.ceil(height * scale / 2)
 
 
+def stored_video_size(path: str, boxes: MotionBoxes | None,
+                      known: dict[str, tuple[int, int]]) -> tuple[int, int] | None:
+    """A video's stored (width, height): from its box file, from ``known`` (sizes read before, updated), or from
+    the container header (OpenCV, about 0.5 ms; it orients frames as decord does). None when unreadable: decord
+    then names the problem."""
+    if boxes is not None:
+        return boxes.width, boxes.height
+    if path not in known:
+        capture = cv2.VideoCapture(path)
+        size = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        capture.release()
+        if min(size) <= 0:
+            return None
+        known[path] = size
+    return known[path]
+
+
 def reduced_decode_size(native_size: tuple[int, int] | None, needed_short_side: int) -> tuple[int, int] | None:
     """``decode_size`` when the stored size is known and decoding smaller saves work; None: decode as stored."""
     if native_size is None:
@@ -140,7 +158,12 @@ def decode_frames(path: str, pick_indices: Callable[[int], np.ndarray],
     try:
         frames = torch.from_numpy(reader.get_batch(indices.tolist()).asnumpy())
     except Exception as e:
-        raise VideoDecodeError(f"{path}: cannot decode ({type(e).__name__}: {e})") from None
+        if size is None:
+            raise VideoDecodeError(f"{path}: cannot decode ({type(e).__name__}: {e})") from None
+        frames = None
+    if size is not None and (frames is None or tuple(frames.shape[1:]) != (size[1], size[0], 3)):
+        # decord's scaler fails on some streams (rotated ones, at some sizes, give 4 channels): decode as stored
+        return decode_frames(path, lambda n: indices, None)
     return frames, indices, num_video_frames
 
 
@@ -312,6 +335,7 @@ class VideoMAEPretrainDataset(Dataset):
             self.mask_generator = TubeMaskingGenerator(self.window_size, mask_ratio)
         videos = box_video_paths([path for path, _ in self.entries], data_root) if uses_boxes else []
         self.boxes = MotionBoxIndex(box_dir, videos, missing_box) if uses_boxes else None
+        self._stored_sizes: dict[str, tuple[int, int]] = {}
         self.reseed(seed)
 
     def reseed(self, seed: int | None) -> None:
@@ -335,10 +359,11 @@ class VideoMAEPretrainDataset(Dataset):
 
         def load(entry: int):
             boxes = self.boxes.load(entry) if self.boxes is not None else None
-            native = None if boxes is None else (boxes.width, boxes.height)
-            size = reduced_decode_size(native, math.ceil(self.input_size / min(self.scales)))
+            path = self.video_path(entry)
+            size = reduced_decode_size(stored_video_size(path, boxes, self._stored_sizes),
+                                       math.ceil(self.input_size / min(self.scales)))
             frames, indices, num_video_frames = decode_frames(
-                self.video_path(entry),
+                path,
                 lambda n: sample_window_indices(n, self.num_frames, self.sampling_rate, self.rng, dense), size)
             indices = indices[self.sampled_frames]
             box = clip_box(boxes, indices, num_video_frames, self.box_source)
@@ -563,7 +588,7 @@ class VideoClassificationDataset(Dataset):
         if box_dir:
             relative = box_video_paths([entry.video for entry in entries], data_root)
             self.box_index = MotionBoxIndex(box_dir, relative, "error", FINETUNING_BOX_REMEDY)
-        self._native_sizes: dict[str, tuple[int, int]] = {}
+        self._stored_sizes: dict[str, tuple[int, int]] = {}
         self.reseed(seed)
 
     def reseed(self, seed: int | None) -> None:
@@ -600,15 +625,12 @@ class VideoClassificationDataset(Dataset):
 
     def _decode(self, index: int, segment: int) -> tuple[torch.Tensor, np.ndarray]:
         """Sampled frames (T, H, W, 3) uint8 and their boxes (T, 4) in pixels of the decoded frames. The stored
-        size comes from the box file, or from an earlier decode of the same file."""
+        size comes from the box file or the container (``stored_video_size``)."""
         path, entry = self.video_path(index), self.entries[index]
         boxes = self.motion_boxes(index)
-        native = (boxes.width, boxes.height) if boxes is not None else self._native_sizes.get(path)
-        size = reduced_decode_size(native, self.needed_short_side)
+        size = reduced_decode_size(stored_video_size(path, boxes, self._stored_sizes), self.needed_short_side)
         frames, indices, num_file_frames = decode_frames(path, lambda n: self.frame_indices(entry, n, segment), size)
         height, width = frames.shape[1:3]
-        if size is None:
-            self._native_sizes[path] = (width, height)
         return frames, scale_box(frame_boxes(boxes, indices, num_file_frames), width, height)
 
     def _train_clip(self, frames: torch.Tensor, boxes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:

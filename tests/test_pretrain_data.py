@@ -11,8 +11,10 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
+import struct
 from pathlib import Path
 
+import cv2
 import decord
 import numpy as np
 import pytest
@@ -27,9 +29,11 @@ from datasets import (
     MotionBoxIndex,
     VideoMAEPretrainDataset,
     clip_box,
+    decode_frames,
     decode_size,
     multiple_samples_collate,
     sample_window_indices,
+    stored_video_size,
 )
 from make_synthetic_dataset import CLASSES, clip_seed, make_dataset, render_clip_details, write_mp4
 from masking_generator import inside_box_tokens
@@ -266,6 +270,45 @@ def test_clip_box_union_of_the_sampled_frames():
     boxes = make_boxes(frames)
     np.testing.assert_allclose(clip_box(boxes, np.array([3, 5]), 10, "clip") * [100, 50, 100, 50], [6, 0, 11, 1])
     np.testing.assert_allclose(clip_box(boxes, np.array([9]), 10, "clip") * [100, 50, 100, 50], [18, 0, 19, 1])
+
+
+def rotated_copy(source: Path, target: Path) -> Path:
+    """``source`` with a 90-degree display rotation in its mp4 track header (as phones write them)."""
+    data = bytearray(source.read_bytes())
+    tkhd = data.find(b"tkhd")
+    version = data[tkhd + 4]
+    matrix = tkhd + 8 + (8 if version == 0 else 16) + 8 + (4 if version == 0 else 8) + 16
+    assert struct.unpack(">9i", data[matrix:matrix + 36]) == (0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    data[matrix:matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    target.write_bytes(data)
+    return target
+
+
+def test_every_mask_type_decodes_at_the_same_reduced_size(data, videos, tmp_path):
+    """Without box files the stored size comes from the container, so VideoMAE's tube masking decodes the same
+    reduced frames as MOFO's; rotated videos come out upright at any size, as decord decodes them as stored."""
+    tube = VideoMAEPretrainDataset(str(data / "all.csv"), str(data / "small" / "videos"), None,
+                                   num_frames=NUM_FRAMES, sampling_rate=SAMPLING_RATE, input_size=INPUT_SIZE,
+                                   patch_size=PATCH, mask_type="tube", seed=0)
+    motion = motion_dataset(data)
+    for seed in range(3):
+        tube.reseed(seed)
+        motion.reseed(seed)
+        frames = tube._load(seed)[0]
+        assert frames.shape[1:] == (videos[0].decoded_h, videos[0].decoded_w, 3)
+        assert torch.equal(frames, motion._load(seed)[0])
+
+    rotated = str(rotated_copy(data / "small" / "videos" / "000000.mp4", tmp_path / "rotated.mp4"))
+    upright = decord.VideoReader(rotated).get_batch([0, 5]).asnumpy()
+    assert upright.shape[1:] == (WIDTH, HEIGHT, 3) and stored_video_size(rotated, None, {}) == (HEIGHT, WIDTH)
+    for size in ((98, 130), (48, 64)):  # decord fails to scale the second one (4 channels): decoded as stored
+        frames = decode_frames(rotated, lambda n: np.array([0, 5]), size)[0].numpy()
+        if size == (48, 64):
+            np.testing.assert_array_equal(frames, upright)
+        else:
+            assert frames.shape[1:] == (*size[::-1], 3)
+            resized = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in upright])
+            assert np.abs(resized.astype(int) - frames).mean() < 5
 
 
 def test_decode_size():

@@ -14,7 +14,7 @@ import torch
 from timm.models import create_model
 
 import make_synthetic_dataset as synthetic
-from datasets import VideoMAEPretrainDataset
+from datasets import VideoMAEPretrainDataset, sample_window_indices
 from engine_for_pretraining import masked_count, pixel_targets, pretrain_loss
 from modeling_pretrain import parse_targets, split_tokens
 from test_pretraining import pretrain, run_args
@@ -140,13 +140,22 @@ def pretrain_dataset(root, trajectory=None, **kwargs) -> VideoMAEPretrainDataset
 
 
 def test_dataset_adds_targets_and_keeps_the_sampled_clip(dataset_root):
-    """The dense window holds the plain window's frames: same seed, same clip and mask, plus the targets."""
+    """The dense window (every frame, plus the one after) holds the sampled frames of a plain window at the same
+    start; the mask stream does not depend on the targets. A window that fits never repeats its last frame, so
+    the last flow step is a real one."""
     targets = TrajectoryTargets((4, 4, 4), 16, 2, 2)
     with_targets = pretrain_dataset(dataset_root, targets, num_sample=2)
     plain = pretrain_dataset(dataset_root, num_sample=2)
+    rng, starts = np.random.default_rng(0), set()
+    for _ in range(50):
+        dense = sample_window_indices(20, 8, 2, rng, dense=True)
+        assert len(np.unique(dense)) == 17
+        np.testing.assert_array_equal(dense[with_targets.sampled_frames], dense[0] + np.arange(8) * 2)
+        starts.add(int(dense[0]))
+    assert starts == {0, 1, 2, 3}
     for index in range(len(plain)):
         for item, reference in zip(with_targets[index], plain[index], strict=True):
-            assert torch.equal(item["frames"], reference["frames"])
+            assert item["frames"].shape == reference["frames"].shape
             assert torch.equal(item["mask"], reference["mask"])
             assert item["trajectory"].shape == (64, targets.dim) and item["trajectory"].dtype == torch.float32
             assert torch.isfinite(item["trajectory"]).all()
