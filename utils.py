@@ -10,6 +10,7 @@ import os
 import pickle
 import random
 import re
+import socket
 import subprocess
 import time
 from collections import defaultdict, deque
@@ -18,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from motion_detection.boxfile import atomic_write_text
 
 # ---------------------------------------------------------------- command line
 
@@ -80,8 +83,13 @@ def init_distributed_mode(args) -> None:
         env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 10000))
         env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = str(args.rank), str(args.world_size), str(args.gpu)
     else:
-        args.rank, args.world_size, args.gpu, args.distributed = 0, 1, 0, False
-        return
+        args.rank, args.world_size, args.gpu = 0, 1, 0
+        if not getattr(args, "enable_deepspeed", False):
+            args.distributed = False
+            return
+        # A plain `python run_*.py --enable_deepspeed`: DeepSpeed needs a process group (else it looks for MPI),
+        # so the run is a group of one on a free local port.
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     args.distributed = True
     use_cuda = args.device.startswith("cuda") and torch.cuda.is_available()
     if use_cuda:
@@ -92,6 +100,12 @@ def init_distributed_mode(args) -> None:
                             rank=args.rank, timeout=datetime.timedelta(minutes=30))
     dist.barrier()
     setup_for_distributed(args.rank == 0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def setup_for_distributed(is_master: bool) -> None:
@@ -207,6 +221,7 @@ def wrap_model(args, model: torch.nn.Module, optimizer, device: torch.device):
 
         model, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(args),
                                                       dist_init_required=not is_dist_avail_and_initialized())
+        model.checkpoint_engine.load = load_deepspeed_file
         return model, model.module, optimizer, None
     model_without_ddp = model
     if args.distributed:
@@ -428,8 +443,10 @@ def save_model(args, epoch: int, model, model_without_ddp, optimizer, loss_scale
         client_state = {"epoch": epoch}
         if model_ema is not None:
             client_state["model_ema"] = model_ema.module.state_dict()
-        model.save_checkpoint(args.output_dir, tag=tag or f"checkpoint-{epoch}", client_state=client_state,
-                              save_latest=tag is None)
+        name = tag or f"checkpoint-{epoch}"
+        model.save_checkpoint(args.output_dir, tag=name, client_state=client_state, save_latest=False)
+        if tag is None and is_main_process():  # after every rank's files: save_checkpoint ends on a barrier
+            atomic_write_text(Path(args.output_dir) / "latest", name)
     else:
         save_on_master(checkpoint_state(model_without_ddp, optimizer, loss_scaler, epoch, args, model_ema),
                        Path(args.output_dir) / f"{tag or f'checkpoint-{epoch}'}.pth")
@@ -437,25 +454,42 @@ def save_model(args, epoch: int, model, model_without_ddp, optimizer, loss_scale
 
 def latest_checkpoint(output_dir: str | Path, deepspeed: bool) -> Path | None:
     """Newest complete checkpoint: ``checkpoint-N.pth`` files (complete by construction: renamed when written), or
-    the DeepSpeed folder named by its ``latest`` file (written after the folder is complete)."""
+    the DeepSpeed folder named by its ``latest`` file (written atomically once every rank has written its files)."""
     output_dir = Path(output_dir)
     if deepspeed:
         latest = output_dir / "latest"
-        return output_dir / latest.read_text().strip() if latest.exists() else None
+        if not latest.exists():
+            return None
+        name = latest.read_text().strip()
+        if not name or not (output_dir / name).is_dir():
+            raise FileNotFoundError(f"{latest} names {name!r}, which is not a checkpoint folder of {output_dir};"
+                                    " pass a complete one with --resume")
+        return output_dir / name
     found = [(int(m.group(1)), p) for p in output_dir.glob("checkpoint-*.pth")
              if (m := CHECKPOINT_PATTERN.match(p.name))]
     return max(found)[1] if found else None
 
 
-def load_checkpoint_file(path: str | Path) -> dict:
+def load_checkpoint_file(path: str | Path, map_location="cpu", allowed: tuple = ()) -> dict:
     """Checkpoints from anywhere are read with weights_only=True (no arbitrary code from pickles). The one class
-    allowed besides tensors and plain containers is ``argparse.Namespace``: VideoMAE's and the MOFO release's
-    ``save_model`` store their ``args`` as one, so their released checkpoints load as they are."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
+    allowed besides tensors and plain containers (and ``allowed``) is ``argparse.Namespace``: VideoMAE's and the
+    MOFO release's ``save_model`` store their ``args`` as one, so their released checkpoints load as they are."""
+    with torch.serialization.safe_globals([argparse.Namespace, *allowed]):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as e:
             raise pickle.UnpicklingError(f"{path}: refused by torch.load(weights_only=True): {e}") from None
+
+
+def load_deepspeed_file(path: str, map_location=None) -> dict:
+    """DeepSpeed's checkpoint engine reads with weights_only=False; the engines of ``wrap_model`` read through
+    this instead: weights_only=True, allowing the DeepSpeed classes its ZeRO optimizer shards hold (the loss
+    scaler, the stage, the parameter fragments' addresses)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return load_checkpoint_file(path, map_location, (LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address))
 
 
 def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema=None) -> None:

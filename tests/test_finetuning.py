@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import make_synthetic_dataset
-from test_pretraining import clean_env, free_port, pretrain, run_args
+from test_pretraining import clean_env, pretrain, run_args
+from utils import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import torch
 import make_synthetic_dataset
 import utils
 from engine_for_pretraining import pixel_targets
+from utils import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,12 +61,6 @@ def epoch_losses(out: Path) -> dict[int, float]:
         record = json.loads(line)
         losses[record["epoch"]] = record["train_loss"]
     return losses
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_pixel_targets_match_a_per_tube_reference():
@@ -195,6 +189,37 @@ def test_deepspeed_with_two_processes_and_resume(dataset, tmp_path):
     assert "from epoch 1" in second.stdout
     assert (out / "latest").read_text().strip() == "checkpoint-1"
     assert sorted(epoch_losses(out)) == [0, 1]
+
+
+class OpensAFile:
+    """A pickle payload: unpickled without weights_only, it creates ``path``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_deepspeed_without_a_launcher_resumes_with_weights_only_loads(dataset, tmp_path):
+    """``python run_mofo_pretraining.py --enable_deepspeed`` runs as a group of one; the resume reads DeepSpeed's
+    files (bf16 ZeRO-1 optimizer shards hold DeepSpeed's own classes) with weights_only=True, so a folder holding
+    any other pickled object is refused before it runs."""
+    out = tmp_path / "deepspeed"
+    for epochs in ("1", "2"):
+        result = pretrain(run_args(dataset, out, "--enable_deepspeed", "--zero_stage", "1", "--precision", "bf16",
+                                   "--epochs", epochs))
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "from epoch 1" in result.stdout and (out / "latest").read_text() == "checkpoint-1"
+    assert list((out / "checkpoint-1").glob("*optim_states.pt"))
+    states = out / "checkpoint-1" / "mp_rank_00_model_states.pt"
+    poisoned = torch.load(states, map_location="cpu", weights_only=False)
+    poisoned["payload"] = OpensAFile(tmp_path / "ran")
+    torch.save(poisoned, states)
+    refused = pretrain(run_args(dataset, out, "--enable_deepspeed", "--zero_stage", "1", "--precision", "bf16",
+                                "--epochs", "3"))
+    assert refused.returncode != 0 and "refused by torch.load(weights_only=True)" in refused.stderr
+    assert not (tmp_path / "ran").exists()
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(dataset, tmp_path):
