@@ -15,11 +15,12 @@ predicted class unless ``--target_class`` names one (then for every model).
 The clip is deterministic: frames ``start_frame + k * sampling_rate`` (clamped to the video), or with ``--tsn``
 the middle frame of each of ``num_frames`` equal segments of the whole video (TSN sampling, as VideoMAE evaluates
 Something-Something); then the centred square of the short side resized to ``input_size``, ImageNet normalisation.
-The motion box is the union of the sampled frames' boxes from ``--box_file``, carried through the same crop. MOFO
-models need it; plain models ignore it, but it is drawn when given.
+The motion boxes are the sampled frames' own boxes from ``--box_file``, carried through the same crop: what the
+fine-tuning loader hands the model, so MOFO models split their tokens as in training and testing. MOFO models need
+them; plain models ignore them, but they are drawn when given.
 
-PNG: a header with the video frame numbers; the input frames with the motion box (green); one row per model with
-its map over the frames (jet colours, ``--alpha`` blend, box in white), labelled with the model, its predicted
+PNG: a header with the video frame numbers; the input frames with their motion box (green); one row per model
+with its map over the frames (jet colours, ``--alpha`` blend, box in white), labelled with the model, its predicted
 class and probability, and the class the map explains. Columns: the middle frame, or ``--frames`` frames spread
 evenly over the clip.
 """
@@ -43,7 +44,7 @@ from timm import list_models
 from timm.models import create_model
 
 import utils
-from datasets import clip_box
+from datasets import frame_boxes
 from modeling_finetune import MotionFocusedVisionTransformer
 from motion_detection.boxfile import BoxFileError, load_boxes
 from run_mofo_vis import (
@@ -81,8 +82,8 @@ class ModelCam:
 
 @dataclass
 class GradCamFigure:
-    """What was drawn: the clip's video frame indices, the clip positions shown as columns, the motion box in
-    [0, 1] of the crop (NaN: none), the frames (T, S, S, 3) uint8, one entry per model, the row titles and the
+    """What was drawn: the clip's video frame indices, the clip positions shown as columns, the motion boxes
+    (T, 4) in [0, 1] of the crop (NaN rows: none), the frames (T, S, S, 3) uint8, one entry per model, the row titles and the
     PNG's (height, width)."""
 
     frame_indices: np.ndarray
@@ -196,8 +197,8 @@ def grad_cam(model: torch.nn.Module, video: torch.Tensor, box: np.ndarray | torc
              target_class: int | None = None) -> tuple[np.ndarray, torch.Tensor]:
     """Grad-CAM of ``target_class`` (None: the predicted class) on the tokens output by block ``layer`` (from 1).
 
-    ``video`` is one normalised clip (3, T, S, S) on the model's device; ``box`` its motion box, normalised xyxy
-    (4,), needed by MOFO models (NaN: no box) and ignored by plain ones. Returns the map (T, S, S) float32 in
+    ``video`` is one normalised clip (3, T, S, S) on the model's device; ``box`` its motion boxes, normalised xyxy,
+    one per frame (T, 4) or one for the clip (4,), needed by MOFO models (NaN: no box) and ignored by plain ones. Returns the map (T, S, S) float32 in
     [0, 1] and the logits (num_classes,) on the CPU. The model runs in eval mode; parameter ``.grad`` is untouched.
     """
     num_blocks = len(model.blocks)
@@ -207,7 +208,7 @@ def grad_cam(model: torch.nn.Module, video: torch.Tensor, box: np.ndarray | torc
     if isinstance(model, MotionFocusedVisionTransformer):
         if box is None:
             raise GradCamError("a MOFO model needs the clip's motion box: pass --box_file")
-        extra_inputs = (torch.as_tensor(box, dtype=torch.float32, device=video.device).reshape(1, 4),)
+        extra_inputs = (torch.as_tensor(box, dtype=torch.float32, device=video.device)[None],)
     captured = {}
     handle = model.blocks[layer - 1].register_forward_hook(
         lambda module, inputs, output: captured.update(tokens=output))
@@ -291,9 +292,9 @@ def gradcam_figure(args: argparse.Namespace) -> GradCamFigure:
     frames, frame_indices, num_video_frames = read_frames(args.video, args.num_frames, args.sampling_rate,
                                                           args.start_frame, args.tsn)
     height, width = frames.shape[1:3]
-    box_in_video = scale_box(clip_box(boxes, frame_indices, num_video_frames, "clip"), width, height)
+    box_in_video = scale_box(frame_boxes(boxes, frame_indices, num_video_frames), width, height)
     cropped, box = centre_crop_clip(frames, box_in_video, args.input_size)
-    if boxes is not None and np.isnan(box).any():
+    if boxes is not None and np.isnan(box).any(axis=1).all():
         print("note: the box file has no motion box inside this clip's crop; MOFO models get no box")
     video = normalize_clip(cropped).to(args.device)
     results = []
@@ -306,9 +307,9 @@ def gradcam_figure(args: argparse.Namespace) -> GradCamFigure:
 
     clip = to_uint8(cropped.permute(0, 2, 3, 1) / 255)
     positions = shown_positions(args.num_frames, args.frames)
-    rows = {"input\n+ motion box": [with_box(clip[t], box) for t in positions]}
+    rows = {"input\n+ motion box": [with_box(clip[t], box[t]) for t in positions]}
     for result in results:
-        rows[row_label(result)] = [overlay(clip[t], result.cam[t], box, args.alpha) for t in positions]
+        rows[row_label(result)] = [overlay(clip[t], result.cam[t], box[t], args.alpha) for t in positions]
     image = render_grid(rows, [f"frame {frame_indices[t]}" for t in positions])
     output = Path(args.save_path)
     output.parent.mkdir(parents=True, exist_ok=True)

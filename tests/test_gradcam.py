@@ -3,6 +3,7 @@ ground-truth box file and saved mini-model checkpoints."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ import make_synthetic_dataset
 import run_mofo_gradcam
 import run_mofo_vis
 from run_mofo_gradcam import GradCamError, grad_cam
-from test_vis import expected_box
+from video_transforms import normalize_clip
 
 REPO = Path(__file__).resolve().parents[1]
 PLAIN, MOFO = "vit_mini_patch16_224", "vit_mini_patch16_224_mofo"
@@ -173,13 +174,23 @@ def test_cli_compares_two_models_in_a_png_with_one_row_each(data, tmp_path):
     assert image.size == (width, height)
 
 
-def test_figure_holds_the_clip_box_and_a_normalised_map_per_model(data, tmp_path):
+def expected_frame_boxes(box_file: Path, frame_indices: np.ndarray, width: int = 160, height: int = 120) -> np.ndarray:
+    """The sampled frames' own boxes, moved into the centred square crop and normalised to it."""
+    frames = np.array(json.loads(box_file.read_text())["frames"], dtype=np.float64)[frame_indices]
+    side = min(width, height)
+    offset = np.array([(width - side) // 2, (height - side) // 2] * 2)
+    return np.clip(frames - offset, 0, side) / side
+
+
+def test_figure_holds_the_frame_boxes_and_a_normalised_map_per_model(data, tmp_path):
+    """MOFO models get the sampled frames' own boxes, as the fine-tuning loader gives them: the logits shown are
+    those of the forward pass the test runs, not of the clip's union box."""
     output = tmp_path / "gradcam.png"
     result = figure(data, output, MOFO, "--start_frame", "3", "--compare_model", PLAIN, "--compare_checkpoint",
                     str(data["checkpoints"][PLAIN]))
     assert result.frame_indices.tolist() == [3, 5, 7, 9, 11, 13, 15, 17]
     assert result.shown_frames == [NUM_FRAMES // 2]
-    np.testing.assert_allclose(result.box, expected_box(data["boxes"], result.frame_indices), atol=1e-4)
+    np.testing.assert_allclose(result.box, expected_frame_boxes(data["boxes"], result.frame_indices), atol=1e-4)
     assert result.rows == ["input", MOFO, PLAIN]
     assert result.image_size == run_mofo_vis.canvas_size(3, 1, INPUT_SIZE)
     for model in result.models:
@@ -194,6 +205,18 @@ def test_figure_holds_the_clip_box_and_a_normalised_map_per_model(data, tmp_path
              (run_mofo_vis.tile_origin(row, 0, INPUT_SIZE) for row in range(3))]
     assert not np.array_equal(tiles[0], tiles[1]) and not np.array_equal(tiles[1], tiles[2])
 
+    moving = result.box[:, 0].max() - result.box[:, 0].min()
+    assert moving > 0.1  # the synthetic object moves: the frame boxes differ from their union
+    mofo = run_mofo_gradcam.load_classifier(MOFO, str(data["checkpoints"][MOFO]), NUM_CLASSES, INPUT_SIZE,
+                                            NUM_FRAMES, "cpu")
+    video = normalize_clip(torch.from_numpy(result.frames).permute(0, 3, 1, 2))
+    with torch.no_grad():
+        per_frame = mofo(video[None], torch.from_numpy(result.box).float()[None])[0].softmax(-1)
+        union = np.array([*result.box[:, :2].min(0), *result.box[:, 2:].max(0)])
+        of_union = mofo(video[None], torch.from_numpy(union).float()[None])[0].softmax(-1)
+    np.testing.assert_allclose(result.models[0].probabilities, per_frame.numpy(), atol=1e-5)
+    assert not np.allclose(result.models[0].probabilities, of_union.numpy(), atol=1e-5)
+
     targeted = figure(data, tmp_path / "target.png", MOFO, "--start_frame", "3", "--target_class", "3")
     assert targeted.models[0].target_class == 3 != targeted.models[0].predicted_class
     assert not np.allclose(targeted.models[0].cam, result.models[0].cam)
@@ -205,7 +228,7 @@ def test_tsn_takes_the_middle_frame_of_equal_segments(data, tmp_path):
     assert short.tolist() == sorted(short.tolist()) and set(short.tolist()) == set(range(5))
     result = figure(data, tmp_path / "tsn.png", PLAIN, "--tsn", box_file=False)
     assert result.frame_indices.tolist() == [1, 4, 7, 10, 13, 16, 19, 22]
-    assert np.isnan(result.box).all()
+    assert result.box.shape == (NUM_FRAMES, 4) and np.isnan(result.box).all()
 
 
 @pytest.mark.parametrize("model, extra, box_file, message", [
