@@ -6,6 +6,7 @@ extractor record the reason and go on with the next video.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,14 +75,22 @@ def iter_frames(cap: cv2.VideoCapture) -> Iterator[np.ndarray]:
         cap.release()
 
 
-def read_video(path: str | os.PathLike) -> tuple[np.ndarray, VideoInfo]:
-    """Decode a whole (short) video to (T, H, W, 3) RGB uint8; for clips, tests and visualisation. A video that
-    decodes to clearly fewer frames than its container reports raises VideoReadError (:func:`check_frame_count`)."""
+def read_video(path: str | os.PathLike, start_frame: int = 0,
+               num_frames: int | None = None) -> tuple[np.ndarray, VideoInfo]:
+    """Decode a (short) video to (T, H, W, 3) RGB uint8; for clips, tests and visualisation. With ``start_frame``
+    / ``num_frames`` only that range is kept: the frames before it are decoded and dropped, so frame numbers are
+    those of a sequential decode, as ``extract_boxes`` counts them. A whole video that decodes to clearly fewer
+    frames than its container reports raises VideoReadError (:func:`check_frame_count`)."""
     cap, info = open_video(path)
-    frames = list(iter_frames(cap))
+    decoded = iter_frames(cap)
+    for _ in itertools.islice(decoded, start_frame):
+        pass
+    frames = list(itertools.islice(decoded, num_frames))
+    decoded.close()
     if not frames:
-        raise VideoReadError("no decodable frames")
-    check_frame_count(len(frames), info.reported_frames)
+        raise VideoReadError("no decodable frames" + (f" from frame {start_frame} on" if start_frame else ""))
+    if start_frame == 0 and num_frames is None:
+        check_frame_count(len(frames), info.reported_frames)
     return np.stack(frames), info
 
 

@@ -2,14 +2,18 @@
 optionally the smoothed motion map beside each frame.
 
     python -m motion_detection.visualize VIDEO BOXES --out check.mp4 [--show_map] [--gt GT.json]
+        [--start_frame N --num_frames M]
 
 The output kind follows the extension: ``.mp4`` (video), ``.gif`` (animation), ``.png`` (a strip of
-``--strip_frames`` evenly spaced frames).
+``--strip_frames`` evenly spaced frames). A long video (EPIC-KITCHENS' are 10^4 to 10^5 frames) is drawn for a
+range of frames only: the whole one would not fit in memory, so it is refused beyond ``MAX_DECODED_BYTES``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import sys
 from pathlib import Path
 
@@ -20,12 +24,13 @@ from PIL import Image
 from .boxfile import BoxFileError, load_boxes
 from .detect import MotionBoxDetector
 from .flow import available_flows
-from .video import VideoReadError, read_video, write_mp4
+from .video import VideoReadError, open_video, read_video, write_mp4
 
 OUTPUT_KINDS = (".mp4", ".gif", ".png")
 FRAME_COLOUR = (0, 255, 0)
 UNION_COLOUR = (255, 220, 0)
 GT_COLOUR = (0, 200, 255)
+MAX_DECODED_BYTES = 4 << 30  # decoded frames held at once: about 2000 frames of 1080p
 
 
 def draw_box(frame: np.ndarray, box, colour, thickness: int = 1) -> None:
@@ -109,28 +114,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flow", default="dis", choices=available_flows(),
                         help="flow for --show_map when the box file does not name one (default: dis)")
     parser.add_argument("--strip_frames", type=int, default=8, help="frames in a .png strip (default: 8)")
+    parser.add_argument("--start_frame", type=int, default=0, help="first frame drawn (default: 0)")
+    parser.add_argument("--num_frames", type=int, default=None,
+                        help="frames drawn from --start_frame (default: to the end of the video)")
     args = parser.parse_args(argv)
     if Path(args.out).suffix.lower() not in OUTPUT_KINDS:
         parser.error(unknown_kind(Path(args.out)))
     if args.strip_frames < 1:
         parser.error(f"--strip_frames must be >= 1, got {args.strip_frames}")
+    if args.start_frame < 0 or (args.num_frames is not None and args.num_frames < 1):
+        parser.error("--start_frame must be >= 0 and --num_frames >= 1")
 
-    try:
-        frames, info = read_video(args.video)
-    except VideoReadError as e:
-        raise SystemExit(f"{args.video}: {e}") from None
+    whole = args.start_frame == 0 and args.num_frames is None
     try:
         boxes = load_boxes(args.boxes)
         gt = load_boxes(args.gt) if args.gt else None
+        cap, info = open_video(args.video)
+        cap.release()
+        wanted = (boxes.num_frames - args.start_frame) if args.num_frames is None else args.num_frames
+        if wanted * info.width * info.height * 3 > MAX_DECODED_BYTES:
+            raise SystemExit(f"{args.video}: {wanted} frames of {info.width}x{info.height} would take "
+                             f"{wanted * info.width * info.height * 3 / 2**30:.1f} GiB; draw a range with "
+                             "--start_frame and --num_frames")
+        frames, info = read_video(args.video, args.start_frame, args.num_frames)
     except BoxFileError as e:
         raise SystemExit(str(e)) from None
+    except VideoReadError as e:
+        raise SystemExit(f"{args.video}: {e}") from None
     height, width = frames.shape[1:3]
+    end = args.start_frame + len(frames)
     for path, record in ((args.boxes, boxes), (args.gt, gt)):
-        if record is not None and record.num_frames != len(frames):
-            raise SystemExit(f"{path}: {record.num_frames} frames, but {args.video} decodes to {len(frames)}")
+        if record is not None and (record.num_frames != len(frames) if whole else record.num_frames < end):
+            raise SystemExit(f"{path}: {record.num_frames} frames, but {args.video} decodes to "
+                             f"{len(frames) if whole else f'frame {end - 1} and more'}")
         if record is not None and (record.width, record.height) != (width, height):
             raise SystemExit(f"{path}: boxes for a {record.width}x{record.height} video, "
                              f"but {args.video} is {width}x{height}")
+    boxes, gt = (None if r is None else dataclasses.replace(r, frames=r.frames[args.start_frame:end],
+                                                             num_frames=len(frames)) for r in (boxes, gt))
     if args.show_map and len(frames) < 2:
         raise SystemExit(f"--show_map: {args.video} has {len(frames)} frame; flow needs a frame pair")
     maps = None
@@ -141,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{args.boxes}: --show_map cannot recompute the motion map: {e}") from None
         if hasattr(detector.backend, "flows_from_video"):  # motion read from the file (codec motion vectors)
             size = detector.working_size(frames.shape[2], frames.shape[1])
-            maps = [detector.motion_map(f) for f in detector.backend.flows_from_video(args.video, size)]
+            flows = itertools.islice(detector.backend.flows_from_video(args.video, size), args.start_frame, end)
+            maps = [detector.motion_map(f) for f in flows]
         else:
             maps = list(detector.iter_maps(frames))
     write_output(render(frames, boxes, gt, maps), Path(args.out), info.fps, args.strip_frames)

@@ -232,6 +232,32 @@ def test_box_file_with_another_frame_count_exits_naming_it(data, tmp_path, capsy
     assert not (tmp_path / "x.png").exists()
 
 
+def test_a_frame_range_draws_those_frames_with_their_boxes(data, tmp_path, capsys, monkeypatch):
+    """--start_frame/--num_frames draw frames 4..8 exactly as in the whole video, with their own boxes; a box file
+    that ends inside the range exits naming it; a video too large to hold is refused with the way out."""
+    out = run_visualize(data, tmp_path / "range.png", "--start_frame", "4", "--num_frames", "5",
+                        "--strip_frames", "5")
+    frames, _ = read_video(data / "videos/000000.mp4")
+    expected = visualize.render(frames, load_boxes(data / "dis/000000.json"))[4:9]
+    np.testing.assert_array_equal(np.asarray(Image.open(out).convert("RGB")), np.concatenate(list(expected), axis=1))
+
+    short = load_boxes(data / "gt_boxes/000000.json")
+    short.num_frames, short.frames = 7, short.frames[:7]
+    save_boxes(tmp_path / "short.json", short)
+    with pytest.raises(SystemExit) as excinfo:
+        run_visualize(data, tmp_path / "x.png", "--start_frame", "4", "--num_frames", "5",
+                      boxes=str(tmp_path / "short.json"))
+    message = exit_message(excinfo, capsys)
+    assert str(tmp_path / "short.json") in message and "7 frames" in message and "frame 8" in message, message
+
+    monkeypatch.setattr(visualize, "MAX_DECODED_BYTES", 6 * W * H * 3)
+    with pytest.raises(SystemExit) as excinfo:
+        run_visualize(data, tmp_path / "all.png")
+    message = exit_message(excinfo, capsys)
+    assert f"{T} frames of {W}x{H}" in message and "--start_frame and --num_frames" in message, message
+    assert run_visualize(data, tmp_path / "six.png", "--start_frame", "6", "--num_frames", "6").exists()
+
+
 def test_box_file_for_another_frame_size_exits_naming_it(data, tmp_path, capsys):
     big = boxes_record([[0, 0, 200, 150]] * T, width=320, height=240)
     save_boxes(tmp_path / "big.json", big)
