@@ -2,8 +2,8 @@
 # Fine-tuning of ViT-B with MOFO's motion-box head on EPIC-KITCHENS-100: verb (97) and noun (300) heads, action =
 # both right; action segments trimmed from the long videos by the official csvs (train.csv, val.csv, test.csv:
 # copies of EPIC_100_train.csv / EPIC_100_validation.csv), 16 frames (TSN), 2 clips x 3 crops at test (FINETUNE.md).
-#   PRETRAINED from MOFO pretraining (scripts/epic/pretrain.sh, the default)   -> row MOFO†  (action 54.5 in the paper)
-#   PRETRAINED from VideoMAE pretraining (MASK_TYPE=tube, or VideoMAE's file)  -> row MOFO** (54.5)
+#   PRETRAINED from MOFO pretraining (scripts/epic/pretrain.sh, the default)   -> row MOFO†  (action 54.5, paper)
+#   PRETRAINED from VideoMAE pretraining (MASK_TYPE=tube, or VideoMAE's file)  -> row MOFO** (54.5, release README)
 # MODEL=vit_base_patch16_224 gives the plain head: scripts/epic/finetune_plain.sh. Pre-trimmed clips:
 # EXTRA_ARGS="--epic_video_template clips/{narration_id}.mp4" (relative to DATA_ROOT).
 # Recipe: the MOFO release's EPIC fine-tuning (lr 5e-4, batch 8, 100 epochs) with VideoMAE's repeated
