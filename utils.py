@@ -555,12 +555,13 @@ def encoder_state(state: dict) -> dict:
 
 
 def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-    """Resize a learned (1, N, C) position table to the (T', H', W') token grid (trilinear); the old grid has a
-    square spatial part and the temporal size closest to the new one."""
+    """Resize a learned (1, N, C) position table to the (T', H', W') token grid (trilinear). The old grid has a
+    square spatial part: the new one's side if that fits N (only the frames changed), else the temporal size
+    closest to the new one (8 x 14 x 14 to 4 x 14 x 14 reads the table as 8 x 14 x 14, not 2 x 28 x 28)."""
     _, num_old, dim = pos_embed.shape
     candidates = [t for t in range(1, num_old + 1)
                   if num_old % t == 0 and math.isqrt(num_old // t) ** 2 == num_old // t]
-    t_old = min(candidates, key=lambda t: abs(t - grid[0]))
+    t_old = min(candidates, key=lambda t: (num_old // t != grid[1] * grid[2], abs(t - grid[0])))
     side = math.isqrt(num_old // t_old)
     table = pos_embed.reshape(1, t_old, side, side, dim).permute(0, 4, 1, 2, 3)
     table = torch.nn.functional.interpolate(table.float(), size=grid, mode="trilinear", align_corners=False)
@@ -592,6 +593,8 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
             del state[key]
     if "pos_embed" in state:
         if "pos_embed" not in own:
+            print(f"Not using the checkpoint's learned pos_embed {tuple(state['pos_embed'].shape)}: "
+                  f"{type(model).__name__} uses fixed sinusoid position tables")
             del state["pos_embed"]
         elif state["pos_embed"].shape != own["pos_embed"].shape:
             print(f"Interpolating pos_embed {tuple(state['pos_embed'].shape)} -> {tuple(own['pos_embed'].shape)}")

@@ -163,6 +163,20 @@ def test_learned_position_tables_are_interpolated_to_a_new_grid():
     torch.testing.assert_close(same, table)
     # Values are kept in order: the first frame's corner stays the smallest, the last frame's corner the largest.
     assert resized[0, 0, 0] == resized.min() and resized[0, -1, 0] == resized.max()
+    # Fewer frames at the same resolution: 1568 tokens are read as 8 x 14 x 14 (not 2 x 28 x 28), so a table
+    # holding each token's time index comes out constant over every new frame.
+    by_time = torch.arange(8.0).repeat_interleave(196).reshape(1, 1568, 1)
+    halved = utils.interpolate_pos_embed(by_time, (4, 14, 14)).reshape(4, 196)
+    torch.testing.assert_close(halved, torch.tensor([0.5, 2.5, 4.5, 6.5])[:, None].expand(4, 196))
+
+
+def test_a_learned_table_for_a_fixed_table_model_is_dropped_with_a_message(tmp_path, capsys):
+    learned = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4,
+                                use_learnable_pos_emb=True)
+    torch.save({"model": learned.state_dict()}, tmp_path / "learned.pth")
+    model = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4)
+    utils.load_finetune_checkpoint(model, tmp_path / "learned.pth")
+    assert "Not using the checkpoint's learned pos_embed (1, 8, 96)" in capsys.readouterr().out
 
 
 def test_a_warmup_longer_than_the_run_is_a_clear_error():
