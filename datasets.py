@@ -475,7 +475,8 @@ def read_epic_list(list_file: str | os.PathLike, video_template: str = EPIC_VIDE
     ``video_template`` names the video file from the row's columns. Long videos (the default
     ``{participant_id}/videos/{video_id}.MP4``) are trimmed to the row's frames: EPIC frame numbers are 1-based
     indices at the native frame rate, so the clip is frames start_frame-1 .. stop_frame-1 of the file. A template
-    that uses ``{narration_id}`` names pre-trimmed clips (one file per row), whose frames are 0 .. stop-start.
+    that uses ``{narration_id}`` names pre-trimmed clips (one file per row), sampled over all their frames (a clip
+    cut at a lower frame rate than the annotation's has fewer than stop-start+1).
     A csv without the class columns (the test set's timestamps file) gets targets -1.
     """
     with open(list_file, encoding="utf-8", newline="") as f:
@@ -500,7 +501,7 @@ def read_epic_list(list_file: str | os.PathLike, video_template: str = EPIC_VIDE
             raise ValueError(f"{list_file}:{line}: need 1 <= start_frame <= stop_frame, got {start}, {stop}")
         target = tuple(int(row[c]) for c in EPIC_LABEL_COLUMNS) if labelled else (-1, -1)
         entries.append(ClipEntry(video_template.format(**row), target, 0 if trimmed else start - 1,
-                                 stop - start + 1))
+                                 None if trimmed else stop - start + 1))
     return entries
 
 
