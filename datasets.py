@@ -73,6 +73,18 @@ class VideoDecodeError(RuntimeError):
     """A video in the list cannot be decoded; the message names the file."""
 
 
+@dataclass(frozen=True)
+class ClipEntry:
+    """One row of a list: the video file as listed (relative to ``data_root``, or absolute), the targets (one per
+    head; none for pretraining), and the clip's frames in that file: ``first_frame`` (0-based) and ``num_frames``
+    (None: to the end of the file)."""
+
+    video: str
+    target: tuple[int, ...]
+    first_frame: int = 0
+    num_frames: int | None = None
+
+
 def read_video_list(list_file: str | os.PathLike) -> list[tuple[str, list[str]]]:
     """VideoMAE list: ``path [fields...]`` per line, separated by whitespace."""
     entries = []
@@ -82,6 +94,23 @@ def read_video_list(list_file: str | os.PathLike) -> list[tuple[str, list[str]]]
             entries.append((parts[0], parts[1:]))
     if not entries:
         raise ValueError(f"{list_file}: no videos listed")
+    return entries
+
+
+def read_pretrain_list(list_file: str | os.PathLike) -> list[ClipEntry]:
+    """Pretraining list: VideoMAE's ``path label`` (or bare ``path``) lines take the whole video; VideoMAE V2's
+    ``path start_index total_frames`` lines take frames ``start_index`` .. ``start_index + total_frames - 1``
+    (0-based; ``0 -1`` is the whole video), so clips of long videos (EPIC's action segments) need no trimming."""
+    entries = []
+    for line, (path, fields) in enumerate(read_video_list(list_file), start=1):
+        if len(fields) != 2 or not all(f.lstrip("-").isdigit() for f in fields):
+            entries.append(ClipEntry(path, ()))
+            continue
+        start, total = int(fields[0]), int(fields[1])
+        if start < 0 or total == 0 or total < -1:
+            raise ValueError(f"{list_file}:{line}: need start_index >= 0 and total_frames >= 1 (or -1: to the end),"
+                             f" got {start} {total}")
+        entries.append(ClipEntry(path, (), start, None if total == -1 else total))
     return entries
 
 
@@ -313,7 +342,7 @@ class VideoMAEPretrainDataset(Dataset):
         if uses_boxes and not box_dir:
             raise ValueError(f"--mask_type {mask_type}{' --guided_base box' if guided_base == 'box' else ''} needs"
                              " --box_dir (the output of motion_detection.extract_boxes)")
-        self.entries = read_video_list(list_file)
+        self.entries = read_pretrain_list(list_file)
         self.data_root = data_root
         self.num_frames, self.sampling_rate, self.input_size = num_frames, sampling_rate, input_size
         self.box_source, self.num_sample, self.scales = box_source, num_sample, tuple(scales)
@@ -333,7 +362,7 @@ class VideoMAEPretrainDataset(Dataset):
             self.base_frames = slice(base * tubelet_size, (base + 1) * tubelet_size)  # sampled frames of the base
         else:
             self.mask_generator = TubeMaskingGenerator(self.window_size, mask_ratio)
-        videos = box_video_paths([path for path, _ in self.entries], data_root) if uses_boxes else []
+        videos = box_video_paths([entry.video for entry in self.entries], data_root) if uses_boxes else []
         self.boxes = MotionBoxIndex(box_dir, videos, missing_box) if uses_boxes else None
         self._stored_sizes: dict[str, tuple[int, int]] = {}
         self.reseed(seed)
@@ -350,7 +379,7 @@ class VideoMAEPretrainDataset(Dataset):
         return len(self.entries)
 
     def video_path(self, index: int) -> str:
-        return os.path.join(self.data_root, self.entries[index][0])
+        return os.path.join(self.data_root, self.entries[index].video)
 
     def _load(self, index: int):
         """Decoded frames, the clip's box and the base slice's box (NaN unless ``guided_base`` is ``box``) in [0, 1]
@@ -362,9 +391,7 @@ class VideoMAEPretrainDataset(Dataset):
             path = self.video_path(entry)
             size = reduced_decode_size(stored_video_size(path, boxes, self._stored_sizes),
                                        math.ceil(self.input_size / min(self.scales)))
-            frames, indices, num_video_frames = decode_frames(
-                path,
-                lambda n: sample_window_indices(n, self.num_frames, self.sampling_rate, self.rng, dense), size)
+            frames, indices, num_video_frames = decode_frames(path, lambda n: self.window(entry, n, dense), size)
             indices = indices[self.sampled_frames]
             box = clip_box(boxes, indices, num_video_frames, self.box_source)
             base_box = (clip_box(boxes, indices[self.base_frames], num_video_frames, self.box_source)
@@ -373,6 +400,17 @@ class VideoMAEPretrainDataset(Dataset):
 
         _, (frames, boxes01, boxes), replaced = load_with_replacement(load, index, len(self), self.rng)
         return frames, boxes01, boxes, replaced
+
+    def window(self, entry: int, num_video_frames: int, dense: bool) -> np.ndarray:
+        """A random window's frame indices in the file, inside the entry's frames; ValueError when those start
+        after the file's last frame."""
+        clip = self.entries[entry]
+        if clip.first_frame >= num_video_frames:
+            raise ValueError(f"clip starts at frame {clip.first_frame} but the video has {num_video_frames} frames")
+        length = num_video_frames - clip.first_frame
+        if clip.num_frames is not None:
+            length = min(length, clip.num_frames)
+        return clip.first_frame + sample_window_indices(length, self.num_frames, self.sampling_rate, self.rng, dense)
 
     @property
     def sampled_frames(self) -> slice:
@@ -442,18 +480,6 @@ TSN_DATA_SETS = ("SSV2", EPIC_KITCHENS)  # segment sampling over the whole clip;
 NO_FLIP_DATA_SETS = ("SSV2",)  # left/right in the labels ("pushing something from left to right")
 EPIC_VIDEO_TEMPLATE = "{participant_id}/videos/{video_id}.MP4"
 EPIC_LABEL_COLUMNS = ("verb_class", "noun_class")
-
-
-@dataclass(frozen=True)
-class ClipEntry:
-    """One row of a fine-tuning list: the video file as listed (relative to ``data_root``, or absolute), the targets
-    (one per head), and the clip's frames in that file: ``first_frame`` (0-based) and ``num_frames`` (None: the
-    whole file)."""
-
-    video: str
-    target: tuple[int, ...]
-    first_frame: int = 0
-    num_frames: int | None = None
 
 
 def read_label_list(list_file: str | os.PathLike) -> list[ClipEntry]:

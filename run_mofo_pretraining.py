@@ -87,7 +87,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup_steps", default=-1, type=int, help="overrides --warmup_epochs when > 0")
 
     # data
-    parser.add_argument("--data_path", default="", type=str, help="VideoMAE list file (path label per line)")
+    parser.add_argument("--data_path", default="", type=str,
+                        help="list file: 'path [label]' lines (whole videos) or VideoMAE V2's 'path start_index"
+                             " total_frames' (a clip of the video; '0 -1': all of it)")
     parser.add_argument("--data_root", default="", type=str, help="folder the list's video paths are relative to")
     parser.add_argument("--box_dir", default=None, type=str,
                         help="motion-box files from motion_detection.extract_boxes (needed by --mask_type motion"

@@ -10,8 +10,8 @@
 #   EXTRA           the words of $EXTRA_ARGS (split on whitespace, no globbing), for the scripts to append last:
 #                   argparse keeps the last value of a flag, so EXTRA_ARGS overrides the script's settings. Scripts
 #                   expand it as ${EXTRA[@]+"${EXTRA[@]}"}: bash before 4.4 takes an empty array as unset (set -u).
-#   epic_videos CSV...   "<participant>/videos/<video>.MP4 0" for every row of EPIC-KITCHENS-100 annotation csvs:
-#                   a VideoMAE-style list of the long videos, a video once per action segment.
+#   epic_videos CSV...   "<participant>/videos/<video>.MP4 START LENGTH" for every row of EPIC-KITCHENS-100
+#                   annotation csvs: a VideoMAE V2 list of the action segments in the long videos.
 
 # shellcheck disable=SC2034  # used by the scripts that source this file
 read -ra EXTRA <<< "${EXTRA_ARGS:-}"
@@ -31,10 +31,13 @@ launch() {
 }
 
 epic_videos() {
-    # participant_id and video_id precede the csv's quoted free-text columns, so splitting on commas is safe.
+    # One VideoMAE V2 line per action segment: the long video, the segment's first frame (0-based), its length.
+    # The columns used precede the csv's quoted free-text columns, so splitting on commas is safe.
     awk -F, 'FNR == 1 { for (i = 1; i <= NF; i++) col[$i] = i
-                        if (!col["participant_id"] || !col["video_id"]) {
-                            print FILENAME ": no participant_id/video_id column" > "/dev/stderr"; exit 1 }
+                        if (!col["participant_id"] || !col["video_id"] || !col["start_frame"] || !col["stop_frame"]) {
+                            print FILENAME ": no participant_id/video_id/start_frame/stop_frame column" > "/dev/stderr"
+                            exit 1 }
                         next }
-             { print $col["participant_id"] "/videos/" $col["video_id"] ".MP4 0" }' "$@"
+             { print $col["participant_id"] "/videos/" $col["video_id"] ".MP4", $col["start_frame"] - 1,
+                     $col["stop_frame"] - $col["start_frame"] + 1 }' "$@"
 }

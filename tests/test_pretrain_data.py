@@ -379,6 +379,30 @@ def test_box_files_mirror_the_list_paths(data, videos, tmp_path):
         motion_dataset(data, list_file=outside, data_root=tmp_path / "videos", box_dir=tmp_path / "boxes")
 
 
+def test_videomae_v2_lines_draw_windows_inside_their_frames(data, tmp_path, caplog):
+    """``path start_index total_frames`` (VideoMAE V2; EPIC's action segments in the long videos): every window
+    lies inside those frames; ``0 -1`` and VideoMAE's ``path label`` take the whole video; a clip that starts past
+    the end is skipped like a corrupt video, naming it; a malformed one fails naming the line."""
+    lines = ["000000.mp4 5 18", "000001.mp4 0 -1", "000002.mp4 3", "000003.mp4 30 4"]
+    (tmp_path / "list.csv").write_text("".join(f"{line}\n" for line in lines))
+    dataset = motion_dataset(data, list_file=tmp_path / "list.csv")
+    assert [(e.first_frame, e.num_frames) for e in dataset.entries] == [(5, 18), (0, None), (0, None), (30, 4)]
+    span = NUM_FRAMES * SAMPLING_RATE
+    inside = [dataset.window(0, VIDEO_FRAMES, False) for _ in range(200)]
+    assert all(w.min() >= 5 and w.max() <= 22 for w in inside)
+    assert {int(w[0]) for w in inside} == set(range(5, 5 + 18 - span + 1))
+    for whole in (1, 2):
+        starts = {int(dataset.window(whole, VIDEO_FRAMES, False)[0]) for _ in range(200)}
+        assert starts == set(range(VIDEO_FRAMES - span + 1))
+    with caplog.at_level(logging.WARNING, logger="datasets"):
+        assert dataset[3]["replaced"] == 1
+    assert any("000003.mp4: clip starts at frame 30 but the video has 24 frames" in r.getMessage()
+               for r in caplog.records)
+    (tmp_path / "bad.csv").write_text("000000.mp4 0 -1\n000001.mp4 4 0\n")
+    with pytest.raises(ValueError, match=r"bad.csv:2: need start_index >= 0 and total_frames >= 1"):
+        motion_dataset(data, list_file=tmp_path / "bad.csv")
+
+
 def test_box_files_are_parsed_once_per_worker_within_the_cache_budget(data, monkeypatch):
     """A video listed many times (EPIC's long videos, once per segment) is parsed once; the cache drops the least
     recently used files beyond BOX_CACHE_FRAMES boxes, and always keeps the last one."""

@@ -40,6 +40,7 @@ EPIC_HEADER = ["narration_id", "participant_id", "video_id", "narration_timestam
                "noun_class", "all_nouns", "all_noun_classes"]
 EPIC_VIDEOS = ["P01/videos/P01_01.MP4", "P01/videos/P01_02.MP4", "P02/videos/P02_01.MP4", "P03/videos/P03_11.MP4"]
 VIDEO_FRAMES = 24
+EPIC_SEGMENTS = [(1, 14), (9, VIDEO_FRAMES)]  # (start_frame, stop_frame) of each long video's two segments
 
 
 @dataclass
@@ -84,7 +85,7 @@ def make_epic(root: Path) -> Data:
         (root / "videos" / video).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(root / "source" / "videos" / f"{index:06d}.mp4", root / "videos" / video)
     rows = [(video, start, stop, k % 3, (2 * k + part) % 5)
-            for k, video in enumerate(EPIC_VIDEOS) for part, (start, stop) in enumerate([(1, 14), (9, VIDEO_FRAMES)])]
+            for k, video in enumerate(EPIC_VIDEOS) for part, (start, stop) in enumerate(EPIC_SEGMENTS)]
     write_epic_csv(root / "train.csv", rows)
     write_epic_csv(root / "val.csv", rows[::2])
     write_epic_csv(root / "test.csv", rows[1::2])
@@ -167,9 +168,10 @@ def test_stage_script_end_to_end(script, pipeline):
         checkpoint = torch.load(out / "checkpoint-0.pth", map_location="cpu", weights_only=True)
         assert checkpoint["epoch"] == 0 and "encoder.patch_embed.proj.weight" in checkpoint["model"]
         assert checkpoint["args"]["mask_type"] == "motion" and checkpoint["args"]["box_dir"] == str(data.root / "boxes")
-        if dataset == "epic":  # one line per training segment, naming its long video
+        if dataset == "epic":  # one VideoMAE V2 line per training segment: its long video, first frame, length
             lines = Path(checkpoint["args"]["data_path"]).read_text().splitlines()
-            assert len(lines) == data.num_train and {line.split()[0] for line in lines} == set(EPIC_VIDEOS)
+            assert lines == [f"{video} {start - 1} {stop - start + 1}"
+                             for video in EPIC_VIDEOS for start, stop in EPIC_SEGMENTS]
     else:
         model = "vit_mini_patch16_224_mofo" if stage == "finetune_mofo" else "vit_mini_patch16_224"
         assert f"Model: {model}," in log and f"Loaded {pipeline.run(dataset, 'pretrain')[0]}/checkpoint-0.pth" in log

@@ -3,9 +3,9 @@
 # 90% / 75% motion-focused masking, decoder depth 4, 16 frames every 2nd frame, 32 clips per GPU on 8 x 8 GPUs,
 # AdamW (0.9, 0.95), base lr 1.5e-4, 40 warmup epochs, 800 epochs. MASK_TYPE=tube: VideoMAE's pretraining.
 #
-# The pretraining dataset reads VideoMAE-style lists of whole files. By default the list names, for every action
-# segment of train.csv, its long video: an epoch draws one random 32-frame window per segment, as many clips as
-# trimmed training would see. VIDEO_LIST: a list of your own (e.g. trimmed clips, with their boxes in BOX_DIR).
+# By default the list holds every action segment of train.csv as a VideoMAE V2 line (its long video, first frame,
+# length): an epoch draws one random 32-frame window inside every segment, as the MOFO release's trimmed clips did.
+# VIDEO_LIST: a list of your own (e.g. trimmed clips, with their boxes in BOX_DIR).
 #
 #   sbatch scripts/epic/pretrain.sh                       # submit from the repository root
 #   GPUS=8 bash scripts/epic/pretrain.sh                  # one node, torchrun
