@@ -63,6 +63,7 @@ from video_transforms import (
 log = logging.getLogger("datasets")
 
 MIN_VIDEO_BYTES = 1024  # VideoMAE skips smaller files: decoders can hang on them
+UNSCALABLE_VIDEOS: set[str] = set()  # videos decord failed to decode at a reduced size, in this process
 BOX_CACHE_FRAMES = 1_000_000  # parsed boxes kept per worker (16 MB): about 35 of EPIC's long videos
 MAX_REPLACEMENTS = 20
 
@@ -98,15 +99,18 @@ def read_video_list(list_file: str | os.PathLike) -> list[tuple[str, list[str]]]
 
 
 def read_pretrain_list(list_file: str | os.PathLike) -> list[ClipEntry]:
-    """Pretraining list: VideoMAE's ``path label`` (or bare ``path``) lines take the whole video; VideoMAE V2's
-    ``path start_index total_frames`` lines take frames ``start_index`` .. ``start_index + total_frames - 1``
-    (0-based; ``0 -1`` is the whole video), so clips of long videos (EPIC's action segments) need no trimming."""
+    """Pretraining list: VideoMAE's ``path label`` (or bare ``path``) lines take the whole video. Lines whose first
+    two fields are integers, VideoMAE V2's ``path start_index total_frames [label]``, take frames ``start_index`` ..
+    ``start_index + total_frames - 1`` (0-based; ``-1`` frames: to the end, so ``0 -1`` is the whole video). V2
+    reads the range for frame folders only; here it selects frames of a video file too, so clips of long videos
+    (EPIC's action segments) need no trimming."""
     entries = []
     for line, (path, fields) in enumerate(read_video_list(list_file), start=1):
-        if len(fields) != 2 or not all(f.lstrip("-").isdigit() for f in fields):
+        try:
+            start, total = int(fields[0]), int(fields[1])
+        except (IndexError, ValueError):
             entries.append(ClipEntry(path, ()))
             continue
-        start, total = int(fields[0]), int(fields[1])
         if start < 0 or total == 0 or total < -1:
             raise ValueError(f"{list_file}:{line}: need start_index >= 0 and total_frames >= 1 (or -1: to the end),"
                              f" got {start} {total}")
@@ -172,6 +176,8 @@ def decode_frames(path: str, pick_indices: Callable[[int], np.ndarray],
         raise VideoDecodeError(f"{path}: file not found")
     if os.path.getsize(path) < MIN_VIDEO_BYTES:
         raise VideoDecodeError(f"{path}: only {os.path.getsize(path)} bytes")
+    if path in UNSCALABLE_VIDEOS:
+        size = None
     kwargs = {} if size is None else {"width": size[0], "height": size[1]}
     try:
         reader = decord.VideoReader(path, num_threads=1, **kwargs)
@@ -191,7 +197,9 @@ def decode_frames(path: str, pick_indices: Callable[[int], np.ndarray],
             raise VideoDecodeError(f"{path}: cannot decode ({type(e).__name__}: {e})") from None
         frames = None
     if size is not None and (frames is None or tuple(frames.shape[1:]) != (size[1], size[0], 3)):
-        # decord's scaler fails on some streams (rotated ones, at some sizes, give 4 channels): decode as stored
+        # decord's scaler fails on some streams (rotated ones, at some sizes, give 4 channels): decode as stored,
+        # now and in this worker's later draws of the file
+        UNSCALABLE_VIDEOS.add(path)
         return decode_frames(path, lambda n: indices, None)
     return frames, indices, num_video_frames
 
@@ -264,6 +272,9 @@ class MotionBoxIndex:
                 if self.missing_box == "error" or path.exists():
                     raise
                 return None
+            for array in (boxes.frames, boxes.union):
+                if array is not None:
+                    array.setflags(write=False)  # shared by every later load: nobody may change them
             self._cache[path] = boxes
             self._cached_frames += boxes.num_frames
             while self._cached_frames > BOX_CACHE_FRAMES and len(self._cache) > 1:
@@ -393,13 +404,23 @@ class VideoMAEPretrainDataset(Dataset):
                                        math.ceil(self.input_size / min(self.scales)))
             frames, indices, num_video_frames = decode_frames(path, lambda n: self.window(entry, n, dense), size)
             indices = indices[self.sampled_frames]
-            box = clip_box(boxes, indices, num_video_frames, self.box_source)
-            base_box = (clip_box(boxes, indices[self.base_frames], num_video_frames, self.box_source)
+            box = self.motion_box(entry, boxes, indices, num_video_frames)
+            base_box = (self.motion_box(entry, boxes, indices[self.base_frames], num_video_frames)
                         if self.guided_base == "box" else NO_BOX.copy())
             return frames, np.stack([box, base_box]), boxes
 
         _, (frames, boxes01, boxes), replaced = load_with_replacement(load, index, len(self), self.rng)
         return frames, boxes01, boxes, replaced
+
+    def motion_box(self, entry: int, boxes: MotionBoxes | None, frame_indices: np.ndarray,
+                   num_video_frames: int) -> np.ndarray:
+        """The box of the sampled frames (``box_source`` clip) or of the whole listed clip (video): the file's
+        union box, or for a ``path start total`` line the union of those frames' boxes."""
+        clip = self.entries[entry]
+        if self.box_source == "clip" or (clip.first_frame == 0 and clip.num_frames is None):
+            return clip_box(boxes, frame_indices, num_video_frames, self.box_source)
+        end = num_video_frames if clip.num_frames is None else min(num_video_frames, clip.first_frame + clip.num_frames)
+        return clip_box(boxes, np.arange(clip.first_frame, end), num_video_frames, "clip")
 
     def window(self, entry: int, num_video_frames: int, dense: bool) -> np.ndarray:
         """A random window's frame indices in the file, inside the entry's frames; ValueError when those start

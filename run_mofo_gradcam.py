@@ -83,8 +83,8 @@ class ModelCam:
 @dataclass
 class GradCamFigure:
     """What was drawn: the clip's video frame indices, the clip positions shown as columns, the motion boxes
-    (T, 4) in [0, 1] of the crop (NaN rows: none), the frames (T, S, S, 3) uint8, one entry per model, the row titles and the
-    PNG's (height, width)."""
+    (T, 4) in [0, 1] of the crop (NaN rows: none), the frames (T, S, S, 3) uint8, one entry per model, the row
+    titles and the PNG's (height, width)."""
 
     frame_indices: np.ndarray
     shown_frames: list[int]
@@ -198,8 +198,9 @@ def grad_cam(model: torch.nn.Module, video: torch.Tensor, box: np.ndarray | torc
     """Grad-CAM of ``target_class`` (None: the predicted class) on the tokens output by block ``layer`` (from 1).
 
     ``video`` is one normalised clip (3, T, S, S) on the model's device; ``box`` its motion boxes, normalised xyxy,
-    one per frame (T, 4) or one for the clip (4,), needed by MOFO models (NaN: no box) and ignored by plain ones. Returns the map (T, S, S) float32 in
-    [0, 1] and the logits (num_classes,) on the CPU. The model runs in eval mode; parameter ``.grad`` is untouched.
+    one per frame (T, 4) or one for the clip (4,), needed by MOFO models (NaN: no box) and ignored by plain ones.
+    Returns the map (T, S, S) float32 in [0, 1] and the logits (num_classes,) on the CPU. The model runs in eval
+    mode; parameter ``.grad`` is untouched.
     """
     num_blocks = len(model.blocks)
     if not 1 <= layer <= num_blocks:

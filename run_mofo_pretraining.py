@@ -88,15 +88,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     # data
     parser.add_argument("--data_path", default="", type=str,
-                        help="list file: 'path [label]' lines (whole videos) or VideoMAE V2's 'path start_index"
-                             " total_frames' (a clip of the video; '0 -1': all of it)")
+                        help="list file: 'path [label]' lines (whole videos) or, as VideoMAE V2's, 'path"
+                             " start_index total_frames [label]' (those frames of the video; '0 -1': all of it)")
     parser.add_argument("--data_root", default="", type=str, help="folder the list's video paths are relative to")
     parser.add_argument("--box_dir", default=None, type=str,
                         help="motion-box files from motion_detection.extract_boxes (needed by --mask_type motion"
                              " and --guided_base box)")
     parser.add_argument("--box_source", default="clip", choices=["clip", "video"],
                         help="clip: union of the sampled frames' boxes (--guided_base box: the middle slice's"
-                             " frames'); video: the video's union box")
+                             " frames'); video: the listed clip's union box (the whole video's, or that of the"
+                             " frames of a 'path start total' line)")
     parser.add_argument("--missing_box", default="error", choices=["error", "random"],
                         help="videos without a box file: fail before training, or use plain tube masking")
     parser.add_argument("--num_frames", default=16, type=int)

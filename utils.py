@@ -62,8 +62,8 @@ def init_distributed_mode(args) -> None:
 
     torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; under ``srun`` (one task per GPU) they come from SLURM_PROCID,
     SLURM_STEP_NUM_TASKS (or SLURM_NTASKS) and SLURM_LOCALID, with the master address taken from the step's first
-    node. Without either,
-    the run is a single process. The backend is NCCL on GPUs and gloo on CPUs.
+    node. Without either, the run is a single process (with ``--enable_deepspeed`` a process group of one, which
+    DeepSpeed needs). The backend is NCCL on GPUs and gloo on CPUs.
     """
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
@@ -89,7 +89,9 @@ def init_distributed_mode(args) -> None:
             return
         # A plain `python run_*.py --enable_deepspeed`: DeepSpeed needs a process group (else it looks for MPI),
         # so the run is a group of one on a free local port.
-        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", str(free_port()))
     args.distributed = True
     use_cuda = args.device.startswith("cuda") and torch.cuda.is_available()
     if use_cuda:

@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         gt = load_boxes(args.gt) if args.gt else None
         cap, info = open_video(args.video)
         cap.release()
-        wanted = (boxes.num_frames - args.start_frame) if args.num_frames is None else args.num_frames
+        wanted = boxes.num_frames - args.start_frame
+        if args.num_frames is not None:
+            wanted = min(wanted, args.num_frames)
         if wanted * info.width * info.height * 3 > MAX_DECODED_BYTES:
             raise SystemExit(f"{args.video}: {wanted} frames of {info.width}x{info.height} would take "
                              f"{wanted * info.width * info.height * 3 / 2**30:.1f} GiB; draw a range with "

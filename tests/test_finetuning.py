@@ -82,7 +82,8 @@ def test_videomae_switches_use_cls_and_no_eval_during_finetuning(data, tmp_path)
     assert parse(["--use_mean_pooling"]).use_mean_pooling
     assert not parse(["--use_mean_pooling", "false"]).use_mean_pooling
     assert not parse(["--use_cls"]).use_mean_pooling and parse([]).use_mean_pooling
-    assert parse([]).train_interpolation == "bicubic" and parse(["--train_interpolation", "random"])
+    assert parse([]).train_interpolation == "bicubic"
+    assert parse(["--train_interpolation", "random"]).train_interpolation == "random"
     with pytest.raises(SystemExit):
         parse(["--train_interpolation", "lanczos"])  # PIL's affine ops take nearest, bilinear and bicubic only
     out = tmp_path / "run"

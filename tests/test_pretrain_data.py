@@ -284,7 +284,7 @@ def rotated_copy(source: Path, target: Path) -> Path:
     return target
 
 
-def test_every_mask_type_decodes_at_the_same_reduced_size(data, videos, tmp_path):
+def test_every_mask_type_decodes_at_the_same_reduced_size(data, videos, tmp_path, monkeypatch):
     """Without box files the stored size comes from the container, so VideoMAE's tube masking decodes the same
     reduced frames as MOFO's; rotated videos come out upright at any size, as decord decodes them as stored."""
     tube = VideoMAEPretrainDataset(str(data / "all.csv"), str(data / "small" / "videos"), None,
@@ -301,9 +301,11 @@ def test_every_mask_type_decodes_at_the_same_reduced_size(data, videos, tmp_path
     rotated = str(rotated_copy(data / "small" / "videos" / "000000.mp4", tmp_path / "rotated.mp4"))
     upright = decord.VideoReader(rotated).get_batch([0, 5]).asnumpy()
     assert upright.shape[1:] == (WIDTH, HEIGHT, 3) and stored_video_size(rotated, None, {}) == (HEIGHT, WIDTH)
-    for size in ((98, 130), (48, 64)):  # decord fails to scale the second one (4 channels): decoded as stored
+    monkeypatch.setattr(datasets, "UNSCALABLE_VIDEOS", set())
+    for size in ((98, 130), (48, 64), (48, 64)):  # decord fails to scale to 48x64 (4 channels): decoded as stored
         frames = decode_frames(rotated, lambda n: np.array([0, 5]), size)[0].numpy()
         if size == (48, 64):
+            assert datasets.UNSCALABLE_VIDEOS == {rotated}  # remembered: later draws decode as stored at once
             np.testing.assert_array_equal(frames, upright)
         else:
             assert frames.shape[1:] == (*size[::-1], 3)
@@ -398,6 +400,14 @@ def test_videomae_v2_lines_draw_windows_inside_their_frames(data, tmp_path, capl
         assert dataset[3]["replaced"] == 1
     assert any("000003.mp4: clip starts at frame 30 but the video has 24 frames" in r.getMessage()
                for r in caplog.records)
+    # --box_source video: the union box of the listed frames (the whole file's for whole-video lines)
+    dataset = motion_dataset(data, list_file=tmp_path / "list.csv", box_source="video")
+    for entry, frames in ((0, slice(5, 23)), (1, slice(None))):
+        gt = load_boxes(data / "small" / "gt_boxes" / f"{entry:06d}.json")
+        union = np.array([*np.nanmin(gt.frames[frames, :2], 0), *np.nanmax(gt.frames[frames, 2:], 0)])
+        expected = union / [WIDTH, HEIGHT, WIDTH, HEIGHT]
+        np.testing.assert_allclose(dataset.motion_box(entry, gt, np.arange(3), VIDEO_FRAMES), expected, atol=1e-6)
+    assert not np.allclose(dataset.motion_box(0, gt, np.arange(3), VIDEO_FRAMES), expected)  # not vacuous
     (tmp_path / "bad.csv").write_text("000000.mp4 0 -1\n000001.mp4 4 0\n")
     with pytest.raises(ValueError, match=r"bad.csv:2: need start_index >= 0 and total_frames >= 1"):
         motion_dataset(data, list_file=tmp_path / "bad.csv")
@@ -419,6 +429,8 @@ def test_box_files_are_parsed_once_per_worker_within_the_cache_budget(data, monk
     assert index.load(4) is first and index.load(1) is not second
     monkeypatch.setattr(datasets, "BOX_CACHE_FRAMES", 1)
     assert index.load(3) is index.load(3) and list(index._cache) == [index.paths[3]]  # a new file, alone
+    with pytest.raises(ValueError, match="read-only"):  # shared by every later load
+        index.load(3).frames[0] = 0
 
 
 def test_missing_box_random_gives_plain_tube_masks(data, tmp_path, caplog):

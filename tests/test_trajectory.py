@@ -4,17 +4,19 @@ dataset's dense window, the per-target decoder heads and losses, and tiny CPU ru
 
 from __future__ import annotations
 
+import copy
 import json
 from types import SimpleNamespace
 
 import cv2
+import decord
 import numpy as np
 import pytest
 import torch
 from timm.models import create_model
 
 import make_synthetic_dataset as synthetic
-from datasets import VideoMAEPretrainDataset, sample_window_indices
+from datasets import VideoMAEPretrainDataset, decode_frames, sample_window_indices
 from engine_for_pretraining import masked_count, pixel_targets, pretrain_loss
 from modeling_pretrain import parse_targets, split_tokens
 from test_pretraining import pretrain, run_args
@@ -159,6 +161,15 @@ def test_dataset_adds_targets_and_keeps_the_sampled_clip(dataset_root):
             assert torch.equal(item["mask"], reference["mask"])
             assert item["trajectory"].shape == (64, targets.dim) and item["trajectory"].dtype == torch.float32
             assert torch.isfinite(item["trajectory"]).all()
+        # The decoded dense window is the file's frames at the window's indices (its replayed first draw).
+        replay = copy.deepcopy(with_targets.rng)  # the window is an item's first draw
+        frames = with_targets._load(index)[0]
+        with_targets.rng = replay
+        path = with_targets.video_path(index)
+        indices = with_targets.window(index, len(decord.VideoReader(path)), dense=True)
+        assert len(frames) == len(indices) == 17
+        expected = decode_frames(path, lambda n, indices=indices: indices, tuple(frames.shape[2:0:-1]))[0]
+        assert torch.equal(frames, expected)
     # The synthetic object moves: some token's points travel, most background tokens move with the camera.
     assert float(with_targets[0][0]["trajectory"].abs().max()) > 0.1
 
