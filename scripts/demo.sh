@@ -63,8 +63,8 @@ done
 python scripts/loss_curves.py "$OUT"/pretrain_tube "$OUT"/pretrain_motion "$OUT"/pretrain_guided \
     "$OUT"/pretrain_trajectory --png "$OUT"/pretrain_loss.png
 
-echo "== 7. fine-tuning on the synthetic classes: the paper's rows and the peers in miniature (top-1, test split;"
-echo "   chance 12.5%)"
+echo "== 7. fine-tuning on the synthetic classes: the rows of the paper and its release, and the peers, in miniature"
+echo "   (top-1, test split; chance 12.5%)"
 FINETUNE_ARGS=(--data_set SSV2 --nb_classes 8 --data_path "$LEARN" --data_root "$LEARN"/videos
     --box_dir "$OUT"/learn_boxes --input_size 64 --short_side_size 64 --num_frames 4 --batch_size 8 --num_sample 1
     --epochs "$FT_EPOCHS" --warmup_epochs 2 --lr 0.064 --layer_decay 1.0 --weight_decay 0.05 --init_scale 1.0
