@@ -83,9 +83,8 @@ def read_video(path: str | os.PathLike, start_frame: int = 0,
     frames than its container reports raises VideoReadError (:func:`check_frame_count`)."""
     cap, info = open_video(path)
     decoded = iter_frames(cap)
-    for _ in itertools.islice(decoded, start_frame):
-        pass
-    frames = list(itertools.islice(decoded, num_frames))
+    end = None if num_frames is None else start_frame + num_frames
+    frames = list(itertools.islice(decoded, start_frame, end))
     decoded.close()
     if not frames:
         raise VideoReadError("no decodable frames" + (f" from frame {start_frame} on" if start_frame else ""))
