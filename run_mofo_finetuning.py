@@ -37,6 +37,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", default=30, type=int)
     parser.add_argument("--update_freq", default=1, type=int, help="gradient accumulation steps")
     parser.add_argument("--save_ckpt_freq", default=100, type=int)
+    parser.add_argument("--last_ckpt_freq", default=1, type=int,
+                        help="also a rolling checkpoint-last-N every N epochs, replaced by the next: what a killed"
+                             " job resumes from (0: none)")
     parser.add_argument("--print_freq", default=10, type=int)
 
     # model
@@ -278,8 +281,8 @@ def main(args) -> None:
         train_stats = train_one_epoch(model, train_loader, optimizer, device, epoch, loss_scaler, args, lr_schedule,
                                       wd_schedule, epoch * niter_per_ep, mixup_fn, log_writer, args.enable_deepspeed,
                                       model_ema)
-        if args.save_ckpt and ((epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs):
-            utils.save_model(args, epoch, model, model_without_ddp, optimizer, loss_scaler, model_ema=model_ema)
+        if args.save_ckpt:
+            utils.save_epoch_checkpoint(args, epoch, model, model_without_ddp, optimizer, loss_scaler, model_ema)
         val_stats = {}
         if val_loader is not None:
             val_stats = validation_one_epoch(val_loader, model, device, args, args.enable_deepspeed)

@@ -36,6 +36,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", default=64, type=int, help="clips per GPU per step (before --num_sample)")
     parser.add_argument("--epochs", default=800, type=int)
     parser.add_argument("--save_ckpt_freq", default=50, type=int, help="save a checkpoint every N epochs")
+    parser.add_argument("--last_ckpt_freq", default=1, type=int,
+                        help="also a rolling checkpoint-last-N every N epochs, replaced by the next: what a killed"
+                             " job resumes from (0: none)")
     parser.add_argument("--print_freq", default=10, type=int, help="console log every N steps")
 
     # model
@@ -176,8 +179,8 @@ def main(args) -> None:
         utils.seed_epoch(args.seed, epoch, rank, data_loader)
         stats = train_one_epoch(model, data_loader, optimizer, device, epoch, loss_scaler, args, lr_schedule,
                                 wd_schedule, epoch * niter_per_ep, log_writer, args.enable_deepspeed)
-        if args.output_dir and ((epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs):
-            utils.save_model(args, epoch, model, model_without_ddp, optimizer, loss_scaler)
+        if args.output_dir:
+            utils.save_epoch_checkpoint(args, epoch, model, model_without_ddp, optimizer, loss_scaler)
         if args.output_dir and utils.is_main_process():
             with open(Path(args.output_dir) / "log.txt", "a", encoding="utf-8") as f:
                 f.write(json.dumps({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}}) + "\n")

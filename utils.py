@@ -10,6 +10,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import socket
 import subprocess
 import time
@@ -399,7 +400,10 @@ class MetricLogger:
 
 # ---------------------------------------------------------------- checkpoints
 
-CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)(\.pth)?$")
+# checkpoint-N: kept (every --save_ckpt_freq epochs and the last); checkpoint-last-N: the rolling one of
+# --last_ckpt_freq, replaced by the next. Auto-resume takes the highest N of either.
+CHECKPOINT_PATTERN = re.compile(r"checkpoint-(?:last-)?(\d+)(\.pth)?$")
+ROLLING_PATTERN = re.compile(r"checkpoint-last-\d+(\.pth)?(\.tmp)?$")  # with what a killed save left
 
 
 def save_on_master(state: dict, path: str | Path) -> None:
@@ -438,20 +442,45 @@ def checkpoint_state(model_without_ddp, optimizer, loss_scaler, epoch: int, args
 
 def save_model(args, epoch: int, model, model_without_ddp, optimizer, loss_scaler, tag: str | None = None,
                model_ema=None) -> None:
-    """``checkpoint-{epoch}.pth`` (DDP / single process) or DeepSpeed's ``checkpoint-{epoch}/`` folder (the EMA
-    weights in its client state, as VideoMAE). A named ``tag`` (``checkpoint-best``) never becomes what auto-resume
-    picks."""
+    """``{tag}.pth`` (DDP / single process) or DeepSpeed's ``{tag}/`` folder (the EMA weights in its client state,
+    as VideoMAE); ``tag`` defaults to ``checkpoint-{epoch}``. Only names of ``CHECKPOINT_PATTERN`` become what
+    auto-resume picks: ``checkpoint-best`` never does."""
+    name = tag or f"checkpoint-{epoch}"
     if getattr(args, "enable_deepspeed", False):
         client_state = {"epoch": epoch}
         if model_ema is not None:
             client_state["model_ema"] = model_ema.module.state_dict()
-        name = tag or f"checkpoint-{epoch}"
         model.save_checkpoint(args.output_dir, tag=name, client_state=client_state, save_latest=False)
-        if tag is None and is_main_process():  # after every rank's files: save_checkpoint ends on a barrier
-            atomic_write_text(Path(args.output_dir) / "latest", name)
+        if CHECKPOINT_PATTERN.match(name) and is_main_process():  # save_checkpoint ends on a barrier: every rank's
+            atomic_write_text(Path(args.output_dir) / "latest", name)  # files are written
     else:
         save_on_master(checkpoint_state(model_without_ddp, optimizer, loss_scaler, epoch, args, model_ema),
-                       Path(args.output_dir) / f"{tag or f'checkpoint-{epoch}'}.pth")
+                       Path(args.output_dir) / f"{name}.pth")
+
+
+def save_epoch_checkpoint(args, epoch: int, model, model_without_ddp, optimizer, loss_scaler,
+                          model_ema=None) -> None:
+    """After ``epoch``: the kept ``checkpoint-{epoch}`` every ``--save_ckpt_freq`` epochs and after the last, else
+    the rolling ``checkpoint-last-{epoch}`` every ``--last_ckpt_freq`` epochs (0: never). Once it is complete the
+    older rolling ones are removed, so a killed job loses at most ``--last_ckpt_freq`` epochs for the disk of one
+    more checkpoint."""
+    done = epoch + 1
+    if done % args.save_ckpt_freq == 0 or done == args.epochs:
+        tag = f"checkpoint-{epoch}"
+    elif args.last_ckpt_freq > 0 and done % args.last_ckpt_freq == 0:
+        tag = f"checkpoint-last-{epoch}"
+    else:
+        return
+    save_model(args, epoch, model, model_without_ddp, optimizer, loss_scaler, tag=tag, model_ema=model_ema)
+    if not is_main_process():
+        return
+    print(f"Saved {Path(args.output_dir) / tag}")
+    for path in Path(args.output_dir).glob("checkpoint-last-*"):
+        if ROLLING_PATTERN.match(path.name) and path.name not in (tag, f"{tag}.pth"):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 def latest_checkpoint(output_dir: str | Path, deepspeed: bool) -> Path | None:

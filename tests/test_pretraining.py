@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -111,33 +112,67 @@ def test_no_weight_decay_on_biases_norms_and_mask_token():
 
 
 def test_loss_falls_and_a_killed_run_resumes_on_the_same_trajectory(dataset, tmp_path):
-    """Uninterrupted 3-epoch run vs. a run killed after its first checkpoint and restarted with auto-resume:
-    the same per-epoch losses and bit-identical final weights."""
+    """Uninterrupted 3-epoch run vs. a run killed after its first (rolling) checkpoint and restarted with
+    auto-resume: the same per-epoch losses and bit-identical final weights; the rolling checkpoints are gone."""
+    keep_last_only = ("--save_ckpt_freq", "10")
     full = tmp_path / "full"
-    result = pretrain(run_args(dataset, full))
+    result = pretrain(run_args(dataset, full, *keep_last_only))
     assert result.returncode == 0, result.stderr[-3000:]
     losses = epoch_losses(full)
     assert sorted(losses) == [0, 1, 2] and losses[2] < losses[0] - 0.01
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "run_mofo_pretraining.py", *run_args(dataset, killed)], cwd=REPO,
-                            env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "run_mofo_pretraining.py", *run_args(dataset, killed, *keep_last_only)],
+                            cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 120
-    while not (killed / "checkpoint-0.pth").exists() and proc.poll() is None and time.time() < deadline:
+    while not (killed / "checkpoint-last-0.pth").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert (killed / "checkpoint-0.pth").exists() and not (killed / "checkpoint-2.pth").exists()
-    resumed = pretrain(run_args(dataset, killed))
+    assert (killed / "checkpoint-last-0.pth").exists() and not (killed / "checkpoint-2.pth").exists()
+    resumed = pretrain(run_args(dataset, killed, *keep_last_only))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resume checkpoint" in resumed.stdout
+    assert f"Resume checkpoint {killed / 'checkpoint-last-0.pth'}" in resumed.stdout
     assert epoch_losses(killed) == losses
+    assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-2.pth"]
     final_full = utils.load_checkpoint_file(full / "checkpoint-2.pth")
     final_resumed = utils.load_checkpoint_file(killed / "checkpoint-2.pth")
     assert final_full["epoch"] == final_resumed["epoch"] == 2
     for key, value in final_full["model"].items():
         assert torch.equal(value, final_resumed["model"][key]), key
+
+
+def test_rolling_checkpoints_replace_each_other_and_leave_the_kept_ones(tmp_path):
+    """--save_ckpt_freq 3, --last_ckpt_freq 2, 8 epochs: kept checkpoint-2, -5, -7; rolling checkpoint-last-N at
+    N = 1, 3 (then gone); one rolling file at most, the newest, which auto-resume takes over an older kept one."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    args = argparse.Namespace(output_dir=str(tmp_path), save_ckpt_freq=3, last_ckpt_freq=2, epochs=8)
+    (tmp_path / "checkpoint-best.pth").write_bytes(b"best")
+    (tmp_path / "checkpoint-last-0.pth.tmp").write_bytes(b"half a file")
+    seen = []
+    for epoch in range(8):
+        utils.save_epoch_checkpoint(args, epoch, model, model, optimizer, None)
+        seen.append(sorted(p.name for p in tmp_path.glob("checkpoint-*") if p.name != "checkpoint-best.pth"))
+    assert seen == [
+        ["checkpoint-last-0.pth.tmp"],
+        ["checkpoint-last-1.pth"],
+        ["checkpoint-2.pth"],
+        ["checkpoint-2.pth", "checkpoint-last-3.pth"],
+        ["checkpoint-2.pth", "checkpoint-last-3.pth"],
+        ["checkpoint-2.pth", "checkpoint-5.pth"],
+        ["checkpoint-2.pth", "checkpoint-5.pth"],
+        ["checkpoint-2.pth", "checkpoint-5.pth", "checkpoint-7.pth"],
+    ]
+    assert (tmp_path / "checkpoint-best.pth").read_bytes() == b"best"
+    utils.save_model(args, 8, model, model, optimizer, None, tag="checkpoint-last-8")
+    assert utils.latest_checkpoint(tmp_path, deepspeed=False) == tmp_path / "checkpoint-last-8.pth"
+    assert utils.load_checkpoint_file(tmp_path / "checkpoint-last-8.pth")["epoch"] == 8
+
+    args.last_ckpt_freq = 0
+    utils.save_epoch_checkpoint(args, 9, model, model, optimizer, None)
+    assert not (tmp_path / "checkpoint-9.pth").exists() and not (tmp_path / "checkpoint-last-9.pth").exists()
 
 
 def test_ddp_with_two_processes_launched_as_srun_tasks(dataset, tmp_path):
@@ -202,22 +237,35 @@ class OpensAFile:
 
 
 def test_deepspeed_without_a_launcher_resumes_with_weights_only_loads(dataset, tmp_path):
-    """``python run_mofo_pretraining.py --enable_deepspeed`` runs as a group of one; the resume reads DeepSpeed's
-    files (bf16 ZeRO-1 optimizer shards hold DeepSpeed's own classes) with weights_only=True, so a folder holding
-    any other pickled object is refused before it runs."""
+    """``python run_mofo_pretraining.py --enable_deepspeed`` runs as a group of one. Killed after its second rolling
+    checkpoint folder (the first one removed), it resumes from that one. The resume reads DeepSpeed's files (bf16
+    ZeRO-1 optimizer shards hold DeepSpeed's own classes) with weights_only=True, so a folder holding any other
+    pickled object is refused before it runs."""
     out = tmp_path / "deepspeed"
-    for epochs in ("1", "2"):
-        result = pretrain(run_args(dataset, out, "--enable_deepspeed", "--zero_stage", "1", "--precision", "bf16",
-                                   "--epochs", epochs))
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "from epoch 1" in result.stdout and (out / "latest").read_text() == "checkpoint-1"
-    assert list((out / "checkpoint-1").glob("*optim_states.pt"))
-    states = out / "checkpoint-1" / "mp_rank_00_model_states.pt"
+    args = run_args(dataset, out, "--enable_deepspeed", "--zero_stage", "1", "--precision", "bf16", "--epochs", "4",
+                    "--save_ckpt_freq", "10")
+    proc = subprocess.Popen([sys.executable, "run_mofo_pretraining.py", *args], cwd=REPO, env=clean_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    latest = out / "latest"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not (
+            latest.exists() and latest.read_text() == "checkpoint-last-1" and not (out / "checkpoint-last-0").exists()):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert latest.read_text() == "checkpoint-last-1"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-last-1"]
+    result = pretrain(args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "from epoch 2" in result.stdout and latest.read_text() == "checkpoint-3"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert list((out / "checkpoint-3").glob("*optim_states.pt"))
+    states = out / "checkpoint-3" / "mp_rank_00_model_states.pt"
     poisoned = torch.load(states, map_location="cpu", weights_only=False)
     poisoned["payload"] = OpensAFile(tmp_path / "ran")
     torch.save(poisoned, states)
-    refused = pretrain(run_args(dataset, out, "--enable_deepspeed", "--zero_stage", "1", "--precision", "bf16",
-                                "--epochs", "3"))
+    args[args.index("--epochs") + 1] = "5"
+    refused = pretrain(args)
     assert refused.returncode != 0 and "refused by torch.load(weights_only=True)" in refused.stderr
     assert not (tmp_path / "ran").exists()
 
