@@ -328,7 +328,8 @@ class VideoMAEPretrainDataset(Dataset):
     ``motion_source``, by default :class:`DISTokenMotion`). ``guided_base`` picks that base draw: ``random``, or
     ``box``, MOFO's inside-box rule on the motion box of the base slice's own frames (needs ``box_dir``; a clip
     without a box there gets a random base). ``motion_source`` maps the (T, 3, S, S) uint8 clip to the
-    (T'-1, H', W', 2) token displacement field (see :class:`MotionGuidedMaskingGenerator`).
+    (T'-1, H', W', 2) forward token displacement field, or a (2, T'-1, H', W', 2) forward/backward pair (see
+    :class:`MotionGuidedMaskingGenerator`).
 
     ``trajectory`` (a :class:`TrajectoryTargets`): every source frame of the window is decoded and cropped alike,
     and each item also holds ``trajectory`` (N, dim), the motion-trajectory target of every token (M3Video).

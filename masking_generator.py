@@ -28,10 +28,11 @@ replacement over the full candidate sets. ``__call__`` also accepts an explicit 
 
 Motion-guided masking (:class:`MotionGuidedMaskingGenerator`, after MGMAE, Huang et al. ICCV 2023, and MGM, Fan et
 al. ICCV 2023) drops the "same positions in every slice" constraint: the mask is drawn at a base slice and carried
-along per-token motion, still exactly ``int(mask_ratio*H'*W')`` per slice. Motion comes in as a per-slice token
-displacement field, so any motion source fits: :class:`DISTokenMotion` estimates it from the augmented clip with
-OpenCV's DIS optical flow; codec motion vectors (MGM) pooled with :func:`pool_to_tokens` and
-:func:`tubelet_displacement` would give the same field.
+along per-token motion, still exactly ``int(mask_ratio*H'*W')`` per slice. Motion comes in as per-slice token
+displacement fields, forward and optionally backward, so any motion source fits: :class:`DISTokenMotion` estimates
+both from the augmented clip with OpenCV's DIS optical flow (MGMAE uses RAFT); a dense flow of the crop, such as
+codec motion vectors (MGM) shifted and scaled to it, gives the fields through :func:`pool_to_tokens` and
+:func:`tubelet_displacement`.
 """
 
 from __future__ import annotations
@@ -184,16 +185,19 @@ class MotionFocusedMaskingGenerator(_BoxMasking):
 class MotionGuidedMaskingGenerator(_BoxMasking):
     """Motion-guided masking: a mask drawn at the middle time slice and moved along per-token motion (MGMAE, MGM).
 
-    ``__call__(displacement, box)`` takes a (T'-1, H', W', 2) float field: ``displacement[t, i, j]`` is where the
-    content of token (i, j) of slice t sits in slice t+1, as (dx, dy) in token widths and heights (x right, y
-    down; any source: :class:`DISTokenMotion`, codec motion vectors). The base slice ``T' // 2`` (MGMAE's
-    ``--base_frame middle``) gets ``int(mask_ratio*H'*W')`` random positions, or, given a normalised xyxy ``box``
-    (the motion box at the base slice), MOFO's inside-box rule with ``motion_mask_ratio``. Each masked position
-    then becomes a particle with a continuous position that steps slice by slice away from the base, clipped to
-    the grid: forwards by the field at the token it occupies, backwards by the inverse of the earlier slice's field
-    (its negated displacements splatted to where the content lands, so a particle on a moving object steps back
-    with the object even where the object was not yet in the earlier slice). Sub-token motion accumulates instead
-    of being rounded away at every step. The masked tokens of a slice are the tokens the particles round to.
+    ``__call__(displacement, box)`` takes a (T'-1, H', W', 2) float forward field: ``displacement[t, i, j]`` is
+    where the content of token (i, j) of slice t sits in slice t+1, as (dx, dy) in token widths and heights (x
+    right, y down). A (2, T'-1, H', W', 2) pair adds the backward field: ``[1][t, i, j]`` is where the content of
+    token (i, j) of slice t+1 sits in slice t (what :class:`DISTokenMotion` returns). The base slice ``T' // 2``
+    (MGMAE's ``--base_frame middle``) gets ``int(mask_ratio*H'*W')`` random positions, or, given a normalised xyxy
+    ``box`` (the motion box at the base slice), MOFO's inside-box rule with ``motion_mask_ratio``. Each masked
+    position then becomes a particle with a continuous position that steps slice by slice away from the base,
+    clipped to the grid, by the field at the token it occupies: forwards by the forward field, backwards by the
+    backward one. Without a backward field the forward one is inverted (negated displacements splatted to where the
+    content lands); where a moving object covers background, the two land on one token and its step back is their
+    average, so the mask lags behind the object's leading edge before the base: give both fields. Sub-token motion
+    accumulates instead of being rounded away at every step. The masked tokens of a slice are the tokens the
+    particles round to.
 
     Collisions (several particles on one token, where motion converges or content leaves the frame) would lower
     the count: the particle nearest its token's centre survives and the lost ones are replaced, so every slice has
@@ -226,26 +230,30 @@ class MotionGuidedMaskingGenerator(_BoxMasking):
         return _focused_positions(inside, self.num_masks_per_frame, self.motion_mask_ratio, rng)
 
     def __call__(self, displacement=None, box=None, *, rng: np.random.Generator | None = None) -> np.ndarray:
-        """A fresh (T'*H'*W',) bool mask following ``displacement`` (or a tube mask for None); ``rng`` overrides
-        the generator's own stream."""
+        """A fresh (T'*H'*W',) bool mask following ``displacement`` (a forward field or a forward/backward pair;
+        a tube mask for None); ``rng`` overrides the generator's own stream."""
         rng = self.rng if rng is None else rng
         base = self.base_positions(box, rng=rng)
         if displacement is None:
             return self._tube(base)
         field = np.asarray(displacement, dtype=np.float64)
         expected = (self.frames - 1, self.height, self.width, 2)
-        if field.shape != expected:
-            raise ValueError(f"displacement must have shape (T'-1, H', W', 2) = {expected}, got {field.shape}")
+        if field.shape not in (expected, (2, *expected)):
+            raise ValueError(f"displacement must have shape (T'-1, H', W', 2) = {expected}, or (2, ...) with the "
+                             f"backward field, got {field.shape}")
         field = np.nan_to_num(field, nan=0.0, posinf=0.0, neginf=0.0)
         # (dx, dy) -> (drow, dcol), flattened over tokens, to match the particles' (row, col) positions
-        steps = field[..., ::-1].reshape(self.frames - 1, self.num_patches_per_frame, 2)
+        steps = field[..., ::-1].reshape(-1, self.frames - 1, self.num_patches_per_frame, 2)
         masks = np.zeros((self.frames, self.num_patches_per_frame), dtype=bool)
         masks[self.base_slice, base] = True
         forward, backward = range(self.base_slice + 1, self.frames), range(self.base_slice - 1, -1, -1)
         for direction, slices in ((1, forward), (-1, backward)):
             particles = self._token_rc[base]
             for t in slices:
-                step = steps[t - 1] if direction == 1 else self._inverse(steps[t])
+                if direction == 1:
+                    step = steps[0, t - 1]
+                else:
+                    step = steps[1, t] if len(steps) == 2 else self._inverse(steps[0, t])
                 particles, tokens = self._advance(particles, step, rng)
                 masks[t, tokens] = True
         return masks.reshape(-1)
@@ -337,8 +345,8 @@ class DISTokenMotion:
     token-sized patch every half token, averaged per token (:func:`pool_to_tokens`) and per tubelet
     (:func:`tubelet_displacement`). DIS's presets compute at 1/4 or 1/2 resolution and average a moving object of
     two or three tokens into the static background around it; this setting recovers most of its motion (about 0.75
-    of it on the synthetic clips) in about 2 ms per frame pair for a 14x14 grid on one core. Returns the
-    (T'-1, H', W', 2) float32 field :class:`MotionGuidedMaskingGenerator` takes.
+    of it on the synthetic clips) in about 2 ms per frame pair and direction for a 14x14 grid on one core. Returns
+    the (2, T'-1, H', W', 2) float32 forward and backward fields :class:`MotionGuidedMaskingGenerator` takes.
     """
 
     def __init__(self, grid_hw: tuple[int, int], tubelet_size: int = 2, pixels_per_token: int = 4):
@@ -362,8 +370,12 @@ class DISTokenMotion:
         grey = np.stack([cv2.resize(frame, size, interpolation=cv2.INTER_AREA) for frame in luma])
         grey = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
         dis = self._flow_model()
-        flow = np.stack([dis.calc(grey[k], grey[k + 1], None) for k in range(len(grey) - 1)])
-        return tubelet_displacement(pool_to_tokens(flow, self.grid_hw), self.tubelet_size).astype(np.float32)
+        pairs = range(len(grey) - 1)
+        forward = pool_to_tokens(np.stack([dis.calc(grey[k], grey[k + 1], None) for k in pairs]), self.grid_hw)
+        backward = pool_to_tokens(np.stack([dis.calc(grey[k + 1], grey[k], None) for k in pairs]), self.grid_hw)
+        # slice t+1 -> t: the slices of the reversed clip, put back in order
+        return np.stack([tubelet_displacement(forward, self.tubelet_size),
+                         tubelet_displacement(backward[::-1], self.tubelet_size)[::-1]]).astype(np.float32)
 
     def __repr__(self) -> str:
         return f"DISTokenMotion(grid {self.grid_hw}, tubelet {self.tubelet_size}, {self.pixels_per_token} px/token)"

@@ -96,6 +96,32 @@ def test_uniform_motion_moves_the_mask_both_ways_and_accumulates_sub_token_steps
                 assert mask[t][rows[kept], cols[kept] + shift].all(), (speed, t)
 
 
+def test_backward_field_keeps_the_leading_edge_where_an_object_covers_background():
+    """An object moving right over a still background, the base slice masking all of it. Forwards it is tracked
+    exactly; backwards too with the backward field. Inverting the forward field instead averages the object's step
+    back with the covered background's zero step on the object's leading tokens, so the mask lags there."""
+    frames, height, width = 8, 14, 20
+    for speed, size in ((1, 3), (2, 2), (2, 5)):
+        obj = np.zeros((frames, height, width), dtype=bool)
+        for t in range(frames):
+            obj[t, 5:9, 1 + speed * t:1 + speed * t + size] = True
+        forward, backward = np.zeros((2, frames - 1, height, width, 2))
+        for t in range(frames - 1):
+            forward[t][obj[t]] = (speed, 0)
+            backward[t][obj[t + 1]] = (-speed, 0)
+        rows, cols = np.nonzero(obj[frames // 2])
+        box = [cols.min() / width, rows.min() / height, (cols.max() + 1) / width, (rows.max() + 1) / height]
+        coverage = {}
+        for name, field in (("pair", np.stack([forward, backward])), ("forward", forward)):
+            ratio = (obj[0].sum() + 0.5) / (height * width)  # int(ratio * H'W') = the object's tokens
+            generator = MotionGuidedMaskingGenerator((frames, height, width), ratio, motion_mask_ratio=1.0, seed=0)
+            mask = slices(generator(field, box), (frames, height, width))
+            coverage[name] = (mask & obj).sum(axis=(1, 2)) / obj.sum(axis=(1, 2))
+        assert (coverage["pair"] == 1.0).all(), (speed, size, coverage)
+        assert (coverage["forward"][frames // 2:] == 1.0).all()
+        assert coverage["forward"][:frames // 2].max() < 1.0
+
+
 def test_pool_to_tokens_and_tubelet_displacement():
     flow = np.zeros((3, 8, 12, 2), dtype=np.float32)
     flow[..., 0], flow[..., 1] = 6.0, -2.0  # pixels of an 8x12 image: tokens of 4x4 pixels on a 2x3 grid
@@ -124,10 +150,12 @@ def test_dis_token_motion_of_a_translation(shift):
         for k in range(num_frames)
     ]
     clip = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
-    field = DISTokenMotion((size // patch, size // patch), tubelet_size=2)(clip)
-    assert field.shape == (num_frames // 2 - 1, size // patch, size // patch, 2) and field.dtype == np.float32
+    forward, backward = DISTokenMotion((size // patch, size // patch), tubelet_size=2)(clip)
+    assert forward.shape == backward.shape == (num_frames // 2 - 1, size // patch, size // patch, 2)
+    assert forward.dtype == backward.dtype == np.float32
     expected = 2 * np.array(shift) / patch
-    assert np.abs(field[:, 1:-1, 1:-1] - expected).max() < 0.1
+    assert np.abs(forward[:, 1:-1, 1:-1] - expected).max() < 0.1
+    assert np.abs(backward[:, 1:-1, 1:-1] + expected).max() < 0.1
 
 
 def test_mask_tracks_a_moving_object_better_than_a_tube():
