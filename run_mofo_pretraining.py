@@ -26,8 +26,7 @@ import utils
 from datasets import build_pretraining_dataset, multiple_samples_collate
 from engine_for_pretraining import train_one_epoch
 from modeling_pretrain import DEFAULT_TUBELET_SIZE, parse_targets  # the import registers pretrain_videomae_*
-from motion_detection.flow import available_flows
-from trajectory_targets import trajectory_dim
+from trajectory_targets import TRAJECTORY_FLOWS, trajectory_dim
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -63,9 +62,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                              " trajectories (points tracked through dense optical flow), or both (one head each)")
     parser.add_argument("--trajectory_points", default=2, type=int,
                         help="trajectory target: points per side of the grid tracked in every patch")
-    parser.add_argument("--trajectory_flow", default="dis", choices=available_flows(),
+    parser.add_argument("--trajectory_flow", default="dis", choices=TRAJECTORY_FLOWS,
                         help="trajectory target: optical flow between consecutive source frames (computed in the"
-                             " data workers on the cropped clip)")
+                             " data workers on the cropped clip; tvl1 takes tens of seconds per clip)")
     parser.add_argument("--pixel_loss_weight", default=1.0, type=float, help="weight of the pixel loss")
     parser.add_argument("--trajectory_loss_weight", default=1.0, type=float, help="weight of the trajectory loss")
     parser.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing in the encoder")

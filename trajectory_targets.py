@@ -3,14 +3,15 @@
 For every tubelet token, ``points_per_side``^2 points on a regular grid inside its patch (cell centres) are tracked
 through the dense optical flow of the tubelet's time span at the full frame rate: a clip sampled every
 ``sampling_rate`` frames with tubelets of ``tubelet_size`` sampled frames spans ``steps = tubelet_size *
-sampling_rate`` source frames per tubelet, so a point's trajectory is its position after each of those frame
-steps, relative to where it started. Flow is sampled bilinearly at the point's current (sub-pixel) position and
-chained step by step.
+sampling_rate`` source frames per tubelet. Flow is sampled bilinearly at the point's current (sub-pixel)
+position and chained step by step; a point that reaches the frame's edge stays on it. A point's trajectory is its
+move at each of those frame steps, ``P[k+1] - P[k]`` (M3Video's trajectory shape ``ΔP``).
 
-Per patch, the displacements are divided by the mean path length of the patch's points (M3Video's ``mean``
-normalisation: the target is the shape of the motion, not its speed), floored at ``min_motion`` pixels so the
-flow noise of a static patch is not blown up to unit size. The target of a token is ``(points, steps, xy)``
-flattened: ``points_per_side**2 * steps * 2`` values.
+Per patch, the moves are divided by the mean path length of the patch's points (M3Video's ``mean`` normalisation:
+the target is the shape of the motion, not its speed), floored at ``min_motion`` pixels so the flow noise of a
+static patch is not blown up to unit size. The target of a token is ``(points, steps, xy)`` flattened:
+``points_per_side**2 * steps * 2`` values. M3Video also predicts the appearance (HOG) along the trajectory; that
+target is not implemented here.
 
 The flow is computed on the augmented frames (after the crop and resize), so the trajectories are in the
 coordinates of the clip the model sees; OpenCV's DIS at full resolution costs a few ms per 224x224 frame pair on one
@@ -25,10 +26,13 @@ import numpy as np
 from motion_detection.flow import create_flow
 
 DEFAULT_MIN_MOTION = 1.0  # pixels; smaller mean path lengths are not scaled up
+# Frame-pair CPU flows for the data workers: codec_mv needs the compressed file, tvl1_torch a GPU (CUDA does not
+# start in forked workers). tvl1 costs about 0.3 s per 224x224 pair: tens of seconds per clip.
+TRAJECTORY_FLOWS = ("dis", "tvl1")
 
 
 def trajectory_dim(points_per_side: int, tubelet_size: int, sampling_rate: int) -> int:
-    """Values per token: (x, y) displacement of each point after each source frame of the tubelet."""
+    """Values per token: the (x, y) move of each point at each source frame step of the tubelet."""
     return points_per_side**2 * tubelet_size * sampling_rate * 2
 
 
@@ -63,10 +67,12 @@ def sample_flow(flow: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 def track_points(flows: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Positions (K, S + 1, Q, 2) of K independent tracks: ``flows`` (K, S, H, W, 2) holds S consecutive flow
-    fields per track, ``starts`` (K, Q, 2) the starting points."""
+    fields per track, ``starts`` (K, Q, 2) the starting points. Positions are kept inside the frame (a point
+    leaving it stops at the edge instead of drifting on with the border's flow)."""
+    upper = np.array([flows.shape[3] - 1, flows.shape[2] - 1], dtype=np.float32)
     positions = [np.asarray(starts, dtype=np.float32)]
     for step in range(flows.shape[1]):
-        positions.append(positions[-1] + sample_flow(flows[:, step], positions[-1]))
+        positions.append(np.clip(positions[-1] + sample_flow(flows[:, step], positions[-1]), 0, upper))
     return np.stack(positions, axis=1)
 
 
@@ -75,8 +81,7 @@ def trajectory_targets_from_flow(flows: np.ndarray, grid_size: tuple[int, int, i
                                  normalize: bool = True, min_motion: float = DEFAULT_MIN_MOTION) -> np.ndarray:
     """Targets (T' * H' * W', dim) in token order (t, h, w) from the dense flow ``flows`` (F, H, W, 2) between
     consecutive source frames of the clip, ``F >= T' * steps`` (``steps = tubelet_size * sampling_rate``): tubelet
-    ``t`` tracks through flows ``t * steps`` to ``(t + 1) * steps - 1``. Raw pixel displacements without
-    ``normalize``."""
+    ``t`` tracks through flows ``t * steps`` to ``(t + 1) * steps - 1``. Raw pixel moves without ``normalize``."""
     frames, height, width = grid_size[0], grid_size[1] * patch_size, grid_size[2] * patch_size
     steps = tubelet_size * sampling_rate
     if flows.shape[0] < frames * steps or tuple(flows.shape[1:3]) != (height, width):
@@ -87,11 +92,11 @@ def trajectory_targets_from_flow(flows: np.ndarray, grid_size: tuple[int, int, i
     tracks = track_points(per_tubelet, np.broadcast_to(starts, (frames, *starts.shape)))  # (T', S+1, Q, 2)
     points = points_per_side**2
     tracks = tracks.reshape(frames, steps + 1, grid_size[1] * grid_size[2], points, 2)
-    displacements = tracks[:, 1:] - tracks[:, :1]  # (T', S, H'W', P, 2)
+    moves = np.diff(tracks, axis=1)  # (T', S, H'W', P, 2)
     if normalize:
-        path = np.linalg.norm(np.diff(tracks, axis=1), axis=-1).sum(axis=1).mean(axis=-1)  # (T', H'W')
-        displacements = displacements / np.maximum(path, min_motion)[:, None, :, None, None]
-    targets = displacements.transpose(0, 2, 3, 1, 4)  # (T', H'W', P, S, 2)
+        path = np.linalg.norm(moves, axis=-1).sum(axis=1).mean(axis=-1)  # (T', H'W')
+        moves = moves / np.maximum(path, min_motion)[:, None, :, None, None]
+    targets = moves.transpose(0, 2, 3, 1, 4)  # (T', H'W', P, S, 2)
     return np.ascontiguousarray(targets.reshape(frames * grid_size[1] * grid_size[2], -1), dtype=np.float32)
 
 
@@ -110,7 +115,8 @@ class TrajectoryTargets:
         self.tubelet_size, self.sampling_rate = tubelet_size, sampling_rate
         self.points_per_side, self.flow_name, self.min_motion = points_per_side, flow, min_motion
         self.dim = trajectory_dim(points_per_side, tubelet_size, sampling_rate)
-        create_flow(flow)  # fail early on an unknown backend name
+        if flow not in TRAJECTORY_FLOWS:
+            raise ValueError(f"trajectory flow {flow!r} cannot run in the data workers; choose from {TRAJECTORY_FLOWS}")
 
     @property
     def num_source_frames(self) -> int:

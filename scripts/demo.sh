@@ -86,5 +86,5 @@ done
 python scripts/results_table.py "$OUT"/finetune_scratch "$OUT"/finetune_videomae "$OUT"/finetune_mofo_star \
     "$OUT"/finetune_mofo_2star "$OUT"/finetune_mofo_dagger "$OUT"/finetune_guided "$OUT"/finetune_trajectory \
     --names "no pretraining (plain head)" "VideoMAE (tube, plain head)" "MOFO* (motion, plain head)" \
-    "MOFO** (tube, MCA head)" "MOFO+ (motion, MCA head)" "motion-guided mask (plain head)" \
+    "MOFO** (tube, MCA head)" "MOFO† (motion, MCA head)" "motion-guided mask (plain head)" \
     "pixel+trajectory target (plain head)"

@@ -16,6 +16,7 @@ import torch
 from timm.models import create_model
 
 import make_synthetic_dataset as synthetic
+import run_mofo_pretraining
 from datasets import VideoMAEPretrainDataset, decode_frames, sample_window_indices
 from engine_for_pretraining import masked_count, pixel_targets, pretrain_loss
 from modeling_pretrain import parse_targets, split_tokens
@@ -67,14 +68,26 @@ def test_targets_of_a_translation_are_the_known_displacement(sampling_rate):
     flows = constant_flow(GRID[0] * steps, height, width, dx, dy)
     raw = trajectory_targets_from_flow(flows, GRID, PATCH, 2, sampling_rate, points_per_side=2, normalize=False)
     assert raw.shape == (np.prod(GRID), trajectory_dim(2, 2, sampling_rate))
-    per_point = raw.reshape(-1, 4, steps, 2)
-    expected = np.arange(1, steps + 1)[:, None] * np.array([dx, dy])
-    np.testing.assert_allclose(per_point, np.broadcast_to(expected, per_point.shape), atol=1e-5)
+    inner = raw.reshape(GRID[0], GRID[1], GRID[2], 4, steps, 2)[:, 1:-1, 1:-1]  # the border patches leave the frame
+    expected = np.broadcast_to([dx, dy], inner.shape)  # the same move at every step (M3Video's P[k+1] - P[k])
+    np.testing.assert_allclose(inner, expected, atol=1e-5)
 
     normalized = trajectory_targets_from_flow(flows, GRID, PATCH, 2, sampling_rate, points_per_side=2)
     path = steps * np.hypot(dx, dy)  # every point's path length
-    np.testing.assert_allclose(normalized.reshape(-1, 4, steps, 2), np.broadcast_to(expected / path, per_point.shape),
-                               atol=1e-5)
+    inner = normalized.reshape(GRID[0], GRID[1], GRID[2], 4, steps, 2)[:, 1:-1, 1:-1]
+    np.testing.assert_allclose(inner, expected / path, atol=1e-5)
+
+
+def test_points_leaving_the_frame_stop_at_its_edge():
+    """2 px right per step through 4 steps: the last column's points (x = 25.5 and 29.5 in a 32 px frame) move until
+    they reach x = 31, then stay; the others move every step."""
+    flows = constant_flow(GRID[0] * 4, GRID[1] * PATCH, GRID[2] * PATCH, 2.0, 0.0)
+    moves = trajectory_targets_from_flow(flows, GRID, PATCH, 2, 2, normalize=False)
+    moves = moves.reshape(GRID[0], GRID[1], GRID[2], 2, 2, 4, 2)  # (t, row, col, point row, point col, step, xy)
+    np.testing.assert_allclose(moves[:, :, :-1, ..., 0], 2.0, atol=1e-5)
+    np.testing.assert_allclose(moves[:, :, -1, :, 0, :, 0], np.broadcast_to([2, 2, 1.5, 0], (2, 3, 2, 4)), atol=1e-5)
+    np.testing.assert_allclose(moves[:, :, -1, :, 1, :, 0], np.broadcast_to([1.5, 0, 0, 0], (2, 3, 2, 4)), atol=1e-5)
+    assert np.abs(moves[..., 1]).max() == 0
 
 
 def test_each_tubelet_tracks_through_its_own_flow_steps():
@@ -84,7 +97,7 @@ def test_each_tubelet_tracks_through_its_own_flow_steps():
     flows[steps:, ..., 0] = 2.0
     raw = trajectory_targets_from_flow(flows, GRID, PATCH, 2, 2, normalize=False).reshape(GRID[0], -1, 4, steps, 2)
     assert np.abs(raw[0]).max() == 0
-    np.testing.assert_allclose(raw[1, ..., 0], np.broadcast_to(2.0 * np.arange(1, steps + 1), raw[1, ..., 0].shape))
+    np.testing.assert_allclose(raw[1].reshape(GRID[1], GRID[2], 4, steps, 2)[:, :-1, ..., 0], 2.0)
 
 
 def test_static_patches_are_not_blown_up_by_the_normalisation():
@@ -99,6 +112,13 @@ def test_flow_shape_errors_name_the_requirement():
         trajectory_targets_from_flow(np.zeros((3, 24, 32, 2), np.float32), GRID, PATCH, 2, 2)
     with pytest.raises(ValueError, match="must divide the patch size"):
         TrajectoryTargets(GRID, 16, 2, 2, points_per_side=3)
+    for flow in ("codec_mv", "tvl1_torch"):  # need the compressed file or a GPU, not frames in a CPU worker
+        with pytest.raises(ValueError, match=f"trajectory flow '{flow}' cannot run in the data workers"):
+            TrajectoryTargets(GRID, PATCH, 2, 2, flow=flow)
+    parser = run_mofo_pretraining.get_args_parser()
+    assert parser.parse_args(["--trajectory_flow", "tvl1"]).trajectory_flow == "tvl1"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--trajectory_flow", "codec_mv"])
 
 
 def translated_texture_clip(frames: int, size: int, dx: float, dy: float) -> np.ndarray:
@@ -121,7 +141,7 @@ def test_dis_targets_of_a_rendered_translation_match_the_known_motion():
     clip = translated_texture_clip(targets.num_source_frames, grid[1] * patch, dx, dy)
     result = targets(clip).reshape(grid[0], grid[1], grid[2], 4, 2 * rate, 2)
     steps = 2 * rate
-    expected = np.arange(1, steps + 1)[:, None] * np.array([dx, dy]) / (steps * np.hypot(dx, dy))
+    expected = np.array([dx, dy]) / (steps * np.hypot(dx, dy))  # each step's move over the path length
     inner = result[:, 1:-1, 1:-1]  # border patches lose texture to the frame edge
     np.testing.assert_allclose(inner, np.broadcast_to(expected, inner.shape), atol=0.05)
 
