@@ -1,4 +1,4 @@
-"""Fine-tune a VideoMAE / MOFO encoder for action classification, plain or with MOFO's motion-box head.
+r"""Fine-tune a VideoMAE / MOFO encoder for action classification, plain or with MOFO's motion-box head.
 
     torchrun --nproc_per_node 8 run_mofo_finetuning.py --data_set SSV2 --nb_classes 174 \
         --data_path lists/ --data_root videos/ --box_dir boxes/ --model vit_base_patch16_224_mofo \
@@ -32,7 +32,7 @@ from video_transforms import AUGMENT_INTERPOLATIONS
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("MOFO fine-tuning", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=utils.HelpFormatter)
     parser.add_argument("--batch_size", default=64, type=int, help="clips per GPU per step (before --num_sample)")
     parser.add_argument("--epochs", default=30, type=int)
     parser.add_argument("--update_freq", default=1, type=int, help="gradient accumulation steps")

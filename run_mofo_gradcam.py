@@ -1,4 +1,4 @@
-"""Grad-CAM saliency of fine-tuned video classifiers (VideoMAE or MOFO) on one clip, drawn as a PNG (paper, fig. 2).
+r"""Grad-CAM saliency of fine-tuned video classifiers (VideoMAE or MOFO) on one clip, drawn as a PNG (paper, fig. 2).
 
     python run_mofo_gradcam.py VIDEO OUTPUT.png --model vit_base_patch16_224 --checkpoint videomae_ssv2.pth \
         --compare_model vit_base_patch16_224_mofo --compare_checkpoint mofo_ssv2.pth --box_file boxes/VIDEO.json \
@@ -97,7 +97,7 @@ class GradCamFigure:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("MOFO Grad-CAM", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=utils.HelpFormatter)
     parser.add_argument("video", metavar="VIDEO", help="the video file")
     parser.add_argument("save_path", metavar="OUTPUT", help="the PNG to write (folders are created)")
     parser.add_argument("--model", required=True, help="vit_*_patch16_224 (VideoMAE) or vit_*_patch16_224_mofo")

@@ -1,4 +1,4 @@
-"""MOFO / VideoMAE self-supervised pretraining.
+r"""MOFO / VideoMAE self-supervised pretraining.
 
     torchrun --nproc_per_node 8 run_mofo_pretraining.py --data_path train.csv --data_root videos/ \
         --box_dir boxes/ --mask_type motion --mask_ratio 0.9 --motion_mask_ratio 0.75 \
@@ -31,7 +31,7 @@ from trajectory_targets import TRAJECTORY_FLOWS, trajectory_dim
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("MOFO pretraining", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=utils.HelpFormatter)
     parser.add_argument("--batch_size", default=64, type=int, help="clips per GPU per step (before --num_sample)")
     parser.add_argument("--epochs", default=800, type=int)
     parser.add_argument("--save_ckpt_freq", default=50, type=int, help="save a checkpoint every N epochs")

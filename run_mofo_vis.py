@@ -1,4 +1,4 @@
-"""Reconstruction visualiser: one clip, its motion box, the mask and the model's reconstruction in one PNG.
+r"""Reconstruction visualiser: one clip, its motion box, the mask and the model's reconstruction in one PNG.
 
     python run_mofo_vis.py VIDEO OUTPUT.png --model_path out/checkpoint-799.pth --box_file boxes/VIDEO.json \
         --model pretrain_videomae_base_patch16_224 --decoder_depth 4 --mask_type motion --mask_ratio 0.9
@@ -76,7 +76,7 @@ class Visualization:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("MOFO reconstruction visualiser", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=utils.HelpFormatter)
     parser.add_argument("img_path", metavar="VIDEO", help="the video file")
     parser.add_argument("save_path", metavar="OUTPUT", help="the PNG to write (folders are created)")
     parser.add_argument("--model_path", required=True, help="pretraining checkpoint (checkpoint-N.pth)")

@@ -4,7 +4,9 @@ parameter groups, atomic checkpoints with auto-resume, the training data loader 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
+import inspect
 import math
 import os
 import pickle
@@ -24,6 +26,20 @@ import torch.distributed as dist
 from motion_detection.boxfile import atomic_write_text
 
 # ---------------------------------------------------------------- command line
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with the module docstring as written and every flag's default (but None) after its help, also for
+    flags without one."""
+
+    def _format_action(self, action):
+        if not action.help and action.option_strings and action.default not in (None, argparse.SUPPRESS):
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"  # argparse shows nothing, not even the default, for no help
+        return super()._format_action(action)
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def str2bool(value: str) -> bool:
@@ -229,8 +245,12 @@ def wrap_model(args, model: torch.nn.Module, optimizer, device: torch.device):
     model_without_ddp = model
     if args.distributed:
         # No device_ids: DDP then leaves the inputs where the engines put them (the MOFO model's box on the CPU).
-        # No buffer needs syncing (fixed position tables, no BatchNorm): skip DDP's per-forward broadcast.
-        model = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+        # No buffer needs syncing (fixed position tables, no BatchNorm): skip DDP's per-forward broadcast (torch
+        # 2.13 renamed the switch and warns on the old name).
+        ddp = torch.nn.parallel.DistributedDataParallel
+        no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                   else "broadcast_buffers")
+        model = ddp(model, **{no_sync: False})
     scaler = NativeScalerWithGradNormCount(enabled=args.precision == "fp16", device=device.type)
     return model, model_without_ddp, optimizer, scaler
 
@@ -524,13 +544,21 @@ def load_deepspeed_file(path: str, map_location=None) -> dict:
 
 
 def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema=None) -> None:
-    """Resume from ``--resume`` or, with ``--auto_resume``, from the newest checkpoint in ``--output_dir``;
-    sets ``args.start_epoch``. ``model_ema`` takes the checkpoint's EMA weights, or the model's when it has none
-    (a checkpoint written without ``--model_ema``)."""
+    """Resume from ``--resume`` or, with ``--auto_resume``, from the newest checkpoint in ``--output_dir``; that one
+    wins over a ``--resume`` from elsewhere (a released checkpoint to start from), so a resubmitted job continues
+    instead of starting again. Sets ``args.start_epoch``. ``model_ema`` takes the checkpoint's EMA weights, or the
+    model's when it has none (a checkpoint written without ``--model_ema``)."""
     deepspeed = getattr(args, "enable_deepspeed", False)
-    if args.auto_resume and not args.resume and args.output_dir:
+    own = False
+    if args.auto_resume and args.output_dir:
         found = latest_checkpoint(args.output_dir, deepspeed)
-        args.resume = str(found) if found else ""
+        output_dir = Path(args.output_dir).resolve()
+        outside = args.resume and output_dir not in Path(args.resume).resolve().parents
+        if found and (not args.resume or outside):
+            if args.resume:
+                print(f"--resume {args.resume} not taken: {args.output_dir} holds this run's own {found.name} "
+                      "(--no_auto_resume takes --resume)")
+            args.resume, own = str(found), True
     if not args.resume:
         return
     print(f"Resume checkpoint {args.resume}")
@@ -542,16 +570,24 @@ def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, mode
         args.start_epoch = client_state["epoch"] + 1
         if model_ema is not None:
             model_ema.module.load_state_dict(client_state.get("model_ema") or model_without_ddp.state_dict())
-        return
-    checkpoint = load_checkpoint_file(args.resume)
-    model_without_ddp.load_state_dict(checkpoint["model"])
-    if model_ema is not None:
-        model_ema.module.load_state_dict(checkpoint.get("model_ema") or checkpoint["model"])
-    if "optimizer" in checkpoint and "epoch" in checkpoint:
+    else:
+        checkpoint = load_checkpoint_file(args.resume)
+        model_without_ddp.load_state_dict(checkpoint["model"])
+        if model_ema is not None:
+            model_ema.module.load_state_dict(checkpoint.get("model_ema") or checkpoint["model"])
+        if "optimizer" not in checkpoint or "epoch" not in checkpoint:
+            print(f"{args.resume}: weights only (no optimizer state or epoch): training starts at epoch "
+                  f"{args.start_epoch} with a fresh optimizer")
+            return
         optimizer.load_state_dict(checkpoint["optimizer"])
         args.start_epoch = checkpoint["epoch"] + 1
         if loss_scaler is not None and checkpoint.get("scaler"):
             loss_scaler.load_state_dict(checkpoint["scaler"])
+    if args.start_epoch >= args.epochs:
+        if not own:
+            raise SystemExit(f"{args.resume}: saved after epoch {args.start_epoch - 1}, and --epochs {args.epochs} is "
+                             f"the total, not more epochs: pass --epochs above {args.start_epoch} to train on")
+        print(f"{args.resume}: trained for all {args.epochs} epochs already")
 
 
 def read_model_state(path: str | Path, model_key: str = "model|module") -> dict:

@@ -626,21 +626,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(still camera, dark background, no clutter, bright object 1.5x larger and faster); "
                         "the flags below override single settings of it")
     parser.add_argument("--camera_motion", choices=["on", "off"], default=None,
-                        help="camera pans and zooms (default: the difficulty's)")
+                        help="camera pans and zooms; None: the difficulty's")
     parser.add_argument("--clutter", choices=["on", "off"], default=None,
-                        help="static object-like shapes in the world (default: the difficulty's)")
+                        help="static object-like shapes in the world; None: the difficulty's")
     parser.add_argument("--background", choices=BACKGROUNDS, default=None,
                         help="world behind the object: textured, or dark (the same texture dimmed to a quarter of "
-                        "the range) (default: the difficulty's)")
+                        "the range); None: the difficulty's")
     parser.add_argument("--bright_object", choices=["on", "off"], default=None,
-                        help="object and clutter textures in the upper half of every channel (default: the "
-                        "difficulty's)")
+                        help="object and clutter textures in the upper half of every channel; None: the "
+                        "difficulty's")
     parser.add_argument("--object_scale", type=float, default=None,
                         help=f"multiplies the object's size range {OBJECT_SIZE_RANGE} (fraction of the short side; "
-                        f"at most {MAX_OBJECT_SCALE}; default: the difficulty's)")
+                        f"at most {MAX_OBJECT_SCALE}); None: the difficulty's")
     parser.add_argument("--motion_scale", type=float, default=None,
                         help=f"multiplies the object's speed: translation, approach/recede rate, rotation (at most "
-                        f"{MAX_MOTION_SCALE}; default: the difficulty's)")
+                        f"{MAX_MOTION_SCALE}); None: the difficulty's")
     return parser.parse_args(argv)
 
 

@@ -277,3 +277,15 @@ def test_the_check_catches_made_up_flags_entry_points_and_variables(entry_flags)
     assert help_flags("usage: x [-h]\n\ndescription mentions --desc_flag\n\noptions:\n  -h, --help  help\n"
                       "  --a A, --alias A\n                        text --not_this\n") == {"-h", "--help", "--a",
                                                                                            "--alias"}
+
+
+def test_help_shows_the_usage_example_as_written_and_every_default():
+    """The entry points' ``--help``: the docstring's command with its line continuations (a plain docstring would
+    join them into one line of spaces) and each flag's default, flags without help text included."""
+    result = subprocess.run([sys.executable, "run_mofo_pretraining.py", "--help"], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--data_root videos/ \\\n        --box_dir boxes/" in result.stdout
+    assert re.search(r"--epochs EPOCHS\s+\(default: 800\)", result.stdout)
+    assert re.search(r"--last_ckpt_freq LAST_CKPT_FREQ\s+also a rolling .*\(default: 1\)", result.stdout, re.S)
+    assert "(default: None)" not in result.stdout

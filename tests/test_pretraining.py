@@ -192,6 +192,7 @@ def test_ddp_with_two_processes_launched_as_srun_tasks(dataset, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert "distributed init (rank 0/2, gloo)" in logs[0] + logs[1]
     assert "total batch: 4" in logs[0]
+    assert "broadcast_buffers" not in logs[0] + logs[1]  # no deprecation warning per rank
     checkpoint = utils.load_checkpoint_file(out / "checkpoint-0.pth")
     assert checkpoint["epoch"] == 0 and np.isfinite(epoch_losses(out)[0])
 
@@ -304,9 +305,18 @@ def test_resume_from_a_videomae_style_checkpoint_loads_strictly(dataset, tmp_pat
     videomae_args = argparse.Namespace(model="pretrain_videomae_base_patch16_224", lr=1.5e-4, window_size=(8, 14, 14),
                                        mask_type="tube", imagenet_default_mean_and_std=True, resume="")
     torch.save({"model": model.state_dict(), "args": videomae_args}, released)
-    result = pretrain(run_args(dataset, tmp_path / "out", "--epochs", "1", "--resume", str(released)))
+    command = run_args(dataset, tmp_path / "out", "--epochs", "1", "--resume", str(released))
+    result = pretrain(command)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "from epoch 0" in result.stdout
+    assert "weights only (no optimizer state or epoch)" in result.stdout and "from epoch 0" in result.stdout
+
+    resubmitted = pretrain(command)  # the same command again: the run's own checkpoint, not the released one
+    assert resubmitted.returncode == 0, resubmitted.stderr[-3000:]
+    assert f"--resume {released} not taken" in resubmitted.stdout
+    assert "checkpoint-0.pth: trained for all 1 epochs already" in resubmitted.stdout
+    finished = pretrain(run_args(dataset, tmp_path / "more", "--epochs", "1",
+                                 "--resume", str(tmp_path / "out" / "checkpoint-0.pth")))
+    assert finished.returncode != 0 and "--epochs 1 is the total, not more epochs" in finished.stderr
 
     state = model.state_dict()
     state["encoder.extra.weight"] = torch.zeros(1)
