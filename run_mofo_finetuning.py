@@ -106,7 +106,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mixup_mode", default="batch", choices=["batch", "pair", "elem"])
 
     # checkpoints
-    parser.add_argument("--finetune", default="", help="initialise from this checkpoint (file or DeepSpeed folder)")
+    parser.add_argument("--finetune", default="",
+                        help="initialise from this checkpoint: a file, a DeepSpeed checkpoint folder, or a pretraining"
+                             " run's output folder (its newest checkpoint)")
     parser.add_argument("--model_key", default="model|module", type=str)
     parser.add_argument("--model_prefix", default="", type=str,
                         help="load only the checkpoint's keys under this prefix, with the prefix removed")
@@ -221,7 +223,7 @@ def main(args) -> None:
     if args.finetune:
         try:
             utils.load_finetune_checkpoint(model, args.finetune, args.model_key, args.model_prefix)
-        except ValueError as e:
+        except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"--finetune: {e}") from None
     model.to(device)
     print(f"Model: {args.model}, params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
@@ -241,8 +243,8 @@ def main(args) -> None:
                                              lambda n: layer_id_for(n, num_layers), layer_scales)
     optimizer = utils.create_optimizer(args, groups)
     model, model_without_ddp, optimizer, loss_scaler = utils.wrap_model(args, model, optimizer, device)
-    if args.eval and not args.resume:
-        args.auto_resume = False  # test exactly the --finetune weights, not a checkpoint found in --output_dir
+    if args.eval:
+        args.auto_resume = False  # test exactly --resume or --finetune, not a checkpoint found in --output_dir
     utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema)
     if args.eval:
         print(f"Testing the weights of {args.resume or args.finetune or 'a freshly initialised model'}")
@@ -259,7 +261,8 @@ def main(args) -> None:
     val_loader = None if val_set is None else eval_loader(val_set, args, rank, world)
     niter_per_ep = len(train_loader) // args.update_freq
     if niter_per_ep == 0:
-        raise SystemExit(f"{len(train_set)} training videos make no full batch of {args.batch_size} x {world}")
+        raise SystemExit(f"{len(train_set)} training videos make no full step of {args.batch_size} x {world} GPUs x "
+                         f"--update_freq {args.update_freq}")
     mixup_fn = None
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
         mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,

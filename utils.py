@@ -583,7 +583,7 @@ def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, mode
         args.start_epoch = checkpoint["epoch"] + 1
         if loss_scaler is not None and checkpoint.get("scaler"):
             loss_scaler.load_state_dict(checkpoint["scaler"])
-    if args.start_epoch >= args.epochs:
+    if args.start_epoch >= args.epochs and not getattr(args, "eval", False):
         if not own:
             raise SystemExit(f"{args.resume}: saved after epoch {args.start_epoch - 1}, and --epochs {args.epochs} is "
                              f"the total, not more epochs: pass --epochs above {args.start_epoch} to train on")
@@ -591,12 +591,17 @@ def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, mode
 
 
 def read_model_state(path: str | Path, model_key: str = "model|module") -> dict:
-    """A model state dict from a checkpoint file or a DeepSpeed checkpoint folder (``latest`` names the tag, whose
-    ``mp_rank_00_model_states.pt`` holds ``module``), taken from the first of ``model_key``'s keys present."""
+    """A model state dict from a checkpoint file, a DeepSpeed checkpoint folder (``latest`` names the tag, whose
+    ``mp_rank_00_model_states.pt`` holds ``module``) or a run's output folder (its newest checkpoint, as
+    auto-resume picks it), taken from the first of ``model_key``'s keys present."""
     path = Path(path)
+    if path.is_dir() and not (path / "mp_rank_00_model_states.pt").exists():
+        found = latest_checkpoint(path, deepspeed=(path / "latest").exists())
+        if found is None:
+            raise FileNotFoundError(f"{path}: a folder without checkpoints (checkpoint-N.pth or DeepSpeed's latest)")
+        print(f"{path}: newest checkpoint {found.name}")
+        path = found
     if path.is_dir():
-        if (path / "latest").exists():
-            path = path / (path / "latest").read_text().strip()
         path = path / "mp_rank_00_model_states.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path}: checkpoint not found")

@@ -95,6 +95,22 @@ def test_finetune_from_a_pretraining_checkpoint_takes_the_encoder(tmp_path):
     torch.testing.assert_close(model.patch_embed.proj.bias, pretrain.encoder.patch_embed.proj.bias)
 
 
+def test_finetune_from_a_run_folder_takes_its_newest_checkpoint(tmp_path, capsys):
+    """``--finetune RUN_DIR`` (the stage scripts' default): the checkpoint auto-resume would pick, here the rolling
+    one after the kept one; a folder without checkpoints is a clear error."""
+    models = [modeling_pretrain.pretrain_videomae_mini_patch16_224(img_size=32, num_frames=4) for _ in range(2)]
+    torch.save({"model": models[0].state_dict(), "epoch": 3}, tmp_path / "checkpoint-3.pth")
+    torch.save({"model": models[1].state_dict(), "epoch": 5}, tmp_path / "checkpoint-last-5.pth")
+    model = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4)
+    utils.load_finetune_checkpoint(model, tmp_path)
+    assert "newest checkpoint checkpoint-last-5.pth" in capsys.readouterr().out
+    torch.testing.assert_close(model.blocks[0].attn.qkv.weight, models[1].encoder.blocks[0].attn.qkv.weight)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="empty: a folder without checkpoints"):
+        utils.load_finetune_checkpoint(model, empty)
+
+
 def test_model_ema_resumes_from_the_checkpoint(tmp_path):
     """A resumed ``--model_ema`` run takes the saved average, not the model's weights; a checkpoint written without
     one starts the average from the model."""
@@ -108,7 +124,7 @@ def test_model_ema_resumes_from_the_checkpoint(tmp_path):
     with torch.no_grad():
         model.head.weight.add_(1.0)
     ema.update(model)
-    args = SimpleNamespace(output_dir=str(tmp_path), enable_deepspeed=False, resume="", auto_resume=True)
+    args = SimpleNamespace(output_dir=str(tmp_path), enable_deepspeed=False, resume="", auto_resume=True, epochs=10)
     utils.save_model(args, 3, model, model, optimizer, None, model_ema=ema)
     resumed_model, resumed_ema, resumed_optimizer = make()
     utils.auto_load_model(args, resumed_model, resumed_model, resumed_optimizer, None, resumed_ema)

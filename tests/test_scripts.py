@@ -134,7 +134,7 @@ class Pipeline:
         elif stage.startswith("finetune"):
             checkpoint = self.run(dataset, "pretrain")[0] / "checkpoint-0.pth"
             model = "vit_mini_patch16_224_mofo" if stage == "finetune_mofo" else "vit_mini_patch16_224"
-            variables = {"MODEL": model, "PRETRAINED": str(checkpoint),
+            variables = {"MODEL": model, "PRETRAINED": str(checkpoint), "TOTAL_BATCH": "2",
                          "EXTRA_ARGS": f"{TINY_FINETUNE} {data.finetune_args}"}
         else:
             pytest.fail(f"scripts/{dataset}/{stage}.sh: no end-to-end test for this stage in {__file__}")
@@ -195,7 +195,7 @@ RECIPES = {
     ("epic", "pretrain"): PAPER_PRETRAINING,
     # VideoMAE's recipe for its 800-epoch SSV2 checkpoint; the MOFO release's for EPIC
     ("ssv2", "finetune"): FINETUNING | {"--data_set": "SSV2", "--nb_classes": "174", "--epochs": "50",
-                                        "--num_sample": "1"},
+                                        "--num_sample": "1", "--batch_size": "8", "--update_freq": "8"},
     ("epic", "finetune"): FINETUNING | {"--data_set": "EPIC-KITCHENS-100", "--nb_verbs": "97", "--nb_nouns": "300",
                                         "--epochs": "100", "--num_sample": "2"},
 }
@@ -257,15 +257,29 @@ def test_default_command_is_the_papers_recipe(script, dry_run):
 
 
 @pytest.mark.parametrize("dataset", sorted({s.parent.name for s in STAGE_SCRIPTS}))
-def test_finetuning_starts_from_the_pretraining_scripts_last_checkpoint(dataset, dry_run):
+def test_finetuning_starts_from_the_pretraining_scripts_newest_checkpoint(dataset, dry_run):
+    """Fine-tuning reads the pretraining run's folder (its newest checkpoint, whatever --epochs it ran), into one
+    output folder per head and per source, so auto-resume never picks up another run's checkpoints."""
     pretrain = options(dry_run(REPO / "scripts" / dataset / "pretrain.sh"))
-    last = f"{pretrain['--output_dir']}/checkpoint-{int(pretrain['--epochs']) - 1}.pth"
     outputs = set()
     for stage in ("finetune_mofo", "finetune_plain"):
-        finetune = options(dry_run(REPO / "scripts" / dataset / f"{stage}.sh"))
-        assert finetune["--finetune"] == last
-        outputs.add(finetune["--output_dir"])
-    assert len(outputs) == 2  # auto-resume must not pick up the other head's checkpoints
+        for source in ("", "ckpts/videomae_800.pth", "ckpts/videomae_2400.pth"):
+            finetune = options(dry_run(REPO / "scripts" / dataset / f"{stage}.sh", **({"PRETRAINED": source}
+                                                                                     if source else {})))
+            assert finetune["--finetune"] == (source or pretrain["--output_dir"])
+            outputs.add(finetune["--output_dir"])
+    assert len(outputs) == 6
+
+
+def test_ssv2_finetuning_keeps_videomaes_total_batch_on_any_number_of_gpus(dry_run, tmp_path):
+    """512 videos per step: 8 per GPU x 8 accumulation steps on one 8-GPU node, x 2 on 4 nodes (32 SLURM tasks);
+    a total that the tasks cannot reach in whole steps is refused."""
+    script = REPO / "scripts/ssv2/finetune_mofo.sh"
+    assert options(dry_run(script, GPUS="2"))["--update_freq"] == "32"
+    assert options(dry_run(script, SLURM_JOB_ID="7", SLURM_NTASKS="32"))["--update_freq"] == "2"
+    assert options(dry_run(script, UPDATE_FREQ="3"))["--update_freq"] == "3"
+    refused = run_script(script, tmp_path, GPUS="3", PATH=f"{tmp_path}/bin:/usr/bin:/bin")
+    assert refused.returncode == 2 and "TOTAL_BATCH 512 is not BATCH_SIZE 8 x 3 tasks" in refused.stderr
 
 
 def test_under_slurm_srun_runs_python_from_the_submission_directory(dry_run, tmp_path):

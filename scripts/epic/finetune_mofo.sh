@@ -6,8 +6,8 @@
 #   PRETRAINED from VideoMAE pretraining (MASK_TYPE=tube, or VideoMAE's file)  -> row MOFO** (54.5, release README)
 # MODEL=vit_base_patch16_224 gives the plain head: scripts/epic/finetune_plain.sh. Pre-trimmed clips:
 # EXTRA_ARGS="--epic_video_template clips/{narration_id}.mp4" (relative to DATA_ROOT).
-# Recipe: the MOFO release's EPIC fine-tuning (lr 5e-4, batch 8, 100 epochs) with VideoMAE's repeated
-# augmentation default (NUM_SAMPLE=2).
+# Recipe: the MOFO release's EPIC fine-tuning script (lr 5e-4, batch 8 per GPU, 100 epochs, and NUM_SAMPLE=2:
+# VideoMAE's argparse default, which the release keeps).
 #
 #   sbatch scripts/epic/finetune_mofo.sh                  # submit from the repository root
 #   GPUS=8 PRETRAINED=videomae_epic_vitb.pth bash scripts/epic/finetune_mofo.sh
@@ -27,8 +27,9 @@ DATA_PATH=${DATA_PATH:-data/epic}          # train.csv, val.csv, test.csv
 DATA_ROOT=${DATA_ROOT:-data/epic/videos}   # holds P01/videos/P01_01.MP4, ...
 BOX_DIR=${BOX_DIR:-data/epic/boxes}        # read by the _mofo models only
 MODEL=${MODEL:-vit_base_patch16_224_mofo}
-PRETRAINED=${PRETRAINED:-out/epic/pretrain_motion_vitb/checkpoint-799.pth}
-OUTPUT_DIR=${OUTPUT_DIR:-out/epic/finetune_${MODEL}_from_$(basename "$(dirname "$PRETRAINED")")}
+PRETRAINED=${PRETRAINED:-out/epic/pretrain_motion_vitb}  # a checkpoint, or a run's folder: its newest one
+FROM=${PRETRAINED%/} FROM=${FROM%.pth}               # one output folder per source: auto-resume stays in it
+OUTPUT_DIR=${OUTPUT_DIR:-out/epic/finetune_${MODEL}_from_${FROM//\//_}}
 GPUS=${GPUS:-8} EPOCHS=${EPOCHS:-100} BATCH_SIZE=${BATCH_SIZE:-8} NUM_SAMPLE=${NUM_SAMPLE:-2}
 BOXES=()
 if [[ $MODEL == *_mofo ]]; then BOXES=(--box_dir "$BOX_DIR"); fi

@@ -4,8 +4,9 @@
 #   PRETRAINED from MOFO pretraining (scripts/ssv2/pretrain.sh, the default)   -> row MOFO†  (75.5 in the paper)
 #   PRETRAINED from VideoMAE pretraining (MASK_TYPE=tube, or VideoMAE's file)  -> row MOFO** (74.7, release README)
 # MODEL=vit_base_patch16_224 gives the plain head: scripts/ssv2/finetune_plain.sh.
-# Recipe: VideoMAE's for its 800-epoch SSV2 checkpoint (lr 5e-4, 50 epochs, no repeated augmentation); for its
-# 2400-epoch recipe set EPOCHS=30 NUM_SAMPLE=2 BATCH_SIZE=6.
+# Recipe: VideoMAE's for its 800-epoch SSV2 checkpoint (lr 5e-4, 50 epochs, no repeated augmentation, total batch
+# 512 = 8 clips x 64 GPUs: on fewer GPUs by accumulating gradients over UPDATE_FREQ steps); for its 2400-epoch
+# recipe set EPOCHS=30 NUM_SAMPLE=2 BATCH_SIZE=6 TOTAL_BATCH=384.
 #
 #   sbatch scripts/ssv2/finetune_mofo.sh                  # submit from the repository root
 #   GPUS=8 PRETRAINED=videomae_ssv2_vitb.pth bash scripts/ssv2/finetune_mofo.sh
@@ -25,16 +26,28 @@ DATA_PATH=${DATA_PATH:-data/ssv2}          # train.csv, val.csv, test.csv
 DATA_ROOT=${DATA_ROOT:-data/ssv2/videos}
 BOX_DIR=${BOX_DIR:-data/ssv2/boxes}        # read by the _mofo models only
 MODEL=${MODEL:-vit_base_patch16_224_mofo}
-PRETRAINED=${PRETRAINED:-out/ssv2/pretrain_motion_vitb/checkpoint-799.pth}
-OUTPUT_DIR=${OUTPUT_DIR:-out/ssv2/finetune_${MODEL}_from_$(basename "$(dirname "$PRETRAINED")")}
+PRETRAINED=${PRETRAINED:-out/ssv2/pretrain_motion_vitb}  # a checkpoint, or a run's folder: its newest one
+FROM=${PRETRAINED%/} FROM=${FROM%.pth}               # one output folder per source: auto-resume stays in it
+OUTPUT_DIR=${OUTPUT_DIR:-out/ssv2/finetune_${MODEL}_from_${FROM//\//_}}
 GPUS=${GPUS:-8} EPOCHS=${EPOCHS:-50} BATCH_SIZE=${BATCH_SIZE:-8} NUM_SAMPLE=${NUM_SAMPLE:-1}
+TOTAL_BATCH=${TOTAL_BATCH:-512}            # videos per optimiser step, over all GPUs
+if [[ -z ${UPDATE_FREQ:-} ]]; then         # the accumulation steps that reach TOTAL_BATCH with these tasks
+    TASKS=${SLURM_NTASKS:-$(( ${SLURM_NNODES:-1} * GPUS ))}
+    UPDATE_FREQ=$(( TOTAL_BATCH / (BATCH_SIZE * TASKS) ))
+    if (( UPDATE_FREQ < 1 || UPDATE_FREQ * BATCH_SIZE * TASKS != TOTAL_BATCH )); then
+        echo "$0: TOTAL_BATCH $TOTAL_BATCH is not BATCH_SIZE $BATCH_SIZE x $TASKS tasks x whole steps; set" \
+            "TOTAL_BATCH or UPDATE_FREQ" >&2
+        exit 2
+    fi
+fi
 BOXES=()
 if [[ $MODEL == *_mofo ]]; then BOXES=(--box_dir "$BOX_DIR"); fi
 
 launch run_mofo_finetuning.py \
     --data_set SSV2 --nb_classes 174 --data_path "$DATA_PATH" --data_root "$DATA_ROOT" ${BOXES[@]+"${BOXES[@]}"} \
     --model "$MODEL" --finetune "$PRETRAINED" \
-    --batch_size "$BATCH_SIZE" --num_sample "$NUM_SAMPLE" --num_frames 16 --input_size 224 --short_side_size 224 \
+    --batch_size "$BATCH_SIZE" --update_freq "$UPDATE_FREQ" --num_sample "$NUM_SAMPLE" \
+    --num_frames 16 --input_size 224 --short_side_size 224 \
     --opt adamw --opt_betas 0.9 0.999 --lr 5e-4 --layer_decay 0.75 --weight_decay 0.05 \
     --warmup_epochs 5 --epochs "$EPOCHS" --drop_path 0.1 --save_ckpt_freq 5 \
     --test_num_segment 2 --test_num_crop 3 --output_dir "$OUTPUT_DIR" --log_dir "$OUTPUT_DIR/tb" ${EXTRA[@]+"${EXTRA[@]}"}
