@@ -230,9 +230,9 @@ def box_video_paths(videos: list[str], data_root: str) -> list[str]:
     """The listed videos as paths below ``data_root`` (absolute entries below it included), which the box files
     mirror."""
     try:
-        return [relative_video_path(video, data_root) for video in videos]
+        return [relative_video_path(video, data_root, "--data_root") for video in videos]
     except ValueError as e:
-        raise ValueError(f"{e} (box files mirror paths below --data_root {data_root!r})") from None
+        raise ValueError(f"{e} (box files mirror the paths below it)") from None
 
 
 class MotionBoxIndex:

@@ -494,7 +494,7 @@ def save_epoch_checkpoint(args, epoch: int, model, model_without_ddp, optimizer,
     save_model(args, epoch, model, model_without_ddp, optimizer, loss_scaler, tag=tag, model_ema=model_ema)
     if not is_main_process():
         return
-    print(f"Saved {Path(args.output_dir) / tag}")
+    print(f"Saved {Path(args.output_dir) / tag}{'' if getattr(args, 'enable_deepspeed', False) else '.pth'}")
     for path in Path(args.output_dir).glob("checkpoint-last-*"):
         if ROLLING_PATTERN.match(path.name) and path.name not in (tag, f"{tag}.pth"):
             if path.is_dir():

@@ -81,19 +81,19 @@ def box_file_path(output_dir: str | os.PathLike, video_rel_path: str) -> Path:
     return Path(output_dir) / rel.with_suffix(".json")
 
 
-def relative_video_path(entry: str, video_root: str) -> str:
-    """The path below the video root, which the box file mirrors."""
+def relative_video_path(entry: str, video_root: str, root_flag: str = "--video_root") -> str:
+    """The path below the video root (given by ``root_flag``, named in the errors), which the box file mirrors."""
     p = Path(entry)
     if p.is_absolute():
         if not video_root:
-            raise ValueError(f"{entry}: absolute path in the list; pass --video_root (a common parent folder)")
+            raise ValueError(f"{entry}: absolute path in the list; pass {root_flag} (a common parent folder)")
         try:
             return p.relative_to(Path(video_root).resolve()).as_posix()
         except ValueError:
             try:
                 return p.relative_to(Path(video_root)).as_posix()
             except ValueError:
-                raise ValueError(f"{entry}: not below --video_root {video_root}") from None
+                raise ValueError(f"{entry}: not below {root_flag} {video_root}") from None
     return p.as_posix()
 
 

@@ -43,6 +43,7 @@ from .flow import available_flows
 from .video import VideoReadError
 
 log = logging.getLogger("extract_boxes")
+PROGRESS_SECONDS = 60  # between progress lines when stderr is not a terminal
 DEVICE_FLOWS = ("tvl1_torch",)  # flow backends that take --device and --compile
 GPU_BATCH_SIZE = 64  # --batch_size default for a flow backend on a GPU (one process, pairs batched on the device)
 
@@ -306,7 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     config = detector.config()
-    all_videos = distinct_videos(read_video_list(args.video_list), args.video_root)
+    entries = read_video_list(args.video_list)
+    absolute = [entry for entry in entries if Path(entry).is_absolute()]
+    if absolute and not args.video_root:
+        parser.error(f"{args.video_list}: {len(absolute)} absolute paths ({absolute[0]}, ...); pass --video_root, a "
+                     "folder above them: box files mirror the paths below it")
+    all_videos = distinct_videos(entries, args.video_root)
     videos = all_videos[args.shard_id :: args.num_shards]
     jobs, skipped, failures = plan_jobs(videos, args, config, box_file_collisions(all_videos, args.video_root))
     log.info("shard %d/%d: %d videos, %d already done, %d to do with %s flow",
@@ -315,12 +321,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED {outcome.video}: {outcome.message}")
 
     start = time.time()
-    bar = tqdm(total=len(jobs), unit="video", dynamic_ncols=True, disable=not jobs)
+    interactive = sys.stderr.isatty()  # a SLURM log gets a line a minute, not a progress bar's carriage returns
+    bar = tqdm(total=len(jobs), unit="video", dynamic_ncols=True, disable=not jobs or not interactive)
+    done, reported = [0], [start]
 
     def progress(outcome: Outcome) -> None:
         bar.update(1)
+        done[0] += 1
         if not outcome.ok:
             bar.write(f"FAILED {outcome.video}: {outcome.message}")
+        if not interactive and time.time() - reported[0] >= PROGRESS_SECONDS:
+            reported[0] = time.time()
+            log.info("%d/%d videos done (%.2f videos/s)", done[0], len(jobs), done[0] / (reported[0] - start))
 
     outcomes = run_jobs(jobs, detector_kwargs, args.num_workers, progress)
     bar.close()

@@ -437,6 +437,11 @@ def test_absolute_paths_below_the_root_work_and_outside_paths_fail(data, referen
     assert f"FAILED {outside}: " in result.stdout
     assert "FAILED ../outside/000000.mp4: " in result.stdout
     assert not list((base / "outside").glob("*.json"))
+    assert "\r" not in result.stderr  # no progress bar in a log file (stderr is not a terminal here)
+
+    refused = run(write_list(tmp_path / "list.csv", entries), "", tmp_path / "no_root", rc=2)
+    assert "list.csv: 3 absolute paths" in refused.stderr and "pass --video_root" in refused.stderr
+    assert "FAILED" not in refused.stdout and not (tmp_path / "no_root").exists()
 
 
 def test_duplicate_rows_are_processed_once(data, reference, tmp_path):

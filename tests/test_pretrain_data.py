@@ -377,7 +377,7 @@ def test_box_files_mirror_the_list_paths(data, videos, tmp_path):
     dataset = motion_dataset(data, list_file=absolute, data_root=tmp_path / "videos", box_dir=tmp_path / "boxes")
     assert dataset[0]["missing_box"] == 0 and dataset.boxes.load(0) is not None
     outside = write_list(tmp_path / "outside.csv", [str(data / "small" / "videos" / "000003.mp4")])
-    with pytest.raises(ValueError, match="000003.mp4: not below --video_root.*box files mirror paths below"):
+    with pytest.raises(ValueError, match="000003.mp4: not below --data_root .*box files mirror the paths below it"):
         motion_dataset(data, list_file=outside, data_root=tmp_path / "videos", box_dir=tmp_path / "boxes")
 
 

@@ -134,6 +134,7 @@ def test_loss_falls_and_a_killed_run_resumes_on_the_same_trajectory(dataset, tmp
     resumed = pretrain(run_args(dataset, killed, *keep_last_only))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resume checkpoint {killed / 'checkpoint-last-0.pth'}" in resumed.stdout
+    assert f"Saved {killed / 'checkpoint-last-1.pth'}" in resumed.stdout
     assert epoch_losses(killed) == losses
     assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-2.pth"]
     final_full = utils.load_checkpoint_file(full / "checkpoint-2.pth")
