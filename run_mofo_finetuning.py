@@ -189,7 +189,8 @@ def eval_loader(dataset, args, rank: int, world: int):
 
 def run_test(model, args, device, rank: int, world: int) -> dict:
     """Multi-view test: every rank writes its views, rank 0 merges softmaxes per video over all ranks' files."""
-    dataset = build_dataset(is_train=False, test_mode=True, args=args)
+    with utils.setup_errors():
+        dataset = build_dataset(is_train=False, test_mode=True, args=args)
     loader = eval_loader(dataset, args, rank, world)
     out_dir = Path(args.output_dir)
     final_test(loader, model, device, args, out_dir / f"test_views_rank{rank}.jsonl", args.enable_deepspeed)
@@ -221,10 +222,8 @@ def main(args) -> None:
     if args.use_box and not args.box_dir:
         raise SystemExit(f"--model {args.model} fuses tokens inside and outside the motion box: pass --box_dir")
     if args.finetune:
-        try:
+        with utils.setup_errors():
             utils.load_finetune_checkpoint(model, args.finetune, args.model_key, args.model_prefix)
-        except (ValueError, FileNotFoundError) as e:
-            raise SystemExit(f"--finetune: {e}") from None
     model.to(device)
     print(f"Model: {args.model}, params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
     model_ema = None
@@ -245,7 +244,8 @@ def main(args) -> None:
     model, model_without_ddp, optimizer, loss_scaler = utils.wrap_model(args, model, optimizer, device)
     if args.eval:
         args.auto_resume = False  # test exactly --resume or --finetune, not a checkpoint found in --output_dir
-    utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema)
+    with utils.setup_errors():
+        utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema)
     if args.eval:
         print(f"Testing the weights of {args.resume or args.finetune or 'a freshly initialised model'}")
 
@@ -253,8 +253,10 @@ def main(args) -> None:
         run_test(model, args, device, rank, world)
         return
 
-    train_set = build_dataset(is_train=True, test_mode=False, args=args)
-    val_set = None if args.disable_eval_during_finetuning else build_dataset(is_train=False, test_mode=False, args=args)
+    with utils.setup_errors():
+        train_set = build_dataset(is_train=True, test_mode=False, args=args)
+        val_set = (None if args.disable_eval_during_finetuning
+                   else build_dataset(is_train=False, test_mode=False, args=args))
     train_sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
     train_loader = utils.train_loader(train_set, train_sampler, args, device,
                                       multiple_samples_collate if args.num_sample > 1 else None)
@@ -268,7 +270,8 @@ def main(args) -> None:
         mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                          prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                          label_smoothing=args.smoothing, num_classes=args.head_sizes[0])
-    lr_schedule, wd_schedule = utils.build_schedules(args, niter_per_ep)
+    with utils.setup_errors():
+        lr_schedule, wd_schedule = utils.build_schedules(args, niter_per_ep)
     log_writer = SummaryWriter(args.log_dir) if args.log_dir and utils.is_main_process() else None
     print(f"lr: {args.lr:.3e}, total batch: {total_batch}, steps per epoch: {niter_per_ep}, "
           f"layer scales: {[round(s, 4) for s in layer_scales]}")

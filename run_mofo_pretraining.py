@@ -150,7 +150,8 @@ def main(args) -> None:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
 
     model = build_model(args)
-    dataset = build_pretraining_dataset(args)
+    with utils.setup_errors():
+        dataset = build_pretraining_dataset(args)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
     data_loader = utils.train_loader(dataset, sampler, args, device,
                                      multiple_samples_collate if args.num_sample > 1 else None)
@@ -168,8 +169,9 @@ def main(args) -> None:
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     optimizer = utils.create_optimizer(args, utils.param_groups_weight_decay(model, args.weight_decay, skip))
     model, model_without_ddp, optimizer, loss_scaler = utils.wrap_model(args, model, optimizer, device)
-    lr_schedule, wd_schedule = utils.build_schedules(args, niter_per_ep)
-    utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler)
+    with utils.setup_errors():
+        lr_schedule, wd_schedule = utils.build_schedules(args, niter_per_ep)
+        utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler)
     log_writer = SummaryWriter(args.log_dir) if args.log_dir and utils.is_main_process() else None
 
     print(f"Start training for {args.epochs} epochs from epoch {args.start_epoch}")

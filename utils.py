@@ -4,6 +4,7 @@ parameter groups, atomic checkpoints with auto-resume, the training data loader 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import inspect
@@ -40,6 +41,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
     def _get_help_string(self, action):
         return action.help if action.default is None else super()._get_help_string(action)
+
+
+@contextlib.contextmanager
+def setup_errors():
+    """A run's setup problems (a missing file, a bad list, flags that do not fit together, a refused checkpoint) end
+    it with their message on one line instead of a traceback."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, pickle.UnpicklingError) as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def str2bool(value: str) -> bool:
