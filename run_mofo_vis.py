@@ -31,7 +31,7 @@ from timm import list_models
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import create_model
 
-import modeling_pretrain  # noqa: F401  (registers the pretrain_videomae_* models)
+import modeling_pretrain  # also registers the pretrain_videomae_* models
 import utils
 from datasets import clip_box
 from engine_for_pretraining import pixel_targets
@@ -40,6 +40,10 @@ from motion_detection.boxfile import BoxFileError, load_boxes
 from video_transforms import crop_box, normalize_clip, resize_frames, scale_box
 
 MAX_COLUMNS = 8
+# The model and clip settings a checkpoint's ``args`` (ours, or VideoMAE's Namespace) supply, and these when it has
+# none; a flag given on the command line wins.
+TRAINED_DEFAULTS = {"model": "pretrain_videomae_base_patch16_224", "decoder_depth": 4, "input_size": 224,
+                    "num_frames": 16, "sampling_rate": 4, "normlize_target": True}
 LABEL_WIDTH = 132
 HEADER_HEIGHT = 20
 GAP = 2
@@ -81,19 +85,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("save_path", metavar="OUTPUT", help="the PNG to write (folders are created)")
     parser.add_argument("--model_path", required=True, help="pretraining checkpoint (checkpoint-N.pth)")
     parser.add_argument("--box_file", default=None, help="the video's box file (needed by --mask_type motion)")
-    parser.add_argument("--model", default="pretrain_videomae_base_patch16_224", type=str)
-    parser.add_argument("--decoder_depth", default=4, type=int)
+    parser.add_argument("--model", default=None, type=str,
+                        help=f"default: the checkpoint's, else {TRAINED_DEFAULTS['model']}")
+    parser.add_argument("--decoder_depth", default=None, type=int,
+                        help=f"default: the checkpoint's, else {TRAINED_DEFAULTS['decoder_depth']}")
     parser.add_argument("--mask_type", default="motion", choices=["motion", "tube"],
                         help="motion: MOFO's motion-focused tube masking; tube: VideoMAE's random tube masking")
     parser.add_argument("--mask_ratio", default=0.9, type=float, help="share of tubes masked")
     parser.add_argument("--motion_mask_ratio", default=0.75, type=float,
                         help="share of the tubes inside the motion box that are masked (motion masking)")
-    parser.add_argument("--input_size", default=224, type=int, help="frame side after cropping")
-    parser.add_argument("--num_frames", default=16, type=int)
-    parser.add_argument("--sampling_rate", default=4, type=int)
+    for name, meaning in (("input_size", "frame side after cropping"), ("num_frames", "clip length"),
+                          ("sampling_rate", "frame stride")):
+        parser.add_argument(f"--{name}", default=None, type=int,
+                            help=f"{meaning} (default: the checkpoint's, else {TRAINED_DEFAULTS[name]})")
     parser.add_argument("--start_frame", default=0, type=int, help="video frame of the clip's first frame")
-    parser.add_argument("--normlize_target", default=True, type=utils.str2bool,
-                        help="the model predicts per-tube normalised pixels (VideoMAE's spelling)")
+    parser.add_argument("--normlize_target", default=None, type=utils.str2bool,
+                        help="the model predicts per-tube normalised pixels (VideoMAE's spelling; default: the "
+                             "checkpoint's, else True)")
     parser.add_argument("--error_map", action="store_true", default=True, help="add the error row (default)")
     parser.add_argument("--no_error_map", action="store_false", dest="error_map")
     parser.add_argument("--seed", default=0, type=int, help="seed of the mask")
@@ -137,38 +145,63 @@ def centre_crop_clip(frames: torch.Tensor, box_pixels: np.ndarray, input_size: i
     return resized, box
 
 
-def load_pretrain_model(model_name: str, checkpoint_path: str, decoder_depth: int, input_size: int, num_frames: int,
-                        device: str) -> torch.nn.Module:
-    """The registered model with the checkpoint's ``model`` (or ``module``) weights loaded strictly, in eval mode."""
+def read_checkpoint(checkpoint_path: str) -> dict:
+    """The checkpoint as saved (weights_only), or a VisualizationError naming the file."""
     if not os.path.isfile(checkpoint_path):
         raise VisualizationError(f"{checkpoint_path}: checkpoint not found")
-    if model_name not in list_models("pretrain_videomae_*"):
-        raise VisualizationError(f"unknown --model {model_name}; choose one of {', '.join(list_models('pretrain_*'))}")
-    try:
-        model = create_model(model_name, pretrained=False, decoder_depth=decoder_depth, img_size=input_size,
-                             num_frames=num_frames)
-    except ValueError as e:
-        raise VisualizationError(f"--input_size {input_size} / --num_frames {num_frames}: {e}") from None
     try:
         checkpoint = utils.load_checkpoint_file(checkpoint_path)
     except Exception as e:  # torch.load reports unreadable files and non-tensor pickles with many error types
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise VisualizationError(f"{checkpoint_path}: cannot load checkpoint ({type(e).__name__}: {first_line})"
                                  ) from None
-    state_key = next((key for key in ("model", "module") if isinstance(checkpoint, dict) and key in checkpoint), None)
-    if state_key is None:
+    if not isinstance(checkpoint, dict) or not any(isinstance(checkpoint.get(k), dict) for k in ("model", "module")):
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise VisualizationError(f"{checkpoint_path}: no 'model' or 'module' weights in the checkpoint (found {found})")
-    problems = state_dict_mismatch(model.state_dict(), checkpoint[state_key])
+    return checkpoint
+
+
+def trained_settings(checkpoint: dict) -> dict:
+    """The run's flags saved in the checkpoint: a plain dict (ours) or an argparse Namespace (VideoMAE's)."""
+    trained = checkpoint.get("args") or {}
+    return dict(vars(trained)) if isinstance(trained, argparse.Namespace) else dict(trained)
+
+
+def fill_settings(args: argparse.Namespace, trained: dict) -> None:
+    """Unset model and clip flags take the checkpoint's values, else ``TRAINED_DEFAULTS``."""
+    for name, default in TRAINED_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, type(default)(trained.get(name, default)))
+
+
+def load_pretrain_model(checkpoint: dict, checkpoint_path: str, model_name: str, decoder_depth: int, input_size: int,
+                        num_frames: int, device: str) -> torch.nn.Module:
+    """The registered model with the checkpoint's ``model`` (or ``module``) weights loaded strictly, in eval mode,
+    with the checkpoint's targets (a pixel+trajectory model keeps its trajectory head; its pixels are shown)."""
+    if model_name not in list_models("pretrain_videomae_*"):
+        raise VisualizationError(f"unknown --model {model_name}; choose one of {', '.join(list_models('pretrain_*'))}")
+    state = next(checkpoint[key] for key in ("model", "module") if isinstance(checkpoint.get(key), dict))
+    trained = trained_settings(checkpoint)
+    targets = modeling_pretrain.parse_targets(trained.get("target", "pixel"))
+    if "pixel" not in targets:
+        raise VisualizationError(f"{checkpoint_path} was trained with --target {trained['target']}: no pixel head to "
+                                 "show a reconstruction with")
+    trajectory_head = state.get("decoder.trajectory_head.weight")
+    try:
+        model = create_model(model_name, pretrained=False, decoder_depth=decoder_depth, img_size=input_size,
+                             num_frames=num_frames, targets=targets,
+                             trajectory_dim=0 if trajectory_head is None else trajectory_head.shape[0])
+    except ValueError as e:
+        raise VisualizationError(f"--input_size {input_size} / --num_frames {num_frames}: {e}") from None
+    problems = state_dict_mismatch(model.state_dict(), state)
     if problems:
-        trained = checkpoint.get("args") or {}
         hint = ""
         if "model" in trained:
             hint = f"; it was trained with --model {trained['model']} --decoder_depth {trained.get('decoder_depth')}"
         raise VisualizationError(
             f"{checkpoint_path} does not fit --model {model_name} --decoder_depth {decoder_depth}: "
             f"{'; '.join(problems)}{hint}")
-    model.load_state_dict(checkpoint[state_key], strict=True)
+    model.load_state_dict(state, strict=True)
     return model.to(device).eval()
 
 
@@ -215,7 +248,8 @@ def reconstruct(model: torch.nn.Module, video: torch.Tensor, mask: torch.Tensor,
     grid_t, grid_h, grid_w = patch_embed.grid_size
     batch_video, batch_mask = video[None], mask[None]
     with torch.inference_mode():
-        predictions = model(batch_video, batch_mask).float()[0]
+        predictions = model(batch_video, batch_mask)
+    predictions = (predictions["pixel"] if isinstance(predictions, dict) else predictions).float()[0]
     mean = torch.as_tensor(IMAGENET_DEFAULT_MEAN, device=video.device)[:, None, None, None]
     std = torch.as_tensor(IMAGENET_DEFAULT_STD, device=video.device)[:, None, None, None]
     pixels = video.float() * std + mean
@@ -340,6 +374,8 @@ def visualize(args: argparse.Namespace) -> Visualization:
     """Build the clip, mask and reconstruction for ``args`` (see ``get_args_parser``) and write the PNG."""
     if args.mask_type == "motion" and not args.box_file:
         raise VisualizationError("--mask_type motion needs --box_file (the video's box file); or use --mask_type tube")
+    checkpoint = read_checkpoint(args.model_path)
+    fill_settings(args, trained_settings(checkpoint))
     if args.num_frames < 1 or args.sampling_rate < 1 or args.start_frame < 0:
         raise VisualizationError("--num_frames and --sampling_rate must be positive, --start_frame not negative")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -350,8 +386,8 @@ def visualize(args: argparse.Namespace) -> Visualization:
         raise VisualizationError(str(e)) from None
     frames, frame_indices, num_video_frames = read_clip(args.img_path, args.num_frames, args.sampling_rate,
                                                         args.start_frame)
-    model = load_pretrain_model(args.model, args.model_path, args.decoder_depth, args.input_size, args.num_frames,
-                                args.device)
+    model = load_pretrain_model(checkpoint, args.model_path, args.model, args.decoder_depth, args.input_size,
+                                args.num_frames, args.device)
     grid_size = model.encoder.patch_embed.grid_size
     height, width = frames.shape[1:3]
     box_in_video = scale_box(clip_box(boxes, frame_indices, num_video_frames, "clip"), width, height)

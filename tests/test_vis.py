@@ -195,3 +195,25 @@ def test_cli_end_to_end(data, tmp_path):
     assert run.returncode == 0, run.stderr
     assert f"wrote {output}" in run.stdout and "MSE on masked tubes" in run.stdout
     assert Image.open(output).format == "PNG"
+
+
+def test_settings_come_from_the_checkpoint_and_a_trajectory_head_is_kept(data, tmp_path):
+    """Without --model, --decoder_depth, --input_size, --num_frames and --sampling_rate the checkpoint's own flags
+    are used; a pixel+trajectory model is drawn with its pixel head, a trajectory-only one is refused."""
+    for target, dim in (("pixel+trajectory", 32), ("trajectory", 32)):
+        model = create_model(MODEL, img_size=INPUT_SIZE, num_frames=NUM_FRAMES, decoder_depth=1,
+                             targets=tuple(target.split("+")), trajectory_dim=dim)
+        checkpoint = tmp_path / f"{target}.pth"
+        torch.save({"model": model.state_dict(), "args": {
+            "model": MODEL, "decoder_depth": 1, "input_size": INPUT_SIZE, "num_frames": NUM_FRAMES,
+            "sampling_rate": SAMPLING_RATE, "target": target}}, checkpoint)
+        args = [str(data["video"]), str(tmp_path / "vis.png"), "--model_path", str(checkpoint), "--box_file",
+                str(data["boxes"])]
+        if target == "trajectory":
+            with pytest.raises(SystemExit, match="trained with --target trajectory: no pixel head"):
+                run_mofo_vis.main(args)
+            continue
+        result = run_mofo_vis.visualize(run_mofo_vis.get_args_parser().parse_args(args))
+        assert result.original.shape == (NUM_FRAMES, INPUT_SIZE, INPUT_SIZE, 3)
+        assert list(result.frame_indices) == list(range(0, NUM_FRAMES * SAMPLING_RATE, SAMPLING_RATE))
+        assert np.isfinite(result.pixel_mse)
