@@ -107,7 +107,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compare_checkpoint", default=None, help="the second model's fine-tuned checkpoint")
     parser.add_argument("--compare_label", default=None, help="row title of the second model")
     parser.add_argument("--box_file", default=None, help="the video's box file (needed by MOFO models)")
-    parser.add_argument("--nb_classes", default=174, type=int, help="classes of the fine-tuned heads")
+    parser.add_argument("--nb_classes", default=None, type=int,
+                        help="classes of the fine-tuned heads (default: the checkpoint's head size)")
     parser.add_argument("--layer", default=5, type=int, help="backbone block whose output tokens are explained, "
                         "counted from 1 (the paper's fifth attention layer: 5)")
     parser.add_argument("--target_class", default=None, type=int,
@@ -153,33 +154,44 @@ def read_frames(video_path: str, num_frames: int, sampling_rate: int, start_fram
     return frames, indices, num_video_frames
 
 
-def load_classifier(name: str, checkpoint: str, nb_classes: int, input_size: int, num_frames: int, device: str
-                    ) -> torch.nn.Module:
+def load_classifier(name: str, checkpoint: str, nb_classes: int | None, input_size: int, num_frames: int,
+                    device: str) -> torch.nn.Module:
     """The registered fine-tuning model with every weight from ``checkpoint``, in eval mode.
 
-    Loading goes through ``utils.load_finetune_checkpoint``. A checkpoint that lacks some of the model's weights
-    (a pretraining checkpoint has no head; a head of another ``nb_classes``; a VideoMAE checkpoint has no MOFO head)
-    or holds weights the model has no place for (a MOFO checkpoint for a plain model) is an error: Grad-CAM through
-    untrained weights would explain nothing.
+    The head size (unless ``nb_classes`` is given), the pooling and the MOFO head's settings (``--use_cls``,
+    ``--mca_mode``, ``--mca_depth``, ``--mca_heads``) are the checkpoint's: its saved flags and weights. A
+    checkpoint that lacks some of the model's weights (a pretraining checkpoint has no head; a VideoMAE checkpoint
+    has no MOFO head) or holds weights the model has no place for (a MOFO checkpoint for a plain model) is an
+    error: Grad-CAM through untrained weights would explain nothing.
     """
     known = list_models(module="modeling_finetune")
     if name not in known:
         raise GradCamError(f"unknown model {name}; choose one of {', '.join(known)}")
-    if not os.path.exists(checkpoint):
-        raise GradCamError(f"{checkpoint}: checkpoint not found")
-    try:
-        model = create_model(name, pretrained=False, num_classes=nb_classes, img_size=input_size,
-                             all_frames=num_frames)
-    except ValueError as e:
-        raise GradCamError(f"--input_size {input_size} / --num_frames {num_frames}: {e}") from None
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            state = utils.encoder_state(utils.read_model_state(checkpoint))
+            path = utils.resolve_checkpoint(checkpoint)
+            saved = utils.load_checkpoint_file(path)
+            state = utils.encoder_state(utils.model_state(saved, path))
+    except FileNotFoundError as e:
+        raise GradCamError(str(e)) from None
     except Exception as e:  # torch.load reports unreadable files and non-tensor pickles with many error types
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise GradCamError(f"{checkpoint}: cannot load checkpoint ({type(e).__name__}: {first_line})") from None
-    own = model.state_dict()
     head = state.get("head.weight")
+    if nb_classes is None:
+        if head is None:
+            raise GradCamError(f"{checkpoint} has no classifier head: Grad-CAM needs a fine-tuned checkpoint")
+        nb_classes = head.shape[0]
+    trained = utils.saved_args(saved)
+    kwargs = {key: trained[key] for key in ("use_mean_pooling", "tubelet_size") if key in trained}
+    if name.endswith("_mofo"):
+        kwargs.update({key: trained[key] for key in ("mca_mode", "mca_depth", "mca_heads") if key in trained})
+    try:
+        model = create_model(name, pretrained=False, num_classes=nb_classes, img_size=input_size,
+                             all_frames=num_frames, **kwargs)
+    except ValueError as e:
+        raise GradCamError(f"--input_size {input_size} / --num_frames {num_frames}: {e}") from None
+    own = model.state_dict()
     if head is not None and head.shape != own["head.weight"].shape:
         raise GradCamError(f"{checkpoint}: its head has {head.shape[0]} classes; pass --nb_classes {head.shape[0]}")
     missing = [key for key in own if key not in state]
@@ -189,7 +201,7 @@ def load_classifier(name: str, checkpoint: str, nb_classes: int, input_size: int
             more = f", ... ({len(keys)} in all)" if len(keys) > 3 else ""
             raise GradCamError(f"{checkpoint} {problem} {name}: {', '.join(keys[:3])}{more}; Grad-CAM needs the "
                                "fine-tuned checkpoint of this model")
-    utils.load_finetune_checkpoint(model, checkpoint)
+    model.load_state_dict({key: value for key, value in state.items() if key != "pos_embed"})
     return model.to(device).eval()
 
 

@@ -161,12 +161,6 @@ def read_checkpoint(checkpoint_path: str) -> dict:
     return checkpoint
 
 
-def trained_settings(checkpoint: dict) -> dict:
-    """The run's flags saved in the checkpoint: a plain dict (ours) or an argparse Namespace (VideoMAE's)."""
-    trained = checkpoint.get("args") or {}
-    return dict(vars(trained)) if isinstance(trained, argparse.Namespace) else dict(trained)
-
-
 def fill_settings(args: argparse.Namespace, trained: dict) -> None:
     """Unset model and clip flags take the checkpoint's values, else ``TRAINED_DEFAULTS``."""
     for name, default in TRAINED_DEFAULTS.items():
@@ -181,7 +175,7 @@ def load_pretrain_model(checkpoint: dict, checkpoint_path: str, model_name: str,
     if model_name not in list_models("pretrain_videomae_*"):
         raise VisualizationError(f"unknown --model {model_name}; choose one of {', '.join(list_models('pretrain_*'))}")
     state = next(checkpoint[key] for key in ("model", "module") if isinstance(checkpoint.get(key), dict))
-    trained = trained_settings(checkpoint)
+    trained = utils.saved_args(checkpoint)
     targets = modeling_pretrain.parse_targets(trained.get("target", "pixel"))
     if "pixel" not in targets:
         raise VisualizationError(f"{checkpoint_path} was trained with --target {trained['target']}: no pixel head to "
@@ -375,7 +369,7 @@ def visualize(args: argparse.Namespace) -> Visualization:
     if args.mask_type == "motion" and not args.box_file:
         raise VisualizationError("--mask_type motion needs --box_file (the video's box file); or use --mask_type tube")
     checkpoint = read_checkpoint(args.model_path)
-    fill_settings(args, trained_settings(checkpoint))
+    fill_settings(args, utils.saved_args(checkpoint))
     if args.num_frames < 1 or args.sampling_rate < 1 or args.start_frame < 0:
         raise VisualizationError("--num_frames and --sampling_rate must be positive, --start_frame not negative")
     if args.device.startswith("cuda") and not torch.cuda.is_available():

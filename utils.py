@@ -456,6 +456,11 @@ def save_on_master(state: dict, path: str | Path) -> None:
         os.close(directory)
 
 
+def plain_args(args) -> dict:
+    """The run's flags as a plain dict, which ``torch.load(weights_only=True)`` reads back."""
+    return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, tuple))}
+
+
 def checkpoint_state(model_without_ddp, optimizer, loss_scaler, epoch: int, args, model_ema=None) -> dict:
     """Everything to resume, in types that ``torch.load(weights_only=True)`` accepts (args as a plain dict); with
     ``model_ema``, its weights under ``model_ema`` (VideoMAE's key)."""
@@ -464,7 +469,7 @@ def checkpoint_state(model_without_ddp, optimizer, loss_scaler, epoch: int, args
         "optimizer": optimizer.state_dict(),
         "epoch": epoch,
         "scaler": loss_scaler.state_dict() if loss_scaler is not None else None,
-        "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, tuple))},
+        "args": plain_args(args),
     }
     if model_ema is not None:
         state["model_ema"] = model_ema.module.state_dict()
@@ -478,7 +483,7 @@ def save_model(args, epoch: int, model, model_without_ddp, optimizer, loss_scale
     auto-resume picks: ``checkpoint-best`` never does."""
     name = tag or f"checkpoint-{epoch}"
     if getattr(args, "enable_deepspeed", False):
-        client_state = {"epoch": epoch}
+        client_state = {"epoch": epoch, "args": plain_args(args)}
         if model_ema is not None:
             client_state["model_ema"] = model_ema.module.state_dict()
         model.save_checkpoint(args.output_dir, tag=name, client_state=client_state, save_latest=False)
@@ -601,10 +606,10 @@ def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, mode
         print(f"{args.resume}: trained for all {args.epochs} epochs already")
 
 
-def read_model_state(path: str | Path, model_key: str = "model|module") -> dict:
-    """A model state dict from a checkpoint file, a DeepSpeed checkpoint folder (``latest`` names the tag, whose
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The file to read for a checkpoint file, a DeepSpeed checkpoint folder (``latest`` names the tag, whose
     ``mp_rank_00_model_states.pt`` holds ``module``) or a run's output folder (its newest checkpoint, as
-    auto-resume picks it), taken from the first of ``model_key``'s keys present."""
+    auto-resume picks it)."""
     path = Path(path)
     if path.is_dir() and not (path / "mp_rank_00_model_states.pt").exists():
         found = latest_checkpoint(path, deepspeed=(path / "latest").exists())
@@ -616,7 +621,11 @@ def read_model_state(path: str | Path, model_key: str = "model|module") -> dict:
         path = path / "mp_rank_00_model_states.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    checkpoint = load_checkpoint_file(path)
+    return path
+
+
+def model_state(checkpoint: dict, path: str | Path, model_key: str = "model|module") -> dict:
+    """The state dict under the first of ``model_key``'s keys present, or the checkpoint itself when it is one."""
     for key in model_key.split("|"):
         if key in checkpoint and isinstance(checkpoint[key], dict):
             print(f"Load state dict by model_key = {key}")
@@ -624,6 +633,18 @@ def read_model_state(path: str | Path, model_key: str = "model|module") -> dict:
     if all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         return checkpoint
     raise KeyError(f"{path}: none of the keys {model_key!r} holds a state dict (has: {sorted(checkpoint)[:8]})")
+
+
+def saved_args(checkpoint: dict) -> dict:
+    """The run's flags saved with a checkpoint: a plain dict (ours), or an argparse Namespace (VideoMAE's)."""
+    saved = checkpoint.get("args") or {}
+    return dict(vars(saved)) if isinstance(saved, argparse.Namespace) else dict(saved)
+
+
+def read_model_state(path: str | Path, model_key: str = "model|module") -> dict:
+    """A model state dict from any checkpoint :func:`resolve_checkpoint` takes, by :func:`model_state`."""
+    path = resolve_checkpoint(path)
+    return model_state(load_checkpoint_file(path), path, model_key)
 
 
 def encoder_state(state: dict) -> dict:

@@ -251,3 +251,25 @@ def test_a_checkpoint_of_another_architecture_is_refused(data, tmp_path):
     with pytest.raises(SystemExit, match=f"lacks weights of {MOFO}: mca"):
         run_mofo_gradcam.main(cli_args(data, tmp_path / "x.png", MOFO, "--checkpoint",
                                        str(data["checkpoints"][PLAIN])))
+
+
+def test_head_settings_and_classes_come_from_the_checkpoint(data, tmp_path):
+    """A MOFO head fine-tuned with --mca_depth 2 --mca_mode inner (saved in the checkpoint's args) loads without
+    repeating those flags or --nb_classes, and gives the same logits as the model itself."""
+    torch.manual_seed(1)
+    trained = create_model(MOFO, num_classes=5, img_size=INPUT_SIZE, all_frames=NUM_FRAMES, mca_depth=2,
+                           mca_mode="inner").eval()
+    checkpoint = tmp_path / "deep_mca.pth"
+    torch.save({"model": trained.state_dict(), "args": {"model": MOFO, "mca_depth": 2, "mca_mode": "inner",
+                                                        "mca_heads": None, "use_mean_pooling": True}}, checkpoint)
+    model = run_mofo_gradcam.load_classifier(MOFO, str(checkpoint), None, INPUT_SIZE, NUM_FRAMES, "cpu")
+    assert model.head.out_features == 5 and len(model.state_dict()) == len(trained.state_dict())
+    clip = torch.randn(1, 3, NUM_FRAMES, INPUT_SIZE, INPUT_SIZE)
+    boxes = torch.tensor([[[0.2, 0.2, 0.7, 0.8]] * NUM_FRAMES])
+    with torch.no_grad():
+        torch.testing.assert_close(model(clip, boxes), trained(clip, boxes))
+    args = cli_args(data, tmp_path / "cam.png", MOFO)
+    args[args.index("--checkpoint") + 1] = str(checkpoint)
+    del args[args.index("--nb_classes"):args.index("--nb_classes") + 2]
+    result = run_mofo_gradcam.gradcam_figure(run_mofo_gradcam.get_args_parser().parse_args(args))
+    assert result.models[0].probabilities.shape == (5,)
