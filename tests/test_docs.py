@@ -289,3 +289,27 @@ def test_help_shows_the_usage_example_as_written_and_every_default():
     assert re.search(r"--epochs EPOCHS\s+\(default: 800\)", result.stdout)
     assert re.search(r"--last_ckpt_freq LAST_CKPT_FREQ\s+also a rolling .*\(default: 1\)", result.stdout, re.S)
     assert "(default: None)" not in result.stdout
+
+
+ABSOLUTE_PATH = re.compile(r"""["'=\s](/(?:home|mnt|scratch|data|datasets|nfs|gpfs|work|users|storage|cluster)/)""")
+
+
+def test_no_hard_coded_absolute_paths():
+    """The release hard-coded its data and output folders. Here every path comes from a flag or a variable: no
+    source file or script names a folder of a particular machine, and no entry point's default is absolute."""
+    files = subprocess.run(["git", "ls-files", "*.py", "*.sh", "Makefile"], cwd=REPO, capture_output=True, text=True,
+                           check=True).stdout.split()
+    found = [f"{name}:{number}: {line.strip()}" for name in files if not name.startswith("tests/")
+             for number, line in enumerate((REPO / name).read_text().splitlines(), 1) if ABSOLUTE_PATH.search(line)]
+    assert not found, found
+    assert ABSOLUTE_PATH.search('default="/scratch/ssv2/videos"')  # the pattern catches the release's kind
+    import run_mofo_finetuning
+    import run_mofo_gradcam
+    import run_mofo_pretraining
+    import run_mofo_vis
+    from motion_detection import extract_boxes
+    parsers = [module.get_args_parser() for module in (run_mofo_pretraining, run_mofo_finetuning, run_mofo_gradcam,
+                                                        run_mofo_vis)] + [extract_boxes.build_parser()]
+    defaults = [(action.dest, action.default) for parser in parsers for action in parser._actions
+                if isinstance(action.default, str) and os.path.isabs(action.default)]
+    assert not defaults, defaults

@@ -14,6 +14,7 @@ import modeling_pretrain
 import utils
 from engine_for_finetuning import accuracies, merge_views, mixed_targets
 from run_mofo_finetuning import layer_id_for
+from test_pretraining import OpensAFile
 
 
 def test_top1_top5_single_head():
@@ -206,3 +207,14 @@ def test_mofo_pooling_sums_in_fp32():
     selected[0, :1000] = True
     pooled = modeling_finetune.masked_mean(tokens, selected)
     assert pooled.dtype == torch.float16 and torch.isfinite(pooled).all() and pooled[0, 0] == 300
+
+
+def test_a_finetune_checkpoint_with_pickled_code_is_refused_before_it_runs(tmp_path):
+    """``--finetune`` reads outside checkpoints with weights_only=True: a file carrying a pickled call is refused
+    and the call never runs."""
+    pretrain = modeling_pretrain.pretrain_videomae_mini_patch16_224(img_size=32, num_frames=4)
+    torch.save({"model": pretrain.state_dict(), "payload": OpensAFile(tmp_path / "ran")}, tmp_path / "evil.pth")
+    model = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4)
+    with pytest.raises(Exception, match=r"evil.pth: refused by torch.load\(weights_only=True\)"):
+        utils.load_finetune_checkpoint(model, tmp_path / "evil.pth")
+    assert not (tmp_path / "ran").exists()

@@ -47,16 +47,22 @@ def finetune_args(data: Path, out: Path, model: str, *extra: str) -> list[str]:
     ]
 
 
-def finetune(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "run_mofo_finetuning.py", *args], cwd=REPO, env=env or clean_env(),
-                          capture_output=True, text=True, timeout=300)
+def finetune(args: list[str], env: dict | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "run_mofo_finetuning.py"), *args], cwd=cwd,
+                          env=env or clean_env(), capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("model", ["vit_mini_patch16_224", "vit_mini_patch16_224_mofo"])
 def test_finetune_from_a_pretraining_run_then_eval(data, pretrained, tmp_path, model):
-    out = tmp_path / model
-    result = finetune(finetune_args(data, out, model, "--finetune", str(pretrained)))
+    out, workdir = tmp_path / model, tmp_path / "workdir"
+    workdir.mkdir()
+    result = finetune(finetune_args(data, out, model, "--finetune", str(pretrained)), cwd=workdir)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    # Only what the run is for, and nothing in the working folder (the release wrote debug images every step).
+    assert not list(workdir.iterdir())
+    written = {p.name for p in out.iterdir()}
+    expected = {"checkpoint-0.pth", "log.txt", "test_results.json", "test_views_rank0.jsonl"}
+    assert expected <= written <= expected | {"checkpoint-best.pth"}  # best: only after a validation above 0%
     assert f"Loaded {pretrained}" in result.stdout
     missing = "fc_norm.weight" if model.endswith("224") else "mca.0.inner.attn.qkv.weight"
     assert "not initialized from the checkpoint" in result.stdout and missing in result.stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 import make_synthetic_dataset
+import run_mofo_pretraining
 import utils
 from engine_for_pretraining import pixel_targets
 from utils import free_port
@@ -50,9 +52,10 @@ def clean_env(**extra: str) -> dict:
     return env
 
 
-def pretrain(args: list[str], env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "run_mofo_pretraining.py", *args], cwd=REPO, env=env or clean_env(),
-                          capture_output=True, text=True, timeout=timeout)
+def pretrain(args: list[str], env: dict | None = None, timeout: int = 240, cwd: Path = REPO
+             ) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "run_mofo_pretraining.py"), *args], cwd=cwd,
+                          env=env or clean_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def epoch_losses(out: Path) -> dict[int, float]:
@@ -115,9 +118,14 @@ def test_loss_falls_and_a_killed_run_resumes_on_the_same_trajectory(dataset, tmp
     """Uninterrupted 3-epoch run vs. a run killed after its first (rolling) checkpoint and restarted with
     auto-resume: the same per-epoch losses and bit-identical final weights; the rolling checkpoints are gone."""
     keep_last_only = ("--save_ckpt_freq", "10")
-    full = tmp_path / "full"
-    result = pretrain(run_args(dataset, full, *keep_last_only))
+    full, workdir = tmp_path / "full", tmp_path / "workdir"
+    workdir.mkdir()
+    result = pretrain(run_args(dataset, full, *keep_last_only), cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
+    # DDP by default (no DeepSpeed folder or `latest`), only the checkpoint and the log, nothing in the working
+    # folder (the release wrote debug images every step)
+    assert sorted(p.name for p in full.iterdir()) == ["checkpoint-2.pth", "log.txt"] and not list(workdir.iterdir())
+    assert run_mofo_pretraining.get_args_parser().parse_args([]).enable_deepspeed is False
     losses = epoch_losses(full)
     assert sorted(losses) == [0, 1, 2] and losses[2] < losses[0] - 0.01
 
@@ -333,6 +341,11 @@ def test_checkpoints_are_atomic_and_loaded_without_pickled_code(tmp_path):
     assert not list(tmp_path.glob("checkpoint-4.pth.tmp"))
     assert utils.latest_checkpoint(tmp_path, deepspeed=False) == tmp_path / "checkpoint-4.pth"
     assert utils.load_checkpoint_file(tmp_path / "checkpoint-4.pth")["epoch"] == 4
+    before = (tmp_path / "checkpoint-4.pth").read_bytes()
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # a save failing half-way: an unpicklable object
+        utils.save_on_master({"epoch": 5, "model": {"w": torch.ones(2)}, "bad": lambda: 0},
+                             tmp_path / "checkpoint-4.pth")
+    assert (tmp_path / "checkpoint-4.pth").read_bytes() == before and not list(tmp_path.glob("checkpoint-4.pth.tmp"))
     torch.save({"model": {}, "payload": Path("x")}, tmp_path / "evil.pth")
     with pytest.raises(Exception, match=r"(?s)evil.pth: refused by torch.load\(weights_only=True\).*PosixPath"):
         utils.load_checkpoint_file(tmp_path / "evil.pth")
