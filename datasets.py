@@ -60,6 +60,10 @@ from video_transforms import (
     spatial_crop,
 )
 
+# decord passes FFmpeg's per-packet complaints about a damaged stream to stderr (hundreds of lines per corrupt video,
+# from every worker); the decode error itself is raised, and the video is logged once and replaced.
+decord.logging.set_level(decord.logging.QUIET)
+
 log = logging.getLogger("datasets")
 
 MIN_VIDEO_BYTES = 1024  # VideoMAE skips smaller files: decoders can hang on them

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+# FFmpeg prints a line for every damaged packet it meets (hundreds per corrupt video, from every worker) to stderr.
+# What matters reaches the caller as an error or a short decode, and the video is reported once; set
+# OPENCV_FFMPEG_LOGLEVEL to see FFmpeg's own messages (it is read when the first video is opened).
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+
 # Decoding may end this many frames (or this fraction of them) short of the container's frame count: the count is
 # sometimes estimated from duration and frame rate. Clearly fewer frames means a truncated or corrupt file, whose
 # decoding ends early without an error.

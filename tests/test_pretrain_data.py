@@ -460,30 +460,38 @@ def test_missing_box_random_gives_plain_tube_masks(data, tmp_path, caplog):
 
 @pytest.fixture
 def corrupt_list(data, tmp_path):
-    """Eight good videos plus random bytes, a zero-byte file and a listed file that does not exist."""
+    """Eight good videos plus random bytes, a zero-byte file, a listed file that does not exist, and a good video
+    whose stream is zeroed after its first frames (it opens, then fails to decode)."""
     video_dir = tmp_path / "videos"
     shutil.copytree(data / "small" / "videos", video_dir)
     (video_dir / "random.mp4").write_bytes(np.random.default_rng(0).bytes(20000))
     (video_dir / "empty.mp4").write_bytes(b"")
+    damaged = bytearray((video_dir / "000000.mp4").read_bytes())
+    damaged[len(damaged) // 10:len(damaged) * 9 // 10] = bytes(len(damaged) * 9 // 10 - len(damaged) // 10)
+    (video_dir / "damaged.mp4").write_bytes(bytes(damaged))
     names = [f"{i:06d}.mp4" for i in range(NUM_VIDEOS)]
     names[1:1] = ["random.mp4"]
     names[4:4] = ["empty.mp4"]
     names.append("gone.mp4")
+    names.append("damaged.mp4")
     return write_list(tmp_path / "list.csv", names), video_dir
 
 
-def test_corrupt_videos_are_replaced_and_logged(data, corrupt_list, caplog):
+def test_corrupt_videos_are_replaced_and_logged(data, corrupt_list, caplog, capfd):
+    """Each bad video is logged once by name and replaced; FFmpeg's own line per damaged packet stays silent."""
     list_file, video_dir = corrupt_list
     dataset = motion_dataset(data, list_file=list_file, data_root=video_dir, missing_box="random")
     names = [line.split()[0] for line in Path(list_file).read_text().splitlines()]
-    for bad in ("random.mp4", "empty.mp4", "gone.mp4"):
+    capfd.readouterr()
+    for bad in ("random.mp4", "empty.mp4", "gone.mp4", "damaged.mp4"):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="datasets"):
             item = dataset[names.index(bad)]
-        assert item["replaced"] >= 1
+        assert item["replaced"] >= 1, bad
         assert item["frames"].shape == (NUM_FRAMES, INPUT_SIZE, INPUT_SIZE, 3)
         assert item["missing_box"] == 0  # the box belongs to the replacement, which has one
         assert any(bad in r.getMessage() and "corrupt" in r.getMessage() for r in caplog.records)
+    assert "[mpeg4 @" not in capfd.readouterr().err
     assert dataset[0]["replaced"] == 0
 
 
@@ -493,8 +501,8 @@ def test_corrupt_videos_do_not_stop_a_two_worker_epoch(data, corrupt_list):
     loader = DataLoader(dataset, batch_size=4, num_workers=2, worker_init_fn=utils.seed_worker,
                         generator=torch.Generator().manual_seed(0))
     batches = list(loader)
-    assert sum(len(batch["replaced"]) for batch in batches) == len(dataset) == 11
-    assert sum(int(batch["replaced"].sum()) for batch in batches) >= 3
+    assert sum(len(batch["replaced"]) for batch in batches) == len(dataset) == 12
+    assert sum(int(batch["replaced"].sum()) for batch in batches) >= 4
 
 
 def test_only_corrupt_videos_fail_loudly(data, tmp_path):
