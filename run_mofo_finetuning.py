@@ -138,7 +138,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
     parser.add_argument("--seed", default=0, type=int)
     parser.add_argument("--resume", default="")
-    parser.add_argument("--auto_resume", action="store_true", default=True)
+    parser.add_argument("--auto_resume", action="store_true", default=True,
+                        help="resume from the newest checkpoint in --output_dir, also over a --resume from elsewhere"
+                             " (default)")
     parser.add_argument("--no_auto_resume", action="store_false", dest="auto_resume")
     parser.add_argument("--save_ckpt", action="store_true", default=True)
     parser.add_argument("--no_save_ckpt", action="store_false", dest="save_ckpt")

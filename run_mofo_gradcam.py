@@ -190,7 +190,8 @@ def load_classifier(name: str, checkpoint: str, nb_classes: int | None, input_si
         model = create_model(name, pretrained=False, num_classes=nb_classes, img_size=input_size,
                              all_frames=num_frames, **kwargs)
     except ValueError as e:
-        raise GradCamError(f"--input_size {input_size} / --num_frames {num_frames}: {e}") from None
+        raise GradCamError(f"cannot build {name} with --input_size {input_size}, --num_frames {num_frames} and the "
+                           f"checkpoint's {kwargs}: {e}") from None
     own = model.state_dict()
     if head is not None and head.shape != own["head.weight"].shape:
         raise GradCamError(f"{checkpoint}: its head has {head.shape[0]} classes; pass --nb_classes {head.shape[0]}")

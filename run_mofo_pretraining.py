@@ -114,7 +114,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", default=0, type=int)
     parser.add_argument("--resume", default="", help="checkpoint to resume from")
     parser.add_argument("--auto_resume", action="store_true", default=True,
-                        help="resume from the newest checkpoint in --output_dir (default)")
+                        help="resume from the newest checkpoint in --output_dir, also over a --resume from elsewhere"
+                             " (default)")
     parser.add_argument("--no_auto_resume", action="store_false", dest="auto_resume")
     parser.add_argument("--start_epoch", default=0, type=int)
     parser.add_argument("--num_workers", default=10, type=int)

@@ -165,7 +165,8 @@ def fill_settings(args: argparse.Namespace, trained: dict) -> None:
     """Unset model and clip flags take the checkpoint's values, else ``TRAINED_DEFAULTS``."""
     for name, default in TRAINED_DEFAULTS.items():
         if getattr(args, name) is None:
-            setattr(args, name, type(default)(trained.get(name, default)))
+            saved = trained.get(name)
+            setattr(args, name, default if saved is None else type(default)(saved))
 
 
 def load_pretrain_model(checkpoint: dict, checkpoint_path: str, model_name: str, decoder_depth: int, input_size: int,

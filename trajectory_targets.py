@@ -117,6 +117,7 @@ class TrajectoryTargets:
         self.dim = trajectory_dim(points_per_side, tubelet_size, sampling_rate)
         if flow not in TRAJECTORY_FLOWS:
             raise ValueError(f"trajectory flow {flow!r} cannot run in the data workers; choose from {TRAJECTORY_FLOWS}")
+        create_flow(flow)  # fails here, not in the workers, when OpenCV lacks it (tvl1 needs opencv-contrib)
 
     @property
     def num_source_frames(self) -> int:

@@ -34,13 +34,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     flags without one."""
 
     def _format_action(self, action):
-        if not action.help and action.option_strings and action.default not in (None, argparse.SUPPRESS):
+        if (not action.help and action.option_strings and action.nargs != 0
+                and action.default not in (None, "", argparse.SUPPRESS)):
             action = copy.copy(action)
             action.help = "(default: %(default)s)"  # argparse shows nothing, not even the default, for no help
         return super()._format_action(action)
 
     def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
+        # on/off switches say in their help which one is the default: "(default: True)" under --no_x would mislead
+        if action.default in (None, "") or action.nargs == 0 or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 @contextlib.contextmanager
@@ -503,7 +507,7 @@ def save_epoch_checkpoint(args, epoch: int, model, model_without_ddp, optimizer,
     """After ``epoch``: the kept ``checkpoint-{epoch}`` every ``--save_ckpt_freq`` epochs and after the last, else
     the rolling ``checkpoint-last-{epoch}`` every ``--last_ckpt_freq`` epochs (0: never). Once it is complete the
     older rolling ones are removed, so a killed job loses at most ``--last_ckpt_freq`` epochs for the disk of one
-    more checkpoint."""
+    more checkpoint (two while a new one is written)."""
     done = epoch + 1
     if done % args.save_ckpt_freq == 0 or done == args.epochs:
         tag = f"checkpoint-{epoch}"
@@ -571,7 +575,13 @@ def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, mode
     deepspeed = getattr(args, "enable_deepspeed", False)
     own = False
     if args.auto_resume and args.output_dir:
-        found = latest_checkpoint(args.output_dir, deepspeed)
+        try:
+            found = latest_checkpoint(args.output_dir, deepspeed)
+        except FileNotFoundError as e:
+            if not args.resume:
+                raise
+            print(f"warning: {e}; taking --resume {args.resume}")
+            found = None
         output_dir = Path(args.output_dir).resolve()
         outside = args.resume and output_dir not in Path(args.resume).resolve().parents
         if found and (not args.resume or outside):
@@ -582,6 +592,19 @@ def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, mode
     if not args.resume:
         return
     print(f"Resume checkpoint {args.resume}")
+    try:
+        _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scaler, model_ema, deepspeed)
+    except (RuntimeError, KeyError, ValueError) as e:  # keys, shapes or parameter groups that do not fit
+        raise ValueError(f"{args.resume}: cannot resume from it: {e}") from e
+    if args.start_epoch >= args.epochs and not getattr(args, "eval", False):
+        if not own:
+            raise SystemExit(f"{args.resume}: saved after epoch {args.start_epoch - 1}, and --epochs {args.epochs} is "
+                             f"the total, not more epochs: pass --epochs above {args.start_epoch} to train on")
+        print(f"{args.resume}: trained for all {args.epochs} epochs already")
+
+
+def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scaler, model_ema, deepspeed: bool):
+    """Load ``args.resume`` into the model, optimizer, scaler and EMA; sets ``args.start_epoch`` from it."""
     if deepspeed:
         path = Path(args.resume)
         loaded, client_state = model.load_checkpoint(str(path.parent), tag=path.name)
@@ -603,11 +626,6 @@ def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, mode
         args.start_epoch = checkpoint["epoch"] + 1
         if loss_scaler is not None and checkpoint.get("scaler"):
             loss_scaler.load_state_dict(checkpoint["scaler"])
-    if args.start_epoch >= args.epochs and not getattr(args, "eval", False):
-        if not own:
-            raise SystemExit(f"{args.resume}: saved after epoch {args.start_epoch - 1}, and --epochs {args.epochs} is "
-                             f"the total, not more epochs: pass --epochs above {args.start_epoch} to train on")
-        print(f"{args.resume}: trained for all {args.epochs} epochs already")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -646,9 +664,14 @@ def saved_args(checkpoint: dict) -> dict:
 
 
 def read_model_state(path: str | Path, model_key: str = "model|module") -> dict:
-    """A model state dict from any checkpoint :func:`resolve_checkpoint` takes, by :func:`model_state`."""
-    path = resolve_checkpoint(path)
-    return model_state(load_checkpoint_file(path), path, model_key)
+    """A model state dict from any checkpoint :func:`resolve_checkpoint` takes, by :func:`model_state`. A run
+    folder's newest checkpoint from before the run's last epoch (a run still going, or stopped) is reported."""
+    resolved = resolve_checkpoint(path)
+    checkpoint = load_checkpoint_file(resolved)
+    epochs, epoch = saved_args(checkpoint).get("epochs"), checkpoint.get("epoch")
+    if resolved != Path(path) and isinstance(epoch, int) and isinstance(epochs, int) and epoch + 1 < epochs:
+        print(f"warning: {resolved} is from epoch {epoch} of a run of {epochs} epochs, not its last")
+    return model_state(checkpoint, resolved, model_key)
 
 
 def encoder_state(state: dict) -> dict:

@@ -7,6 +7,7 @@
 #       sets no tasks per node (a plain `salloc --gres=gpu:8`); the Python code takes its rank, world size and GPU
 #       from SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID, and the master address from the job's nodes;
 #     - anywhere else (plain `bash` on one node): `torchrun --standalone --nproc_per_node $GPUS ENTRY.py ARGS`.
+#   launch_tasks    prints how many processes `launch` starts (for scripts that size the batch by it).
 #   EXTRA           the words of $EXTRA_ARGS (split on whitespace, no globbing), for the scripts to append last:
 #                   argparse keeps the last value of a flag, so EXTRA_ARGS overrides the script's settings. Scripts
 #                   expand it as ${EXTRA[@]+"${EXTRA[@]}"}: bash before 4.4 takes an empty array as unset (set -u).
@@ -16,8 +17,20 @@
 # shellcheck disable=SC2034  # used by the scripts that source this file
 read -ra EXTRA <<< "${EXTRA_ARGS:-}"
 
+under_srun() { [[ -n "${SLURM_JOB_ID:-}" ]] && command -v srun > /dev/null; }
+
+launch_tasks() {
+    if under_srun && [[ -n "${SLURM_NTASKS_PER_NODE:-}" || -z "${GPUS:-}" ]]; then
+        echo "${SLURM_NTASKS:?SLURM_NTASKS unset in the allocation}"
+    elif under_srun; then
+        echo $(( ${SLURM_NNODES:-1} * GPUS ))  # launch asks for GPUS tasks per node
+    else
+        echo "${GPUS:?set GPUS to the number of GPUs}"
+    fi
+}
+
 launch() {
-    if [[ -n "${SLURM_JOB_ID:-}" ]] && command -v srun > /dev/null; then
+    if under_srun; then
         # srun no longer inherits sbatch's --cpus-per-task (SLURM 22.05+): pass it on for the data loaders.
         local tasks=()
         if [[ -z "${SLURM_NTASKS_PER_NODE:-}" && -n "${GPUS:-}" ]]; then

@@ -288,7 +288,9 @@ def test_help_shows_the_usage_example_as_written_and_every_default():
     assert "--data_root videos/ \\\n        --box_dir boxes/" in result.stdout
     assert re.search(r"--epochs EPOCHS\s+\(default: 800\)", result.stdout)
     assert re.search(r"--last_ckpt_freq LAST_CKPT_FREQ\s+also a rolling .*\(default: 1\)", result.stdout, re.S)
-    assert "(default: None)" not in result.stdout
+    assert "(default: None)" not in result.stdout and "(default: )" not in result.stdout
+    # on/off switches: "--no_auto_resume (default: True)" would read as "off by default"
+    assert re.search(r"--no_auto_resume\n", result.stdout) and "(default) (default" not in result.stdout
 
 
 ABSOLUTE_PATH = re.compile(r"""["'=\s](/(?:home|mnt|scratch|data|datasets|nfs|gpfs|work|users|storage|cluster)/)""")

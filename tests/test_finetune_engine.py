@@ -98,13 +98,16 @@ def test_finetune_from_a_pretraining_checkpoint_takes_the_encoder(tmp_path):
 
 def test_finetune_from_a_run_folder_takes_its_newest_checkpoint(tmp_path, capsys):
     """``--finetune RUN_DIR`` (the stage scripts' default): the checkpoint auto-resume would pick, here the rolling
-    one after the kept one; a folder without checkpoints is a clear error."""
+    one after the kept one, with a warning that the run had not ended; a folder without checkpoints is an error."""
     models = [modeling_pretrain.pretrain_videomae_mini_patch16_224(img_size=32, num_frames=4) for _ in range(2)]
     torch.save({"model": models[0].state_dict(), "epoch": 3}, tmp_path / "checkpoint-3.pth")
-    torch.save({"model": models[1].state_dict(), "epoch": 5}, tmp_path / "checkpoint-last-5.pth")
+    torch.save({"model": models[1].state_dict(), "epoch": 5, "args": {"epochs": 10}},
+               tmp_path / "checkpoint-last-5.pth")
     model = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4)
     utils.load_finetune_checkpoint(model, tmp_path)
-    assert "newest checkpoint checkpoint-last-5.pth" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "newest checkpoint checkpoint-last-5.pth" in out
+    assert "checkpoint-last-5.pth is from epoch 5 of a run of 10 epochs, not its last" in out
     torch.testing.assert_close(model.blocks[0].attn.qkv.weight, models[1].encoder.blocks[0].attn.qkv.weight)
     empty = tmp_path / "empty"
     empty.mkdir()

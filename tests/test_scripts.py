@@ -272,11 +272,15 @@ def test_finetuning_starts_from_the_pretraining_scripts_newest_checkpoint(datase
 
 
 def test_ssv2_finetuning_keeps_videomaes_total_batch_on_any_number_of_gpus(dry_run, tmp_path):
-    """512 videos per step: 8 per GPU x 8 accumulation steps on one 8-GPU node, x 2 on 4 nodes (32 SLURM tasks);
-    a total that the tasks cannot reach in whole steps is refused."""
+    """512 videos per step: 8 per GPU x 8 accumulation steps on one 8-GPU node, x 2 on 4 nodes (32 SLURM tasks),
+    x 8 on the 8 tasks `launch` starts in a 2-node allocation given GPUS=4; a total that the tasks cannot reach in
+    whole steps is refused."""
     script = REPO / "scripts/ssv2/finetune_mofo.sh"
     assert options(dry_run(script, GPUS="2"))["--update_freq"] == "32"
-    assert options(dry_run(script, SLURM_JOB_ID="7", SLURM_NTASKS="32"))["--update_freq"] == "2"
+    sbatch = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "32", "SLURM_NTASKS_PER_NODE": "8", "SLURM_NNODES": "4"}
+    assert options(dry_run(script, **sbatch))["--update_freq"] == "2"
+    salloc = {"SLURM_JOB_ID": "8", "SLURM_NNODES": "2", "GPUS": "4"}  # no tasks per node: launch starts GPUS each
+    assert options(dry_run(script, **salloc))["--update_freq"] == "8"
     assert options(dry_run(script, UPDATE_FREQ="3"))["--update_freq"] == "3"
     refused = run_script(script, tmp_path, GPUS="3", PATH=f"{tmp_path}/bin:/usr/bin:/bin")
     assert refused.returncode == 2 and "TOTAL_BATCH 512 is not BATCH_SIZE 8 x 3 tasks" in refused.stderr

@@ -217,3 +217,19 @@ def test_settings_come_from_the_checkpoint_and_a_trajectory_head_is_kept(data, t
         assert result.original.shape == (NUM_FRAMES, INPUT_SIZE, INPUT_SIZE, 3)
         assert list(result.frame_indices) == list(range(0, NUM_FRAMES * SAMPLING_RATE, SAMPLING_RATE))
         assert np.isfinite(result.pixel_mse)
+
+
+def test_settings_from_videomaes_namespace_args_with_unset_entries(data, tmp_path):
+    """VideoMAE's checkpoints store an argparse Namespace; an entry saved as None falls back to the default."""
+    import argparse
+
+    model = create_model(MODEL, img_size=INPUT_SIZE, num_frames=NUM_FRAMES, decoder_depth=1)
+    checkpoint = tmp_path / "videomae.pth"
+    torch.save({"model": model.state_dict(), "args": argparse.Namespace(
+        model=MODEL, decoder_depth=1, input_size=INPUT_SIZE, num_frames=NUM_FRAMES, sampling_rate=SAMPLING_RATE,
+        normlize_target=None)}, checkpoint)
+    args = run_mofo_vis.get_args_parser().parse_args([str(data["video"]), str(tmp_path / "vis.png"), "--model_path",
+                                                      str(checkpoint), "--mask_type", "tube"])
+    result = run_mofo_vis.visualize(args)
+    assert args.normlize_target is True and args.decoder_depth == 1
+    assert result.original.shape == (NUM_FRAMES, INPUT_SIZE, INPUT_SIZE, 3)

@@ -28,7 +28,7 @@ DATA_ROOT=${DATA_ROOT:-data/epic/videos}   # holds P01/videos/P01_01.MP4, ...
 BOX_DIR=${BOX_DIR:-data/epic/boxes}        # read by the _mofo models only
 MODEL=${MODEL:-vit_base_patch16_224_mofo}
 PRETRAINED=${PRETRAINED:-out/epic/pretrain_motion_vitb}  # a checkpoint, or a run's folder: its newest one
-FROM=${PRETRAINED%/} FROM=${FROM%.pth}               # one output folder per source: auto-resume stays in it
+FROM=${PRETRAINED%/} FROM=${FROM%.pth} FROM=${FROM#/}  # one output folder per source: auto-resume stays in it
 OUTPUT_DIR=${OUTPUT_DIR:-out/epic/finetune_${MODEL}_from_${FROM//\//_}}
 GPUS=${GPUS:-8} EPOCHS=${EPOCHS:-100} BATCH_SIZE=${BATCH_SIZE:-8} NUM_SAMPLE=${NUM_SAMPLE:-2}
 BOXES=()

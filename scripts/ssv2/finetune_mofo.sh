@@ -27,12 +27,12 @@ DATA_ROOT=${DATA_ROOT:-data/ssv2/videos}
 BOX_DIR=${BOX_DIR:-data/ssv2/boxes}        # read by the _mofo models only
 MODEL=${MODEL:-vit_base_patch16_224_mofo}
 PRETRAINED=${PRETRAINED:-out/ssv2/pretrain_motion_vitb}  # a checkpoint, or a run's folder: its newest one
-FROM=${PRETRAINED%/} FROM=${FROM%.pth}               # one output folder per source: auto-resume stays in it
+FROM=${PRETRAINED%/} FROM=${FROM%.pth} FROM=${FROM#/}  # one output folder per source: auto-resume stays in it
 OUTPUT_DIR=${OUTPUT_DIR:-out/ssv2/finetune_${MODEL}_from_${FROM//\//_}}
 GPUS=${GPUS:-8} EPOCHS=${EPOCHS:-50} BATCH_SIZE=${BATCH_SIZE:-8} NUM_SAMPLE=${NUM_SAMPLE:-1}
 TOTAL_BATCH=${TOTAL_BATCH:-512}            # videos per optimiser step, over all GPUs
 if [[ -z ${UPDATE_FREQ:-} ]]; then         # the accumulation steps that reach TOTAL_BATCH with these tasks
-    TASKS=${SLURM_NTASKS:-$(( ${SLURM_NNODES:-1} * GPUS ))}
+    TASKS=$(launch_tasks)
     UPDATE_FREQ=$(( TOTAL_BATCH / (BATCH_SIZE * TASKS) ))
     if (( UPDATE_FREQ < 1 || UPDATE_FREQ * BATCH_SIZE * TASKS != TOTAL_BATCH )); then
         echo "$0: TOTAL_BATCH $TOTAL_BATCH is not BATCH_SIZE $BATCH_SIZE x $TASKS tasks x whole steps; set" \
