@@ -57,6 +57,7 @@ for row in "tube --mask_type tube" \
            "trajectory --mask_type tube --target pixel+trajectory"; do
     read -r name options <<< "$row"
     read -ra options <<< "$options"
+    rm -rf "${OUT:?}"/pretrain_"$name"  # a rerun trains again: auto-resume would take the last run's checkpoints
     python run_mofo_pretraining.py "${PRETRAIN_ARGS[@]}" ${options[@]+"${options[@]}"} --box_dir "$OUT"/learn_boxes \
         --output_dir "$OUT"/pretrain_"$name" --log_dir "$OUT"/pretrain_"$name"/tb > "$OUT"/pretrain_"$name".log
 done
@@ -80,6 +81,7 @@ for row in "scratch none vit_mini_patch16_224" \
     if [[ $pretraining != none ]]; then
         init=(--finetune "$OUT/pretrain_$pretraining/checkpoint-$((EPOCHS - 1)).pth")
     fi
+    rm -rf "${OUT:?}"/finetune_"$name"
     python run_mofo_finetuning.py "${FINETUNE_ARGS[@]}" --model "$model" ${init[@]+"${init[@]}"} \
         --output_dir "$OUT"/finetune_"$name" > "$OUT"/finetune_"$name".log
 done
