@@ -135,11 +135,11 @@ def test_model_ema_is_updated_saved_and_testable(data, pretrained, tmp_path):
 
 
 def test_model_ema_under_deepspeed_is_saved_and_resumed(data, tmp_path):
-    """DeepSpeed (fp32) keeps the average in its checkpoint's client state; a resumed run picks it up (decay 0:
-    the average is the model)."""
+    """DeepSpeed (fp32, two processes) keeps the average in its checkpoint's client state; a resumed run picks it up
+    (decay 0: the average is the model)."""
     out = tmp_path / "deepspeed"
     for epochs in ("1", "3"):
-        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port",
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                     str(free_port()), "run_mofo_finetuning.py"]
         args = finetune_args(data, out, "vit_mini_patch16_224", "--enable_deepspeed", "--model_ema",
                              "--model_ema_decay", "0", "--epochs", epochs, "--save_ckpt_freq", "10")
@@ -148,7 +148,8 @@ def test_model_ema_under_deepspeed_is_saved_and_resumed(data, tmp_path):
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert f"Resume checkpoint {out / 'checkpoint-0'}" in result.stdout
     assert f"Saved {out / 'checkpoint-last-1'}" in result.stdout and f"Saved {out / 'checkpoint-2'}" in result.stdout
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-0", "checkpoint-2", "checkpoint-best"]
+    kept = {p.name for p in out.glob("checkpoint-*")} - {"checkpoint-best"}  # best: after a validation above 0%
+    assert kept == {"checkpoint-0", "checkpoint-2"}
     state = torch.load(out / "checkpoint-2" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
     assert state["module"].keys() == state["model_ema"].keys()
     for key, value in state["module"].items():

@@ -219,21 +219,25 @@ def test_videomae_launcher_with_two_processes(dataset, tmp_path):
 
 
 def test_deepspeed_with_two_processes_and_resume(dataset, tmp_path):
+    """ZeRO-1 over two processes: the rolling folder of epoch 0 is removed once every rank has written the kept
+    one of the last epoch; a longer run resumes from it."""
     out = tmp_path / "deepspeed"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                 "--master_port", str(free_port()), "run_mofo_pretraining.py"]
-    args = run_args(dataset, out, "--enable_deepspeed", "--zero_stage", "1", "--epochs", "1")
+    args = run_args(dataset, out, "--enable_deepspeed", "--zero_stage", "1", "--epochs", "2", "--save_ckpt_freq", "10")
     first = subprocess.run(torchrun + args, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    assert (out / "latest").read_text().strip() == "checkpoint-0"
-    assert (out / "checkpoint-0" / "mp_rank_00_model_states.pt").exists()
-    args = run_args(dataset, out, "--enable_deepspeed", "--zero_stage", "1", "--epochs", "2")
+    assert f"Saved {out / 'checkpoint-last-0'}" in first.stdout
+    assert (out / "latest").read_text().strip() == "checkpoint-1"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert len(list((out / "checkpoint-1").glob("*optim_states.pt"))) == 2  # one ZeRO shard per rank
+    args = run_args(dataset, out, "--enable_deepspeed", "--zero_stage", "1", "--epochs", "3")
     torchrun[6] = str(free_port())
     second = subprocess.run(torchrun + args, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "from epoch 1" in second.stdout
-    assert (out / "latest").read_text().strip() == "checkpoint-1"
-    assert sorted(epoch_losses(out)) == [0, 1]
+    assert "from epoch 2" in second.stdout
+    assert (out / "latest").read_text().strip() == "checkpoint-2"
+    assert sorted(epoch_losses(out)) == [0, 1, 2]
 
 
 class OpensAFile:
