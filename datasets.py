@@ -488,7 +488,7 @@ def build_pretraining_dataset(args) -> VideoMAEPretrainDataset:
     trajectory = None
     if "trajectory" in args.target.split("+"):
         trajectory = TrajectoryTargets(args.window_size, args.patch_size[0], args.tubelet_size, args.sampling_rate,
-                                       args.trajectory_points, args.trajectory_flow)
+                                       args.trajectory_points, args.trajectory_flow, norm=args.trajectory_norm)
     return VideoMAEPretrainDataset(
         list_file=args.data_path, data_root=args.data_root, box_dir=args.box_dir, num_frames=args.num_frames,
         sampling_rate=args.sampling_rate, input_size=args.input_size, patch_size=args.patch_size[0],

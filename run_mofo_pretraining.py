@@ -26,7 +26,7 @@ import utils
 from datasets import build_pretraining_dataset, multiple_samples_collate
 from engine_for_pretraining import train_one_epoch
 from modeling_pretrain import DEFAULT_TUBELET_SIZE, parse_targets  # the import registers pretrain_videomae_*
-from trajectory_targets import TRAJECTORY_FLOWS, trajectory_dim
+from trajectory_targets import TRAJECTORY_FLOWS, TRAJECTORY_NORMS, trajectory_dim
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -65,6 +65,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trajectory_flow", default="dis", choices=TRAJECTORY_FLOWS,
                         help="trajectory target: optical flow between consecutive source frames (computed in the"
                              " data workers on the cropped clip; tvl1 takes tens of seconds per clip)")
+    parser.add_argument("--trajectory_norm", default="mean", choices=TRAJECTORY_NORMS,
+                        help="trajectory target: mean (M3Video's: per patch, divided by the mean path length),"
+                             " patch_std (the MME release's recipe: each step standardised over the patch's points)"
+                             " or none (pixels)")
     parser.add_argument("--pixel_loss_weight", default=1.0, type=float, help="weight of the pixel loss")
     parser.add_argument("--trajectory_loss_weight", default=1.0, type=float, help="weight of the trajectory loss")
     parser.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing in the encoder")

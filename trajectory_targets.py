@@ -7,9 +7,11 @@ sampling_rate`` source frames per tubelet. Flow is sampled bilinearly at the poi
 position and chained step by step; a point that reaches the frame's edge stays on it. A point's trajectory is its
 move at each of those frame steps, ``P[k+1] - P[k]`` (M3Video's trajectory shape ``ΔP``).
 
-Per patch, the moves are divided by the mean path length of the patch's points (M3Video's ``mean`` normalisation:
-the target is the shape of the motion, not its speed), floored at ``min_motion`` pixels so the flow noise of a
-static patch is not blown up to unit size. The target of a token is ``(points, steps, xy)`` flattened:
+Per patch, the moves are normalised (``norm``). ``mean`` (M3Video's): divided by the mean path length of the
+patch's points (the target is the shape of the motion, not its speed), floored at ``min_motion`` pixels so the flow
+noise of a static patch is not blown up to unit size. ``patch_std`` (the MME release's pretraining recipe): each
+step's x and y standardised over the patch's points (unbiased std + 1e-6). ``none``: pixels. The target of a token
+is ``(points, steps, xy)`` flattened:
 ``points_per_side**2 * steps * 2`` values. M3Video also predicts the appearance (HOG) along the trajectory; that
 target is not implemented here.
 
@@ -26,6 +28,7 @@ import numpy as np
 from motion_detection.flow import create_flow
 
 DEFAULT_MIN_MOTION = 1.0  # pixels; smaller mean path lengths are not scaled up
+TRAJECTORY_NORMS = ("mean", "patch_std", "none")
 # Frame-pair CPU flows for the data workers: codec_mv needs the compressed file, tvl1_torch a GPU (CUDA does not
 # start in forked workers). tvl1 costs about 0.3 s per 224x224 pair: tens of seconds per clip.
 TRAJECTORY_FLOWS = ("dis", "tvl1")
@@ -78,10 +81,11 @@ def track_points(flows: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 def trajectory_targets_from_flow(flows: np.ndarray, grid_size: tuple[int, int, int], patch_size: int,
                                  tubelet_size: int, sampling_rate: int, points_per_side: int = 2,
-                                 normalize: bool = True, min_motion: float = DEFAULT_MIN_MOTION) -> np.ndarray:
+                                 norm: str = "mean", min_motion: float = DEFAULT_MIN_MOTION) -> np.ndarray:
     """Targets (T' * H' * W', dim) in token order (t, h, w) from the dense flow ``flows`` (F, H, W, 2) between
     consecutive source frames of the clip, ``F >= T' * steps`` (``steps = tubelet_size * sampling_rate``): tubelet
-    ``t`` tracks through flows ``t * steps`` to ``(t + 1) * steps - 1``. Raw pixel moves without ``normalize``."""
+    ``t`` tracks through flows ``t * steps`` to ``(t + 1) * steps - 1``; ``norm`` as in the module docstring."""
+    check_norm(norm, points_per_side)
     frames, height, width = grid_size[0], grid_size[1] * patch_size, grid_size[2] * patch_size
     steps = tubelet_size * sampling_rate
     if flows.shape[0] < frames * steps or tuple(flows.shape[1:3]) != (height, width):
@@ -93,11 +97,20 @@ def trajectory_targets_from_flow(flows: np.ndarray, grid_size: tuple[int, int, i
     points = points_per_side**2
     tracks = tracks.reshape(frames, steps + 1, grid_size[1] * grid_size[2], points, 2)
     moves = np.diff(tracks, axis=1)  # (T', S, H'W', P, 2)
-    if normalize:
+    if norm == "mean":
         path = np.linalg.norm(moves, axis=-1).sum(axis=1).mean(axis=-1)  # (T', H'W')
         moves = moves / np.maximum(path, min_motion)[:, None, :, None, None]
+    elif norm == "patch_std":
+        moves = (moves - moves.mean(axis=3, keepdims=True)) / (moves.std(axis=3, ddof=1, keepdims=True) + 1e-6)
     targets = moves.transpose(0, 2, 3, 1, 4)  # (T', H'W', P, S, 2)
     return np.ascontiguousarray(targets.reshape(frames * grid_size[1] * grid_size[2], -1), dtype=np.float32)
+
+
+def check_norm(norm: str, points_per_side: int) -> None:
+    if norm not in TRAJECTORY_NORMS:
+        raise ValueError(f"trajectory norm must be one of {TRAJECTORY_NORMS}, got {norm!r}")
+    if norm == "patch_std" and points_per_side < 2:
+        raise ValueError("the patch_std trajectory norm needs at least 2 points per side: a std over one point")
 
 
 class TrajectoryTargets:
@@ -108,9 +121,12 @@ class TrajectoryTargets:
     """
 
     def __init__(self, grid_size: tuple[int, int, int], patch_size: int, tubelet_size: int, sampling_rate: int,
-                 points_per_side: int = 2, flow: str = "dis", min_motion: float = DEFAULT_MIN_MOTION):
+                 points_per_side: int = 2, flow: str = "dis", min_motion: float = DEFAULT_MIN_MOTION,
+                 norm: str = "mean"):
         if points_per_side < 1 or patch_size % points_per_side:
             raise ValueError(f"points_per_side must divide the patch size {patch_size}, got {points_per_side}")
+        check_norm(norm, points_per_side)
+        self.norm = norm
         self.grid_size, self.patch_size = tuple(grid_size), patch_size
         self.tubelet_size, self.sampling_rate = tubelet_size, sampling_rate
         self.points_per_side, self.flow_name, self.min_motion = points_per_side, flow, min_motion
@@ -134,8 +150,8 @@ class TrajectoryTargets:
                          for f in frames[: self.num_source_frames]])
         flows = create_flow(self.flow_name)(grey[:-1], grey[1:])  # made per call: OpenCV objects do not pickle
         return trajectory_targets_from_flow(flows, self.grid_size, self.patch_size, self.tubelet_size,
-                                            self.sampling_rate, self.points_per_side, min_motion=self.min_motion)
+                                            self.sampling_rate, self.points_per_side, self.norm, self.min_motion)
 
     def __repr__(self) -> str:
         return (f"TrajectoryTargets({self.points_per_side}x{self.points_per_side} points per patch, "
-                f"{self.tubelet_size * self.sampling_rate} steps per tubelet, flow {self.flow_name})")
+                f"{self.tubelet_size * self.sampling_rate} steps per tubelet, flow {self.flow_name}, norm {self.norm})")

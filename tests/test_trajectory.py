@@ -66,7 +66,7 @@ def test_targets_of_a_translation_are_the_known_displacement(sampling_rate):
     steps = 2 * sampling_rate
     height, width = GRID[1] * PATCH, GRID[2] * PATCH
     flows = constant_flow(GRID[0] * steps, height, width, dx, dy)
-    raw = trajectory_targets_from_flow(flows, GRID, PATCH, 2, sampling_rate, points_per_side=2, normalize=False)
+    raw = trajectory_targets_from_flow(flows, GRID, PATCH, 2, sampling_rate, points_per_side=2, norm="none")
     assert raw.shape == (np.prod(GRID), trajectory_dim(2, 2, sampling_rate))
     inner = raw.reshape(GRID[0], GRID[1], GRID[2], 4, steps, 2)[:, 1:-1, 1:-1]  # the border patches leave the frame
     expected = np.broadcast_to([dx, dy], inner.shape)  # the same move at every step (M3Video's P[k+1] - P[k])
@@ -82,7 +82,7 @@ def test_points_leaving_the_frame_stop_at_its_edge():
     """2 px right per step through 4 steps: the last column's points (x = 25.5 and 29.5 in a 32 px frame) move until
     they reach x = 31, then stay; the others move every step."""
     flows = constant_flow(GRID[0] * 4, GRID[1] * PATCH, GRID[2] * PATCH, 2.0, 0.0)
-    moves = trajectory_targets_from_flow(flows, GRID, PATCH, 2, 2, normalize=False)
+    moves = trajectory_targets_from_flow(flows, GRID, PATCH, 2, 2, norm="none")
     moves = moves.reshape(GRID[0], GRID[1], GRID[2], 2, 2, 4, 2)  # (t, row, col, point row, point col, step, xy)
     np.testing.assert_allclose(moves[:, :, :-1, ..., 0], 2.0, atol=1e-5)
     np.testing.assert_allclose(moves[:, :, -1, :, 0, :, 0], np.broadcast_to([2, 2, 1.5, 0], (2, 3, 2, 4)), atol=1e-5)
@@ -95,9 +95,30 @@ def test_each_tubelet_tracks_through_its_own_flow_steps():
     steps = 4
     flows = constant_flow(GRID[0] * steps, GRID[1] * PATCH, GRID[2] * PATCH, 0, 0)
     flows[steps:, ..., 0] = 2.0
-    raw = trajectory_targets_from_flow(flows, GRID, PATCH, 2, 2, normalize=False).reshape(GRID[0], -1, 4, steps, 2)
+    raw = trajectory_targets_from_flow(flows, GRID, PATCH, 2, 2, norm="none").reshape(GRID[0], -1, 4, steps, 2)
     assert np.abs(raw[0]).max() == 0
     np.testing.assert_allclose(raw[1].reshape(GRID[1], GRID[2], 4, steps, 2)[:, :-1, ..., 0], 2.0)
+
+
+def test_patch_std_standardises_each_step_over_the_patch_points():
+    """The MME release's ``PatchStd``: a shear u = 0.1 y moves a patch's upper and lower points differently; each
+    step's x over the 4 points has mean 0 and unbiased std 1 after it, and the still y stays 0."""
+    steps = 4
+    flows = constant_flow(GRID[0] * steps, GRID[1] * PATCH, GRID[2] * PATCH, 0, 0)
+    flows[..., 0] = 0.1 * np.arange(GRID[1] * PATCH, dtype=np.float32)[:, None]
+    targets = trajectory_targets_from_flow(flows, GRID, PATCH, 2, 2, norm="patch_std")
+    moves = targets.reshape(-1, 4, steps, 2)  # (tokens, points, steps, xy)
+    np.testing.assert_allclose(moves[..., 0].mean(axis=1), 0, atol=1e-5)
+    np.testing.assert_allclose(moves[..., 0].std(axis=1, ddof=1), 1, atol=1e-3)
+    assert np.abs(moves[..., 1]).max() == 0
+    raw = trajectory_targets_from_flow(flows, GRID, PATCH, 2, 2, norm="none").reshape(-1, 4, steps, 2)
+    assert not np.allclose(raw[..., 0], moves[..., 0])
+    with pytest.raises(ValueError, match="at least 2 points per side"):
+        TrajectoryTargets(GRID, PATCH, 2, 2, points_per_side=1, norm="patch_std")
+    with pytest.raises(ValueError, match="trajectory norm must be one of"):
+        trajectory_targets_from_flow(flows, GRID, PATCH, 2, 2, norm="max")
+    assert run_mofo_pretraining.get_args_parser().parse_args(["--trajectory_norm", "patch_std"]).trajectory_norm \
+        == "patch_std"
 
 
 def test_static_patches_are_not_blown_up_by_the_normalisation():
