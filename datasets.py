@@ -336,7 +336,8 @@ class VideoMAEPretrainDataset(Dataset):
     :class:`MotionGuidedMaskingGenerator`).
 
     ``trajectory`` (a :class:`TrajectoryTargets`): every source frame of the window is decoded and cropped alike,
-    and each item also holds ``trajectory`` (N, dim), the motion-trajectory target of every token (M3Video).
+    and each item also holds its outputs, each (N, dim): ``trajectory``, the motion-trajectory target of every
+    token (M3Video), and/or ``hog``, the HOG along those trajectories.
     """
 
     def __init__(self, list_file: str, data_root: str = "", box_dir: str | None = None, num_frames: int = 16,
@@ -465,7 +466,7 @@ class VideoMAEPretrainDataset(Dataset):
             box_out, base_box = crop_boxes / self.input_size
             item = {}
             if self.trajectory is not None:
-                item["trajectory"] = torch.from_numpy(self.trajectory(clip))
+                item.update({name: torch.from_numpy(value) for name, value in self.trajectory(clip).items()})
                 clip = clip[self.sampled_frames]
             mask = self._mask(clip, box_out, base_box)
             item.update({
@@ -485,10 +486,16 @@ def multiple_samples_collate(batch):
 
 
 def build_pretraining_dataset(args) -> VideoMAEPretrainDataset:
+    targets = args.target.split("+")
+    worker_targets = ["trajectory"] if "trajectory" in targets else []
+    if "hog" in targets and args.hog_sampling == "trajectory":
+        worker_targets.append("hog")  # tubelet-sampled HOG is computed in the training step instead
     trajectory = None
-    if "trajectory" in args.target.split("+"):
+    if worker_targets:
         trajectory = TrajectoryTargets(args.window_size, args.patch_size[0], args.tubelet_size, args.sampling_rate,
-                                       args.trajectory_points, args.trajectory_flow, norm=args.trajectory_norm)
+                                       args.trajectory_points, args.trajectory_flow, norm=args.trajectory_norm,
+                                       outputs=tuple(worker_targets), hog_bins=args.hog_bins,
+                                       hog_cell_size=args.hog_cell_size, hog_norm=args.hog_norm)
     return VideoMAEPretrainDataset(
         list_file=args.data_path, data_root=args.data_root, box_dir=args.box_dir, num_frames=args.num_frames,
         sampling_rate=args.sampling_rate, input_size=args.input_size, patch_size=args.patch_size[0],

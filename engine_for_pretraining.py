@@ -1,5 +1,5 @@
-"""One pretraining epoch: VideoMAE's normalised-pixel target and/or M3Video's motion trajectories, MSE on the masked
-tubes, per-step lr / weight-decay schedules, bf16 / fp16 / fp32, DDP or DeepSpeed."""
+"""One pretraining epoch: VideoMAE's normalised-pixel target, M3Video's motion trajectories and/or MME's HOG, MSE on
+the masked tubes, per-step lr / weight-decay schedules, bf16 / fp16 / fp32, DDP or DeepSpeed."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from einops import rearrange
 
 import utils
+from hog_targets import tubelet_hog_targets
 from modeling_pretrain import gather_tokens, split_tokens
 from video_transforms import normalize_video
 
@@ -49,8 +50,9 @@ def masked_count(mask: torch.Tensor) -> int:
 
 def pretrain_loss(model, batch: dict, device: torch.device, args, deepspeed: bool = False):
     """Forward and loss of one batch (uint8 frames, normalised here on the device): MSE on the masked tokens per
-    target (``--target``), summed with the target weights. Returns the loss and each target's unweighted loss
-    (tensors: nothing here waits for the device)."""
+    target (``--target``), summed with the target weights (``--<target>_loss_weight``). Pixel and tubelet-sampled
+    HOG targets are computed here from the frames; trajectory targets and trajectory-sampled HOG come with the
+    batch. Returns the loss and each target's unweighted loss (tensors: nothing here waits for the device)."""
     num_masked = masked_count(batch["mask"])
     frames = batch["frames"].to(device, non_blocking=True).permute(0, 4, 1, 2, 3)  # (B, 3, T, H, W) uint8
     videos = normalize_video(frames)
@@ -62,9 +64,14 @@ def pretrain_loss(model, batch: dict, device: torch.device, args, deepspeed: boo
             pixels = pixel_targets(frames.float().div_(255), args.patch_size[0], args.tubelet_size,
                                    args.normlize_target)
             targets["pixel"] = gather_tokens(pixels, masked_index)
-        if "trajectory" in args.targets:
-            trajectory = batch["trajectory"].to(device, non_blocking=True)
-            targets["trajectory"] = gather_tokens(trajectory.float(), masked_index)
+        from_batch = [name for name in ("trajectory", "hog") if name in args.targets]
+        if "hog" in args.targets and args.hog_sampling == "tubelet":
+            from_batch.remove("hog")
+            hog = tubelet_hog_targets(frames.float().div_(255), args.patch_size[0], args.tubelet_size, args.hog_bins,
+                                      args.hog_cell_size, args.hog_norm)
+            targets["hog"] = gather_tokens(hog, masked_index)
+        for name in from_batch:
+            targets[name] = gather_tokens(batch[name].to(device, non_blocking=True).float(), masked_index)
     if deepspeed:
         dtype = AUTOCAST_DTYPES[args.precision] or torch.float32
         outputs = model(videos.to(dtype), mask, num_masked)
@@ -74,8 +81,7 @@ def pretrain_loss(model, batch: dict, device: torch.device, args, deepspeed: boo
     if not isinstance(outputs, dict):
         outputs = {"pixel": outputs}
     losses = {name: torch.nn.functional.mse_loss(outputs[name].float(), target) for name, target in targets.items()}
-    weights = {"pixel": args.pixel_loss_weight, "trajectory": args.trajectory_loss_weight}
-    return sum(weights[name] * loss for name, loss in losses.items()), losses
+    return sum(getattr(args, f"{name}_loss_weight") * loss for name, loss in losses.items()), losses
 
 
 def train_one_epoch(model, data_loader, optimizer, device: torch.device, epoch: int, loss_scaler, args,

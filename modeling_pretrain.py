@@ -9,6 +9,7 @@ VideoMAE/MOFO pretraining checkpoints load with ``strict=True``.
 Importing this module registers ``pretrain_videomae_{mini,small,base,large,huge}_patch16_224`` in timm's registry.
 """
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -43,12 +44,15 @@ def init_weights_xavier(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-TARGETS = ("pixel", "trajectory")
+TARGETS = ("pixel", "trajectory", "hog")
+TARGET_CHOICES = tuple("+".join(names) for size in range(1, len(TARGETS) + 1)
+                       for names in itertools.combinations(TARGETS, size))
 DEFAULT_TUBELET_SIZE = 2  # frames per token of every registered model (VideoMAE's)
+DEFAULT_PATCH_SIZE = 16  # patch side of every registered model
 
 
 def parse_targets(target: str) -> tuple[str, ...]:
-    """``--target`` (``pixel``, ``trajectory`` or ``pixel+trajectory``) as a tuple of target names."""
+    """``--target`` (``pixel``, ``trajectory``, ``hog`` or a ``+``-joined set of them) as a tuple of names."""
     names = tuple(target.split("+"))
     if not names or any(name not in TARGETS for name in names) or len(set(names)) != len(names):
         raise ValueError(f"target must be '+'-joined names from {TARGETS}, got {target!r}")
@@ -144,7 +148,8 @@ class PretrainVisionTransformerEncoder(nn.Module):
 
 class PretrainVisionTransformerDecoder(nn.Module):
     """Transformer decoder with one linear head per target: ``head`` predicts 3 * tubelet * patch^2 pixels per
-    token (VideoMAE's key), ``trajectory_head`` ``trajectory_dim`` trajectory values (M3Video)."""
+    token (VideoMAE's key), ``trajectory_head`` ``trajectory_dim`` trajectory values and ``hog_head`` ``hog_dim``
+    HOG values (M3Video / MME)."""
 
     def __init__(
         self,
@@ -165,10 +170,13 @@ class PretrainVisionTransformerDecoder(nn.Module):
         use_checkpoint: bool = False,
         targets: tuple[str, ...] = ("pixel",),
         trajectory_dim: int = 0,
+        hog_dim: int = 0,
     ):
         super().__init__()
         if "trajectory" in targets and trajectory_dim <= 0:
             raise ValueError("the trajectory target needs trajectory_dim > 0 (see trajectory_targets.py)")
+        if "hog" in targets and hog_dim <= 0:
+            raise ValueError("the hog target needs hog_dim > 0 (see hog_targets.py)")
         pixels_per_tubelet = 3 * tubelet_size * patch_size**2
         if num_classes != pixels_per_tubelet:
             raise ValueError(
@@ -196,6 +204,8 @@ class PretrainVisionTransformerDecoder(nn.Module):
             self.head = nn.Linear(embed_dim, num_classes)
         if "trajectory" in self.targets:
             self.trajectory_head = nn.Linear(embed_dim, trajectory_dim)
+        if "hog" in self.targets:
+            self.hog_head = nn.Linear(embed_dim, hog_dim)
         self.apply(init_weights_xavier)
 
     def forward(self, x: torch.Tensor, return_token_num: int | None = None) -> dict[str, torch.Tensor]:
@@ -204,7 +214,7 @@ class PretrainVisionTransformerDecoder(nn.Module):
         if return_token_num is not None:
             x = x[:, x.shape[1] - return_token_num :]
         x = self.norm(x)
-        heads = {"pixel": "head", "trajectory": "trajectory_head"}
+        heads = {"pixel": "head", "trajectory": "trajectory_head", "hog": "hog_head"}
         return {name: getattr(self, heads[name])(x) for name in self.targets}
 
 
@@ -243,6 +253,7 @@ class PretrainVisionTransformer(nn.Module):
         num_frames: int = 16,
         targets: tuple[str, ...] | str = ("pixel",),
         trajectory_dim: int = 0,
+        hog_dim: int = 0,
     ):
         super().__init__()
         self.targets = parse_targets(targets) if isinstance(targets, str) else tuple(targets)
@@ -285,6 +296,7 @@ class PretrainVisionTransformer(nn.Module):
             use_checkpoint=use_checkpoint,
             targets=self.targets,
             trajectory_dim=trajectory_dim,
+            hog_dim=hog_dim,
         )
         encoder_out_dim = encoder_num_classes if encoder_num_classes > 0 else encoder_embed_dim
         self.encoder_to_decoder = nn.Linear(encoder_out_dim, decoder_embed_dim, bias=False)

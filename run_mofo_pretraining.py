@@ -25,7 +25,13 @@ from torch.utils.data import DistributedSampler
 import utils
 from datasets import build_pretraining_dataset, multiple_samples_collate
 from engine_for_pretraining import train_one_epoch
-from modeling_pretrain import DEFAULT_TUBELET_SIZE, parse_targets  # the import registers pretrain_videomae_*
+from hog_targets import HOG_NORMS, HOG_SAMPLINGS, check_hog, hog_dim
+from modeling_pretrain import (  # the import registers pretrain_videomae_*
+    DEFAULT_PATCH_SIZE,
+    DEFAULT_TUBELET_SIZE,
+    TARGET_CHOICES,
+    parse_targets,
+)
 from trajectory_targets import TRAJECTORY_FLOWS, TRAJECTORY_NORMS, trajectory_dim
 
 
@@ -57,9 +63,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--drop_path", default=0.0, type=float, help="stochastic depth rate")
     parser.add_argument("--normlize_target", default=True, type=utils.str2bool,
                         help="predict per-tube normalised pixels (VideoMAE's spelling)")
-    parser.add_argument("--target", default="pixel", choices=["pixel", "trajectory", "pixel+trajectory"],
-                        help="what the decoder predicts for masked tokens: VideoMAE's pixels, M3Video's motion"
-                             " trajectories (points tracked through dense optical flow), or both (one head each)")
+    parser.add_argument("--target", default="pixel", choices=TARGET_CHOICES,
+                        help="what the decoder predicts for masked tokens, one head each: VideoMAE's pixels,"
+                             " M3Video's motion trajectories (points tracked through dense optical flow), HOG"
+                             " (MME's appearance / shape features); trajectory+hog is the MME release's recipe")
     parser.add_argument("--trajectory_points", default=2, type=int,
                         help="trajectory target: points per side of the grid tracked in every patch")
     parser.add_argument("--trajectory_flow", default="dis", choices=TRAJECTORY_FLOWS,
@@ -69,8 +76,19 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="trajectory target: mean (M3Video's: per patch, divided by the mean path length),"
                              " patch_std (the MME release's recipe: each step standardised over the patch's points)"
                              " or none (pixels)")
+    parser.add_argument("--hog_sampling", default="tubelet", choices=HOG_SAMPLINGS,
+                        help="hog target: tubelet (each patch's HOG in its tubelet's middle frame, the MME release's"
+                             " default, computed on the device) or trajectory (the HOG of the cell each trajectory"
+                             " point is in at every source frame step, the MME paper's shape features, computed in"
+                             " the data workers with the --trajectory_points and --trajectory_flow tracks)")
+    parser.add_argument("--hog_bins", default=9, type=int, help="hog target: unsigned orientation bins")
+    parser.add_argument("--hog_cell_size", default=8, type=int, help="hog target: cell side in pixels")
+    parser.add_argument("--hog_norm", default="l2", choices=HOG_NORMS,
+                        help="hog target: l2 (each cell's histogram per channel, MaskFeat) or none (the MME"
+                             " release's)")
     parser.add_argument("--pixel_loss_weight", default=1.0, type=float, help="weight of the pixel loss")
     parser.add_argument("--trajectory_loss_weight", default=1.0, type=float, help="weight of the trajectory loss")
+    parser.add_argument("--hog_loss_weight", default=1.0, type=float, help="weight of the hog loss")
     parser.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing in the encoder")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model (in place: checkpoints keep their keys)")
@@ -132,12 +150,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def build_model(args):
     args.targets = parse_targets(args.target)
-    traj_dim = 0
+    traj_dim = head_hog_dim = 0
     if "trajectory" in args.targets:
         traj_dim = trajectory_dim(args.trajectory_points, DEFAULT_TUBELET_SIZE, args.sampling_rate)
+    if "hog" in args.targets:
+        check_hog(args.hog_bins, args.hog_cell_size, args.hog_norm, DEFAULT_PATCH_SIZE)
+        head_hog_dim = hog_dim(DEFAULT_PATCH_SIZE, args.hog_bins, args.hog_cell_size, args.hog_sampling,
+                               args.trajectory_points, DEFAULT_TUBELET_SIZE * args.sampling_rate)
     model = create_model(args.model, pretrained=False, drop_path_rate=args.drop_path, decoder_depth=args.decoder_depth,
                          use_checkpoint=args.use_checkpoint, img_size=args.input_size, num_frames=args.num_frames,
-                         targets=args.targets, trajectory_dim=traj_dim)
+                         targets=args.targets, trajectory_dim=traj_dim, hog_dim=head_hog_dim)
     patch_embed = model.encoder.patch_embed
     args.patch_size = patch_embed.patch_size
     args.tubelet_size = patch_embed.tubelet_size

@@ -172,7 +172,7 @@ def fill_settings(args: argparse.Namespace, trained: dict) -> None:
 def load_pretrain_model(checkpoint: dict, checkpoint_path: str, model_name: str, decoder_depth: int, input_size: int,
                         num_frames: int, device: str) -> torch.nn.Module:
     """The registered model with the checkpoint's ``model`` (or ``module``) weights loaded strictly, in eval mode,
-    with the checkpoint's targets (a pixel+trajectory model keeps its trajectory head; its pixels are shown)."""
+    with the checkpoint's targets (a model with a pixel head and others keeps them all; its pixels are shown)."""
     if model_name not in list_models("pretrain_videomae_*"):
         raise VisualizationError(f"unknown --model {model_name}; choose one of {', '.join(list_models('pretrain_*'))}")
     state = next(checkpoint[key] for key in ("model", "module") if isinstance(checkpoint.get(key), dict))
@@ -181,11 +181,11 @@ def load_pretrain_model(checkpoint: dict, checkpoint_path: str, model_name: str,
     if "pixel" not in targets:
         raise VisualizationError(f"{checkpoint_path} was trained with --target {trained['target']}: no pixel head to "
                                  "show a reconstruction with")
-    trajectory_head = state.get("decoder.trajectory_head.weight")
+    head_dims = {f"{name}_dim": state[f"decoder.{name}_head.weight"].shape[0] for name in ("trajectory", "hog")
+                 if f"decoder.{name}_head.weight" in state}
     try:
         model = create_model(model_name, pretrained=False, decoder_depth=decoder_depth, img_size=input_size,
-                             num_frames=num_frames, targets=targets,
-                             trajectory_dim=0 if trajectory_head is None else trajectory_head.shape[0])
+                             num_frames=num_frames, targets=targets, **head_dims)
     except ValueError as e:
         raise VisualizationError(f"--input_size {input_size} / --num_frames {num_frames}: {e}") from None
     problems = state_dict_mismatch(model.state_dict(), state)

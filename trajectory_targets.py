@@ -12,8 +12,8 @@ patch's points (the target is the shape of the motion, not its speed), floored a
 noise of a static patch is not blown up to unit size. ``patch_std`` (the MME release's pretraining recipe): each
 step's x and y standardised over the patch's points (unbiased std + 1e-6). ``none``: pixels. The target of a token
 is ``(points, steps, xy)`` flattened:
-``points_per_side**2 * steps * 2`` values. M3Video also predicts the appearance (HOG) along the trajectory; that
-target is not implemented here.
+``points_per_side**2 * steps * 2`` values. The same tracks also give M3Video's shape features, the HOG of the cell
+each point is in at every step (:func:`hog_targets.trajectory_hog_targets`).
 
 The flow is computed on the augmented frames (after the crop and resize), so the trajectories are in the
 coordinates of the clip the model sees; OpenCV's DIS at full resolution costs a few ms per 224x224 frame pair on one
@@ -25,6 +25,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from hog_targets import check_hog, hog_dim, trajectory_hog_targets
 from motion_detection.flow import create_flow
 
 DEFAULT_MIN_MOTION = 1.0  # pixels; smaller mean path lengths are not scaled up
@@ -79,13 +80,11 @@ def track_points(flows: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return np.stack(positions, axis=1)
 
 
-def trajectory_targets_from_flow(flows: np.ndarray, grid_size: tuple[int, int, int], patch_size: int,
-                                 tubelet_size: int, sampling_rate: int, points_per_side: int = 2,
-                                 norm: str = "mean", min_motion: float = DEFAULT_MIN_MOTION) -> np.ndarray:
-    """Targets (T' * H' * W', dim) in token order (t, h, w) from the dense flow ``flows`` (F, H, W, 2) between
-    consecutive source frames of the clip, ``F >= T' * steps`` (``steps = tubelet_size * sampling_rate``): tubelet
-    ``t`` tracks through flows ``t * steps`` to ``(t + 1) * steps - 1``; ``norm`` as in the module docstring."""
-    check_norm(norm, points_per_side)
+def tubelet_tracks(flows: np.ndarray, grid_size: tuple[int, int, int], patch_size: int, tubelet_size: int,
+                   sampling_rate: int, points_per_side: int = 2) -> np.ndarray:
+    """Positions (T', steps + 1, H'W', points, 2) of every token's grid points, tracked through the dense flow
+    ``flows`` (F, H, W, 2) between consecutive source frames of the clip, ``F >= T' * steps`` (``steps =
+    tubelet_size * sampling_rate``): tubelet ``t`` tracks through flows ``t * steps`` to ``(t + 1) * steps - 1``."""
     frames, height, width = grid_size[0], grid_size[1] * patch_size, grid_size[2] * patch_size
     steps = tubelet_size * sampling_rate
     if flows.shape[0] < frames * steps or tuple(flows.shape[1:3]) != (height, width):
@@ -94,8 +93,14 @@ def trajectory_targets_from_flow(flows: np.ndarray, grid_size: tuple[int, int, i
     starts = patch_grid_points(grid_size[1:], patch_size, points_per_side)
     per_tubelet = flows[: frames * steps].reshape(frames, steps, height, width, 2)
     tracks = track_points(per_tubelet, np.broadcast_to(starts, (frames, *starts.shape)))  # (T', S+1, Q, 2)
-    points = points_per_side**2
-    tracks = tracks.reshape(frames, steps + 1, grid_size[1] * grid_size[2], points, 2)
+    return tracks.reshape(frames, steps + 1, grid_size[1] * grid_size[2], points_per_side**2, 2)
+
+
+def trajectory_targets_from_tracks(tracks: np.ndarray, norm: str = "mean",
+                                   min_motion: float = DEFAULT_MIN_MOTION) -> np.ndarray:
+    """Targets (T' * H'W', points * steps * 2) in token order (t, h, w) from :func:`tubelet_tracks`; ``norm`` as in
+    the module docstring."""
+    check_norm(norm, tracks.shape[3])
     moves = np.diff(tracks, axis=1)  # (T', S, H'W', P, 2)
     if norm == "mean":
         path = np.linalg.norm(moves, axis=-1).sum(axis=1).mean(axis=-1)  # (T', H'W')
@@ -103,34 +108,54 @@ def trajectory_targets_from_flow(flows: np.ndarray, grid_size: tuple[int, int, i
     elif norm == "patch_std":
         moves = (moves - moves.mean(axis=3, keepdims=True)) / (moves.std(axis=3, ddof=1, keepdims=True) + 1e-6)
     targets = moves.transpose(0, 2, 3, 1, 4)  # (T', H'W', P, S, 2)
-    return np.ascontiguousarray(targets.reshape(frames * grid_size[1] * grid_size[2], -1), dtype=np.float32)
+    return np.ascontiguousarray(targets.reshape(tracks.shape[0] * tracks.shape[2], -1), dtype=np.float32)
 
 
-def check_norm(norm: str, points_per_side: int) -> None:
+def trajectory_targets_from_flow(flows: np.ndarray, grid_size: tuple[int, int, int], patch_size: int,
+                                 tubelet_size: int, sampling_rate: int, points_per_side: int = 2,
+                                 norm: str = "mean", min_motion: float = DEFAULT_MIN_MOTION) -> np.ndarray:
+    """Targets (T' * H' * W', dim) in token order (t, h, w) from the dense flow (see :func:`tubelet_tracks`)."""
+    check_norm(norm, points_per_side**2)
+    tracks = tubelet_tracks(flows, grid_size, patch_size, tubelet_size, sampling_rate, points_per_side)
+    return trajectory_targets_from_tracks(tracks, norm, min_motion)
+
+
+def check_norm(norm: str, points_per_patch: int) -> None:
     if norm not in TRAJECTORY_NORMS:
         raise ValueError(f"trajectory norm must be one of {TRAJECTORY_NORMS}, got {norm!r}")
-    if norm == "patch_std" and points_per_side < 2:
+    if norm == "patch_std" and points_per_patch < 2:
         raise ValueError("the patch_std trajectory norm needs at least 2 points per side: a std over one point")
 
 
 class TrajectoryTargets:
-    """Trajectory targets of an augmented dense clip, for the pretraining dataset.
+    """Targets along the tracked points of an augmented dense clip, for the pretraining dataset.
 
     Call with the (F, 3, S, S) uint8 clip of ``T * sampling_rate + 1`` consecutive source frames after
-    the crop (the sampled frames are every ``sampling_rate``-th of them); returns (N, dim) float32.
+    the crop (the sampled frames are every ``sampling_rate``-th of them); returns a dict of (N, dim) float32
+    arrays, one per name in ``outputs``: ``trajectory`` (the normalised moves) and ``hog`` (the HOG of the cell
+    each point is in at every step, ``--hog_sampling trajectory``; see :mod:`hog_targets`).
     """
 
     def __init__(self, grid_size: tuple[int, int, int], patch_size: int, tubelet_size: int, sampling_rate: int,
                  points_per_side: int = 2, flow: str = "dis", min_motion: float = DEFAULT_MIN_MOTION,
-                 norm: str = "mean"):
+                 norm: str = "mean", outputs: tuple[str, ...] = ("trajectory",), hog_bins: int = 9,
+                 hog_cell_size: int = 8, hog_norm: str = "l2"):
         if points_per_side < 1 or patch_size % points_per_side:
             raise ValueError(f"points_per_side must divide the patch size {patch_size}, got {points_per_side}")
-        check_norm(norm, points_per_side)
-        self.norm = norm
+        if not outputs or set(outputs) - {"trajectory", "hog"}:
+            raise ValueError(f"outputs must be 'trajectory' and/or 'hog', got {outputs}")
+        check_norm(norm, points_per_side**2)
+        self.norm, self.outputs = norm, tuple(outputs)
         self.grid_size, self.patch_size = tuple(grid_size), patch_size
         self.tubelet_size, self.sampling_rate = tubelet_size, sampling_rate
         self.points_per_side, self.flow_name, self.min_motion = points_per_side, flow, min_motion
-        self.dim = trajectory_dim(points_per_side, tubelet_size, sampling_rate)
+        self.hog_bins, self.hog_cell_size, self.hog_norm = hog_bins, hog_cell_size, hog_norm
+        if "hog" in self.outputs:
+            check_hog(hog_bins, hog_cell_size, hog_norm, patch_size)
+        steps = tubelet_size * sampling_rate
+        dims = {"trajectory": lambda: trajectory_dim(points_per_side, tubelet_size, sampling_rate),
+                "hog": lambda: hog_dim(patch_size, hog_bins, hog_cell_size, "trajectory", points_per_side, steps)}
+        self.dims = {name: dims[name]() for name in self.outputs}
         if flow not in TRAJECTORY_FLOWS:
             raise ValueError(f"trajectory flow {flow!r} cannot run in the data workers; choose from {TRAJECTORY_FLOWS}")
         create_flow(flow)  # fails here, not in the workers, when OpenCV lacks it (tvl1 needs opencv-contrib)
@@ -140,7 +165,7 @@ class TrajectoryTargets:
         """Source frames the clip must hold: every step of every tubelet plus the last frame."""
         return self.grid_size[0] * self.tubelet_size * self.sampling_rate + 1
 
-    def __call__(self, dense_clip) -> np.ndarray:
+    def __call__(self, dense_clip) -> dict[str, np.ndarray]:
         frames = np.asarray(dense_clip)
         if frames.shape[0] < self.num_source_frames:
             raise ValueError(f"need {self.num_source_frames} source frames, got {frames.shape[0]}")
@@ -149,9 +174,18 @@ class TrajectoryTargets:
         grey = np.stack([cv2.cvtColor(np.ascontiguousarray(f.transpose(1, 2, 0)), cv2.COLOR_RGB2GRAY)
                          for f in frames[: self.num_source_frames]])
         flows = create_flow(self.flow_name)(grey[:-1], grey[1:])  # made per call: OpenCV objects do not pickle
-        return trajectory_targets_from_flow(flows, self.grid_size, self.patch_size, self.tubelet_size,
-                                            self.sampling_rate, self.points_per_side, self.norm, self.min_motion)
+        tracks = tubelet_tracks(flows, self.grid_size, self.patch_size, self.tubelet_size, self.sampling_rate,
+                                self.points_per_side)
+        targets = {}
+        if "trajectory" in self.outputs:
+            targets["trajectory"] = trajectory_targets_from_tracks(tracks, self.norm, self.min_motion)
+        if "hog" in self.outputs:
+            targets["hog"] = trajectory_hog_targets(frames, tracks, self.hog_bins, self.hog_cell_size, self.hog_norm)
+        return targets
 
     def __repr__(self) -> str:
-        return (f"TrajectoryTargets({self.points_per_side}x{self.points_per_side} points per patch, "
-                f"{self.tubelet_size * self.sampling_rate} steps per tubelet, flow {self.flow_name}, norm {self.norm})")
+        hog = (f", HOG {self.hog_bins} bins {self.hog_cell_size} px cells norm {self.hog_norm}"
+               if "hog" in self.outputs else "")
+        return (f"TrajectoryTargets({'+'.join(self.outputs)}: {self.points_per_side}x{self.points_per_side} points "
+                f"per patch, {self.tubelet_size * self.sampling_rate} steps per tubelet, flow {self.flow_name}, "
+                f"norm {self.norm}{hog})")

@@ -160,7 +160,7 @@ def test_dis_targets_of_a_rendered_translation_match_the_known_motion():
     grid, patch, rate = (2, 4, 4), 16, 2
     targets = TrajectoryTargets(grid, patch, tubelet_size=2, sampling_rate=rate, points_per_side=2)
     clip = translated_texture_clip(targets.num_source_frames, grid[1] * patch, dx, dy)
-    result = targets(clip).reshape(grid[0], grid[1], grid[2], 4, 2 * rate, 2)
+    result = targets(clip)["trajectory"].reshape(grid[0], grid[1], grid[2], 4, 2 * rate, 2)
     steps = 2 * rate
     expected = np.array([dx, dy]) / (steps * np.hypot(dx, dy))  # each step's move over the path length
     inner = result[:, 1:-1, 1:-1]  # border patches lose texture to the frame edge
@@ -200,7 +200,8 @@ def test_dataset_adds_targets_and_keeps_the_sampled_clip(dataset_root):
         for item, reference in zip(with_targets[index], plain[index], strict=True):
             assert item["frames"].shape == reference["frames"].shape
             assert torch.equal(item["mask"], reference["mask"])
-            assert item["trajectory"].shape == (64, targets.dim) and item["trajectory"].dtype == torch.float32
+            assert item["trajectory"].shape == (64, targets.dims["trajectory"])
+            assert item["trajectory"].dtype == torch.float32
             assert torch.isfinite(item["trajectory"]).all()
         # The decoded dense window is the file's frames at the window's indices (its replayed first draw).
         replay = copy.deepcopy(with_targets.rng)  # the window is an item's first draw

@@ -197,12 +197,12 @@ def test_cli_end_to_end(data, tmp_path):
     assert Image.open(output).format == "PNG"
 
 
-def test_settings_come_from_the_checkpoint_and_a_trajectory_head_is_kept(data, tmp_path):
+def test_settings_come_from_the_checkpoint_and_other_heads_are_kept(data, tmp_path):
     """Without --model, --decoder_depth, --input_size, --num_frames and --sampling_rate the checkpoint's own flags
-    are used; a pixel+trajectory model is drawn with its pixel head, a trajectory-only one is refused."""
-    for target, dim in (("pixel+trajectory", 32), ("trajectory", 32)):
+    are used; a pixel+trajectory+hog model is drawn with its pixel head, a trajectory-only one is refused."""
+    for target, dim in (("pixel+trajectory+hog", 32), ("trajectory", 32)):
         model = create_model(MODEL, img_size=INPUT_SIZE, num_frames=NUM_FRAMES, decoder_depth=1,
-                             targets=tuple(target.split("+")), trajectory_dim=dim)
+                             targets=tuple(target.split("+")), trajectory_dim=dim, hog_dim=108)
         checkpoint = tmp_path / f"{target}.pth"
         torch.save({"model": model.state_dict(), "args": {
             "model": MODEL, "decoder_depth": 1, "input_size": INPUT_SIZE, "num_frames": NUM_FRAMES,
