@@ -7,6 +7,11 @@
 #       sets no tasks per node (a plain `salloc --gres=gpu:8`); the Python code takes its rank, world size and GPU
 #       from SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID, and the master address from the job's nodes;
 #     - anywhere else (plain `bash` on one node): `torchrun --standalone --nproc_per_node $GPUS ENTRY.py ARGS`.
+#     Under sbatch, both requeue the job when its time limit is near (see `requeueable`).
+#   requeueable CMD [ARGS...]   runs CMD; in a SLURM job, a USR1 to this shell (the stage scripts ask for one
+#                   before the time limit: #SBATCH --signal=B:USR1@300) requeues the job with `scontrol requeue`
+#                   (#SBATCH --requeue), and its next start resumes from the run's newest checkpoint. CMD runs in
+#                   the background so that the trap fires at once; its exit status is returned.
 #   launch_tasks    prints how many processes `launch` starts (for scripts that size the batch by it).
 #   EXTRA           the words of $EXTRA_ARGS (split on whitespace, no globbing), for the scripts to append last:
 #                   argparse keeps the last value of a flag, so EXTRA_ARGS overrides the script's settings. Scripts
@@ -29,6 +34,21 @@ launch_tasks() {
     fi
 }
 
+requeueable() {
+    if [[ -z "${SLURM_JOB_ID:-}" ]]; then
+        "$@"
+        return
+    fi
+    trap 'echo "time limit near: requeueing SLURM job $SLURM_JOB_ID" >&2; scontrol requeue "$SLURM_JOB_ID"' USR1
+    "$@" &
+    local pid=$! status
+    while true; do
+        status=0
+        wait "$pid" || status=$?
+        kill -0 "$pid" 2> /dev/null || return "$status"  # still running: the trap interrupted the wait
+    done
+}
+
 launch() {
     if under_srun; then
         # srun no longer inherits sbatch's --cpus-per-task (SLURM 22.05+): pass it on for the data loaders.
@@ -36,7 +56,7 @@ launch() {
         if [[ -z "${SLURM_NTASKS_PER_NODE:-}" && -n "${GPUS:-}" ]]; then
             tasks=(--ntasks-per-node="$GPUS")  # salloc without --ntasks-per-node: one task per GPU all the same
         fi
-        srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"} \
+        requeueable srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"} \
             ${tasks[@]+"${tasks[@]}"} python "$@"
     else
         torchrun --standalone --nproc_per_node "${GPUS:?set GPUS to the number of GPUs}" "$@"

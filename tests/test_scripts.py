@@ -14,9 +14,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -304,6 +306,49 @@ def test_under_slurm_srun_runs_python_from_the_submission_directory(dry_run, tmp
     assert elsewhere.returncode != 0 and "scripts/launch.sh" in elsewhere.stderr
 
 
+SLOW_RECORDER = RECORDER + 'sleep "${SLEEP:-0}"\nexit "${STATUS:-0}"\n'
+
+
+@pytest.mark.parametrize("script", ["ssv2/pretrain.sh", "ssv2/boxes.sh"])
+def test_a_slurm_job_requeues_itself_when_its_time_limit_is_near(script, tmp_path):
+    """sbatch sends the batch shell USR1 before the time limit (#SBATCH --signal=B:USR1@300): it calls `scontrol
+    requeue` for its job at once, while srun (or the extraction) still runs; the requeued job resumes. Without the
+    signal, the command's exit status is the script's."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    for name in ("srun", "python", "scontrol"):
+        (fake_bin / name).write_text(SLOW_RECORDER)
+        (fake_bin / name).chmod(stat.S_IRWXU)
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "val", "test"):
+        (data / f"{split}.csv").write_text("a.mp4 0\n")
+    record = tmp_path / "record"
+    env = script_env(PATH=f"{fake_bin}:/usr/bin:/bin", RECORD=str(record), DATA_PATH=str(data), SLURM_JOB_ID="42",
+                     SLURM_NTASKS_PER_NODE="8", SLEEP="60")
+    proc = subprocess.Popen(["bash", str(REPO / "scripts" / script)], cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 30
+        while not record.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert record.exists(), "the command never started"
+        proc.send_signal(signal.SIGUSR1)
+        while b"scontrol" not in record.read_bytes() and time.time() < deadline:
+            time.sleep(0.05)
+        calls = record.read_text().split("\0")[:-1]
+        assert "scontrol" in calls, "USR1 did not requeue the job"
+        assert calls[calls.index("scontrol"):] == ["scontrol", "requeue", "42"]
+        assert proc.poll() is None  # the training goes on until SLURM stops the job
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    record.unlink()
+    finished = subprocess.run(["bash", str(REPO / "scripts" / script)], cwd=tmp_path, capture_output=True, text=True,
+                              env=env | {"SLEEP": "0", "STATUS": "3"}, timeout=60)
+    assert finished.returncode == 3 and b"scontrol" not in record.read_bytes()
+
+
 @pytest.mark.parametrize("script", ALL_SCRIPTS, ids=lambda p: str(p.relative_to(REPO / "scripts")))
 def test_script_syntax(script):
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
@@ -318,6 +363,8 @@ def test_sbatch_header(script):
     assert not [line for line in lines[first_command:] if line.startswith("#SBATCH")]  # sbatch stops reading there
     assert {"nodes", "ntasks-per-node", "cpus-per-task", "time"} <= set(header)
     assert "set -euo pipefail" in lines
+    # USR1 five minutes before the time limit requeues the job (scripts/launch.sh), its log goes on in the same file
+    assert header["signal"] == "B:USR1@300" and header["open-mode"] == "append" and "#SBATCH --requeue" in lines
     if script.stem == "boxes":  # CPU work, one shard per array task
         assert "array" in header and "gres" not in header and header["ntasks-per-node"] == "1"
     else:  # one task per GPU

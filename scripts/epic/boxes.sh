@@ -12,12 +12,16 @@
 # One video is one process's job: with TV-L1 (~1 frame pair per second per core) the longest videos take days,
 # so FLOW=dis (~100x faster) or trimmed clips may be the practical choice. Resumable; bad videos go to
 # $BOX_DIR/failed*.tsv (exit status 1).
+# Under sbatch, five minutes before its time limit the job requeues itself and then resumes (scripts/launch.sh).
 #SBATCH --job-name=mofo-boxes-epic
 #SBATCH --array=0-63
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
 #SBATCH --cpus-per-task=16
 #SBATCH --time=72:00:00
+#SBATCH --signal=B:USR1@300
+#SBATCH --requeue
+#SBATCH --open-mode=append
 set -euo pipefail
 cd "$(dirname "$0")/../.." && [[ -f scripts/launch.sh ]] || cd "${SLURM_SUBMIT_DIR:?}"  # sbatch runs a copy
 source scripts/launch.sh
@@ -38,5 +42,5 @@ if [[ -z ${VIDEO_LIST:-} ]]; then
     epic_videos "$DATA_PATH"/{train,val,test}.csv > "$VIDEO_LIST"   # a video once per segment: repeats are skipped
 fi
 
-python -m motion_detection.extract_boxes --video_list "$VIDEO_LIST" \
+requeueable python -m motion_detection.extract_boxes --video_list "$VIDEO_LIST" \
     --video_root "$DATA_ROOT" --output_dir "$BOX_DIR" --flow "$FLOW" ${SHARD[@]+"${SHARD[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}

@@ -6,12 +6,16 @@
 #
 #   sbatch scripts/epic/finetune_plain.sh                 # submit from the repository root
 #   GPUS=8 PRETRAINED=videomae_epic_vitb.pth bash scripts/epic/finetune_plain.sh
+# Under sbatch, five minutes before its time limit the job requeues itself and then resumes (scripts/launch.sh).
 #SBATCH --job-name=mofo-finetune-epic-plain
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=8
 #SBATCH --gres=gpu:8
 #SBATCH --cpus-per-task=12
 #SBATCH --time=72:00:00
+#SBATCH --signal=B:USR1@300
+#SBATCH --requeue
+#SBATCH --open-mode=append
 set -euo pipefail
 cd "$(dirname "$0")/../.." && [[ -f scripts/launch.sh ]] || cd "${SLURM_SUBMIT_DIR:?}"  # sbatch runs a copy
 MODEL=${MODEL:-vit_base_patch16_224} exec bash scripts/epic/finetune_mofo.sh

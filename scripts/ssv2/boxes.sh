@@ -10,12 +10,16 @@
 # Resumable: resubmit to finish what a timed-out task left; bad videos go to $BOX_DIR/failed*.tsv (exit status 1).
 # TV-L1 costs about 50 core-seconds per video on the CI machine's cores (~3,000 core-hours for SSV2; about a
 # third of that on fast server cores); FLOW=dis is ~100x faster.
+# Under sbatch, five minutes before its time limit the job requeues itself and then resumes (scripts/launch.sh).
 #SBATCH --job-name=mofo-boxes-ssv2
 #SBATCH --array=0-63
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
 #SBATCH --cpus-per-task=16
 #SBATCH --time=12:00:00
+#SBATCH --signal=B:USR1@300
+#SBATCH --requeue
+#SBATCH --open-mode=append
 set -euo pipefail
 cd "$(dirname "$0")/../.." && [[ -f scripts/launch.sh ]] || cd "${SLURM_SUBMIT_DIR:?}"  # sbatch runs a copy
 source scripts/launch.sh
@@ -38,5 +42,5 @@ for list in "$DATA_PATH"/{train,val,test}.csv; do  # cat in <(...) would fail un
     fi
 done
 # One list of all videos (the same in every array task, so the shards split it alike); repeats are skipped.
-python -m motion_detection.extract_boxes --video_list <(cat "$DATA_PATH"/{train,val,test}.csv) \
+requeueable python -m motion_detection.extract_boxes --video_list <(cat "$DATA_PATH"/{train,val,test}.csv) \
     --video_root "$DATA_ROOT" --output_dir "$BOX_DIR" --flow "$FLOW" ${SHARD[@]+"${SHARD[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}

@@ -10,12 +10,16 @@
 #
 # Needs the box files of scripts/ssv2/boxes.sh. Resubmitted with the same OUTPUT_DIR, a job resumes from its
 # newest checkpoint. EXTRA_ARGS is appended to the command (e.g. "--precision fp16" on V100s).
+# Under sbatch, five minutes before its time limit the job requeues itself and then resumes (scripts/launch.sh).
 #SBATCH --job-name=mofo-pretrain-ssv2
 #SBATCH --nodes=8
 #SBATCH --ntasks-per-node=8
 #SBATCH --gres=gpu:8
 #SBATCH --cpus-per-task=12
 #SBATCH --time=72:00:00
+#SBATCH --signal=B:USR1@300
+#SBATCH --requeue
+#SBATCH --open-mode=append
 set -euo pipefail
 cd "$(dirname "$0")/../.." && [[ -f scripts/launch.sh ]] || cd "${SLURM_SUBMIT_DIR:?}"  # sbatch runs a copy
 source scripts/launch.sh
