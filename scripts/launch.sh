@@ -8,10 +8,11 @@
 #       from SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID, and the master address from the job's nodes;
 #     - anywhere else (plain `bash` on one node): `torchrun --standalone --nproc_per_node $GPUS ENTRY.py ARGS`.
 #     Under sbatch, both requeue the job when its time limit is near (see `requeueable`).
-#   requeueable CMD [ARGS...]   runs CMD; in a SLURM job, a USR1 to this shell (the stage scripts ask for one
-#                   before the time limit: #SBATCH --signal=B:USR1@300) requeues the job with `scontrol requeue`
-#                   (#SBATCH --requeue), and its next start resumes from the run's newest checkpoint. CMD runs in
-#                   the background so that the trap fires at once; its exit status is returned.
+#   requeueable CMD [ARGS...]   runs CMD; in a SLURM batch job, a USR1 to this shell (the stage scripts ask for
+#                   one before the time limit: #SBATCH --signal=B:USR1@300) requeues the job with `scontrol requeue`
+#                   (#SBATCH --requeue), and its next start resumes from the run's newest checkpoint. There CMD runs
+#                   in the background, so that the trap fires at once; its exit status is returned. From a terminal
+#                   (an salloc shell) CMD runs in the foreground: Ctrl-C reaches it.
 #   launch_tasks    prints how many processes `launch` starts (for scripts that size the batch by it).
 #   EXTRA           the words of $EXTRA_ARGS (split on whitespace, no globbing), for the scripts to append last:
 #                   argparse keeps the last value of a flag, so EXTRA_ARGS overrides the script's settings. Scripts
@@ -35,7 +36,7 @@ launch_tasks() {
 }
 
 requeueable() {
-    if [[ -z "${SLURM_JOB_ID:-}" ]]; then
+    if [[ -z "${SLURM_JOB_ID:-}" || -t 0 ]]; then  # sbatch's stdin is /dev/null
         "$@"
         return
     fi

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import pty
 import re
 import shutil
 import signal
@@ -306,7 +307,7 @@ def test_under_slurm_srun_runs_python_from_the_submission_directory(dry_run, tmp
     assert elsewhere.returncode != 0 and "scripts/launch.sh" in elsewhere.stderr
 
 
-SLOW_RECORDER = RECORDER + 'sleep "${SLEEP:-0}"\nexit "${STATUS:-0}"\n'
+SLOW_RECORDER = RECORDER + '[[ -t 0 ]] && printf "tty\\0" >> "$RECORD"\nsleep "${SLEEP:-0}"\nexit "${STATUS:-0}"\n'
 
 
 @pytest.mark.parametrize("script", ["ssv2/pretrain.sh", "ssv2/boxes.sh"])
@@ -327,7 +328,7 @@ def test_a_slurm_job_requeues_itself_when_its_time_limit_is_near(script, tmp_pat
     env = script_env(PATH=f"{fake_bin}:/usr/bin:/bin", RECORD=str(record), DATA_PATH=str(data), SLURM_JOB_ID="42",
                      SLURM_NTASKS_PER_NODE="8", SLEEP="60")
     proc = subprocess.Popen(["bash", str(REPO / "scripts" / script)], cwd=tmp_path, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 30
         while not record.exists() and time.time() < deadline:
@@ -345,8 +346,19 @@ def test_a_slurm_job_requeues_itself_when_its_time_limit_is_near(script, tmp_pat
         proc.communicate()
     record.unlink()
     finished = subprocess.run(["bash", str(REPO / "scripts" / script)], cwd=tmp_path, capture_output=True, text=True,
-                              env=env | {"SLEEP": "0", "STATUS": "3"}, timeout=60)
+                              stdin=subprocess.DEVNULL, env=env | {"SLEEP": "0", "STATUS": "3"}, timeout=60)
     assert finished.returncode == 3 and b"scontrol" not in record.read_bytes()
+    # From a terminal (an salloc shell) the command runs in the foreground with the terminal, so Ctrl-C reaches it.
+    record.unlink()
+    controller, terminal = pty.openpty()
+    try:
+        interactive = subprocess.run(["bash", str(REPO / "scripts" / script)], cwd=tmp_path, stdin=terminal,
+                                     capture_output=True, env=env | {"SLEEP": "0"}, timeout=60)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    calls = record.read_text().split("\0")[:-1]
+    assert interactive.returncode == 0 and "tty" in calls and "scontrol" not in calls
 
 
 @pytest.mark.parametrize("script", ALL_SCRIPTS, ids=lambda p: str(p.relative_to(REPO / "scripts")))
