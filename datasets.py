@@ -42,7 +42,7 @@ from masking_generator import (
 )
 from motion_detection.boxfile import BoxFileError, MotionBoxes, box_file_path, load_boxes, relative_video_path
 from motion_detection.detect import union_box
-from trajectory_targets import TrajectoryTargets
+from trajectory_targets import TrajectoryTargets, worker_targets
 from video_transforms import (
     NO_BOX,
     RESIZED_CROP_RATIO,
@@ -486,15 +486,12 @@ def multiple_samples_collate(batch):
 
 
 def build_pretraining_dataset(args) -> VideoMAEPretrainDataset:
-    targets = args.target.split("+")
-    worker_targets = ["trajectory"] if "trajectory" in targets else []
-    if "hog" in targets and args.hog_sampling == "trajectory":
-        worker_targets.append("hog")  # tubelet-sampled HOG is computed in the training step instead
+    outputs = worker_targets(args.target.split("+"), args.hog_sampling)
     trajectory = None
-    if worker_targets:
+    if outputs:
         trajectory = TrajectoryTargets(args.window_size, args.patch_size[0], args.tubelet_size, args.sampling_rate,
                                        args.trajectory_points, args.trajectory_flow, norm=args.trajectory_norm,
-                                       outputs=tuple(worker_targets), hog_bins=args.hog_bins,
+                                       outputs=outputs, hog_bins=args.hog_bins,
                                        hog_cell_size=args.hog_cell_size, hog_norm=args.hog_norm)
     return VideoMAEPretrainDataset(
         list_file=args.data_path, data_root=args.data_root, box_dir=args.box_dir, num_frames=args.num_frames,

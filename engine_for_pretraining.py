@@ -12,6 +12,7 @@ from einops import rearrange
 import utils
 from hog_targets import tubelet_hog_targets
 from modeling_pretrain import gather_tokens, split_tokens
+from trajectory_targets import worker_targets
 from video_transforms import normalize_video
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -64,13 +65,12 @@ def pretrain_loss(model, batch: dict, device: torch.device, args, deepspeed: boo
             pixels = pixel_targets(frames.float().div_(255), args.patch_size[0], args.tubelet_size,
                                    args.normlize_target)
             targets["pixel"] = gather_tokens(pixels, masked_index)
-        from_batch = [name for name in ("trajectory", "hog") if name in args.targets]
-        if "hog" in args.targets and args.hog_sampling == "tubelet":
-            from_batch.remove("hog")
-            hog = tubelet_hog_targets(frames.float().div_(255), args.patch_size[0], args.tubelet_size, args.hog_bins,
-                                      args.hog_cell_size, args.hog_norm)
+        from_workers = worker_targets(args.targets, args.hog_sampling)
+        if "hog" in args.targets and "hog" not in from_workers:
+            hog = tubelet_hog_targets(frames, args.patch_size[0], args.tubelet_size, args.hog_bins, args.hog_cell_size,
+                                      args.hog_norm)
             targets["hog"] = gather_tokens(hog, masked_index)
-        for name in from_batch:
+        for name in from_workers:
             targets[name] = gather_tokens(batch[name].to(device, non_blocking=True).float(), masked_index)
     if deepspeed:
         dtype = AUTOCAST_DTYPES[args.precision] or torch.float32

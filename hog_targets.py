@@ -5,16 +5,18 @@ MaskFeat's target (Wei et al. 2022).
 unsigned orientation in [0, pi) split into ``bins`` bins with linear interpolation between the two nearest bin
 centres (``k * pi / bins``), magnitudes averaged over ``cell_size`` x ``cell_size`` cells, then ``l2``: each
 channel's histogram of a cell divided by its L2 norm (MaskFeat), or ``none`` (the MME release's ``--hog_norm none``).
-Images are pixels in [0, 1]; the MME release takes the ImageNet-normalised input instead, which scales each channel's
-gradients by 1/std. The release's binning (``ceil`` and ``floor`` weights) drops every gradient that falls exactly on
-a bin centre, horizontal and vertical edges first; here each gradient's weights sum to one.
+Images are pixels in [0, 1]. Where the MME release's ``HOGDescriptorByConv`` differs: it takes the ImageNet-normalised
+input (each channel's gradients scaled by 1/std); its Sobel ``nn.Conv2d`` keeps PyTorch's random bias (up to +-1/3
+added to each gradient, redrawn at every training step, so flat regions get random histograms); its ``ceil`` /
+``floor`` weights give nothing to a gradient exactly on a bin centre (e.g. a pure x gradient, absent that bias); and
+its ``+= 9`` fits 9 bins only. Here each gradient's votes sum to its magnitude, for any number of bins.
 
 Two samplings give a token's target (``--hog_sampling``):
 
-- ``tubelet`` (the MME release's default recipe): the cells of the token's patch in the middle sampled frame of its
-  tubelet, computed in the training step on the device from the uint8 batch. ``(patch / cell)^2 * 3 * bins``
-  values per token, cells row-major, then channel, then bin.
-- ``trajectory`` (the MME paper's shape features, the release's ``VolumeHOG``): the cell each tracked point of
+- ``tubelet`` (the MME release's default recipe, ``traj_varient base``): the cells of the token's patch in the middle
+  sampled frame of its tubelet, computed in the training step on the device from the uint8 batch. ``(patch /
+  cell)^2 * 3 * bins`` values per token, cells row-major, then channel, then bin.
+- ``trajectory`` (the MME paper's shape features zs, the release's ``VolumeHOG``): the cell each tracked point of
   :mod:`trajectory_targets` is in, at every source frame step of the token's tubelet, computed in the data
   workers. ``points * steps * 3 * bins`` values per token (points, then steps, then channel, then bin).
 """
@@ -95,11 +97,12 @@ def hog_dim(patch_size: int, bins: int, cell_size: int, sampling: str = "tubelet
 
 def tubelet_hog_targets(pixels: torch.Tensor, patch_size: int, tubelet_size: int, bins: int = 9,
                         cell_size: int = 8, norm: str = "l2") -> torch.Tensor:
-    """Per-token targets (B, N, dim) from videos (B, 3, T, H, W) of pixels in [0, 1]: the HOG cells of each patch
-    in frame ``tubelet_size // 2`` of its tubelet (the MME release's ``VideoHOGFeat``)."""
+    """Per-token targets (B, N, dim) from videos (B, 3, T, H, W), uint8 or float pixels in [0, 1]: the HOG cells of
+    each patch in frame ``tubelet_size // 2`` of its tubelet (the MME release's ``VideoHOGFeat``)."""
     check_hog(bins, cell_size, norm, patch_size)
     batch, _, _, height, width = pixels.shape
-    middle = pixels[:, :, tubelet_size // 2 :: tubelet_size]  # (B, 3, T', H, W)
+    middle = pixels[:, :, tubelet_size // 2 :: tubelet_size]  # (B, 3, T', H, W): only these frames become float
+    middle = middle.float().div_(255) if middle.dtype == torch.uint8 else middle
     frames = middle.shape[2]
     cells = hog_cells(rearrange(middle, "b c t h w -> (b t) c h w"), bins, cell_size, norm)
     per_side = patch_size // cell_size
@@ -111,14 +114,15 @@ def trajectory_hog_targets(frames: np.ndarray, tracks: np.ndarray, bins: int = 9
                            norm: str = "l2") -> np.ndarray:
     """Per-token targets (N, points * steps * 3 * bins) along the tracked points: ``frames`` (F, 3, H, W) uint8 or
     float pixels in [0, 255] (the dense clip), ``tracks`` (T', steps + 1, H'W', points, 2) (x, y) positions from
-    :func:`trajectory_targets.track_points` (tubelet ``t`` starts at frame ``t * steps``). Each point at step ``s``
-    takes the cell it is in at frame ``t * steps + s``, as the release's ``fetch_hog``."""
+    :func:`trajectory_targets.tubelet_tracks` (tubelet ``t`` starts at frame ``t * steps``). Each point at step
+    ``s`` takes the cell of the pixel it is in (pixel ``j`` spans ``[j - 0.5, j + 0.5)``) at frame ``t * steps + s``,
+    as the release's ``fetch_hog``; a position outside the frame takes the border cell."""
     tubelets, steps = tracks.shape[0], tracks.shape[1] - 1
     pixels = torch.from_numpy(np.ascontiguousarray(frames[: tubelets * steps], dtype=np.float32)) / 255
     cells = hog_cells(pixels, bins, cell_size, norm).flatten(1, 2).permute(0, 2, 3, 1).numpy()  # (F, Hc, Wc, 3*bins)
     positions = tracks[:, :steps]  # (T', steps, H'W', points, 2): where each point is at the start of each step
-    column = np.clip((positions[..., 0] // cell_size).astype(np.int64), 0, cells.shape[2] - 1)
-    row = np.clip((positions[..., 1] // cell_size).astype(np.int64), 0, cells.shape[1] - 1)
+    column, row = (np.floor((positions[..., axis] + 0.5) / cell_size).astype(np.int64) for axis in (0, 1))
+    column, row = np.clip(column, 0, cells.shape[2] - 1), np.clip(row, 0, cells.shape[1] - 1)
     frame = (np.arange(tubelets)[:, None] * steps + np.arange(steps)[None, :])[:, :, None, None]
     values = cells[frame, row, column]  # (T', steps, H'W', points, 3 * bins)
     targets = values.transpose(0, 2, 3, 1, 4)  # (T', H'W', points, steps, 3 * bins)

@@ -5,7 +5,8 @@ through the dense optical flow of the tubelet's time span at the full frame rate
 ``sampling_rate`` frames with tubelets of ``tubelet_size`` sampled frames spans ``steps = tubelet_size *
 sampling_rate`` source frames per tubelet. Flow is sampled bilinearly at the point's current (sub-pixel)
 position and chained step by step; a point that reaches the frame's edge stays on it. A point's trajectory is its
-move at each of those frame steps, ``P[k+1] - P[k]`` (M3Video's trajectory shape ``ΔP``).
+move at each of those frame steps, ``P[k+1] - P[k]`` (M3Video's position features ``ΔP``, the release's
+``traj_shape``).
 
 Per patch, the moves are normalised (``norm``). ``mean`` (M3Video's): divided by the mean path length of the
 patch's points (the target is the shape of the motion, not its speed), floored at ``min_motion`` pixels so the flow
@@ -33,6 +34,13 @@ TRAJECTORY_NORMS = ("mean", "patch_std", "none")
 # Frame-pair CPU flows for the data workers: codec_mv needs the compressed file, tvl1_torch a GPU (CUDA does not
 # start in forked workers). tvl1 costs about 0.3 s per 224x224 pair: tens of seconds per clip.
 TRAJECTORY_FLOWS = ("dis", "tvl1")
+
+
+def worker_targets(targets, hog_sampling: str) -> tuple[str, ...]:
+    """Which of the ``--target`` names ``targets`` the data workers compute (:class:`TrajectoryTargets`): the
+    trajectories, and the HOG when ``--hog_sampling`` is ``trajectory`` (tubelet HOG comes from the training step)."""
+    names = ("trajectory",) if "trajectory" in targets else ()
+    return names + ("hog",) if "hog" in targets and hog_sampling == "trajectory" else names
 
 
 def trajectory_dim(points_per_side: int, tubelet_size: int, sampling_rate: int) -> int:
@@ -115,7 +123,6 @@ def trajectory_targets_from_flow(flows: np.ndarray, grid_size: tuple[int, int, i
                                  tubelet_size: int, sampling_rate: int, points_per_side: int = 2,
                                  norm: str = "mean", min_motion: float = DEFAULT_MIN_MOTION) -> np.ndarray:
     """Targets (T' * H' * W', dim) in token order (t, h, w) from the dense flow (see :func:`tubelet_tracks`)."""
-    check_norm(norm, points_per_side**2)
     tracks = tubelet_tracks(flows, grid_size, patch_size, tubelet_size, sampling_rate, points_per_side)
     return trajectory_targets_from_tracks(tracks, norm, min_motion)
 
@@ -132,8 +139,8 @@ class TrajectoryTargets:
 
     Call with the (F, 3, S, S) uint8 clip of ``T * sampling_rate + 1`` consecutive source frames after
     the crop (the sampled frames are every ``sampling_rate``-th of them); returns a dict of (N, dim) float32
-    arrays, one per name in ``outputs``: ``trajectory`` (the normalised moves) and ``hog`` (the HOG of the cell
-    each point is in at every step, ``--hog_sampling trajectory``; see :mod:`hog_targets`).
+    arrays, one per name in ``outputs``: ``trajectory`` (the normalised moves, float32) and ``hog`` (the HOG of the
+    cell each point is in at every step, ``--hog_sampling trajectory``, float16; see :mod:`hog_targets`).
     """
 
     def __init__(self, grid_size: tuple[int, int, int], patch_size: int, tubelet_size: int, sampling_rate: int,
@@ -179,8 +186,9 @@ class TrajectoryTargets:
         targets = {}
         if "trajectory" in self.outputs:
             targets["trajectory"] = trajectory_targets_from_tracks(tracks, self.norm, self.min_motion)
-        if "hog" in self.outputs:
-            targets["hog"] = trajectory_hog_targets(frames, tracks, self.hog_bins, self.hog_cell_size, self.hog_norm)
+        if "hog" in self.outputs:  # float16: half the bytes through the workers (L2-normalised values are at most 1)
+            targets["hog"] = trajectory_hog_targets(frames, tracks, self.hog_bins, self.hog_cell_size,
+                                                    self.hog_norm).astype(np.float16)
         return targets
 
     def __repr__(self) -> str:

@@ -55,7 +55,7 @@ step() {  # NAME LIMIT_S COMMAND...: run COMMAND with a time limit, its output t
     "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"; } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 step cuda_tests 120 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_train_step.py \
-    tests/test_flow_torch.py tests/test_masking.py
+    tests/test_flow_torch.py tests/test_masking.py tests/test_hog.py
 step motion 180 python3 benchmarks/bench_motion.py --flows tvl1_torch dis --torch_devices cuda --pairs 512 \
     --batch_size 64 256 --torch_modes eager compile
 step pretrain_step 180 python3 benchmarks/bench_pretrain_step.py --compile

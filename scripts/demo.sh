@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end demo on the synthetic dataset, on CPU: generate videos, extract motion boxes (TV-L1 and DIS flow,
 # motion boundaries vs plain flow magnitude), draw one video's boxes, print the box-quality table, pretrain tiny
-# models with tube, motion-focused and motion-guided masking and with trajectory targets, and fine-tune them with
+# models with tube, motion-focused and motion-guided masking and with trajectory + HOG targets, and fine-tune them with
 # the plain and the MOFO head.
 # Usage: bash scripts/demo.sh [OUTPUT_DIR]   (run through `make demo`, which provides the venv)
 set -euo pipefail
@@ -45,7 +45,7 @@ python -m motion_detection.extract_boxes --video_list "$LEARN"/all.csv --video_r
     --output_dir "$OUT"/learn_boxes --flow dis --num_workers "$WORKERS"
 
 echo "== 6. tiny pretraining on CPU, same budget: VideoMAE tube masking, MOFO motion-focused masking, motion-guided"
-echo "   masking (MGMAE/MGM) and pixel + motion-trajectory targets (M3Video)"
+echo "   masking (MGMAE/MGM) and pixel + motion-trajectory + HOG targets (M3Video / MME)"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # tiny models: threads only fight the data workers for the cores
 PRETRAIN_ARGS=(--data_path "$LEARN"/train.csv --data_root "$LEARN"/videos --model pretrain_videomae_mini_patch16_224
     --decoder_depth 1 --input_size 64 --num_frames 4 --sampling_rate 2 --batch_size 8 --epochs "$EPOCHS"
@@ -54,7 +54,7 @@ PRETRAIN_ARGS=(--data_path "$LEARN"/train.csv --data_root "$LEARN"/videos --mode
 for row in "tube --mask_type tube" \
            "motion --mask_type motion --motion_mask_ratio 0.75" \
            "guided --mask_type motion_guided" \
-           "trajectory --mask_type tube --target pixel+trajectory"; do
+           "trajectory --mask_type tube --target pixel+trajectory+hog"; do
     read -r name options <<< "$row"
     read -ra options <<< "$options"
     rm -rf "${OUT:?}"/pretrain_"$name"  # a rerun trains again: auto-resume would take the last run's checkpoints
@@ -89,4 +89,4 @@ python scripts/results_table.py "$OUT"/finetune_scratch "$OUT"/finetune_videomae
     "$OUT"/finetune_mofo_2star "$OUT"/finetune_mofo_dagger "$OUT"/finetune_guided "$OUT"/finetune_trajectory \
     --names "no pretraining (plain head)" "VideoMAE (tube, plain head)" "MOFO* (motion, plain head)" \
     "MOFO** (tube, MCA head)" "MOFO† (motion, MCA head)" "motion-guided mask (plain head)" \
-    "pixel+trajectory target (plain head)"
+    "pixel+trajectory+HOG targets (plain head)"

@@ -7,7 +7,7 @@
 #       sets no tasks per node (a plain `salloc --gres=gpu:8`); the Python code takes its rank, world size and GPU
 #       from SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID, and the master address from the job's nodes;
 #     - anywhere else (plain `bash` on one node): `torchrun --standalone --nproc_per_node $GPUS ENTRY.py ARGS`.
-#     Under sbatch, both requeue the job when its time limit is near (see `requeueable`).
+#     Under sbatch, the job requeues itself when its time limit is near (see `requeueable`).
 #   requeueable CMD [ARGS...]   runs CMD; in a SLURM batch job, a USR1 to this shell (the stage scripts ask for
 #                   one before the time limit: #SBATCH --signal=B:USR1@300) requeues the job with `scontrol requeue`
 #                   (#SBATCH --requeue), and its next start resumes from the run's newest checkpoint. There CMD runs
@@ -40,14 +40,16 @@ requeueable() {
         "$@"
         return
     fi
-    trap 'echo "time limit near: requeueing SLURM job $SLURM_JOB_ID" >&2; scontrol requeue "$SLURM_JOB_ID"' USR1
+    # A refused requeue must not end the script (set -e): the job then runs on to its limit.
+    trap 'echo "time limit near: requeueing SLURM job $SLURM_JOB_ID" >&2
+          scontrol requeue "$SLURM_JOB_ID" || echo "scontrol requeue failed: resubmit the job by hand" >&2' USR1
     "$@" &
-    local pid=$! status
-    while true; do
-        status=0
-        wait "$pid" || status=$?
-        kill -0 "$pid" 2> /dev/null || return "$status"  # still running: the trap interrupted the wait
+    local pid=$! status=0
+    while kill -0 "$pid" 2> /dev/null; do
+        wait "$pid" || true  # returns early when the trap runs
     done
+    wait "$pid" || status=$?  # bash keeps the status of a child it has already reaped
+    return "$status"
 }
 
 launch() {
@@ -59,8 +61,8 @@ launch() {
         fi
         requeueable srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"} \
             ${tasks[@]+"${tasks[@]}"} python "$@"
-    else
-        torchrun --standalone --nproc_per_node "${GPUS:?set GPUS to the number of GPUs}" "$@"
+    else  # also a batch job without srun: one node
+        requeueable torchrun --standalone --nproc_per_node "${GPUS:?set GPUS to the number of GPUs}" "$@"
     fi
 }
 

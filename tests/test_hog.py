@@ -15,11 +15,12 @@ from timm.models import create_model
 
 import make_synthetic_dataset as synthetic
 import run_mofo_pretraining
+from datasets import build_pretraining_dataset
 from engine_for_pretraining import pretrain_loss
 from hog_targets import hog_cells, hog_dim, trajectory_hog_targets, tubelet_hog_targets
 from modeling_pretrain import TARGET_CHOICES, parse_targets
 from test_pretraining import pretrain, run_args
-from trajectory_targets import TrajectoryTargets, tubelet_tracks
+from trajectory_targets import TrajectoryTargets, tubelet_tracks, worker_targets
 from video_transforms import normalize_video
 
 
@@ -63,9 +64,9 @@ def ramp_image(angle: float, size: int = 32) -> torch.Tensor:
 
 def test_gradients_on_a_bin_centre_keep_their_magnitude():
     """Gradients at 0, 20 and 180 degrees fall on bin centres: all their votes go to that bin (the MME release's
-    ceil/floor weights drop them); 90 degrees (4.5 bins) splits evenly; opposite gradients share an unsigned
-    orientation. Sobel's magnitude on a ramp of slope 0.01 is 0.08. Inner cells only: the replicated border
-    changes the gradient there."""
+    ceil/floor weights give an exact x gradient nothing); 90 degrees (4.5 bins) splits evenly; opposite gradients
+    share an unsigned orientation. Sobel's magnitude on a ramp of slope 0.01 is 0.08. Inner cells only: the
+    replicated border changes the gradient there."""
     for angle, expected in ((0.0, {0: 1.0}), (math.pi / 9, {1: 1.0}), (math.pi, {0: 1.0}),
                             (math.pi / 2, {4: 0.5, 5: 0.5}), (-math.pi / 2, {4: 0.5, 5: 0.5}),
                             (math.pi / 36, {0: 0.75, 1: 0.25})):
@@ -90,18 +91,33 @@ def test_l2_norm_makes_each_cell_channel_unit_and_flat_cells_zero():
         hog_cells(torch.rand(1, 1, 16, 16), norm="l1")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_histograms_and_targets_match_the_cpu():
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 64, 48)
+    torch.testing.assert_close(hog_cells(images.cuda()).cpu(), hog_cells(images), rtol=1e-4, atol=1e-5)
+    pixels = torch.rand(2, 3, 8, 64, 64)
+    torch.testing.assert_close(tubelet_hog_targets(pixels.cuda(), 16, 2).cpu(), tubelet_hog_targets(pixels, 16, 2),
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_tubelet_targets_are_each_patch_in_its_tubelets_middle_frame():
     torch.manual_seed(0)
     pixels = torch.rand(2, 3, 4, 32, 48)  # 2 tubelets of 2 frames, 2 x 3 patches of 16
     targets = tubelet_hog_targets(pixels, patch_size=16, tubelet_size=2)
     assert targets.shape == (2, 2 * 2 * 3, hog_dim(16, 9, 8)) == (2, 12, 108)
-    b, t, h, w = 1, 1, 1, 2
-    cells = hog_cells(pixels[b, :, 2 * t + 1][None])[0]  # (3, 9, 4, 6): frame 3 is tubelet 1's middle frame
-    patch = cells[:, :, 2 * h:2 * h + 2, 2 * w:2 * w + 2]  # (c, k, p, q)
-    torch.testing.assert_close(targets[b, t * 6 + h * 3 + w], patch.permute(2, 3, 0, 1).reshape(-1))
+    for b in range(2):
+        for t in range(2):
+            cells = hog_cells(pixels[b, :, 2 * t + 1][None])[0]  # (3, 9, 4, 6): frame 2t + 1 is tubelet t's middle
+            for h in range(2):
+                for w in range(3):
+                    patch = cells[:, :, 2 * h:2 * h + 2, 2 * w:2 * w + 2]  # (c, k, p, q)
+                    torch.testing.assert_close(targets[b, t * 6 + h * 3 + w], patch.permute(2, 3, 0, 1).reshape(-1))
     changed = pixels.clone()
     changed[:, :, 0::2] = 0  # the first frame of each tubelet is not a HOG target
     torch.testing.assert_close(tubelet_hog_targets(changed, 16, 2), targets)
+    as_uint8 = torch.randint(0, 256, (1, 3, 4, 32, 48), dtype=torch.uint8)
+    torch.testing.assert_close(tubelet_hog_targets(as_uint8, 16, 2), tubelet_hog_targets(as_uint8.float() / 255, 16, 2))
 
 
 def test_trajectory_targets_follow_the_tracked_points_cell_by_cell():
@@ -123,6 +139,13 @@ def test_trajectory_targets_follow_the_tracked_points_cell_by_cell():
         column = min(2 * w + point % 2 + step, cells.shape[3] - 1)  # a point leaving the frame stops at its edge
         np.testing.assert_allclose(per_point[t, h, w, point, step], cells[t * steps + step, :, row, column],
                                    rtol=1e-5, atol=1e-6)
+    # Pixel j spans [j - 0.5, j + 0.5): x = 7.6 is in pixel 8, the second cell; x = 7.4 in pixel 7, the first.
+    edge = np.zeros((1, 2, 1, 2, 2), np.float32)
+    edge[0, :, 0, 0] = (7.6, 20.0)
+    edge[0, :, 0, 1] = (7.4, 20.0)
+    picked = trajectory_hog_targets(frames, edge).reshape(2, 27)  # one tubelet of one step, one token, two points
+    np.testing.assert_allclose(picked[0], cells[0, :, 2, 1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(picked[1], cells[0, :, 2, 0], rtol=1e-5, atol=1e-6)
 
 
 def test_worker_targets_give_hog_and_trajectory_from_the_same_tracks():
@@ -132,7 +155,7 @@ def test_worker_targets_give_hog_and_trajectory_from_the_same_tracks():
     clip = (np.random.default_rng(2).random((both.num_source_frames, 3, 32, 32)) * 255).astype(np.uint8)
     result = both(clip)
     assert set(result) == {"trajectory", "hog"} and set(only_hog(clip)) == {"hog"}
-    assert result["hog"].shape == (8, both.dims["hog"]) == (8, 4 * 4 * 27)
+    assert result["hog"].shape == (8, both.dims["hog"]) == (8, 4 * 4 * 27) and result["hog"].dtype == np.float16
     np.testing.assert_array_equal(only_hog(clip)["hog"], result["hog"])
     assert "HOG 9 bins 8 px cells norm none" in repr(both)
     with pytest.raises(ValueError, match="outputs must be"):
@@ -198,6 +221,22 @@ def dataset_root(tmp_path_factory):
     lines = [line for split in ("train", "val", "test") for line in (root / f"{split}.csv").read_text().splitlines()]
     (root / "all.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+def test_workers_compute_only_what_the_training_step_does_not(dataset_root):
+    """Tubelet HOG comes from the training step: the workers then compute no flow at all for it."""
+    assert worker_targets(("pixel", "hog"), "tubelet") == ()
+    assert worker_targets(("trajectory", "hog"), "tubelet") == ("trajectory",)
+    assert worker_targets(("hog",), "trajectory") == ("hog",)
+    parser = run_mofo_pretraining.get_args_parser()
+    for target, sampling, expected in (("pixel+hog", "tubelet", None), ("pixel+hog", "trajectory", ("hog",)),
+                                       ("trajectory+hog", "tubelet", ("trajectory",))):
+        args = parser.parse_args(run_args(dataset_root, dataset_root / "unused", "--target", target,
+                                          "--hog_sampling", sampling))
+        run_mofo_pretraining.build_model(args)
+        dataset = build_pretraining_dataset(args)
+        assert (None if dataset.trajectory is None else dataset.trajectory.outputs) == expected
+        assert set(dataset[0]) - {"frames", "mask", "box", "replaced", "missing_box"} == set(expected or ())
 
 
 @pytest.mark.parametrize("target, sampling", [("pixel+hog", "tubelet"), ("trajectory+hog", "trajectory")])

@@ -340,10 +340,22 @@ def test_a_slurm_job_requeues_itself_when_its_time_limit_is_near(script, tmp_pat
         calls = record.read_text().split("\0")[:-1]
         assert "scontrol" in calls, "USR1 did not requeue the job"
         assert calls[calls.index("scontrol"):] == ["scontrol", "requeue", "42"]
+        time.sleep(1)
         assert proc.poll() is None  # the training goes on until SLURM stops the job
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
+    # A refused requeue leaves the job running to its end, with the command's own exit status.
+    record.unlink()
+    refused = subprocess.Popen(["bash", str(REPO / "scripts" / script)], cwd=tmp_path, start_new_session=True,
+                               env=env | {"SLEEP": "3", "STATUS": "5"}, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while not record.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    refused.send_signal(signal.SIGUSR1)
+    _, stderr = refused.communicate(timeout=30)
+    assert refused.returncode == 5 and "scontrol requeue failed" in stderr
     record.unlink()
     finished = subprocess.run(["bash", str(REPO / "scripts" / script)], cwd=tmp_path, capture_output=True, text=True,
                               stdin=subprocess.DEVNULL, env=env | {"SLEEP": "0", "STATUS": "3"}, timeout=60)

@@ -45,7 +45,7 @@ def pretrain_setup(device="cpu", precision="fp32"):
     torch.manual_seed(0)
     model = create_model("pretrain_videomae_mini_patch16_224", img_size=64, num_frames=8).to(device)
     args = SimpleNamespace(targets=("pixel",), patch_size=(16, 16), tubelet_size=2, normlize_target=True,
-                           precision=precision, pixel_loss_weight=1.0, trajectory_loss_weight=1.0, opt="adamw",
+                           precision=precision, pixel_loss_weight=1.0, hog_sampling="tubelet", opt="adamw",
                            opt_eps=1e-8, opt_betas=[0.9, 0.95], momentum=0.9, lr=1e-3, weight_decay=0.05,
                            clip_grad=0.02)
     optimizer = utils.create_optimizer(args, utils.param_groups_weight_decay(model, 0.05))

@@ -253,7 +253,7 @@ def test_loss_sums_the_weighted_target_losses():
     frames = torch.randint(0, 256, (2, 8, 64, 64, 3), dtype=torch.uint8)
     batch = {"frames": frames, "mask": mask, "trajectory": torch.randn(2, 64, 32)}
     args = SimpleNamespace(targets=("pixel", "trajectory"), patch_size=(16, 16), tubelet_size=2, normlize_target=True,
-                           precision="fp32", pixel_loss_weight=0.5, trajectory_loss_weight=2.0)
+                           precision="fp32", pixel_loss_weight=0.5, trajectory_loss_weight=2.0, hog_sampling="tubelet")
     loss, parts = pretrain_loss(model, batch, torch.device("cpu"), args)
     assert set(parts) == {"pixel", "trajectory"}
     torch.testing.assert_close(loss, 0.5 * parts["pixel"] + 2.0 * parts["trajectory"])
