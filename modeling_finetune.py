@@ -23,7 +23,7 @@ from timm.models import register_model
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from masking_generator import inside_box_tokens
+from masking_generator import inside_box_tokens, overlapping_box_tokens
 
 __all__ = [
     "Attention",
@@ -511,33 +511,60 @@ class MultiCrossAttention(nn.Module):
         return updated.reshape(batch, num_tokens, dim)
 
 
+MCA_POOLS = ("fuse", "inside")
+MCA_TOKEN_RULES = ("centre", "overlap")
+
+
 class MotionFocusedVisionTransformer(VisionTransformer):
     """MOFO fine-tuning model: the VideoMAE ViT encoder, then ``mca_depth`` multi-cross-attention layers fusing the
-    tokens inside and outside the motion box, then the inside and outside token means -> ``fuse`` -> ``fc_norm`` ->
-    head. ``forward(x, box)`` takes normalised xyxy boxes, one per clip (B, 4) or one per frame (B, T, 4), best
-    on the CPU (as the data loader gives them: the token sets are then indexed without waiting for the device);
-    tokens are split by the masking generator's patch-centre rule. A clip without a box (NaN) has no inside tokens: its
-    outside tokens then attend among themselves and both pooled halves are the mean of all tokens."""
+    tokens inside and outside the motion box, then (``mca_pool`` fuse) the inside and outside token means ->
+    ``fuse`` -> ``fc_norm`` -> head. ``forward(x, box)`` takes normalised xyxy boxes, one per clip (B, 4) or one per
+    frame (B, T, 4), best on the CPU (as the data loader gives them: the token sets are then indexed without waiting
+    for the device); tokens are split by the masking generator's patch-centre rule (``mca_tokens`` centre: inside
+    the union box of the slice's frames). A clip without a box (NaN) has no inside tokens: its outside tokens then
+    attend among themselves and both pooled halves are the mean of all tokens.
 
-    def __init__(self, mca_mode: str = "both", mca_depth: int = 1, mca_heads: int | None = None, **kwargs):
+    The MOFO release's head is ``mca_mode="inner", mca_heads=3, mca_pool="inside", mca_tokens="overlap"``: inside
+    tokens attend to outside ones, only the inside mean is classified, and a token is inside when its tube shares a
+    pixel with the box of either of its frames (see :func:`utils.release_mca_state` for its checkpoints)."""
+
+    def __init__(self, mca_mode: str = "both", mca_depth: int = 1, mca_heads: int | None = None,
+                 mca_pool: str = "fuse", mca_tokens: str = "centre", **kwargs):
         super().__init__(**kwargs)
         if self.fc_norm is None:
             raise ValueError("the MOFO head pools tokens: use_mean_pooling must be True")
+        if mca_pool not in MCA_POOLS or mca_tokens not in MCA_TOKEN_RULES:
+            raise ValueError(f"mca_pool must be one of {MCA_POOLS} and mca_tokens one of {MCA_TOKEN_RULES}, got "
+                             f"{mca_pool!r} and {mca_tokens!r}")
+        self.mca_pool, self.mca_tokens = mca_pool, mca_tokens
         dim = self.embed_dim
         block_kwargs = dict(mlp_ratio=kwargs.get("mlp_ratio", 4.0), qkv_bias=kwargs.get("qkv_bias", False),
                             norm_layer=kwargs.get("norm_layer", LayerNorm6), drop=kwargs.get("drop_rate", 0.0),
                             attn_drop=kwargs.get("attn_drop_rate", 0.0))
         heads = mca_heads or kwargs.get("num_heads", 12)
         self.mca = nn.ModuleList(MultiCrossAttention(dim, heads, mca_mode, **block_kwargs) for _ in range(mca_depth))
-        self.fuse = nn.Linear(2 * dim, dim)
         self.mca.apply(init_weights_trunc_normal)
-        init_weights_trunc_normal(self.fuse)
+        self.fuse = nn.Linear(2 * dim, dim) if mca_pool == "fuse" else None
+        if self.fuse is not None:
+            init_weights_trunc_normal(self.fuse)
+
+    def mca_settings(self) -> dict:
+        """The head's constructor settings (checked when a MOFO release checkpoint is loaded)."""
+        attn = self.mca[0].inner.attn
+        return {"mca_mode": "inner" if self.mca[0].outer is None else "both", "mca_depth": len(self.mca),
+                "mca_heads": attn.num_heads, "mca_pool": self.mca_pool, "mca_tokens": self.mca_tokens}
 
     def inside_tokens(self, box: torch.Tensor) -> torch.Tensor:
-        """(B, N) bool: which tokens lie inside the box of their time slice."""
+        """(B, N) bool: which tokens lie inside the box of their time slice (``mca_tokens``)."""
         num_slices, grid_h, grid_w = self.patch_embed.grid_size
-        per_slice = tubelet_boxes(box.float(), num_slices)
-        return inside_box_tokens(per_slice, (grid_h, grid_w)).flatten(1)
+        box = box.float()
+        if self.mca_tokens == "centre":
+            return inside_box_tokens(tubelet_boxes(box, num_slices), (grid_h, grid_w)).flatten(1)
+        per_frame = box[:, None].expand(-1, num_slices, -1) if box.ndim == 2 else box
+        if per_frame.shape[1] % num_slices:
+            raise ValueError(f"{per_frame.shape[1]} per-frame boxes do not split into {num_slices} token time slices")
+        overlap = overlapping_box_tokens(per_frame, (grid_h, grid_w))  # (B, frames, H'W')
+        return overlap.reshape(box.shape[0], num_slices, -1, grid_h * grid_w).any(2).flatten(1)
 
     def forward_features(self, x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
         tokens = self.forward_tokens(x)
@@ -546,6 +573,8 @@ class MotionFocusedVisionTransformer(VisionTransformer):
         inside = inside_host.to(tokens.device, non_blocking=True)
         for layer in self.mca:
             tokens = layer(tokens, inside, sets)
+        if self.fuse is None:
+            return self.fc_norm(masked_mean(tokens, inside))
         pooled = torch.cat([masked_mean(tokens, inside), masked_mean(tokens, ~inside)], dim=-1)
         return self.fc_norm(self.fuse(pooled))
 

@@ -69,6 +69,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="MOFO head: inside<->outside cross-attention both ways, or inside->outside only")
     parser.add_argument("--mca_depth", default=1, type=int, help="MOFO head: multi-cross-attention layers")
     parser.add_argument("--mca_heads", default=None, type=int, help="MOFO head: attention heads (default: encoder's)")
+    parser.add_argument("--mca_pool", default="fuse", choices=modeling_finetune.MCA_POOLS,
+                        help="MOFO head: fuse (the inside and outside means, concatenated, through a linear layer) or"
+                             " inside (the inside mean only, the MOFO release's)")
+    parser.add_argument("--mca_tokens", default="centre", choices=modeling_finetune.MCA_TOKEN_RULES,
+                        help="MOFO head: a token is inside when its patch centre is in the box (centre, the masking's"
+                             " rule) or when its tube shares a pixel with the box of either frame (overlap, the MOFO"
+                             " release's)")
 
     # optimiser
     parser.add_argument("--opt", default="adamw", type=str)
@@ -176,7 +183,8 @@ def build_model(args):
                   attn_drop_rate=args.attn_drop_rate, use_mean_pooling=args.use_mean_pooling,
                   init_scale=args.init_scale, use_checkpoint=args.use_checkpoint)
     if args.model.endswith("_mofo"):
-        kwargs.update(mca_mode=args.mca_mode, mca_depth=args.mca_depth, mca_heads=args.mca_heads)
+        kwargs.update(mca_mode=args.mca_mode, mca_depth=args.mca_depth, mca_heads=args.mca_heads,
+                      mca_pool=args.mca_pool, mca_tokens=args.mca_tokens)
     model = create_model(args.model, pretrained=False, **kwargs)
     args.use_box = isinstance(model, modeling_finetune.MotionFocusedVisionTransformer)
     return model
@@ -225,7 +233,8 @@ def main(args) -> None:
         raise SystemExit(f"--model {args.model} fuses tokens inside and outside the motion box: pass --box_dir")
     if args.finetune:
         with utils.setup_errors():
-            utils.load_finetune_checkpoint(model, args.finetune, args.model_key, args.model_prefix)
+            utils.load_finetune_checkpoint(model, args.finetune, args.model_key, args.model_prefix,
+                                           require_all=args.eval)
     model.to(device)
     print(f"Model: {args.model}, params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
     model_ema = None

@@ -159,7 +159,7 @@ def load_classifier(name: str, checkpoint: str, nb_classes: int | None, input_si
     """The registered fine-tuning model with every weight from ``checkpoint``, in eval mode.
 
     The head size (unless ``nb_classes`` is given), the pooling and the MOFO head's settings (``--use_cls``,
-    ``--mca_mode``, ``--mca_depth``, ``--mca_heads``) are the checkpoint's: its saved flags and weights. A
+    ``--mca_*``) are the checkpoint's: its saved flags and weights (a MOFO release checkpoint's are the release's). A
     checkpoint that lacks some of the model's weights (a pretraining checkpoint has no head; a VideoMAE checkpoint
     has no MOFO head) or holds weights the model has no place for (a MOFO checkpoint for a plain model) is an
     error: Grad-CAM through untrained weights would explain nothing.
@@ -171,7 +171,8 @@ def load_classifier(name: str, checkpoint: str, nb_classes: int | None, input_si
         with contextlib.redirect_stdout(io.StringIO()):
             path = utils.resolve_checkpoint(checkpoint)
             saved = utils.load_checkpoint_file(path)
-            state = utils.encoder_state(utils.model_state(saved, path))
+            raw = utils.model_state(saved, path)
+            state = utils.encoder_state(raw)
     except FileNotFoundError as e:
         raise GradCamError(str(e)) from None
     except Exception as e:  # torch.load reports unreadable files and non-tensor pickles with many error types
@@ -185,7 +186,10 @@ def load_classifier(name: str, checkpoint: str, nb_classes: int | None, input_si
     trained = utils.saved_args(saved)
     kwargs = {key: trained[key] for key in ("use_mean_pooling", "tubelet_size") if key in trained}
     if name.endswith("_mofo"):
-        kwargs.update({key: trained[key] for key in ("mca_mode", "mca_depth", "mca_heads") if key in trained})
+        head_keys = ("mca_mode", "mca_depth", "mca_heads", "mca_pool", "mca_tokens")
+        kwargs.update({key: trained[key] for key in head_keys if key in trained})
+        if utils.is_release_mca_state(raw):
+            kwargs.update(utils.RELEASE_MCA_SETTINGS)
     try:
         model = create_model(name, pretrained=False, num_classes=nb_classes, img_size=input_size,
                              all_frames=num_frames, **kwargs)

@@ -677,12 +677,43 @@ def read_model_state(path: str | Path, model_key: str = "model|module") -> dict:
 def encoder_state(state: dict) -> dict:
     """Fine-tuning weights from any of our checkpoint kinds: drops DDP's ``module.``, keeps a pretraining
     checkpoint's encoder (``encoder.``/``backbone.`` prefixes removed; decoder, ``encoder_to_decoder`` and
-    ``mask_token`` dropped)."""
+    ``mask_token`` dropped), renames a MOFO release head (:func:`release_mca_state`)."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
     for prefix in ("encoder.", "backbone."):
         if any(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    return state
+    return release_mca_state(state) if is_release_mca_state(state) else state
+
+
+# The MOFO release's fine-tuning head (VisionTransformer_BB_focused, fusing_method MCA) in this codebase's terms.
+RELEASE_MCA_SETTINGS = {"mca_mode": "inner", "mca_depth": 1, "mca_heads": 3, "mca_pool": "inside",
+                        "mca_tokens": "overlap"}
+RELEASE_UNUSED_PREFIXES = ("global_MCA.", "patch_yab.", "soft_att_local.", "soft_att_global.")
+
+
+def is_release_mca_state(state: dict) -> bool:
+    return any(key.removeprefix("module.").startswith("local_MCA.") for key in state)
+
+
+def release_mca_state(state: dict) -> dict:
+    """A MOFO release fine-tuned state dict with its head renamed to this codebase's: ``local_MCA.N`` becomes
+    ``mca.N.inner`` (its separate ``attn.q`` and ``attn.kv`` weights one ``attn.qkv``), and the weights its MCA mode
+    never used (``global_MCA``, the box-counting ``patch_yab`` convolution, ``soft_att_*``) are dropped. The model
+    must be built with :data:`RELEASE_MCA_SETTINGS`."""
+    converted = {}
+    for key, value in state.items():
+        if key.startswith(RELEASE_UNUSED_PREFIXES):
+            continue
+        if not key.startswith("local_MCA."):
+            converted[key] = value
+            continue
+        layer, rest = key.removeprefix("local_MCA.").split(".", 1)
+        if rest == "attn.kv.weight":
+            continue
+        if rest == "attn.q.weight":
+            rest, value = "attn.qkv.weight", torch.cat([value, state[f"local_MCA.{layer}.attn.kv.weight"]])
+        converted[f"mca.{layer}.inner.{rest}"] = value
+    return converted
 
 
 def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -700,14 +731,30 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int, int]) -
 
 
 def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key: str = "model|module",
-                             model_prefix: str = "") -> None:
-    """Initialise a fine-tuning model from a pretraining, fine-tuned, DeepSpeed or own checkpoint (``--finetune``);
-    with ``model_prefix`` (VideoMAE's ``--model_prefix``) only from the keys under that prefix, the prefix removed.
+                             model_prefix: str = "", require_all: bool = False) -> None:
+    """Initialise a fine-tuning model from a pretraining, fine-tuned, DeepSpeed, MOFO release or own checkpoint
+    (``--finetune``); with ``model_prefix`` (VideoMAE's ``--model_prefix``) only from the keys under that prefix, the
+    prefix removed.
 
     A classifier head of another size is dropped; a learned position table of another grid is interpolated (fixed
-    sinusoid tables are rebuilt by the model and need nothing); missing and unexpected keys are printed.
+    sinusoid tables are rebuilt by the model and need nothing); missing and unexpected keys are printed. With
+    ``require_all`` (``--eval``: these weights are what is tested) a model weight missing from the checkpoint is a
+    ValueError.
     """
-    state = encoder_state(read_model_state(path, model_key))
+    raw = read_model_state(path, model_key)
+    state = encoder_state(raw)
+    if is_release_mca_state(raw):
+        settings = model.mca_settings() if hasattr(model, "mca_settings") else None
+        flags = " ".join(f"--{key} {value}" for key, value in RELEASE_MCA_SETTINGS.items())
+        if settings == RELEASE_MCA_SETTINGS:
+            print(f"{path}: the MOFO release's head, renamed (local_MCA -> mca.N.inner; its unused global_MCA, "
+                  "patch_yab and soft_att_* dropped)")
+        elif require_all:
+            raise ValueError(f"{path} holds the MOFO release's head: --eval it with a *_mofo model and {flags}")
+        else:
+            state = {k: v for k, v in state.items() if not k.startswith("mca.")}
+            print(f"{path}: the MOFO release's head does not fit this model's ({settings or 'none'}; it needs "
+                  f"{flags}): only its encoder and classifier are loaded")
     if model_prefix:  # after the wrapper prefixes, as VideoMAE applies it; a prefix may hold an encoder. part
         state = encoder_state({k[len(model_prefix):]: v for k, v in state.items() if k.startswith(model_prefix)})
         if not state.keys() & model.state_dict().keys():
@@ -736,6 +783,9 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
         print(f"Weights of {type(model).__name__} not initialized from the checkpoint: {result.missing_keys}")
     if result.unexpected_keys:
         print(f"Weights from the checkpoint not used in {type(model).__name__}: {result.unexpected_keys}")
+    if require_all and result.missing_keys:
+        raise ValueError(f"{path}: --eval tests these weights, but {len(result.missing_keys)} weights of "
+                         f"{type(model).__name__} are not in it (e.g. {', '.join(result.missing_keys[:3])})")
 
 
 # ---------------------------------------------------------------- mixed precision

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from timm.models import create_model
 
 import make_synthetic_dataset
+import modeling_finetune  # noqa: F401  (registers the models)
+from test_mofo_model import RELEASE, release_head_state
 from test_pretraining import clean_env, pretrain, run_args
 from utils import free_port
 
@@ -50,6 +53,26 @@ def finetune_args(data: Path, out: Path, model: str, *extra: str) -> list[str]:
 def finetune(args: list[str], env: dict | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "run_mofo_finetuning.py"), *args], cwd=cwd,
                           env=env or clean_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_eval_tests_only_complete_weights_and_runs_a_mofo_release_checkpoint(data, pretrained, tmp_path):
+    """--eval of a checkpoint without the model's head would test random weights: refused. A MOFO release fine-tuned
+    checkpoint (DeepSpeed layout, its head's own key names) is tested with the release's head settings."""
+    out = tmp_path / "eval"
+    refused = finetune(finetune_args(data, out, "vit_mini_patch16_224", "--eval", "--finetune", str(pretrained)))
+    assert refused.returncode != 0 and "--eval tests these weights" in refused.stderr
+    model = create_model("vit_mini_patch16_224_mofo", num_classes=len(make_synthetic_dataset.CLASSES), img_size=64,
+                         all_frames=8, **RELEASE)
+    release = tmp_path / "mp_rank_00_model_states.pt"
+    torch.save({"module": release_head_state(model)}, release)
+    wrong_head = finetune(finetune_args(data, out, "vit_mini_patch16_224_mofo", "--eval", "--finetune", str(release)))
+    assert wrong_head.returncode != 0 and "holds the MOFO release's head" in wrong_head.stderr
+    flags = [word for key, value in RELEASE.items() for word in (f"--{key}", str(value))]
+    result = finetune(finetune_args(data, out, "vit_mini_patch16_224_mofo", "--eval", "--finetune", str(release),
+                                    *flags))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the MOFO release's head, renamed" in result.stdout and "not initialized" not in result.stdout
+    assert json.loads((out / "test_results.json").read_text())["videos"] > 0
 
 
 @pytest.mark.parametrize("model", ["vit_mini_patch16_224", "vit_mini_patch16_224_mofo"])

@@ -19,7 +19,9 @@ from torch import nn
 import make_synthetic_dataset
 import run_mofo_gradcam
 import run_mofo_vis
+import utils
 from run_mofo_gradcam import GradCamError, grad_cam
+from test_mofo_model import RELEASE, release_head_state
 from video_transforms import normalize_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -273,3 +275,19 @@ def test_head_settings_and_classes_come_from_the_checkpoint(data, tmp_path):
     del args[args.index("--nb_classes"):args.index("--nb_classes") + 2]
     result = run_mofo_gradcam.gradcam_figure(run_mofo_gradcam.get_args_parser().parse_args(args))
     assert result.models[0].probabilities.shape == (5,)
+
+
+def test_a_mofo_release_checkpoint_is_explained_with_the_release_head(tmp_path):
+    """The MOFO release's fine-tuned file (DeepSpeed 'module', its own head keys, no args of ours) loads with its
+    head's settings, and the model computes what that head does."""
+    trained = create_model(MOFO, num_classes=5, img_size=INPUT_SIZE, all_frames=NUM_FRAMES, **RELEASE).eval()
+    release = release_head_state(trained)
+    trained.load_state_dict(utils.release_mca_state(release), strict=True)
+    checkpoint = tmp_path / "mp_rank_00_model_states.pt"
+    torch.save({"module": release}, checkpoint)
+    model = run_mofo_gradcam.load_classifier(MOFO, str(checkpoint), None, INPUT_SIZE, NUM_FRAMES, "cpu")
+    assert model.mca_settings() == RELEASE
+    clip = torch.randn(1, 3, NUM_FRAMES, INPUT_SIZE, INPUT_SIZE)
+    boxes = torch.tensor([[[0.2, 0.2, 0.7, 0.8]] * NUM_FRAMES])
+    with torch.no_grad():
+        torch.testing.assert_close(model(clip, boxes), trained(clip, boxes))

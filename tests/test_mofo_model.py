@@ -129,3 +129,113 @@ def test_videomae_finetuned_weights_load_into_the_mofo_model():
     result = mofo.load_state_dict(plain.state_dict(), strict=False)
     assert not result.unexpected_keys
     assert result.missing_keys and all(k.startswith(("mca.", "fuse.")) for k in result.missing_keys)
+
+
+RELEASE = {"mca_mode": "inner", "mca_depth": 1, "mca_heads": 3, "mca_pool": "inside", "mca_tokens": "overlap"}
+
+
+def test_overlap_rule_counts_any_shared_pixel_of_either_frame():
+    """The MOFO release's rule, with its pixel volume: ones inside each frame's box, a token is in when any pixel of
+    its 2x16x16 tube is one."""
+    model = mini_model(**RELEASE)
+    grid = model.patch_embed.grid_size
+    boxes_px = [[(0, 0, 16, 16), (40, 8, 41, 9)],  # on the patch border: patch 1 shares no pixel; one pixel
+                [(20, 30, 50, 64), None],  # a missing frame box
+                [(0, 0, 64, 64), (10, 10, 20, 20)]]
+    boxes = torch.tensor([[[c / 64 for c in box] if box else NAN_BOX for box in frame_pair] * 2
+                          for frame_pair in boxes_px])  # (3, 4 frames, 4): slice 1 repeats slice 0
+    inside = model.inside_tokens(boxes).reshape(3, *grid)
+    for sample, frame_pair in enumerate(boxes_px):
+        volume = torch.zeros(2, 64, 64, dtype=torch.bool)
+        for frame, box in enumerate(frame_pair):
+            if box:
+                x1, y1, x2, y2 = box
+                volume[frame, y1:y2, x1:x2] = True
+        expected = volume.reshape(2, 4, 16, 4, 16).any(dim=(0, 2, 4))
+        assert torch.equal(inside[sample, 0], expected) and torch.equal(inside[sample, 1], expected)
+    assert inside[0, 0].sum() == 2 and inside[0, 0, 0, 0] and inside[0, 0, 0, 2]
+    one_box = torch.tensor([[0.3, 0.3, 0.32, 0.9]])  # one box per clip: every slice
+    assert torch.equal(model.inside_tokens(one_box), model.inside_tokens(one_box[:, None].expand(-1, 4, -1)))
+
+
+def release_head_state(model) -> dict:
+    """The MOFO release's fine-tuned layout for the mini encoder: VideoMAE's encoder and classifier keys, and its
+    head (local_MCA with separate q / kv weights, the unused global_MCA, patch_yab and soft_att_*), random."""
+    torch.manual_seed(3)
+    dim = model.embed_dim
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("mca.")}
+    for name in ("local_MCA.0", "global_MCA.0"):
+        state.update({f"{name}.norm1.weight": 1 + 0.1 * torch.randn(dim), f"{name}.norm1.bias": 0.1 * torch.randn(dim),
+                      f"{name}.attn.q.weight": 0.2 * torch.randn(dim, dim),
+                      f"{name}.attn.kv.weight": 0.2 * torch.randn(2 * dim, dim),
+                      f"{name}.attn.q_bias": 0.1 * torch.randn(dim), f"{name}.attn.v_bias": 0.1 * torch.randn(dim),
+                      f"{name}.attn.proj.weight": 0.2 * torch.randn(dim, dim),
+                      f"{name}.attn.proj.bias": 0.1 * torch.randn(dim),
+                      f"{name}.norm2.weight": 1 + 0.1 * torch.randn(dim), f"{name}.norm2.bias": 0.1 * torch.randn(dim),
+                      f"{name}.mlp.fc1.weight": 0.2 * torch.randn(4 * dim, dim),
+                      f"{name}.mlp.fc1.bias": 0.1 * torch.randn(4 * dim),
+                      f"{name}.mlp.fc2.weight": 0.2 * torch.randn(dim, 4 * dim),
+                      f"{name}.mlp.fc2.bias": 0.1 * torch.randn(dim)})
+    state.update({"patch_yab.weight": torch.ones(dim, 3, 2, 16, 16), "patch_yab.bias": torch.zeros(dim),
+                  "soft_att_local.weight": torch.randn(dim), "soft_att_local.b": torch.zeros(1),
+                  "soft_att_global.weight": torch.randn(dim), "soft_att_global.b": torch.zeros(1)})
+    return state
+
+
+def release_logits(model, state: dict, video: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """The release's VisionTransformer_BB_focused forward (fusing_method MCA) for one sample, from its own weights:
+    the in-box tokens attend to the out-of-box ones (3 heads, one shared pre-norm), then the in-box mean."""
+    tokens = model.forward_tokens(video[None])[0]
+    inside = model.inside_tokens(box[None])[0]
+    if not inside.any():
+        return model.head(model.fc_norm(tokens.mean(0)))
+    w = {k.removeprefix("local_MCA.0."): v for k, v in state.items() if k.startswith("local_MCA.0.")}
+    x, y = tokens[inside], tokens[~inside] if (~inside).any() else tokens[inside]
+    norm = lambda t, name: F.layer_norm(t, t.shape[-1:], w[f"{name}.weight"], w[f"{name}.bias"], eps=1e-6)  # noqa: E731
+    heads, dim = 3, x.shape[-1]
+    q = (norm(x, "norm1") @ w["attn.q.weight"].T + w["attn.q_bias"]).reshape(-1, heads, dim // heads).transpose(0, 1)
+    kv_bias = torch.cat([torch.zeros(dim), w["attn.v_bias"]])
+    k, v = (norm(y, "norm1") @ w["attn.kv.weight"].T + kv_bias).reshape(-1, 2, heads, dim // heads).permute(1, 2, 0, 3)
+    attention = torch.softmax(q @ k.transpose(-1, -2) * (dim // heads) ** -0.5, dim=-1)
+    x = x + (attention @ v).transpose(0, 1).reshape(-1, dim) @ w["attn.proj.weight"].T + w["attn.proj.bias"]
+    hidden = F.gelu(norm(x, "norm2") @ w["mlp.fc1.weight"].T + w["mlp.fc1.bias"])
+    x = x + hidden @ w["mlp.fc2.weight"].T + w["mlp.fc2.bias"]
+    return model.head(model.fc_norm(x.mean(0)))
+
+
+def test_release_checkpoints_run_as_the_release_head_does():
+    import utils
+
+    model = mini_model(**RELEASE)
+    assert model.mca_settings() == RELEASE == utils.RELEASE_MCA_SETTINGS and model.fuse is None
+    state = release_head_state(model)
+    converted = utils.release_mca_state(state)
+    assert not any(k.startswith(("local_MCA", "global_MCA", "patch_yab", "soft_att")) for k in converted)
+    model.load_state_dict(converted, strict=True)
+    torch.manual_seed(4)
+    videos = torch.randn(4, 3, 4, 64, 64)
+    boxes = torch.tensor([[0.1, 0.2, 0.6, 0.7], [0.0, 0.0, 1.0, 1.0], NAN_BOX, [0.4, 0.4, 0.41, 0.41]])
+    with torch.no_grad():
+        batched = model(videos, boxes)
+        reference = torch.stack([release_logits(model, state, v, b) for v, b in zip(videos, boxes, strict=True)])
+    torch.testing.assert_close(batched, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_release_checkpoint_loading_checks_the_head(tmp_path, capsys):
+    import utils
+
+    release_model = mini_model(**RELEASE)
+    path = tmp_path / "mp_rank_00_model_states.pt"
+    torch.save({"module": release_head_state(release_model)}, path)  # a DeepSpeed fine-tuning checkpoint
+    utils.load_finetune_checkpoint(release_model, path, require_all=True)
+    assert "the MOFO release's head, renamed" in capsys.readouterr().out
+    torch.testing.assert_close(release_model.mca[0].inner.attn.q_bias, release_head_state(release_model)[
+        "local_MCA.0.attn.q_bias"])
+    default = mini_model()
+    with pytest.raises(ValueError, match="--mca_mode inner --mca_depth 1 --mca_heads 3 --mca_pool inside"):
+        utils.load_finetune_checkpoint(default, path, require_all=True)
+    before = default.mca[0].inner.attn.qkv.weight.clone()
+    utils.load_finetune_checkpoint(default, path)  # fine-tuning from it: the encoder and classifier only
+    assert "only its encoder and classifier are loaded" in capsys.readouterr().out
+    torch.testing.assert_close(default.mca[0].inner.attn.qkv.weight, before)
+    torch.testing.assert_close(default.blocks[0].attn.qkv.weight, release_model.blocks[0].attn.qkv.weight)
