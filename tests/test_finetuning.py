@@ -15,7 +15,7 @@ from timm.models import create_model
 import make_synthetic_dataset
 import modeling_finetune  # noqa: F401  (registers the models)
 from test_mofo_model import RELEASE, release_head_state
-from test_pretraining import clean_env, pretrain, run_args
+from test_pretraining import clean_env, pretrain, run_args, write_all_list
 from utils import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,8 +31,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pretrained(data, tmp_path_factory):
     """A checkpoint written by run_mofo_pretraining.py (one epoch of MOFO masking)."""
-    lines = [line for split in ("train", "val", "test") for line in (data / f"{split}.csv").read_text().splitlines()]
-    (data / "all.csv").write_text("\n".join(lines) + "\n")
+    write_all_list(data)
     out = tmp_path_factory.mktemp("pretrain_run")
     result = pretrain(run_args(data, out, "--epochs", "1"))
     assert result.returncode == 0, result.stderr[-3000:]

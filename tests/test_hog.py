@@ -13,13 +13,12 @@ import pytest
 import torch
 from timm.models import create_model
 
-import make_synthetic_dataset as synthetic
 import run_mofo_pretraining
 from datasets import build_pretraining_dataset
 from engine_for_pretraining import pretrain_loss
 from hog_targets import hog_cells, hog_dim, trajectory_hog_targets, tubelet_hog_targets
 from modeling_pretrain import TARGET_CHOICES, parse_targets
-from test_pretraining import pretrain, run_args
+from test_pretraining import pretrain, pretraining_set, run_args
 from trajectory_targets import TrajectoryTargets, tubelet_tracks, worker_targets
 from video_transforms import normalize_video
 
@@ -216,11 +215,7 @@ def test_hog_flags_are_checked_before_the_run():
 
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hog_data")
-    synthetic.make_dataset(root, num_videos=4, num_frames=20, seed=6)
-    lines = [line for split in ("train", "val", "test") for line in (root / f"{split}.csv").read_text().splitlines()]
-    (root / "all.csv").write_text("\n".join(lines) + "\n")
-    return root
+    return pretraining_set(tmp_path_factory.mktemp("hog_data"), num_videos=4, num_frames=20, seed=6)
 
 
 def test_workers_compute_only_what_the_training_step_does_not(dataset_root):

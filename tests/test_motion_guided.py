@@ -22,7 +22,7 @@ from masking_generator import (
     pool_to_tokens,
     tubelet_displacement,
 )
-from test_pretraining import clean_env, pretrain, run_args
+from test_pretraining import clean_env, pretrain, pretraining_set, run_args
 from video_transforms import resize_frames
 
 GRIDS = [(8, 14, 14), (4, 7, 10), (3, 5, 6)]  # non-square and odd grids catch swapped axes and off-by-ones
@@ -190,11 +190,7 @@ def test_mask_tracks_a_moving_object_better_than_a_tube():
 
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("guided_data")
-    synthetic.make_dataset(root, num_videos=8, num_frames=16, seed=3)
-    lines = [line for split in ("train", "val", "test") for line in (root / f"{split}.csv").read_text().splitlines()]
-    (root / "all.csv").write_text("\n".join(lines) + "\n")
-    return root
+    return pretraining_set(tmp_path_factory.mktemp("guided_data"), num_videos=8, num_frames=16, seed=3)
 
 
 def guided_dataset(root, **kwargs) -> VideoMAEPretrainDataset:

@@ -26,13 +26,23 @@ from utils import free_port
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pretrain_data")
-    make_synthetic_dataset.make_dataset(root, num_videos=8, num_frames=16, seed=3)
+def write_all_list(root: Path) -> Path:
+    """all.csv: the train, val and test lists of a synthetic set in one, for pretraining on every video."""
     lines = [line for split in ("train", "val", "test") for line in (root / f"{split}.csv").read_text().splitlines()]
     (root / "all.csv").write_text("\n".join(lines) + "\n")
+    return root / "all.csv"
+
+
+def pretraining_set(root: Path, num_videos: int, num_frames: int, seed: int) -> Path:
+    """A synthetic set in ``root`` with its all.csv."""
+    make_synthetic_dataset.make_dataset(root, num_videos=num_videos, num_frames=num_frames, seed=seed)
+    write_all_list(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return pretraining_set(tmp_path_factory.mktemp("pretrain_data"), num_videos=8, num_frames=16, seed=3)
 
 
 def run_args(data: Path, out: Path, *extra: str) -> list[str]:

@@ -204,14 +204,19 @@ RECIPES = {
 }
 
 
+def fake_commands(folder: Path, names, script: str) -> Path:
+    """``folder`` with an executable bash ``script`` under each of ``names`` (put it first on PATH)."""
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_text(script)
+        (folder / name).chmod(stat.S_IRWXU)
+    return folder
+
+
 @pytest.fixture
 def dry_run(tmp_path):
     """dry_run(script, **variables) -> the recorded command's words."""
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    for name in ("torchrun", "srun", "python"):
-        (fake_bin / name).write_text(RECORDER)
-        (fake_bin / name).chmod(stat.S_IRWXU)
+    fake_bin = fake_commands(tmp_path / "bin", ("torchrun", "srun", "python"), RECORDER)
     data = tmp_path / "data"
     data.mkdir()
     for split in ("train", "val", "test"):
@@ -315,11 +320,7 @@ def test_a_slurm_job_requeues_itself_when_its_time_limit_is_near(script, tmp_pat
     """sbatch sends the batch shell USR1 before the time limit (#SBATCH --signal=B:USR1@300): it calls `scontrol
     requeue` for its job at once, while srun (or the extraction) still runs; the requeued job resumes. Without the
     signal, the command's exit status is the script's."""
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    for name in ("srun", "python", "scontrol"):
-        (fake_bin / name).write_text(SLOW_RECORDER)
-        (fake_bin / name).chmod(stat.S_IRWXU)
+    fake_bin = fake_commands(tmp_path / "bin", ("srun", "python", "scontrol"), SLOW_RECORDER)
     data = tmp_path / "data"
     data.mkdir()
     for split in ("train", "val", "test"):

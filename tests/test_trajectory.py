@@ -15,12 +15,11 @@ import pytest
 import torch
 from timm.models import create_model
 
-import make_synthetic_dataset as synthetic
 import run_mofo_pretraining
 from datasets import VideoMAEPretrainDataset, decode_frames, sample_window_indices
 from engine_for_pretraining import masked_count, pixel_targets, pretrain_loss
 from modeling_pretrain import parse_targets, split_tokens
-from test_pretraining import pretrain, run_args
+from test_pretraining import pretrain, pretraining_set, run_args
 from trajectory_targets import (
     TrajectoryTargets,
     patch_grid_points,
@@ -169,11 +168,7 @@ def test_dis_targets_of_a_rendered_translation_match_the_known_motion():
 
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trajectory_data")
-    synthetic.make_dataset(root, num_videos=4, num_frames=20, seed=5)
-    lines = [line for split in ("train", "val", "test") for line in (root / f"{split}.csv").read_text().splitlines()]
-    (root / "all.csv").write_text("\n".join(lines) + "\n")
-    return root
+    return pretraining_set(tmp_path_factory.mktemp("trajectory_data"), num_videos=4, num_frames=20, seed=5)
 
 
 def pretrain_dataset(root, trajectory=None, **kwargs) -> VideoMAEPretrainDataset:
