@@ -91,18 +91,23 @@ def inside_box_tokens(boxes: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Te
 def overlapping_box_tokens(boxes: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
     """Which spatial tokens overlap each box: the MOFO release's fine-tuning rule (its ``patch_yab`` count of box
     pixels per token), for loading its fine-tuned heads. ``boxes`` (..., 4) normalised xyxy covering the pixels
-    ``[x1, x2) x [y1, y2)``; a patch is in when it shares any pixel with the box. Returns (..., H'*W') bool, row-major;
-    NaN or empty boxes give all False. Motion-focused masking uses :func:`inside_box_tokens` instead."""
+    ``[x1, x2) x [y1, y2)``; a patch is in when it shares any pixel with the box. Edges within 1e-4 of a patch
+    border count as on it (a float32 16/224 is not exactly one patch). Returns (..., H'*W') bool, row-major; NaN or
+    empty boxes give all False. Motion-focused masking uses :func:`inside_box_tokens` instead."""
     boxes = torch.as_tensor(boxes)
     if boxes.shape[-1:] != (4,):
         raise ValueError(f"boxes must have shape (..., 4), got {tuple(boxes.shape)}")
     grid_h, grid_w = grid_hw
-    x1, y1, x2, y2 = boxes.to(torch.float64).clamp(0.0, 1.0).unbind(-1)
+    scale = torch.tensor([grid_w, grid_h, grid_w, grid_h], dtype=torch.float64, device=boxes.device)
+    edges = boxes.to(torch.float64).clamp(0.0, 1.0) * scale  # in patches
+    edges = torch.where((edges - edges.round()).abs() < 1e-4, edges.round(), edges)
+    x1, y1, x2, y2 = edges.unbind(-1)
+    valid = (x2 > x1) & (y2 > y1)  # False for NaN
     cols = torch.arange(grid_w, device=boxes.device, dtype=torch.float64)
     rows = torch.arange(grid_h, device=boxes.device, dtype=torch.float64)
-    cols_in = (x1[..., None] < (cols + 1) / grid_w) & (x2[..., None] > cols / grid_w)  # NaN compares False
-    rows_in = (y1[..., None] < (rows + 1) / grid_h) & (y2[..., None] > rows / grid_h)
-    inside = rows_in[..., :, None] & cols_in[..., None, :]
+    cols_in = (x1[..., None] < cols + 1) & (x2[..., None] > cols)
+    rows_in = (y1[..., None] < rows + 1) & (y2[..., None] > rows)
+    inside = rows_in[..., :, None] & cols_in[..., None, :] & valid[..., None, None]
     return inside.reshape(*boxes.shape[:-1], grid_h * grid_w)
 
 

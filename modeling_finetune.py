@@ -393,15 +393,20 @@ class VisionTransformer(nn.Module):
         return self.head(self.fc_dropout(self.forward_features(x)))
 
 
-def tubelet_boxes(boxes: torch.Tensor, num_slices: int) -> torch.Tensor:
-    """Motion boxes per token time slice (B, T', 4) from one box per clip (B, 4) or one per frame (B, T, 4); a
-    slice's box is the union of its frames' boxes (NaN rows ignored, NaN when all are)."""
+def slice_frame_boxes(boxes: torch.Tensor, num_slices: int) -> torch.Tensor:
+    """(B, T', frames per slice, 4) from one box per clip (B, 4: one frame per slice) or one per frame (B, T, 4)."""
     if boxes.ndim == 2:
-        return boxes[:, None].expand(-1, num_slices, -1)
+        return boxes[:, None, None].expand(-1, num_slices, 1, -1)
     batch, frames, _ = boxes.shape
     if frames % num_slices:
         raise ValueError(f"{frames} per-frame boxes do not split into {num_slices} token time slices")
-    per_slice = boxes.reshape(batch, num_slices, frames // num_slices, 4)
+    return boxes.reshape(batch, num_slices, frames // num_slices, 4)
+
+
+def tubelet_boxes(boxes: torch.Tensor, num_slices: int) -> torch.Tensor:
+    """Motion boxes per token time slice (B, T', 4) from one box per clip (B, 4) or one per frame (B, T, 4); a
+    slice's box is the union of its frames' boxes (NaN rows ignored, NaN when all are)."""
+    per_slice = slice_frame_boxes(boxes, num_slices)
     missing = torch.isnan(per_slice).any(-1, keepdim=True)
     low = torch.where(missing, torch.inf, per_slice).amin(2)
     high = torch.where(missing, -torch.inf, per_slice).amax(2)
@@ -543,28 +548,26 @@ class MotionFocusedVisionTransformer(VisionTransformer):
                             attn_drop=kwargs.get("attn_drop_rate", 0.0))
         heads = mca_heads or kwargs.get("num_heads", 12)
         self.mca = nn.ModuleList(MultiCrossAttention(dim, heads, mca_mode, **block_kwargs) for _ in range(mca_depth))
+        self.fuse = nn.Linear(2 * dim, dim) if mca_pool == "fuse" else None  # built before the inits: same draws
         self.mca.apply(init_weights_trunc_normal)
-        self.fuse = nn.Linear(2 * dim, dim) if mca_pool == "fuse" else None
         if self.fuse is not None:
             init_weights_trunc_normal(self.fuse)
 
     def mca_settings(self) -> dict:
         """The head's constructor settings (checked when a MOFO release checkpoint is loaded)."""
-        attn = self.mca[0].inner.attn
-        return {"mca_mode": "inner" if self.mca[0].outer is None else "both", "mca_depth": len(self.mca),
-                "mca_heads": attn.num_heads, "mca_pool": self.mca_pool, "mca_tokens": self.mca_tokens}
+        first = self.mca[0] if len(self.mca) else None
+        return {"mca_mode": None if first is None else "inner" if first.outer is None else "both",
+                "mca_depth": len(self.mca), "mca_heads": None if first is None else first.inner.attn.num_heads,
+                "mca_pool": self.mca_pool, "mca_tokens": self.mca_tokens}
 
     def inside_tokens(self, box: torch.Tensor) -> torch.Tensor:
-        """(B, N) bool: which tokens lie inside the box of their time slice (``mca_tokens``)."""
+        """(B, N) bool: which tokens are inside, by ``mca_tokens``: centre, the patch centre lies in the union box of
+        the slice's frames; overlap, the tube shares a pixel with the box of any of its frames."""
         num_slices, grid_h, grid_w = self.patch_embed.grid_size
-        box = box.float()
         if self.mca_tokens == "centre":
-            return inside_box_tokens(tubelet_boxes(box, num_slices), (grid_h, grid_w)).flatten(1)
-        per_frame = box[:, None].expand(-1, num_slices, -1) if box.ndim == 2 else box
-        if per_frame.shape[1] % num_slices:
-            raise ValueError(f"{per_frame.shape[1]} per-frame boxes do not split into {num_slices} token time slices")
-        overlap = overlapping_box_tokens(per_frame, (grid_h, grid_w))  # (B, frames, H'W')
-        return overlap.reshape(box.shape[0], num_slices, -1, grid_h * grid_w).any(2).flatten(1)
+            return inside_box_tokens(tubelet_boxes(box.float(), num_slices), (grid_h, grid_w)).flatten(1)
+        overlap = overlapping_box_tokens(slice_frame_boxes(box.float(), num_slices), (grid_h, grid_w))
+        return overlap.any(2).flatten(1)  # (B, T', frames per slice, H'W') -> (B, T' * H'W')
 
     def forward_features(self, x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
         tokens = self.forward_tokens(x)

@@ -663,15 +663,17 @@ def saved_args(checkpoint: dict) -> dict:
     return dict(vars(saved)) if isinstance(saved, argparse.Namespace) else dict(saved)
 
 
-def read_model_state(path: str | Path, model_key: str = "model|module") -> dict:
-    """A model state dict from any checkpoint :func:`resolve_checkpoint` takes, by :func:`model_state`. A run
-    folder's newest checkpoint from before the run's last epoch (a run still going, or stopped) is reported."""
+def read_model_and_args(path: str | Path, model_key: str = "model|module") -> tuple[dict, dict]:
+    """A model state dict (:func:`model_state`) and the run's saved flags (:func:`saved_args`) from any checkpoint
+    :func:`resolve_checkpoint` takes. A run folder's newest checkpoint from before the run's last epoch (a run still
+    going, or stopped) is reported."""
     resolved = resolve_checkpoint(path)
     checkpoint = load_checkpoint_file(resolved)
-    epochs, epoch = saved_args(checkpoint).get("epochs"), checkpoint.get("epoch")
+    args = saved_args(checkpoint)
+    epochs, epoch = args.get("epochs"), checkpoint.get("epoch")
     if resolved != Path(path) and isinstance(epoch, int) and isinstance(epochs, int) and epoch + 1 < epochs:
         print(f"warning: {resolved} is from epoch {epoch} of a run of {epochs} epochs, not its last")
-    return model_state(checkpoint, resolved, model_key)
+    return model_state(checkpoint, resolved, model_key), args
 
 
 def encoder_state(state: dict) -> dict:
@@ -738,13 +740,19 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
 
     A classifier head of another size is dropped; a learned position table of another grid is interpolated (fixed
     sinusoid tables are rebuilt by the model and need nothing); missing and unexpected keys are printed. With
-    ``require_all`` (``--eval``: these weights are what is tested) a model weight missing from the checkpoint is a
-    ValueError.
+    ``require_all`` (``--eval``: these weights are what is tested, in the model they were trained in) a ValueError
+    is raised for a model weight missing from the checkpoint, a checkpoint weight the model has no place for, and
+    MOFO head settings other than the saved ones (``mca_heads`` and ``mca_tokens`` leave no trace in the weights).
     """
-    raw = read_model_state(path, model_key)
+    raw, trained = read_model_and_args(path, model_key)
     state = encoder_state(raw)
+    settings = model.mca_settings() if hasattr(model, "mca_settings") else None
+    if require_all and settings is not None:
+        differing = {key: trained[key] for key in settings if trained.get(key) not in (None, settings[key])}
+        if differing:
+            raise ValueError(f"{path} was trained with " + " ".join(f"--{k} {v}" for k, v in differing.items())
+                             + ": --eval it with the same head")
     if is_release_mca_state(raw):
-        settings = model.mca_settings() if hasattr(model, "mca_settings") else None
         flags = " ".join(f"--{key} {value}" for key, value in RELEASE_MCA_SETTINGS.items())
         if settings == RELEASE_MCA_SETTINGS:
             print(f"{path}: the MOFO release's head, renamed (local_MCA -> mca.N.inner; its unused global_MCA, "
@@ -761,14 +769,15 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
             raise ValueError(f"{path}: no weights of {type(model).__name__} under --model_prefix {model_prefix!r}")
     low_precision = sorted({str(v.dtype) for v in state.values() if v.is_floating_point() and v.dtype != torch.float32})
     if low_precision:
-        print(f"Warning: {path} holds {', '.join(low_precision)} weights (e.g. a DeepSpeed bf16/fp16 run); fine-tuning "
-              "starts from these rounded values. For the fp32 master weights convert the folder with DeepSpeed's "
-              "zero_to_fp32.py and pass the result.")
+        print(f"Warning: {path} holds {', '.join(low_precision)} weights (e.g. a DeepSpeed bf16/fp16 run); the model "
+              "starts from these rounded values. A ZeRO run's fp32 master weights come from DeepSpeed's "
+              "zero_to_fp32.py on its folder.")
     own = model.state_dict()
+    removed = []
     for key in ("head.weight", "head.bias"):
         if key in state and key in own and state[key].shape != own[key].shape:
             print(f"Removing key {key} from the checkpoint: shape {tuple(state[key].shape)} != {tuple(own[key].shape)}")
-            del state[key]
+            removed.append(f"{key} {tuple(state.pop(key).shape)}")
     if "pos_embed" in state:
         if "pos_embed" not in own:
             print(f"Not using the checkpoint's learned pos_embed {tuple(state['pos_embed'].shape)}: "
@@ -783,9 +792,17 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
         print(f"Weights of {type(model).__name__} not initialized from the checkpoint: {result.missing_keys}")
     if result.unexpected_keys:
         print(f"Weights from the checkpoint not used in {type(model).__name__}: {result.unexpected_keys}")
-    if require_all and result.missing_keys:
-        raise ValueError(f"{path}: --eval tests these weights, but {len(result.missing_keys)} weights of "
-                         f"{type(model).__name__} are not in it (e.g. {', '.join(result.missing_keys[:3])})")
+    if require_all and (result.missing_keys or result.unexpected_keys):
+        problems = []
+        if result.missing_keys:
+            problems.append(f"{len(result.missing_keys)} weights of {type(model).__name__} are not in it (e.g. "
+                            f"{', '.join(result.missing_keys[:3])})")
+        if removed:
+            problems.append(f"its {', '.join(removed)} is another size than the model's head")
+        if result.unexpected_keys:
+            problems.append(f"{len(result.unexpected_keys)} of its weights have no place in {type(model).__name__} "
+                            f"(e.g. {', '.join(result.unexpected_keys[:3])})")
+        raise ValueError(f"{path}: --eval tests these weights, but " + "; ".join(problems))
 
 
 # ---------------------------------------------------------------- mixed precision

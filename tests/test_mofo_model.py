@@ -156,6 +156,22 @@ def test_overlap_rule_counts_any_shared_pixel_of_either_frame():
     assert inside[0, 0].sum() == 2 and inside[0, 0, 0, 0] and inside[0, 0, 0, 2]
     one_box = torch.tensor([[0.3, 0.3, 0.32, 0.9]])  # one box per clip: every slice
     assert torch.equal(model.inside_tokens(one_box), model.inside_tokens(one_box[:, None].expand(-1, 4, -1)))
+    assert not model.inside_tokens(torch.tensor([[0.3, 0.3, 0.3, 0.6]])).any()  # empty: no pixel
+
+
+def test_overlap_rule_on_every_patch_border_at_224():
+    """Integer 224-px boxes against the release's pixel volume, edges on and next to the 16-px borders (float32
+    16/224 is not exactly one patch)."""
+    model = timm.create_model("vit_mini_patch16_224_mofo", num_classes=5, img_size=224, all_frames=2, **RELEASE)
+    edges = [0, 1, 15, 16, 17, 32, 47, 48, 64, 100, 112, 208, 223, 224]
+    boxes_px = [(x1, y1, x2, y2) for x1 in edges for x2 in edges if x2 > x1
+                for y1, y2 in ((16, 48), (0, 224), (47, 49))]
+    boxes = torch.tensor(boxes_px, dtype=torch.float32) / 224
+    inside = model.inside_tokens(boxes).reshape(len(boxes_px), 14, 14)
+    for index, (x1, y1, x2, y2) in enumerate(boxes_px):
+        volume = torch.zeros(224, 224, dtype=torch.bool)
+        volume[y1:y2, x1:x2] = True
+        assert torch.equal(inside[index], volume.reshape(14, 16, 14, 16).any(dim=(1, 3))), (x1, y1, x2, y2)
 
 
 def release_head_state(model) -> dict:
@@ -239,3 +255,23 @@ def test_release_checkpoint_loading_checks_the_head(tmp_path, capsys):
     assert "only its encoder and classifier are loaded" in capsys.readouterr().out
     torch.testing.assert_close(default.mca[0].inner.attn.qkv.weight, before)
     torch.testing.assert_close(default.blocks[0].attn.qkv.weight, release_model.blocks[0].attn.qkv.weight)
+
+
+def test_eval_refuses_weights_that_would_test_another_model(tmp_path):
+    """--eval (require_all) tests a checkpoint in the model it was trained in: saved head settings that leave no
+    trace in the weights must match, no weight may go unused, and a classifier of another size is named."""
+    import utils
+
+    trained = mini_model()
+    path = tmp_path / "checkpoint-0.pth"
+    torch.save({"model": trained.state_dict(), "args": {"mca_tokens": "centre", "mca_heads": None}}, path)
+    utils.load_finetune_checkpoint(mini_model(), path, require_all=True)
+    with pytest.raises(ValueError, match="trained with --mca_tokens centre: --eval it with the same head"):
+        utils.load_finetune_checkpoint(mini_model(mca_tokens="overlap"), path, require_all=True)
+    utils.load_finetune_checkpoint(mini_model(mca_tokens="overlap"), path)  # fine-tuning on from it is allowed
+    plain = timm.create_model("vit_mini_patch16_224", num_classes=5, img_size=64, all_frames=4)
+    with pytest.raises(ValueError, match=r"weights have no place in VisionTransformer \(e\.g\. mca\.0\."):
+        utils.load_finetune_checkpoint(plain, path, require_all=True)
+    other_size = timm.create_model("vit_mini_patch16_224_mofo", num_classes=7, img_size=64, all_frames=4)
+    with pytest.raises(ValueError, match=r"its head.weight \(5, 96\), head.bias \(5,\) is another size"):
+        utils.load_finetune_checkpoint(other_size, path, require_all=True)
