@@ -541,6 +541,9 @@ class MotionFocusedVisionTransformer(VisionTransformer):
         if mca_pool not in MCA_POOLS or mca_tokens not in MCA_TOKEN_RULES:
             raise ValueError(f"mca_pool must be one of {MCA_POOLS} and mca_tokens one of {MCA_TOKEN_RULES}, got "
                              f"{mca_pool!r} and {mca_tokens!r}")
+        if mca_pool == "inside" and mca_mode == "both":
+            raise ValueError("mca_pool 'inside' classifies the inside tokens only, so the last layer's outside block "
+                             "would never be used: use mca_mode 'inner' with it")
         self.mca_pool, self.mca_tokens = mca_pool, mca_tokens
         dim = self.embed_dim
         block_kwargs = dict(mlp_ratio=kwargs.get("mlp_ratio", 4.0), qkv_bias=kwargs.get("qkv_bias", False),

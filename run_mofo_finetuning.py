@@ -228,7 +228,8 @@ def main(args) -> None:
     args.head_sizes = [args.nb_verbs, args.nb_nouns] if args.data_set == "EPIC-KITCHENS-100" else [args.nb_classes]
     print(args)
 
-    model = build_model(args)
+    with utils.setup_errors():
+        model = build_model(args)
     if args.use_box and not args.box_dir:
         raise SystemExit(f"--model {args.model} fuses tokens inside and outside the motion box: pass --box_dir")
     if args.finetune:

@@ -176,8 +176,8 @@ def main(args) -> None:
     if args.output_dir:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
 
-    model = build_model(args)
     with utils.setup_errors():
+        model = build_model(args)
         dataset = build_pretraining_dataset(args)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
     data_loader = utils.train_loader(dataset, sampler, args, device,

@@ -157,6 +157,8 @@ def test_overlap_rule_counts_any_shared_pixel_of_either_frame():
     one_box = torch.tensor([[0.3, 0.3, 0.32, 0.9]])  # one box per clip: every slice
     assert torch.equal(model.inside_tokens(one_box), model.inside_tokens(one_box[:, None].expand(-1, 4, -1)))
     assert not model.inside_tokens(torch.tensor([[0.3, 0.3, 0.3, 0.6]])).any()  # empty: no pixel
+    with pytest.raises(ValueError, match="outside block would never be used"):
+        mini_model(mca_pool="inside")
 
 
 def test_overlap_rule_on_every_patch_border_at_224():
