@@ -748,6 +748,8 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
     state = encoder_state(raw)
     settings = model.mca_settings() if hasattr(model, "mca_settings") else None
     if require_all and settings is not None:
+        if "mca_heads" in trained and trained["mca_heads"] is None:  # the encoder's head count
+            trained = {**trained, "mca_heads": model.blocks[0].attn.num_heads}
         differing = {key: trained[key] for key in settings if trained.get(key) not in (None, settings[key])}
         if differing:
             raise ValueError(f"{path} was trained with " + " ".join(f"--{k} {v}" for k, v in differing.items())

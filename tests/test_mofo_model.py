@@ -271,6 +271,8 @@ def test_eval_refuses_weights_that_would_test_another_model(tmp_path):
     with pytest.raises(ValueError, match="trained with --mca_tokens centre: --eval it with the same head"):
         utils.load_finetune_checkpoint(mini_model(mca_tokens="overlap"), path, require_all=True)
     utils.load_finetune_checkpoint(mini_model(mca_tokens="overlap"), path)  # fine-tuning on from it is allowed
+    with pytest.raises(ValueError, match="trained with --mca_heads 3"):  # saved None: the encoder's 3 heads
+        utils.load_finetune_checkpoint(mini_model(mca_heads=1), path, require_all=True)
     plain = timm.create_model("vit_mini_patch16_224", num_classes=5, img_size=64, all_frames=4)
     with pytest.raises(ValueError, match=r"weights have no place in VisionTransformer \(e\.g\. mca\.0\."):
         utils.load_finetune_checkpoint(plain, path, require_all=True)
