@@ -11,8 +11,9 @@
 #   requeueable CMD [ARGS...]   runs CMD; in a SLURM batch job, a USR1 to this shell (the stage scripts ask for
 #                   one before the time limit: #SBATCH --signal=B:USR1@300) requeues the job with `scontrol requeue`
 #                   (#SBATCH --requeue), and its next start resumes from the run's newest checkpoint. There CMD runs
-#                   in the background, so that the trap fires at once; its exit status is returned. From a terminal
-#                   (an salloc shell) CMD runs in the foreground: Ctrl-C reaches it.
+#                   in the background, so that the trap fires at once (INT and TERM to this shell are passed on
+#                   to it as TERM); its exit status is returned. From a terminal (an salloc shell) CMD runs in the
+#                   foreground: Ctrl-C reaches it.
 #   launch_tasks    prints how many processes `launch` starts (for scripts that size the batch by it).
 #   EXTRA           the words of $EXTRA_ARGS (split on whitespace, no globbing), for the scripts to append last:
 #                   argparse keeps the last value of a flag, so EXTRA_ARGS overrides the script's settings. Scripts
@@ -45,6 +46,8 @@ requeueable() {
           scontrol requeue "$SLURM_JOB_ID" || echo "scontrol requeue failed: resubmit the job by hand" >&2' USR1
     "$@" &
     local pid=$! status=0
+    # A background command ignores SIGINT: pass an interrupt (scancel --signal=INT) or a TERM on as a TERM.
+    trap 'kill -TERM "$pid" 2> /dev/null' INT TERM
     while kill -0 "$pid" 2> /dev/null; do
         wait "$pid" || true  # returns early when the trap runs
     done

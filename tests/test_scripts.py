@@ -312,7 +312,8 @@ def test_under_slurm_srun_runs_python_from_the_submission_directory(dry_run, tmp
     assert elsewhere.returncode != 0 and "scripts/launch.sh" in elsewhere.stderr
 
 
-SLOW_RECORDER = RECORDER + '[[ -t 0 ]] && printf "tty\\0" >> "$RECORD"\nsleep "${SLEEP:-0}"\nexit "${STATUS:-0}"\n'
+SLOW_RECORDER = ('#!/usr/bin/env bash\nprintf "pid=%s\\0" "$$" >> "$RECORD"\n' + RECORDER.split("\n", 1)[1]
+                 + '[[ -t 0 ]] && printf "tty\\0" >> "$RECORD"\nsleep "${SLEEP:-0}"\nexit "${STATUS:-0}"\n')
 
 
 @pytest.mark.parametrize("script", ["ssv2/pretrain.sh", "ssv2/boxes.sh"])
@@ -346,6 +347,29 @@ def test_a_slurm_job_requeues_itself_when_its_time_limit_is_near(script, tmp_pat
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
+    # An interrupt to the batch shell (scancel --signal=INT) stops the command, which ignores SIGINT itself.
+    record.unlink()
+    interrupted = subprocess.Popen(["bash", str(REPO / "scripts" / script)], cwd=tmp_path, start_new_session=True,
+                                   env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while not record.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        interrupted.send_signal(signal.SIGINT)
+        interrupted.wait(timeout=20)  # not the command's 60 s
+        assert interrupted.returncode != 0
+        command = int(record.read_text().split("\0")[0].removeprefix("pid="))
+        while time.time() < deadline:
+            try:
+                os.kill(command, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the command outlived the interrupted batch shell")
+    finally:
+        os.killpg(interrupted.pid, signal.SIGKILL)
     # A refused requeue leaves the job running to its end, with the command's own exit status.
     record.unlink()
     refused = subprocess.Popen(["bash", str(REPO / "scripts" / script)], cwd=tmp_path, start_new_session=True,
