@@ -51,6 +51,12 @@ DEFAULT_TUBELET_SIZE = 2  # frames per token of every registered model (VideoMAE
 DEFAULT_PATCH_SIZE = 16  # patch side of every registered model
 
 
+def canonical_target(target: str) -> str:
+    """``--target`` in the order of :data:`TARGETS` (``hog+pixel`` -> ``pixel+hog``), for argparse's ``type``."""
+    names = target.split("+")
+    return "+".join(sorted(names, key=lambda name: TARGETS.index(name) if name in TARGETS else len(TARGETS)))
+
+
 def parse_targets(target: str) -> tuple[str, ...]:
     """``--target`` (``pixel``, ``trajectory``, ``hog`` or a ``+``-joined set of them) as a tuple of names."""
     names = tuple(target.split("+"))

@@ -6,8 +6,8 @@ r"""MOFO / VideoMAE self-supervised pretraining.
 
 Flags and defaults are VideoMAE's, plus the motion-focused masking (``--mask_type motion``, ``--box_dir``,
 ``--motion_mask_ratio``, ``--box_source``, ``--missing_box``), motion-guided masking (``--mask_type
-motion_guided``, ``--guided_base``), motion-trajectory targets (``--target``), ``--precision``, ``--num_sample``,
-``--compile`` and DeepSpeed.
+motion_guided``, ``--guided_base``), motion-trajectory and HOG targets (``--target``, ``--trajectory_*``,
+``--hog_*``), ``--precision``, ``--num_sample``, ``--compile`` and DeepSpeed.
 Under SLURM, ``srun`` with one task per GPU works without torchrun.
 """
 
@@ -30,6 +30,7 @@ from modeling_pretrain import (  # the import registers pretrain_videomae_*
     DEFAULT_PATCH_SIZE,
     DEFAULT_TUBELET_SIZE,
     TARGET_CHOICES,
+    canonical_target,
     parse_targets,
 )
 from trajectory_targets import TRAJECTORY_FLOWS, TRAJECTORY_NORMS, trajectory_dim
@@ -63,7 +64,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--drop_path", default=0.0, type=float, help="stochastic depth rate")
     parser.add_argument("--normlize_target", default=True, type=utils.str2bool,
                         help="predict per-tube normalised pixels (VideoMAE's spelling)")
-    parser.add_argument("--target", default="pixel", choices=TARGET_CHOICES,
+    parser.add_argument("--target", default="pixel", choices=TARGET_CHOICES, type=canonical_target,
                         help="what the decoder predicts for masked tokens, one head each: VideoMAE's pixels,"
                              " M3Video's motion trajectories (points tracked through dense optical flow), HOG"
                              " (MME's appearance / shape features); trajectory+hog is the MME release's recipe")
@@ -82,7 +83,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              " point is in at every source frame step, the MME paper's shape features, computed in"
                              " the data workers with the --trajectory_points and --trajectory_flow tracks)")
     parser.add_argument("--hog_bins", default=9, type=int, help="hog target: unsigned orientation bins")
-    parser.add_argument("--hog_cell_size", default=8, type=int, help="hog target: cell side in pixels")
+    parser.add_argument("--hog_cell_size", default=8, type=int,
+                        help="hog target: cell side in pixels (must divide the patch size, 16)")
     parser.add_argument("--hog_norm", default="l2", choices=HOG_NORMS,
                         help="hog target: l2 (each cell's histogram per channel, MaskFeat) or none (the MME"
                              " release's)")

@@ -654,7 +654,7 @@ def model_state(checkpoint: dict, path: str | Path, model_key: str = "model|modu
             return checkpoint[key]
     if all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         return checkpoint
-    raise KeyError(f"{path}: none of the keys {model_key!r} holds a state dict (has: {sorted(checkpoint)[:8]})")
+    raise ValueError(f"{path}: none of the keys {model_key!r} holds a state dict (has: {sorted(checkpoint)[:8]})")
 
 
 def saved_args(checkpoint: dict) -> dict:

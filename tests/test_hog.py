@@ -165,6 +165,10 @@ def test_worker_targets_give_hog_and_trajectory_from_the_same_tracks():
 
 def test_targets_combine_and_the_hog_head_has_its_own_key():
     assert parse_targets("trajectory+hog") == ("trajectory", "hog")
+    parser = run_mofo_pretraining.get_args_parser()
+    assert parser.parse_args(["--target", "hog+pixel"]).target == "pixel+hog"  # any order, one spelling
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--target", "hog+pixels"])
     assert {"hog", "pixel+hog", "pixel+trajectory+hog"} <= set(TARGET_CHOICES)
     model = create_model("pretrain_videomae_mini_patch16_224", img_size=64, num_frames=8, targets="pixel+hog",
                          hog_dim=108)

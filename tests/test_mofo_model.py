@@ -276,6 +276,8 @@ def test_eval_refuses_weights_that_would_test_another_model(tmp_path):
     plain = timm.create_model("vit_mini_patch16_224", num_classes=5, img_size=64, all_frames=4)
     with pytest.raises(ValueError, match=r"weights have no place in VisionTransformer \(e\.g\. mca\.0\."):
         utils.load_finetune_checkpoint(plain, path, require_all=True)
+    with pytest.raises(ValueError, match="none of the keys 'model_ema' holds a state dict"):  # a one-line error
+        utils.load_finetune_checkpoint(mini_model(), path, model_key="model_ema", require_all=True)
     other_size = timm.create_model("vit_mini_patch16_224_mofo", num_classes=7, img_size=64, all_frames=4)
     with pytest.raises(ValueError, match=r"its head.weight \(5, 96\), head.bias \(5,\) is another size"):
         utils.load_finetune_checkpoint(other_size, path, require_all=True)
