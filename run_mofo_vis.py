@@ -83,7 +83,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                                      formatter_class=utils.HelpFormatter)
     parser.add_argument("img_path", metavar="VIDEO", help="the video file")
     parser.add_argument("save_path", metavar="OUTPUT", help="the PNG to write (folders are created)")
-    parser.add_argument("--model_path", required=True, help="pretraining checkpoint (checkpoint-N.pth)")
+    parser.add_argument("--model_path", required=True,
+                        help="pretraining checkpoint: checkpoint-N.pth, a run's folder (its newest) or a Hugging Face "
+                             "VideoMAEForPreTraining folder")
     parser.add_argument("--box_file", default=None, help="the video's box file (needed by --mask_type motion)")
     parser.add_argument("--model", default=None, type=str,
                         help=f"default: the checkpoint's, else {TRAINED_DEFAULTS['model']}")
@@ -146,11 +148,12 @@ def centre_crop_clip(frames: torch.Tensor, box_pixels: np.ndarray, input_size: i
 
 
 def read_checkpoint(checkpoint_path: str) -> dict:
-    """The checkpoint as saved (weights_only), or a VisualizationError naming the file."""
-    if not os.path.isfile(checkpoint_path):
-        raise VisualizationError(f"{checkpoint_path}: checkpoint not found")
+    """The checkpoint as saved (weights_only; a run or Hugging Face folder's, :func:`utils.resolve_checkpoint`), or
+    a VisualizationError naming the file."""
     try:
-        checkpoint = utils.load_checkpoint_file(checkpoint_path)
+        checkpoint = utils.load_checkpoint_file(utils.resolve_checkpoint(checkpoint_path))
+    except FileNotFoundError as e:
+        raise VisualizationError(str(e)) from None
     except Exception as e:  # torch.load reports unreadable files and non-tensor pickles with many error types
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise VisualizationError(f"{checkpoint_path}: cannot load checkpoint ({type(e).__name__}: {first_line})"

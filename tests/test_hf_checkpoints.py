@@ -1,0 +1,152 @@
+"""Hugging Face transformers' VideoMAE checkpoints (the Hub's MCG-NJU/videomae-* folders): renamed to VideoMAE's
+keys on load, they give the outputs HF's own models gave. The fixture (tests/data/hf_videomae, written by its
+make_fixture.py with transformers) holds two tiny random models and their outputs on one input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import modeling_finetune
+import modeling_pretrain
+import run_mofo_vis
+import utils
+
+FIXTURE = Path(__file__).resolve().parent / "data" / "hf_videomae"
+TINY_ENCODER = dict(img_size=32, patch_size=8, tubelet_size=2)
+TOLERANCE = dict(atol=1e-4, rtol=1e-4)  # HF's own; fc_norm and decoder.norm use eps 1e-5 there, 1e-6 here
+
+
+@pytest.fixture(scope="module")
+def outputs() -> dict:
+    return torch.load(FIXTURE / "outputs.pt", weights_only=True)
+
+
+def classifier() -> modeling_finetune.VisionTransformer:
+    return modeling_finetune.vit_mini_patch16_224(**TINY_ENCODER, embed_dim=32, depth=2, num_heads=2, all_frames=4,
+                                                  num_classes=5, use_mean_pooling=True).eval()
+
+
+def pretraining_model() -> modeling_pretrain.PretrainVisionTransformer:
+    return modeling_pretrain.pretrain_videomae_mini_patch16_224(
+        **TINY_ENCODER, num_frames=4, encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
+        decoder_embed_dim=16, decoder_num_heads=2, decoder_depth=1).eval()
+
+
+def clips(outputs: dict) -> torch.Tensor:
+    """HF's (B, T, C, H, W) input in VideoMAE's (B, C, T, H, W)."""
+    return outputs["pixel_values"].permute(0, 2, 1, 3, 4)
+
+
+def test_a_classifier_folder_gives_hfs_logits_and_passes_eval(outputs, capsys):
+    """transformers 5 names (query.bias / value.bias) in a pytorch_model.bin; --eval's complete-weights check."""
+    model = classifier()
+    utils.load_finetune_checkpoint(model, FIXTURE / "classification", require_all=True)
+    assert "Hugging Face VideoMAE weights, renamed" in capsys.readouterr().out
+    with torch.no_grad():
+        torch.testing.assert_close(model(clips(outputs)), outputs["classification_logits"], **TOLERANCE)
+
+
+def test_a_pretraining_folder_loads_strictly_and_gives_hfs_reconstructions(outputs):
+    """The Hub's names (q_bias / v_bias) in model.safetensors; every weight has its place."""
+    checkpoint = utils.load_checkpoint_file(utils.resolve_checkpoint(FIXTURE / "pretraining"))
+    model = pretraining_model()
+    model.load_state_dict(checkpoint["model"], strict=True)
+    with torch.no_grad():
+        predicted = model(clips(outputs), outputs["bool_masked_pos"])
+    torch.testing.assert_close(predicted, outputs["pretraining_logits"], **TOLERANCE)
+    assert checkpoint["args"] == {"input_size": 32, "num_frames": 4, "tubelet_size": 2, "use_mean_pooling": False,
+                                  "decoder_depth": 1, "normlize_target": True}
+
+
+def test_finetuning_from_a_pretraining_folder_takes_the_whole_encoder(capsys):
+    model = classifier()
+    utils.load_finetune_checkpoint(model, FIXTURE / "pretraining")
+    out = capsys.readouterr().out
+    assert "not initialized from the checkpoint: ['fc_norm.weight', 'fc_norm.bias', 'head.weight', 'head.bias']" in out
+    hub = load_file(FIXTURE / "pretraining" / "model.safetensors")
+    layer = "videomae.encoder.layer.1.attention.attention."
+    torch.testing.assert_close(model.blocks[1].attn.qkv.weight,
+                               torch.cat([hub[layer + name + ".weight"] for name in ("query", "key", "value")]))
+    torch.testing.assert_close(model.blocks[1].attn.v_bias, hub[layer + "v_bias"])
+    torch.testing.assert_close(model.blocks[1].mlp.fc2.weight, hub["videomae.encoder.layer.1.output.dense.weight"])
+
+
+def test_shards_of_an_index_load_as_one_file(tmp_path):
+    state = load_file(FIXTURE / "pretraining" / "model.safetensors")
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for name, names in shards.items():
+        save_file({key: state[key] for key in names}, tmp_path / name)
+    index = {"metadata": {}, "weight_map": {key: name for name, names in shards.items() for key in names}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    shutil.copy(FIXTURE / "pretraining" / "config.json", tmp_path)
+    whole = utils.load_checkpoint_file(FIXTURE / "pretraining" / "model.safetensors")
+    sharded = utils.load_checkpoint_file(utils.resolve_checkpoint(tmp_path))
+    assert sharded["model"].keys() == whole["model"].keys()
+    assert all(torch.equal(sharded["model"][key], whole["model"][key]) for key in whole["model"])
+
+
+def hf_config(**changes) -> dict:
+    config = json.loads((FIXTURE / "classification" / "config.json").read_text())
+    return {**config, **changes}
+
+
+@pytest.mark.parametrize("architecture, size, expected", [
+    ("VideoMAEForVideoClassification", (768, 12, 12), "vit_base_patch16_224"),
+    ("VideoMAEForPreTraining", (1024, 24, 16), "pretrain_videomae_large_patch16_224"),
+    ("VideoMAEForVideoClassification", (384, 12, 16), None),  # not VideoMAE's ViT-S (6 heads): no model implied
+])
+def test_config_names_the_registered_model_of_its_size(tmp_path, architecture, size, expected):
+    hidden, layers, heads = size
+    config = hf_config(architectures=[architecture], hidden_size=hidden, num_hidden_layers=layers,
+                       num_attention_heads=heads, patch_size=16)
+    args = utils.hf_videomae_args(config, tmp_path / "config.json")
+    assert args.get("model") == expected
+    assert ("nb_classes" in args) == (architecture == "VideoMAEForVideoClassification")
+
+
+def test_bad_files_are_refused_with_their_name(tmp_path):
+    folder = tmp_path / "not_videomae"
+    folder.mkdir()
+    save_file({"vit.encoder.weight": torch.zeros(2)}, folder / "model.safetensors")
+    with pytest.raises(ValueError, match=r"not_videomae/model.safetensors: no Hugging Face VideoMAE weights"):
+        utils.load_checkpoint_file(utils.resolve_checkpoint(folder))
+    (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{truncated")
+    with pytest.raises(ValueError, match=r"model.safetensors: cannot read it as safetensors"):
+        utils.load_checkpoint_file(folder / "model.safetensors")
+    other = tmp_path / "other_model"
+    shutil.copytree(FIXTURE / "classification", other)
+    (other / "config.json").write_text(json.dumps(hf_config(model_type="vivit")))
+    with pytest.raises(ValueError, match=r"other_model/config.json: model_type 'vivit', not a VideoMAE model"):
+        utils.load_checkpoint_file(utils.resolve_checkpoint(other))
+
+
+def test_pretraining_resumes_from_a_hf_folder_with_a_fresh_optimizer(capsys):
+    """VideoMAE's released weights on the Hub continue pretraining as its Google Drive files do (--resume)."""
+    model = pretraining_model()
+    args = SimpleNamespace(output_dir="", enable_deepspeed=False, resume=str(FIXTURE / "pretraining"),
+                           auto_resume=False, epochs=2, start_epoch=0)
+    utils.auto_load_model(args, model, model, torch.optim.AdamW(model.parameters()), None)
+    assert args.start_epoch == 0
+    assert "weights only (no optimizer state or epoch)" in capsys.readouterr().out
+    hub = load_file(FIXTURE / "pretraining" / "model.safetensors")
+    torch.testing.assert_close(model.decoder.blocks[0].norm1.weight,
+                               hub["decoder.decoder_layers.0.layernorm_before.weight"])
+    torch.testing.assert_close(model.encoder.norm.bias, hub["videomae.layernorm.bias"])
+
+
+def test_vis_reads_a_hf_folder_and_its_settings():
+    checkpoint = run_mofo_vis.read_checkpoint(str(FIXTURE / "pretraining"))
+    args = SimpleNamespace(**{name: None for name in run_mofo_vis.TRAINED_DEFAULTS})
+    run_mofo_vis.fill_settings(args, utils.saved_args(checkpoint))
+    assert (args.input_size, args.num_frames, args.decoder_depth, args.normlize_target) == (32, 4, 1, True)
+    assert args.model == run_mofo_vis.TRAINED_DEFAULTS["model"]  # the tiny config is no registered size
+    with pytest.raises(run_mofo_vis.VisualizationError, match="missing_folder: checkpoint not found"):
+        run_mofo_vis.read_checkpoint(str(FIXTURE / "missing_folder"))
