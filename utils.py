@@ -8,7 +8,6 @@ import contextlib
 import copy
 import datetime
 import inspect
-import json
 import math
 import os
 import pickle
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import hf_videomae
 from motion_detection.boxfile import atomic_write_text
 
 # ---------------------------------------------------------------- command line
@@ -553,35 +553,18 @@ def load_checkpoint_file(path: str | Path, map_location="cpu", allowed: tuple = 
 
     A Hugging Face VideoMAE file (``model.safetensors``, a ``*.safetensors.index.json`` of shards, or
     ``pytorch_model.bin``) comes back as a VideoMAE checkpoint: ``{"model": VideoMAE's keys, "args": its
-    config.json's settings}`` (:func:`hf_videomae_checkpoint`)."""
+    config.json's settings}`` (:func:`hf_videomae.read_checkpoint`)."""
     path = Path(path)
     if path.name.endswith((".safetensors", ".safetensors.index.json")):
-        return hf_videomae_checkpoint(read_safetensors(path), path)
+        return hf_videomae.read_checkpoint(hf_videomae.read_safetensors(path), path)
     with torch.serialization.safe_globals([argparse.Namespace, *allowed]):
         try:
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as e:
             raise pickle.UnpicklingError(f"{path}: refused by torch.load(weights_only=True): {e}") from None
-    if isinstance(checkpoint, dict) and is_hf_videomae_state(checkpoint):
-        return hf_videomae_checkpoint(checkpoint, path)
+    if isinstance(checkpoint, dict) and hf_videomae.is_hf_state(checkpoint):
+        return hf_videomae.read_checkpoint(checkpoint, path)
     return checkpoint
-
-
-def read_safetensors(path: Path) -> dict:
-    """The tensors of a safetensors file, or of all the shards a ``*.safetensors.index.json`` names."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if path.name.endswith(".index.json"):
-        try:
-            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError, AttributeError) as e:
-            raise ValueError(f"{path}: not a safetensors shard index ({type(e).__name__}: {e})") from None
-        return {key: value for shard in shards for key, value in read_safetensors(path.parent / shard).items()}
-    try:
-        return load_file(path, device="cpu")
-    except (OSError, SafetensorError) as e:
-        raise ValueError(f"{path}: cannot read it as safetensors ({e})") from None
 
 
 def load_deepspeed_file(path: str, map_location=None) -> dict:
@@ -659,9 +642,9 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
 def resolve_checkpoint(path: str | Path) -> Path:
     """The file to read for a checkpoint file, a DeepSpeed checkpoint folder (``latest`` names the tag, whose
     ``mp_rank_00_model_states.pt`` holds ``module``), a run's output folder (its newest checkpoint, as
-    auto-resume picks it) or a Hugging Face model folder (its weights file, :data:`HF_WEIGHT_FILES`)."""
+    auto-resume picks it) or a Hugging Face model folder (its weights file, :data:`hf_videomae.WEIGHT_FILES`)."""
     path = Path(path)
-    hf_files = [path / name for name in HF_WEIGHT_FILES if path.is_dir() and (path / name).is_file()]
+    hf_files = [path / name for name in hf_videomae.WEIGHT_FILES if path.is_dir() and (path / name).is_file()]
     if hf_files:
         return hf_files[0]
     if path.is_dir() and not (path / "mp_rank_00_model_states.pt").exists():
@@ -747,95 +730,6 @@ def release_mca_state(state: dict) -> dict:
             rest, value = "attn.qkv.weight", torch.cat([value, state[f"local_MCA.{layer}.attn.kv.weight"]])
         converted[f"mca.{layer}.inner.{rest}"] = value
     return converted
-
-
-# Hugging Face transformers' VideoMAE (VideoMAEForPreTraining, VideoMAEForVideoClassification): the Hub's
-# MCG-NJU/videomae-* folders hold VideoMAE's released weights under these names.
-HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-HF_LAYER_PATTERN = re.compile(r"(videomae\.encoder\.layer|decoder\.decoder_layers)\.(\d+)\.(.+)")
-HF_LAYER_PARTS = {  # the rest of a layer's key -> VideoMAE's; query/key/value weights become one qkv weight
-    "attention.attention.q_bias": "attn.q_bias", "attention.attention.query.bias": "attn.q_bias",
-    "attention.attention.v_bias": "attn.v_bias", "attention.attention.value.bias": "attn.v_bias",
-    "attention.output.dense.weight": "attn.proj.weight", "attention.output.dense.bias": "attn.proj.bias",
-    "layernorm_before.weight": "norm1.weight", "layernorm_before.bias": "norm1.bias",
-    "layernorm_after.weight": "norm2.weight", "layernorm_after.bias": "norm2.bias",
-    "intermediate.dense.weight": "mlp.fc1.weight", "intermediate.dense.bias": "mlp.fc1.bias",
-    "output.dense.weight": "mlp.fc2.weight", "output.dense.bias": "mlp.fc2.bias",
-}
-HF_QKV = ("attention.attention.query.weight", "attention.attention.key.weight", "attention.attention.value.weight")
-HF_SIZES = {(384, 12, 6): "small", (768, 12, 12): "base", (1024, 24, 16): "large", (1280, 32, 16): "huge"}
-
-
-def is_hf_videomae_state(state: dict) -> bool:
-    return any(isinstance(key, str) and key.startswith("videomae.") for key in state)
-
-
-def hf_videomae_state(state: dict) -> dict:
-    """HF VideoMAE weights (the Hub's ``q_bias``/``v_bias`` or transformers 5's ``query.bias``/``value.bias``) under
-    VideoMAE's keys: a pretraining model's as VideoMAE's pretraining checkpoint (``encoder.``, ``decoder.blocks``,
-    ``encoder_to_decoder``, ``mask_token``), a classifier's as its fine-tuned one (``classifier`` is ``head``).
-    A key of no known VideoMAE place keeps its name, so that loading reports it."""
-    pretraining = any(key.startswith(("decoder.", "encoder_to_decoder.", "mask_token")) for key in state)
-    encoder = "encoder." if pretraining else ""
-    converted = {}
-    for key, value in state.items():
-        layer = HF_LAYER_PATTERN.fullmatch(key)
-        if layer:
-            stack, index, rest = layer.groups()
-            prefix = f"{encoder}blocks.{index}." if stack.startswith("videomae") else f"decoder.blocks.{index}."
-            if rest in HF_QKV:
-                if rest == HF_QKV[0]:
-                    converted[prefix + "attn.qkv.weight"] = torch.cat([state[f"{stack}.{index}.{part}"]
-                                                                       for part in HF_QKV])
-                continue
-            converted[prefix + HF_LAYER_PARTS.get(rest, rest)] = value
-        elif key.startswith("videomae.embeddings.patch_embeddings.projection."):
-            converted[encoder + "patch_embed.proj." + key.rsplit(".", 1)[1]] = value
-        elif key.startswith("videomae.layernorm."):
-            converted[encoder + "norm." + key.rsplit(".", 1)[1]] = value
-        elif key.startswith("classifier."):
-            converted["head." + key.rsplit(".", 1)[1]] = value
-        else:  # encoder_to_decoder, mask_token, decoder.norm, decoder.head and fc_norm are VideoMAE's names
-            converted[key] = value
-    return converted
-
-
-def hf_videomae_args(config: dict, path: Path) -> dict:
-    """The run flags an HF VideoMAE ``config.json`` amounts to (the registered model of its size, when it is one)."""
-    if config.get("model_type", "videomae") != "videomae":
-        raise ValueError(f"{path}: model_type {config['model_type']!r}, not a VideoMAE model")
-    if config.get("hidden_act", "gelu") != "gelu" or config.get("num_channels", 3) != 3:
-        raise ValueError(f"{path}: hidden_act {config.get('hidden_act')!r} / num_channels "
-                         f"{config.get('num_channels')}: VideoMAE's models use gelu on 3 channels")
-    pretraining = "VideoMAEForPreTraining" in config.get("architectures", [])
-    args = {"input_size": config.get("image_size"), "num_frames": config.get("num_frames"),
-            "tubelet_size": config.get("tubelet_size"), "use_mean_pooling": config.get("use_mean_pooling")}
-    size = HF_SIZES.get((config.get("hidden_size"), config.get("num_hidden_layers"), config.get("num_attention_heads")))
-    if size and config.get("patch_size") == 16:
-        args["model"] = f"pretrain_videomae_{size}_patch16_224" if pretraining else f"vit_{size}_patch16_224"
-    if pretraining:
-        args.update(decoder_depth=config.get("decoder_num_hidden_layers"), normlize_target=config.get("norm_pix_loss"))
-    elif "id2label" in config:
-        args["nb_classes"] = len(config["id2label"])
-    return {key: value for key, value in args.items() if value is not None}
-
-
-def hf_videomae_checkpoint(state: dict, path: Path) -> dict:
-    """An HF VideoMAE weights file (and the ``config.json`` beside it, when there is one) as a VideoMAE
-    checkpoint."""
-    if not is_hf_videomae_state(state):
-        raise ValueError(f"{path}: no Hugging Face VideoMAE weights in it (no videomae.* keys; has "
-                         f"{sorted(state)[:4]})")
-    config_path = path.parent / "config.json"
-    args = {}
-    if config_path.is_file():
-        try:
-            config = json.loads(config_path.read_text())
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{config_path}: not a readable config.json ({e})") from None
-        args = hf_videomae_args(config, config_path)
-    print(f"{path}: Hugging Face VideoMAE weights, renamed to VideoMAE's keys")
-    return {"model": hf_videomae_state(state), "args": args}
 
 
 def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:

@@ -5,7 +5,10 @@ make_fixture.py with transformers) holds two tiny random models and their output
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import hf_videomae
 import modeling_finetune
 import modeling_pretrain
 import run_mofo_vis
@@ -107,7 +111,7 @@ def test_config_names_the_registered_model_of_its_size(tmp_path, architecture, s
     hidden, layers, heads = size
     config = hf_config(architectures=[architecture], hidden_size=hidden, num_hidden_layers=layers,
                        num_attention_heads=heads, patch_size=16)
-    args = utils.hf_videomae_args(config, tmp_path / "config.json")
+    args = hf_videomae.config_args(config, tmp_path / "config.json")
     assert args.get("model") == expected
     assert ("nb_classes" in args) == (architecture == "VideoMAEForVideoClassification")
 
@@ -150,3 +154,118 @@ def test_vis_reads_a_hf_folder_and_its_settings():
     assert args.model == run_mofo_vis.TRAINED_DEFAULTS["model"]  # the tiny config is no registered size
     with pytest.raises(run_mofo_vis.VisualizationError, match="missing_folder: checkpoint not found"):
         run_mofo_vis.read_checkpoint(str(FIXTURE / "missing_folder"))
+
+
+# ---------------------------------------------------------------- export_hf.py
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_hub_names_and_config_come_back_as_transformers_wrote_them():
+    """Import then export of the folder save_pretrained wrote gives its tensors and its settings exactly."""
+    hub = load_file(FIXTURE / "pretraining" / "model.safetensors")
+    exported = hf_videomae.from_videomae_state(hf_videomae.to_videomae_state(hub))
+    assert exported.keys() == hub.keys()
+    assert all(torch.equal(exported[key], hub[key]) for key in hub)
+    written = json.loads((FIXTURE / "pretraining" / "config.json").read_text())
+    config = hf_videomae.config_for(pretraining_model())
+    assert {key: written[key] for key in config if key != "qkv_bias"} == {k: v for k, v in config.items()
+                                                                            if k != "qkv_bias"}
+    assert config["qkv_bias"] == written["qv_bias"]  # transformers 5's name; it still reads qkv_bias
+
+
+def save_run_checkpoint(path: Path, network: torch.nn.Module, **args) -> Path:
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for param in network.parameters():
+            param.normal_(0.0, 0.2)
+    torch.save({"model": network.state_dict(), "epoch": 9, "args": {"input_size": 32, "num_frames": 4, **args}}, path)
+    return path
+
+
+def test_a_pretraining_run_exports_and_reads_back_the_same(tmp_path):
+    """The CLI on a pixel+trajectory+HOG run: the extra heads are left out, the rest reads back unchanged."""
+    model = modeling_pretrain.pretrain_videomae_mini_patch16_224(img_size=32, num_frames=4, decoder_depth=1,
+                                                                 targets=("pixel", "trajectory", "hog"),
+                                                                 trajectory_dim=20, hog_dim=12)
+    checkpoint = save_run_checkpoint(tmp_path / "checkpoint-9.pth", model, model="pretrain_videomae_mini_patch16_224",
+                                     normlize_target=False)
+    result = subprocess.run([sys.executable, "export_hf.py", str(checkpoint), str(tmp_path / "hf")], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Leaving out decoder.hog_head, decoder.trajectory_head" in result.stdout
+    assert sorted(path.name for path in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors",
+                                                                        "preprocessor_config.json"]
+    back = utils.load_checkpoint_file(utils.resolve_checkpoint(tmp_path / "hf"))
+    expected = {key: value for key, value in model.state_dict().items() if "_head." not in key}
+    assert back["model"].keys() == expected.keys()
+    assert all(torch.equal(back["model"][key], expected[key]) for key in expected)
+    assert back["args"] == {"input_size": 32, "num_frames": 4, "tubelet_size": 2, "use_mean_pooling": False,
+                            "decoder_depth": 1, "normlize_target": False}
+    processor = json.loads((tmp_path / "hf" / "preprocessor_config.json").read_text())
+    assert processor["image_mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert processor["crop_size"] == {"height": 32, "width": 32}
+
+
+@pytest.mark.parametrize("use_mean_pooling", [True, False])
+def test_a_finetuned_run_exports_with_its_class_names(tmp_path, use_mean_pooling):
+    model = modeling_finetune.vit_mini_patch16_224(img_size=32, all_frames=4, num_classes=3,
+                                                   use_mean_pooling=use_mean_pooling)
+    checkpoint = save_run_checkpoint(tmp_path / "ft.pth", model, model="vit_mini_patch16_224", data_set="SSV2")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("pushing left\npushing right\n\nlifting\n")
+    import export_hf
+
+    config = export_hf.export(export_hf.get_args_parser().parse_args([str(checkpoint), str(tmp_path / "hf"),
+                                                                      "--labels", str(labels)]))
+    assert config["id2label"] == {0: "pushing left", 1: "pushing right", 2: "lifting"}
+    assert config["use_mean_pooling"] is use_mean_pooling
+    reread = modeling_finetune.vit_mini_patch16_224(img_size=32, all_frames=4, num_classes=3,
+                                                    use_mean_pooling=use_mean_pooling).eval()
+    utils.load_finetune_checkpoint(reread, tmp_path / "hf", require_all=True)
+    clip = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(reread(clip), model.eval()(clip), rtol=0, atol=0)
+
+
+def run_export(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "export_hf.py", *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_what_hf_cannot_hold_is_refused_with_the_reason(tmp_path):
+    mofo = modeling_finetune.vit_mini_patch16_224_mofo(img_size=32, all_frames=4, num_classes=3)
+    cases = {
+        "mofo.pth": (mofo, {"model": "vit_mini_patch16_224_mofo"}, "the MOFO fine-tuning head has no Hugging Face"),
+        "epic.pth": (modeling_finetune.vit_mini_patch16_224(img_size=32, all_frames=4, num_classes=5),
+                     {"model": "vit_mini_patch16_224", "data_set": "EPIC-KITCHENS-100"}, "verb and noun heads"),
+        "scale.pth": (modeling_finetune.vit_mini_patch16_224(img_size=32, all_frames=4, num_classes=3,
+                                                             init_values=0.1),
+                      {"model": "vit_mini_patch16_224"}, r"does not fit --model vit_mini_patch16_224 .*gamma_1"),
+        "learned.pth": (modeling_finetune.vit_mini_patch16_224(img_size=32, all_frames=4, num_classes=3,
+                                                               use_learnable_pos_emb=True),
+                        {"model": "vit_mini_patch16_224"}, r"does not fit .*pos_embed"),
+        "nameless.pth": (modeling_finetune.vit_mini_patch16_224(img_size=32, all_frames=4, num_classes=3), {},
+                         "does not say which model it is: pass --model"),
+    }
+    for name, (model, args, message) in cases.items():
+        checkpoint = save_run_checkpoint(tmp_path / name, model, **args)
+        result = run_export(str(checkpoint), str(tmp_path / f"hf_{name}"))
+        assert result.returncode != 0 and result.stderr.startswith("error: "), (name, result.stderr)
+        assert re.search(message, result.stderr), (name, result.stderr)
+        assert not (tmp_path / f"hf_{name}").exists()
+    (tmp_path / "taken").mkdir()
+    plain = save_run_checkpoint(tmp_path / "plain.pth", cases["nameless.pth"][0], model="vit_mini_patch16_224")
+    result = run_export(str(plain), str(tmp_path / "taken"))
+    assert "taken: exists; export into a new folder" in result.stderr
+    (tmp_path / "two.txt").write_text("a\nb\n")
+    result = run_export(str(plain), str(tmp_path / "out"), "--labels", str(tmp_path / "two.txt"))
+    assert "2 class names for a head of 3 classes" in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir() if path.is_dir()) == ["taken"]  # no half folder left
+
+
+def test_a_failed_write_leaves_no_folder(tmp_path):
+    with pytest.raises(AttributeError):
+        hf_videomae.write_folder(tmp_path / "hf", {"videomae.layernorm.weight": "not a tensor"},
+                                 hf_videomae.config_for(classifier()))
+    assert list(tmp_path.iterdir()) == []
