@@ -274,10 +274,14 @@ def wrap_model(args, model: torch.nn.Module, optimizer, device: torch.device):
 def seed_epoch(seed: int, epoch: int, rank: int, loader) -> None:
     """Make an epoch's randomness a function of (seed, epoch, rank) only, so a resumed run repeats an
     uninterrupted one: the distributed sampler's shuffle, the seed every (persistent) worker reseeds from when the
-    epoch's first index reaches it (see :class:`EpochSeededDataset`), and torch's global generator."""
-    epoch_seed = seed + 1000 * epoch + rank
+    epoch's first index reaches it (see :class:`EpochSeededDataset`), and the main process's python, numpy (timm's
+    Mixup draws there) and torch (DropPath, dropout) generators. The seed is hashed from the three, so no two
+    (seed, epoch, rank) share a stream (``--seed 1`` on rank 0 is not ``--seed 0`` on rank 1)."""
+    epoch_seed = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
     loader.sampler.sampler.set_epoch(epoch)
     loader.sampler.epoch_seed = epoch_seed
+    random.seed(epoch_seed)
+    np.random.seed(epoch_seed)
     torch.manual_seed(epoch_seed)
 
 
@@ -932,11 +936,14 @@ class EpochSeededDataset(torch.utils.data.Dataset):
 
 def train_loader(dataset, sampler, args, device: torch.device, collate_fn=None) -> torch.utils.data.DataLoader:
     """The training loader of both run scripts: epoch-seeded persistent workers, pinned memory on CUDA, full
-    batches only. Call :func:`seed_epoch` before every epoch."""
+    batches only. Call :func:`seed_epoch` before every epoch. The loader draws its workers' base seed from a
+    generator of its own: from the global one, that draw (at the first epoch a run iterates) would shift the
+    model's random stream in a resumed run."""
     return torch.utils.data.DataLoader(
         EpochSeededDataset(dataset), sampler=EpochSeeds(sampler), batch_size=args.batch_size,
         num_workers=args.num_workers, pin_memory=args.pin_mem and device.type == "cuda", drop_last=True,
         persistent_workers=args.num_workers > 0, collate_fn=collate_fn,
+        generator=torch.Generator().manual_seed(getattr(args, "seed", 0)),
     )
 
 

@@ -5,6 +5,8 @@ rule, and SLURM step sizes. A CUDA-only test runs the steps under ``torch.cuda.s
 from __future__ import annotations
 
 import contextlib
+import itertools
+import random
 from types import SimpleNamespace
 
 import numpy as np
@@ -181,8 +183,12 @@ class RandomDraws(torch.utils.data.Dataset):
 
 
 def epoch_batches(loader, epoch: int) -> list[torch.Tensor]:
+    """The epoch's batches, then what the main process draws during it (timm's Mixup from numpy, DropPath from
+    torch)."""
     utils.seed_epoch(seed=5, epoch=epoch, rank=0, loader=loader)
-    return list(loader)
+    batches = list(loader)
+    return [*batches, torch.tensor([np.random.randint(1 << 30), int(torch.randint(1 << 30, ())),
+                                    random.randrange(1 << 30)])]
 
 
 def test_persistent_workers_reseed_every_epoch_and_a_resumed_run_repeats_them():
@@ -198,8 +204,20 @@ def test_persistent_workers_reseed_every_epoch_and_a_resumed_run_repeats_them():
     assert not torch.equal(torch.cat(epochs[1]), torch.cat(epochs[2]))  # new shuffle and new draws
     resumed = loader()  # a run restarted at epoch 2: fresh workers
     assert all(torch.equal(a, b) for a, b in zip(epoch_batches(resumed, 2), epochs[2], strict=True))
-    workers_draws = torch.cat(epochs[0])[:, 1]
+    workers_draws = torch.cat(epochs[0][:-1])[:, 1]
     assert len(set(workers_draws.tolist())) == 8  # the two workers do not repeat each other's stream
+
+
+def test_epoch_seeds_of_other_seeds_and_ranks_differ():
+    """Seeds are hashed from (seed, epoch, rank): --seed 1 on rank 0 is not --seed 0 on rank 1 (nor epoch 1)."""
+    sampler = torch.utils.data.DistributedSampler(RandomDraws(), num_replicas=1, rank=0)
+    loader = utils.train_loader(RandomDraws(), sampler, SimpleNamespace(batch_size=2, num_workers=0, pin_mem=False),
+                                torch.device("cpu"))
+    seeds = set()
+    for seed, epoch, rank in itertools.product(range(3), range(3), range(3)):
+        utils.seed_epoch(seed, epoch, rank, loader)
+        seeds.add(loader.sampler.epoch_seed)
+    assert len(seeds) == 27
 
 
 def test_compile_keeps_the_checkpoint_keys():
