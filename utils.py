@@ -316,17 +316,19 @@ def param_groups_weight_decay(model: torch.nn.Module, weight_decay: float, skip:
         key = f"layer_{layer}_{'no_decay' if no_decay else 'decay'}"
         if key not in groups:
             groups[key] = {"params": [], "param_names": [], "weight_decay": 0.0 if no_decay else weight_decay,
-                           "lr_scale": layer_scales[layer] if layer_scales else 1.0}
+                           "decayed": not no_decay, "lr_scale": layer_scales[layer] if layer_scales else 1.0}
         groups[key]["params"].append(param)
         groups[key]["param_names"].append(name)
     return list(groups.values())
 
 
 def apply_schedules(optimizer, lr: float, weight_decay: float | None) -> None:
-    """Set this step's values (as Python floats, so optimizer state stays loadable with weights_only=True)."""
+    """Set this step's values (as Python floats, so optimizer state stays loadable with weights_only=True). Weight
+    decay goes to the groups :func:`param_groups_weight_decay` marked ``decayed``, also while the schedule is at 0
+    (``--weight_decay 0 --weight_decay_end 0.05``); groups from elsewhere count as decayed when theirs is above 0."""
     for group in optimizer.param_groups:
         group["lr"] = float(lr) * group.get("lr_scale", 1.0)
-        if weight_decay is not None and group["weight_decay"] > 0:
+        if weight_decay is not None and group.get("decayed", group["weight_decay"] > 0):
             group["weight_decay"] = float(weight_decay)
 
 
@@ -852,7 +854,7 @@ class NativeScalerWithGradNormCount:
 
     def scale_tensor(self) -> torch.Tensor | None:
         """The current loss scale as a device tensor (None without fp16): reading it does not wait for the device."""
-        return self._scaler._scale if self._scaler.is_enabled() else None
+        return self._scaler._scale.clone() if self._scaler.is_enabled() else None  # update() changes it in place
 
     def state_dict(self) -> dict:
         return self._scaler.state_dict()
@@ -960,6 +962,13 @@ class FiniteCheck:
         self.last_loss = loss.detach()
 
     def check(self, step: int) -> None:
-        if not bool(self.all_finite):
-            raise FloatingPointError(f"a loss since the previous log was not finite (last loss {float(self.last_loss)},"
-                                     f" step {step}): stopping; the last checkpoint is intact")
+        """Every rank calls it at the same steps; the flag is reduced over ranks, so all stop together (a rank left
+        in the next collective would wait for the others until the timeout)."""
+        all_finite = self.all_finite
+        if is_dist_avail_and_initialized():
+            all_finite = all_finite.to(torch.int32)
+            dist.all_reduce(all_finite, op=dist.ReduceOp.MIN)
+        if not bool(all_finite):
+            where = "on this rank" if not bool(self.all_finite) else "on another rank"
+            raise FloatingPointError(f"a loss since the previous log was not finite {where} (last loss here "
+                                     f"{float(self.last_loss)}, step {step}): stopping; the last checkpoint is intact")

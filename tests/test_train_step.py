@@ -122,6 +122,51 @@ def test_finite_check_stops_on_any_non_finite_loss_since_the_last_log():
     clean.check(step=1)
 
 
+def finite_check_rank(rank: int, port: int, results) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        finite = utils.FiniteCheck(torch.device("cpu"))
+        finite.update(torch.tensor(float("nan") if rank == 1 else 1.0))
+        try:
+            finite.check(step=3)
+            results[rank] = "went on"
+        except FloatingPointError as e:
+            results[rank] = str(e)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank():
+    """Else the finite ranks would enter the next all-reduce and wait for the stopped one until the timeout."""
+    context = torch.multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        results = manager.dict()
+        torch.multiprocessing.start_processes(finite_check_rank, args=(utils.free_port(), results), nprocs=2,
+                                              start_method="spawn")
+        assert "not finite on another rank" in results[0] and "not finite on this rank" in results[1]
+
+
+def test_logged_loss_scales_keep_each_steps_value():
+    """GradScaler.update() changes its scale tensor in place: each logged value is a copy."""
+    scaler = utils.NativeScalerWithGradNormCount(enabled=True, device="cpu")
+    weight = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    logged = []
+    for value in (float("inf"), float("inf"), 1.0):
+        optimizer.zero_grad()
+        scaler((weight * value).sum(), optimizer, parameters=[weight])
+        logged.append(scaler.scale_tensor())
+    assert [float(scale) for scale in logged] == [2.0**15, 2.0**14, 2.0**14]  # halved by each overflow
+
+
+def test_a_weight_decay_schedule_from_zero_reaches_the_decayed_groups():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
+    optimizer = torch.optim.AdamW(utils.param_groups_weight_decay(model, weight_decay=0.0))
+    utils.apply_schedules(optimizer, lr=1e-3, weight_decay=0.05)
+    decays = {tuple(group["param_names"]): group["weight_decay"] for group in optimizer.param_groups}
+    assert decays == {("0.weight",): 0.05, ("0.bias", "1.weight", "1.bias"): 0.0}
+
+
 def test_adam_and_adamw_are_fused_and_others_untouched():
     model = torch.nn.Linear(4, 4)
     base = dict(opt_eps=1e-8, opt_betas=None, momentum=0.9, lr=0.1, weight_decay=0.0)
@@ -182,13 +227,13 @@ class RandomDraws(torch.utils.data.Dataset):
                              int(torch.randint(1 << 30, ()))])
 
 
-def epoch_batches(loader, epoch: int) -> list[torch.Tensor]:
-    """The epoch's batches, then what the main process draws during it (timm's Mixup from numpy, DropPath from
-    torch)."""
+def epoch_batches(loader, epoch: int) -> torch.Tensor:
+    """The epoch's batches, then a row of what the main process draws during it (timm's Mixup from numpy, DropPath
+    from torch)."""
     utils.seed_epoch(seed=5, epoch=epoch, rank=0, loader=loader)
     batches = list(loader)
-    return [*batches, torch.tensor([np.random.randint(1 << 30), int(torch.randint(1 << 30, ())),
-                                    random.randrange(1 << 30)])]
+    main = torch.tensor([[np.random.randint(1 << 30), int(torch.randint(1 << 30, ())), random.randrange(1 << 30), 0]])
+    return torch.cat([*batches, main])
 
 
 def test_persistent_workers_reseed_every_epoch_and_a_resumed_run_repeats_them():
@@ -201,10 +246,10 @@ def test_persistent_workers_reseed_every_epoch_and_a_resumed_run_repeats_them():
     persistent = loader()
     assert persistent.persistent_workers
     epochs = [epoch_batches(persistent, epoch) for epoch in range(3)]
-    assert not torch.equal(torch.cat(epochs[1]), torch.cat(epochs[2]))  # new shuffle and new draws
+    assert not torch.equal(epochs[1], epochs[2])  # new shuffle and new draws
     resumed = loader()  # a run restarted at epoch 2: fresh workers
-    assert all(torch.equal(a, b) for a, b in zip(epoch_batches(resumed, 2), epochs[2], strict=True))
-    workers_draws = torch.cat(epochs[0][:-1])[:, 1]
+    torch.testing.assert_close(epoch_batches(resumed, 2), epochs[2], rtol=0, atol=0)
+    workers_draws = epochs[0][:-1, 1]
     assert len(set(workers_draws.tolist())) == 8  # the two workers do not repeat each other's stream
 
 
