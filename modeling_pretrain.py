@@ -305,8 +305,8 @@ class PretrainVisionTransformer(nn.Module):
             hog_dim=hog_dim,
         )
         encoder_out_dim = encoder_num_classes if encoder_num_classes > 0 else encoder_embed_dim
+        # PyTorch's default Linear init, as in VideoMAE (its model-level xavier init is defined but never applied)
         self.encoder_to_decoder = nn.Linear(encoder_out_dim, decoder_embed_dim, bias=False)
-        init_weights_xavier(self.encoder_to_decoder)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         # VideoMAE truncates at +-1 std here (its own trunc_normal_ wrapper), not timm's absolute +-2.
         trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)
