@@ -632,7 +632,9 @@ class VideoClassificationDataset(Dataset):
         train = mode == "train"
         self.rand_augment = (ClipRandAugment(rand_augment, input_size, interpolation=interpolation)
                              if train and rand_augment else None)
-        self.eraser = (RandomErasing(reprob, mode=remode, max_count=recount, num_splits=recount, device="cpu")
+        # num_splits=0: VideoMAE's num_splits=recount would leave the first T/recount frames unerased (timm keeps
+        # a batch's first split clean for AugMix-style training)
+        self.eraser = (RandomErasing(reprob, mode=remode, max_count=recount, num_splits=0, device="cpu")
                        if train and reprob > 0 else None)
         # Decoding smaller never drops pixels the output uses: training crops keep at least
         # sqrt(min scale x min ratio) of the short side, validation/test resize the short side to short_side_size.
@@ -664,15 +666,15 @@ class VideoClassificationDataset(Dataset):
 
     def frame_indices(self, entry: ClipEntry, num_file_frames: int, segment: int) -> np.ndarray:
         """Frame indices in the file for this entry: random in training, else at the test segment's position
-        (validation: the middle). TSN test view ``k`` of ``n`` takes every segment's frame at ``k / n`` of it:
-        VideoMAE's SSV2 2-view test (segment starts, then segment middles). ValueError when the clip starts after
-        the file's last frame."""
+        (validation: the middle). TSN test view ``k`` of ``n > 1`` takes every segment's frame at ``k / n`` of it:
+        VideoMAE's SSV2 2-view test (segment starts, then segment middles); one view takes the middles, as
+        validation. ValueError when the clip starts after the file's last frame."""
         if entry.first_frame >= num_file_frames:
             raise ValueError(f"clip starts at frame {entry.first_frame + 1} but the video has {num_file_frames} frames")
         length = entry.num_frames if entry.num_frames is not None else num_file_frames - entry.first_frame
         rng = self.rng if self.mode == "train" else None
         if self.sampling == "tsn":
-            position = segment / self.test_num_segment if self.mode == "test" else 0.5
+            position = segment / self.test_num_segment if self.mode == "test" and self.test_num_segment > 1 else 0.5
             indices = tsn_indices(length, self.num_frames * self.num_segments, rng, position)
         else:
             spread = self.mode == "test" and self.test_num_segment > 1

@@ -71,10 +71,12 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch: int, loss_scal
     update_freq = args.update_freq
     num_batches = len(data_loader) // update_freq * update_freq  # leftover batches would overrun the schedule
     finite = utils.FiniteCheck(device)
+    replaced = 0
     optimizer.zero_grad(set_to_none=True)
     for it, batch in enumerate(metric_logger.log_every(data_loader, args.print_freq, header)):
         if it >= num_batches:
             break
+        replaced += int(batch["replaced"].sum())  # a CPU tensor: no wait for the device
         step = start_step + it // update_freq
         if it % update_freq == 0:
             utils.apply_schedules(optimizer, lr_schedule[step], wd_schedule[step])
@@ -98,18 +100,30 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch: int, loss_scal
                 log_writer.add_scalar("loss", metric_logger.meters["loss"].value, step)
                 log_writer.add_scalar("lr", lr_schedule[step], step)
     metric_logger.synchronize_between_processes(device)
+    replaced = int(utils.all_reduce_sum(replaced, device))
+    if replaced:
+        print(f"epoch {epoch}: {replaced} corrupt videos were skipped and replaced by other samples")
     print("Averaged stats:", metric_logger)
-    return {k: meter.global_avg for k, meter in metric_logger.meters.items()}
+    return {k: meter.global_avg for k, meter in metric_logger.meters.items()} | {"replaced_videos": replaced}
+
+
+def head_prefixes(head_sizes: list[int]) -> list[str]:
+    return ["verb_", "noun_"] if len(head_sizes) == 2 else [""]
+
+
+def accuracy_keys(head_sizes: list[int]) -> list[str]:
+    """The keys :func:`accuracies` returns, in its order."""
+    keys = [f"{prefix}acc{k}" for prefix in head_prefixes(head_sizes) for k in (1, 5)]
+    return keys + ["action_acc1"] if len(head_sizes) == 2 else keys
 
 
 def accuracies(logits: torch.Tensor, targets: torch.Tensor, head_sizes: list[int]) -> dict[str, float]:
     """Top-1/top-5 per head in percent; with two heads (EPIC) also ``action`` top-1 (verb and noun both right)."""
-    names = ["verb", "noun"] if len(head_sizes) == 2 else [""]
     results, correct = {}, []
-    for name, head_logits, target in zip(names, split_heads(logits, head_sizes), targets.T, strict=True):
+    for prefix, head_logits, target in zip(head_prefixes(head_sizes), split_heads(logits, head_sizes), targets.T,
+                                           strict=True):
         k = min(5, head_logits.shape[-1])
         top = head_logits.topk(k, dim=-1).indices
-        prefix = f"{name}_" if name else ""
         results[f"{prefix}acc1"] = (top[:, 0] == target).float().mean().item() * 100
         results[f"{prefix}acc5"] = (top == target[:, None]).any(-1).float().mean().item() * 100
         correct.append(top[:, 0] == target)
@@ -120,19 +134,30 @@ def accuracies(logits: torch.Tensor, targets: torch.Tensor, head_sizes: list[int
 
 @torch.no_grad()
 def validation_one_epoch(data_loader, model, device, args, deepspeed: bool = False) -> dict:
-    """Loss and accuracy on one view per video; averaged over ranks weighted by batch size."""
+    """Loss and accuracy on one view per video; averaged over ranks weighted by batch size. A video that fails to
+    decode is left out (the loader hands another video in its place, which would count that one twice)."""
     model.eval()
     metric_logger = utils.MetricLogger()
+    for key in ["loss", *accuracy_keys(args.head_sizes)]:
+        metric_logger.meters[key]  # the same meters, in the same order, on every rank (some may skip all batches)
+    skipped = 0
     for batch in metric_logger.log_every(data_loader, args.print_freq, "Val:"):
-        targets = batch["target"].to(device)
-        logits = forward(model, batch, device, args.use_box, args.precision, deepspeed)
+        kept = batch["replaced"] == 0
+        skipped += int((~kept).sum())
+        if not kept.any():
+            continue
+        targets = batch["target"][kept].to(device)
+        logits = forward(model, batch, device, args.use_box, args.precision, deepspeed)[kept.to(device)]
         loss = sum(head_losses(logits, list(targets.T), args.head_sizes, 0.0))
-        metric_logger.update(loss=loss.item())
+        metric_logger.meters["loss"].update(loss.item(), n=targets.shape[0])
         for key, value in accuracies(logits, targets, args.head_sizes).items():
             metric_logger.meters[key].update(value, n=targets.shape[0])
     metric_logger.synchronize_between_processes(device)
+    skipped = int(utils.all_reduce_sum(skipped, device))
+    if skipped:
+        print(f"validation: {skipped} videos could not be decoded and are left out")
     print("* " + "  ".join(f"{k} {m.global_avg:.3f}" for k, m in metric_logger.meters.items() if "acc" in k))
-    return {k: meter.global_avg for k, meter in metric_logger.meters.items()}
+    return {k: meter.global_avg for k, meter in metric_logger.meters.items()} | {"skipped_videos": skipped}
 
 
 @torch.no_grad()

@@ -104,7 +104,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--smoothing", default=0.1, type=float, help="label smoothing")
     parser.add_argument("--reprob", default=0.25, type=float, help="random erasing probability")
     parser.add_argument("--remode", default="pixel", type=str, help="random erasing mode")
-    parser.add_argument("--recount", default=1, type=int, help="random erasing count")
+    parser.add_argument("--recount", default=1, type=int,
+                        help="random erasing: up to this many rectangles in every frame (VideoMAE passes it as timm's "
+                             "num_splits too, which leaves the first 1/recount of the frames unerased)")
     parser.add_argument("--mixup", default=0.8, type=float, help="mixup alpha (0 = off)")
     parser.add_argument("--cutmix", default=1.0, type=float, help="cutmix alpha (0 = off)")
     parser.add_argument("--cutmix_minmax", default=None, type=float, nargs="+")
@@ -279,6 +281,9 @@ def main(args) -> None:
                          f"--update_freq {args.update_freq}")
     mixup_fn = None
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
+        if args.mixup_mode == "pair" and args.batch_size * args.num_sample % 2:
+            raise SystemExit(f"--mixup_mode pair mixes clips in pairs: --batch_size {args.batch_size} x --num_sample "
+                             f"{args.num_sample} clips per step must be even")
         mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                          prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                          label_smoothing=args.smoothing, num_classes=args.head_sizes[0])

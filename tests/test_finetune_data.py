@@ -398,6 +398,35 @@ def test_dataset_sampling_positions(data):
     np.testing.assert_array_equal(val.frame_indices(val.entries[0], VIDEO_FRAMES, 0), np.arange(1, VIDEO_FRAMES, 3))
 
 
+def test_validation_leaves_out_videos_that_fail_to_decode(data, tmp_path, capsys):
+    """The loader hands another video in a broken one's place; validation must not count that one twice."""
+    import timm
+
+    from engine_for_finetuning import accuracies, validation_one_epoch
+
+    lines = [f"{i:06d}.mp4 {i % len(CLASSES)}" for i in range(NUM_VIDEOS)] + ["gone.mp4 3"]
+    dataset = build_dataset(False, False, make_args(data, data_path=str(write_lists(tmp_path, lines)), box_dir=""))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=3)
+    model = timm.create_model("vit_mini_patch16_224", num_classes=len(CLASSES), img_size=INPUT,
+                              all_frames=NUM_FRAMES).eval()
+    args = SimpleNamespace(print_freq=100, use_box=False, precision="fp32", head_sizes=[len(CLASSES)])
+    stats = validation_one_epoch(loader, model, torch.device("cpu"), args)
+    assert stats["skipped_videos"] == 1
+    assert "validation: 1 videos could not be decoded and are left out" in capsys.readouterr().out
+    good = [dataset[i] for i in range(NUM_VIDEOS)]
+    with torch.no_grad():
+        logits = model(torch.stack([item["video"] for item in good]))
+    expected = accuracies(logits, torch.stack([item["target"] for item in good]), [len(CLASSES)])
+    assert stats["acc1"] == pytest.approx(expected["acc1"]) and stats["acc5"] == pytest.approx(expected["acc5"])
+
+
+def test_a_single_tsn_test_view_takes_the_segment_middles_as_validation(data):
+    val = build_dataset(False, False, make_args(data, data_set="SSV2"))
+    test = build_dataset(False, True, make_args(data, data_set="SSV2", test_num_segment=1, test_num_crop=1))
+    np.testing.assert_array_equal(test.frame_indices(test.entries[0], VIDEO_FRAMES, 0),
+                                  val.frame_indices(val.entries[0], VIDEO_FRAMES, 0))
+
+
 def expected_eval_view(video_frames: torch.Tensor, gt: np.ndarray, indices: np.ndarray, position: float):
     """Short side to INPUT, square crop at ``position`` along the long side, computed here: (T, 3, S, S), boxes."""
     frames = video_frames[indices].permute(0, 3, 1, 2).float()
@@ -568,6 +597,15 @@ def test_clip_consistent_rand_augment_and_per_frame_erasing(data, videos):
             erased_frames += int(erased.any((1, 2)).sum())
             differing_clips += not (erased == erased[0]).all()
         assert erased_frames == NUM_VIDEOS * NUM_FRAMES and differing_clips == NUM_VIDEOS
+
+    # --recount 4: up to 4 rectangles in every frame (VideoMAE's num_splits=4 leaves the first T/4 frames alone).
+    dataset = build_dataset(True, False, make_args(data, reprob=1.0, remode="const", recount=4))
+    for index in range(NUM_VIDEOS):
+        dataset.reseed(index)
+        draw = replay_train(dataset, VIDEO_FRAMES)
+        video = unnormalize(dataset[index]["video"])
+        erased = (video - augment(videos[index].frames[draw.indices], draw, []).float()).abs().amax(1) > 1e-2
+        assert erased.any((1, 2)).all()
 
 
 def test_missing_and_malformed_box_files(data, tmp_path):

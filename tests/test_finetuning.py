@@ -185,6 +185,12 @@ def test_mofo_model_without_box_dir_is_refused(data, tmp_path):
     assert result.returncode != 0 and "pass --box_dir" in result.stderr
 
 
+def test_pair_mixup_with_an_odd_step_is_refused_at_startup(data, tmp_path):
+    result = finetune(finetune_args(data, tmp_path, "vit_mini_patch16_224", "--mixup_mode", "pair", "--batch_size",
+                                    "3"))
+    assert result.returncode != 0 and "--batch_size 3 x --num_sample 1 clips per step must be even" in result.stderr
+
+
 def test_multi_view_test_is_merged_across_two_ranks(data, pretrained, tmp_path):
     out = tmp_path / "ddp"
     port = str(free_port())
