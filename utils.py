@@ -738,18 +738,46 @@ def release_mca_state(state: dict) -> dict:
     return converted
 
 
-def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-    """Resize a learned (1, N, C) position table to the (T', H', W') token grid (trilinear). The old grid has a
-    square spatial part: the new one's side if that fits N (only the frames changed), else the temporal size
-    closest to the new one (8 x 14 x 14 to 4 x 14 x 14 reads the table as 8 x 14 x 14, not 2 x 28 x 28)."""
+def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int, int],
+                          old_grid: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """Resize a learned (1, N, C) position table to the (T', H', W') token grid: bicubic in space per time slice
+    (as VideoMAE), linear in time. The old grid is ``old_grid`` (from the checkpoint's saved clip settings) when it
+    fits N; else a square-sided split of N with the new frames, else with the new spatial size (taken as only the
+    frames changed: 8 x 14 x 14 to 4 x 14 x 14), else the only one; a ValueError when N still fits several."""
     _, num_old, dim = pos_embed.shape
-    candidates = [t for t in range(1, num_old + 1)
-                  if num_old % t == 0 and math.isqrt(num_old // t) ** 2 == num_old // t]
-    t_old = min(candidates, key=lambda t: (num_old // t != grid[1] * grid[2], abs(t - grid[0])))
+    if old_grid is not None and math.prod(old_grid) == num_old and old_grid[1] == old_grid[2]:
+        t_old = old_grid[0]
+    else:
+        candidates = [t for t in range(1, num_old + 1)
+                      if num_old % t == 0 and math.isqrt(num_old // t) ** 2 == num_old // t]
+        preferred = ([t for t in candidates if t == grid[0]] or
+                     [t for t in candidates if num_old // t == grid[1] * grid[2]] or
+                     (candidates if len(candidates) == 1 else []))
+        if not preferred:
+            splits = ", ".join(f"{t} x {math.isqrt(num_old // t)}^2" for t in candidates)
+            raise ValueError(f"a learned position table of {num_old} tokens fits several grids ({splits}); a "
+                             "checkpoint saved with its num_frames and input_size says which")
+        t_old = preferred[0]
     side = math.isqrt(num_old // t_old)
-    table = pos_embed.reshape(1, t_old, side, side, dim).permute(0, 4, 1, 2, 3)
-    table = torch.nn.functional.interpolate(table.float(), size=grid, mode="trilinear", align_corners=False)
-    return table.permute(0, 2, 3, 4, 1).reshape(1, -1, dim).to(pos_embed.dtype)
+    table = pos_embed.float().reshape(t_old, side, side, dim).permute(0, 3, 1, 2)  # (T, C, S, S)
+    if (side, side) != tuple(grid[1:]):
+        table = torch.nn.functional.interpolate(table, size=grid[1:], mode="bicubic", align_corners=False)
+    if t_old != grid[0]:
+        flat = table.permute(1, 2, 3, 0).reshape(1, -1, t_old)  # (1, C*H*W, T)
+        flat = torch.nn.functional.interpolate(flat, size=grid[0], mode="linear", align_corners=False)
+        table = flat.reshape(dim, grid[1], grid[2], grid[0]).permute(3, 0, 1, 2)
+    return table.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
+
+
+def saved_token_grid(trained: dict, state: dict) -> tuple[int, int, int] | None:
+    """The token grid a checkpoint was trained on, from its saved ``num_frames``/``input_size`` and its patch
+    embedding's kernel (None when it does not say)."""
+    kernel = state.get("patch_embed.proj.weight")
+    frames, size = trained.get("num_frames"), trained.get("input_size")
+    if kernel is None or not isinstance(frames, int) or not isinstance(size, int):
+        return None
+    tubelet, patch = kernel.shape[2], kernel.shape[3]
+    return frames // tubelet, size // patch, size // patch
 
 
 def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key: str = "model|module",
@@ -807,7 +835,8 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
             del state["pos_embed"]
         elif state["pos_embed"].shape != own["pos_embed"].shape:
             print(f"Interpolating pos_embed {tuple(state['pos_embed'].shape)} -> {tuple(own['pos_embed'].shape)}")
-            state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], model.patch_embed.grid_size)
+            state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], model.patch_embed.grid_size,
+                                                       saved_token_grid(trained, state))
     result = model.load_state_dict(state, strict=False)
     print(f"Loaded {path}")
     if result.missing_keys:

@@ -188,6 +188,27 @@ def test_learned_position_tables_are_interpolated_to_a_new_grid():
     by_time = torch.arange(8.0).repeat_interleave(196).reshape(1, 1568, 1)
     halved = utils.interpolate_pos_embed(by_time, (4, 14, 14)).reshape(4, 196)
     torch.testing.assert_close(halved, torch.tensor([0.5, 2.5, 4.5, 6.5])[:, None].expand(4, 196))
+    # Fewer frames and pixels: 1568 tokens also fit 2 x 28^2 and 32 x 7^2, so the saved grid decides (without it,
+    # 4 x 10 x 10 is an error; 4 x 7 x 7 would be read as 32 x 7 x 7); each token's row index stays in the
+    # original range (0 to 13) on the new 7 x 7 grid.
+    by_row = torch.arange(14.0).repeat_interleave(14).repeat(8).reshape(1, 1568, 1)
+    with pytest.raises(ValueError, match="fits several grids"):
+        utils.interpolate_pos_embed(by_row, (4, 10, 10))
+    rows = utils.interpolate_pos_embed(by_row, (4, 7, 7), old_grid=(8, 14, 14)).reshape(4, 7, 7)
+    assert (rows[:, 1:] > rows[:, :-1]).all() and 0 < rows.min() < 1 and 12 < rows.max() < 13
+    torch.testing.assert_close(rows, rows[:1].expand(4, 7, 7))  # the same in every frame
+
+
+def test_a_saved_clip_size_gives_the_old_grid_of_a_learned_table(tmp_path, capsys):
+    learned = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=64, all_frames=8,
+                                use_learnable_pos_emb=True)
+    torch.save({"model": learned.state_dict(), "args": {"num_frames": 8, "input_size": 64}}, tmp_path / "big.pth")
+    small = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4,
+                              use_learnable_pos_emb=True)
+    utils.load_finetune_checkpoint(small, tmp_path / "big.pth")  # 64 tokens: 4 x 4^2, 1 x 8^2 or 16 x 2^2
+    assert "Interpolating pos_embed (1, 64, 96) -> (1, 8, 96)" in capsys.readouterr().out
+    expected = utils.interpolate_pos_embed(learned.pos_embed.detach(), (2, 2, 2), old_grid=(4, 4, 4))
+    torch.testing.assert_close(small.pos_embed.detach(), expected)
 
 
 def test_a_learned_table_for_a_fixed_table_model_is_dropped_with_a_message(tmp_path, capsys):
