@@ -88,8 +88,30 @@ def rasterise(vectors: np.ndarray | None, frame_size: tuple[int, int], out_size:
     return np.ascontiguousarray(dense, dtype=np.float32)
 
 
-def _decoded_vectors(path: str) -> Iterator[tuple[int, np.ndarray | None, tuple[int, int]]]:
-    """(picture type, vectors or None, (width, height)) of each frame in display order; errors -> VideoReadError."""
+def rotate_flow(flow: np.ndarray, quarter_turns: int) -> np.ndarray:
+    """A flow field (h, w, 2) of the coded picture as shown after ``np.rot90(picture, quarter_turns)``: the field
+    turned and its (u, v) vectors with it (x right, y down; a counter-clockwise quarter turn takes (u, v) to
+    (v, -u))."""
+    k = quarter_turns % 4
+    if k == 0:
+        return flow
+    turned = np.rot90(flow, k)
+    u, v = turned[..., 0], turned[..., 1]
+    vectors = {1: (v, -u), 2: (-u, -v), 3: (-v, u)}[k]
+    return np.ascontiguousarray(np.stack(vectors, axis=-1), dtype=np.float32)
+
+
+def display_quarter_turns(rotation: float) -> int:
+    """``np.rot90`` turns that show a coded picture as OpenCV and decord do, from PyAV's ``frame.rotation`` (the
+    display matrix's angle: -90 for a picture shown turned clockwise)."""
+    if rotation % 90:
+        raise VideoReadError(f"display rotation {rotation} degrees is not a multiple of 90")
+    return int(rotation // 90) % 4
+
+
+def _decoded_vectors(path: str) -> Iterator[tuple[int, np.ndarray | None, tuple[int, int], int]]:
+    """(picture type, vectors or None, coded (width, height), display quarter turns) of each frame in display order;
+    errors -> VideoReadError."""
     try:
         container = av.open(path)
     except (av.error.FFmpegError, OSError) as e:
@@ -107,30 +129,31 @@ def _decoded_vectors(path: str) -> Iterator[tuple[int, np.ndarray | None, tuple[
         try:
             for frame in container.decode(stream):
                 side = frame.side_data.get("MOTION_VECTORS")
-                yield int(frame.pict_type), None if side is None else side.to_ndarray(), (frame.width, frame.height)
+                yield (int(frame.pict_type), None if side is None else side.to_ndarray(), (frame.width, frame.height),
+                       display_quarter_turns(frame.rotation))
                 decoded += 1
         except av.error.FFmpegError as e:
             raise VideoReadError(f"decoding failed after {decoded} frames: {e}") from None
 
 
 def _with_reference_distances(frames, reference: str):
-    """(vectors, size, past distance, future distance or None) per frame in display order. A B-frame waits for
-    the next anchor (I/P), which fixes its future distance; B-frames after the last anchor have none."""
+    """(vectors, size, turns, past distance, future distance or None) per frame in display order. A B-frame waits
+    for the next anchor (I/P), which fixes its future distance; B-frames after the last anchor have none."""
     last_anchor, pending = None, []
 
     def past(index: int) -> int:
         return 1 if reference == "adjacent" or last_anchor is None else index - last_anchor
 
-    for index, (kind, vectors, size) in enumerate(frames):
+    for index, (kind, vectors, size, turns) in enumerate(frames):
         if kind == _B_FRAME:
-            pending.append((index, vectors, size))
+            pending.append((index, vectors, size, turns))
             continue
-        for i, v, s in pending:
-            yield v, s, past(i), 1 if reference == "adjacent" else index - i
-        yield vectors, size, past(index), 1
+        for i, v, s, t in pending:
+            yield v, s, t, past(i), 1 if reference == "adjacent" else index - i
+        yield vectors, size, turns, past(index), 1
         pending, last_anchor = [], index
-    for i, v, s in pending:
-        yield v, s, past(i), None
+    for i, v, s, t in pending:
+        yield v, s, t, past(i), None
 
 
 @register_flow("codec_mv")
@@ -157,10 +180,12 @@ class CodecMotionVectors(FlowBackend):
                         "use MotionBoxDetector.detect_video or flows_from_video")
 
     def flows_from_video(self, path: str | os.PathLike, working_size: tuple[int, int]) -> Iterator[np.ndarray]:
-        """Forward flow (h, w, 2) at ``working_size`` = (w, h) for each of the video's T - 1 frame pairs."""
+        """Forward flow (h, w, 2) at ``working_size`` = (w, h) for each of the video's T - 1 frame pairs, in the
+        picture as shown (a display rotation applied, as OpenCV and decord apply it to the frames)."""
         frames = _with_reference_distances(_decoded_vectors(os.fspath(path)), self.reference)
         next(frames, None)  # frame 0's vectors point before the clip; flow i comes from frame i + 1
-        for vectors, size, past, future in frames:
+        for vectors, size, turns, past, future in frames:
             if vectors is not None and future is None:
                 vectors = vectors[vectors["source"] < 0]
-            yield rasterise(vectors, size, working_size, past, future or 1)
+            coded_size = working_size[::-1] if turns % 2 else working_size
+            yield rotate_flow(rasterise(vectors, size, coded_size, past, future or 1), turns)

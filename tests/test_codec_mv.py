@@ -1,9 +1,10 @@
 """Codec motion vectors (``--flow codec_mv``) on real encoded videos: direction, magnitude, frame alignment,
-B-frames, videos without vectors, and the extraction CLI."""
+B-frames, videos without vectors, display rotation, and the extraction CLI."""
 
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,44 @@ def test_vectors_point_the_way_the_object_moves_and_agree_with_tvl1(mp4v_video):
     small = list(create_flow("codec_mv").flows_from_video(mp4v_video, (WIDTH // 2, HEIGHT // 2)))
     assert len(small) == 9 and small[0].shape == (HEIGHT // 2, WIDTH // 2, 2)
     np.testing.assert_allclose(np.median(small[3][interior(3, 0.5)].reshape(-1, 2), axis=0), VELOCITY / 2, atol=0.4)
+
+
+def rotated_copy(source: Path, target: Path, matrix: tuple[int, int, int, int]) -> Path:
+    """``source`` with the (a, b, c, d) rotation part of its video track's tkhd display matrix set (16.16 fixed
+    point; a phone's portrait clip carries such a matrix)."""
+    data = bytearray(source.read_bytes())
+    start = data.index(b"tkhd") + 4
+    offset = start + (40 if data[start] == 0 else 52)  # the matrix after version 0 / 1 header fields
+    values = list(struct.unpack(">9i", data[offset:offset + 36]))
+    values[0], values[1], values[3], values[4] = (v << 16 for v in matrix)
+    data[offset:offset + 36] = struct.pack(">9i", *values)
+    target.write_bytes(data)
+    return target
+
+
+@pytest.mark.parametrize("matrix", [(0, 1, -1, 0), (0, -1, 1, 0), (-1, 0, 0, -1)], ids=["cw", "ccw", "180"])
+def test_a_rotated_video_gets_the_flow_of_the_picture_as_shown(mp4v_video, tmp_path, matrix):
+    """OpenCV and decord show the picture turned by its display matrix; the codec flow is turned with it (field
+    and vectors), so it agrees with TV-L1 on the frames as shown."""
+    video = rotated_copy(mp4v_video, tmp_path / "rotated.mp4", matrix)
+    shown, _ = read_video(video)
+    coded = translating_clip(10)
+    errors = {k: np.abs(np.rot90(coded[0], k).astype(int) - shown[0]).mean() for k in range(4)
+              if np.rot90(coded[0], k).shape == shown[0].shape}
+    turn = min(errors, key=errors.get)  # how the frames are shown
+    assert turn != 0 and errors[turn] < 5 < min(e for k, e in errors.items() if k != turn)
+    height, width = shown.shape[1:3]
+    flows = list(create_flow("codec_mv").flows_from_video(video, (width, height)))
+    assert all(f.shape == (height, width, 2) for f in flows)
+    gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in shown])
+    for t in (2, 6):
+        inside = np.zeros((HEIGHT, WIDTH), bool)
+        inside[interior(t)] = True
+        inside = np.rot90(inside, turn)
+        codec = np.median(flows[t][inside], axis=0)
+        tvl1 = np.median(create_flow("tvl1")(gray[[t]], gray[[t + 1]])[0][inside], axis=0)
+        assert np.abs(codec - tvl1).max() < 0.75, (codec, tvl1)
+        assert np.linalg.norm(codec) == pytest.approx(np.linalg.norm(VELOCITY), rel=0.2)
 
 
 def test_flow_i_is_the_motion_from_frame_i_to_frame_i_plus_1(tmp_path):
