@@ -27,6 +27,7 @@ import numpy as np
 BOX_FILE_VERSION = 1
 _COORD_DECIMALS = 2
 _TOLERANCE = 1e-3
+MAX_NAME_BYTES = 255  # of one path component on Linux and macOS file systems
 TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")  # .NAME.RANDOM.tmp, written by atomic_write_text
 STALE_TEMP_AGE = 3600.0  # seconds; a temp file lives for one write, so an older one was left by a killed writer
 
@@ -57,13 +58,13 @@ class MotionBoxes:
             "width": int(self.width),
             "height": int(self.height),
             "num_frames": int(self.num_frames),
-            "fps": round(float(self.fps), 6),
+            "fps": round(float(self.fps), 6) if math.isfinite(self.fps) and self.fps >= 0 else 0.0,  # 0: unknown
             "flow": self.flow,
             "frames": [_box_to_list(b) for b in np.asarray(self.frames, dtype=np.float64)],
             "union": None if self.union is None else _box_to_list(self.union),
         }
         record.update(self.extra)
-        return json.dumps(record, separators=(",", ":")) + "\n"
+        return json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"  # what load_boxes reads
 
 
 def _box_to_list(box) -> list[float] | None:
@@ -102,7 +103,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     writers never share one) and rename it to ``path``: a killed writer never leaves a half-written ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    name = os.fsencode(path.name)[:MAX_NAME_BYTES - 18].decode(errors="ignore")  # a 255-byte name has a temp too
+    tmp = path.with_name(f".{name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
     try:
         with open(fd, "w", encoding="utf-8") as f:
@@ -185,10 +187,19 @@ def load_boxes(path: str | os.PathLike) -> MotionBoxes:
         raise BoxFileError(f"{path}: box file not found") from None
     except OSError as e:
         raise BoxFileError(f"{path}: cannot read box file ({e})") from None
+    except UnicodeDecodeError as e:
+        raise BoxFileError(f"{path}: not UTF-8 text ({e})") from None
     try:
         record = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BoxFileError(f"{path}: not valid JSON ({e})") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise BoxFileError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
+    try:
+        return _validated(path, record)
+    except OverflowError as e:  # an integer too large for a float
+        raise BoxFileError(f"{path}: a number out of range ({e})") from None
+
+
+def _validated(path: Path, record) -> MotionBoxes:
     if not isinstance(record, dict):
         raise BoxFileError(f"{path}: top level must be a JSON object")
     for key in ("version", "video", "width", "height", "num_frames", "fps", "flow", "frames", "union"):

@@ -69,6 +69,8 @@ def read_video_list(path: str | os.PathLike) -> list[str]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise SystemExit(f"cannot read --video_list {path}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"--video_list {path} is not UTF-8 text: {e}") from None
     return [line.split()[0] for line in lines if line.strip()]
 
 

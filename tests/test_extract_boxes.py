@@ -272,7 +272,7 @@ def test_resume_skips_valid_files_and_recomputes_the_rest(data, reference_dir, r
     _, root = data
     out = tmp_path / "out"
     shutil.copytree(reference_dir, out)
-    (out / "000001.json").write_bytes(reference["000001.json"][:200])
+    (out / "000001.json").write_bytes(b"\xff\xfe" + reference["000001.json"][:200])  # truncated, not UTF-8
     (out / "000002.json").write_text('{"version": 1}')
     run(write_list(tmp_path / "a.csv", ["000003.mp4"]), root, out, "--flow", "tvl1", "--short_side", 32, "--overwrite")
     run(write_list(tmp_path / "b.csv", ["000004.mp4"]), root, out, "--temporal_window", 3, "--overwrite")
@@ -290,6 +290,14 @@ def test_resume_skips_valid_files_and_recomputes_the_rest(data, reference_dir, r
     assert summary(run(video_list, root, out)) == (6, 0, 6, 0)
     assert summary(run(video_list, root, out, "--overwrite")) == (6, 6, 0, 0)
     assert outputs(out) == reference
+
+
+def test_a_list_that_is_not_utf8_is_named(data, tmp_path):
+    _, root = data
+    (tmp_path / "latin1.csv").write_bytes("caf\u00e9.mp4 0\n".encode("latin-1"))
+    result = subprocess.run(cli(tmp_path / "latin1.csv", root, tmp_path / "out"), cwd=REPO, env=clean_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "latin1.csv is not UTF-8 text" in result.stderr, result.stderr
 
 
 def test_killed_run_resumes_to_identical_outputs(data, reference, tmp_path):

@@ -245,6 +245,25 @@ def test_load_boxes_reports_missing_and_broken_files(tmp_path):
     (tmp_path / "broken.json").write_text('{"version": 1, "frames": [')
     with pytest.raises(BoxFileError, match="broken.json: not valid JSON"):
         load_boxes(tmp_path / "broken.json")
+    garbled = {"binary.json": b"\xff\xfe{", "deep.json": b"[" * 100_000,
+               "huge.json": sample_record().to_json().replace('"fps":25.0', '"fps":' + "9" * 400).encode()}
+    for name, data in garbled.items():  # what a crash or another program may leave: an error naming the file
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(BoxFileError, match=f"{name}: "):
+            load_boxes(tmp_path / name)
+
+
+def test_what_save_boxes_writes_load_boxes_reads(tmp_path):
+    """An fps the container could not tell (inf or NaN) is written as 0, unknown; a 255-byte box name (the longest
+    a file system takes) still gets its temp file."""
+    record = sample_record()
+    for fps in (float("inf"), float("nan")):
+        record.fps = fps
+        save_boxes(tmp_path / "fps.json", record)
+        assert load_boxes(tmp_path / "fps.json").fps == 0.0
+    long_name = tmp_path / ("v" * 250 + ".json")
+    save_boxes(long_name, record)
+    assert load_boxes(long_name).frames.shape == (3, 4) and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_atomic_write_uses_a_temp_file_of_its_own_and_leaves_nothing_on_failure(tmp_path):
