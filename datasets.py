@@ -599,8 +599,8 @@ class VideoClassificationDataset(Dataset):
     """Fine-tuning clips with their targets and the motion box of every sampled frame (VideoMAE's VideoClsDataset
     and SSVideoClsDataset in one, with boxes).
 
-    ``mode``: ``train`` (random temporal sampling; per clip a random resized crop, a horizontal flip if ``flip``,
-    RandAugment, normalisation and random erasing; ``num_sample`` clips from one decode), ``validation`` (middle
+    ``mode``: ``train`` (random temporal sampling; per clip RandAugment, a random resized crop, a horizontal flip if
+    ``flip``, normalisation and random erasing; ``num_sample`` clips from one decode), ``validation`` (middle
     temporal clip, short side resized to short_side_size, centre crop) or ``test`` (``test_num_segment`` temporal
     clips x ``test_num_crop`` crops spread along the long side; every view is an item). ``sampling``: ``tsn``
     (num_frames x num_segments segments over the clip) or ``dense`` (num_segments windows of num_frames frames at
@@ -693,14 +693,17 @@ class VideoClassificationDataset(Dataset):
         return frames, scale_box(frame_boxes(boxes, indices, num_file_frames), width, height)
 
     def _train_clip(self, frames: torch.Tensor, boxes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        """One augmented clip (3, T, S, S) and its boxes in output pixels, from decoded frames and their boxes."""
+        """One augmented clip (3, T, S, S) and its boxes in output pixels, from decoded frames and their boxes. In
+        VideoMAE's order: RandAugment on the decoded frames (so a rotation's or shear's filled corners are mostly
+        cropped away, and translations are relative to the frame), random resized crop, flip, erasing."""
+        if self.rand_augment is not None:
+            augmented, boxes = self.rand_augment(frames.permute(0, 3, 1, 2), boxes, self.rng)
+            frames = augmented.permute(0, 2, 3, 1)
         height, width = frames.shape[1:3]
         crop = random_resized_crop_params(width, height, self.rng, scale=self.crop_scale)
         clip, boxes = resized_crop(frames, boxes, *crop, self.input_size)
         if self.flip and self.rng.random() < 0.5:
             clip, boxes = horizontal_flip(clip, boxes)
-        if self.rand_augment is not None:
-            clip, boxes = self.rand_augment(clip, boxes, self.rng)
         video = normalize_clip(clip)
         if self.eraser is not None:
             erase_clip(video, self.eraser, self.rng)

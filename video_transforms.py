@@ -10,8 +10,9 @@ Every geometric op maps the boxes exactly as it maps the pixels, so after the la
 moving object. The MOFO release got this wrong: its crops ignored the crop offset, its flips and shear/translate ops
 left the box where it was.
 
-Fine-tuning training applies, as VideoMAE: random resized crop, horizontal flip (not for SSV2), RandAugment with
-timm's ops (drawn once per clip), ImageNet normalisation and timm's random erasing (frame by frame, as VideoMAE).
+Fine-tuning training applies, as VideoMAE and in its order: RandAugment with timm's ops (drawn once per clip) on the
+decoded frames, random resized crop, horizontal flip (not for SSV2), ImageNet normalisation and timm's random erasing
+(frame by frame, as VideoMAE).
 """
 
 from __future__ import annotations

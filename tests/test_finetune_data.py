@@ -6,7 +6,7 @@ malformed files, output format.
 Boxes are checked against pixels: the object's mask (frame minus the object-free background the generator renders
 with it) and a filled mask of the input box go through the same ops as the frames; the output box must bound the
 first and match the second within a few pixels. Training items are replayed from a copy of the dataset's random
-stream (temporal indices, crop, flip, RandAugment draw, in that order) and their pixels checked too.
+stream (temporal indices, RandAugment draw, crop, flip, in that order: VideoMAE's) and their pixels checked too.
 """
 
 from __future__ import annotations
@@ -159,9 +159,9 @@ def replay_train(dataset, num_file_frames: int, first_frame: int = 0, length: in
         indices = tsn_indices(length, NUM_FRAMES, probe)
     else:
         indices = dense_indices(length, NUM_FRAMES, SAMPLING_RATE, 1, probe)
+    ops = dataset.rand_augment.draw(probe) if dataset.rand_augment is not None else []
     crop = random_resized_crop_params(WIDTH, HEIGHT, probe)
     flip = dataset.flip and probe.random() < 0.5
-    ops = dataset.rand_augment.draw(probe) if dataset.rand_augment is not None else []
     return TrainDraw(first_frame + indices, crop, flip, ops)
 
 
@@ -177,12 +177,11 @@ def mask_ops(ops: list) -> list:
 
 
 def augment(frames: torch.Tensor, draw: TrainDraw, ops: list) -> torch.Tensor:
-    """Crop, flip and RandAugment (T, H, W, 3) uint8 frames as the draw says: (T, 3, S, S) uint8."""
+    """RandAugment, crop and flip (T, H, W, 3) uint8 frames as the draw says: (T, 3, S, S) uint8."""
     no_boxes = np.full((len(frames), 4), np.nan, np.float32)
+    frames = ClipRandAugment.apply(frames.permute(0, 3, 1, 2), no_boxes, ops)[0].permute(0, 2, 3, 1)
     clip, _ = resized_crop(frames, no_boxes, *draw.crop, INPUT)
-    if draw.flip:
-        clip = clip.flip(-1)
-    return ClipRandAugment.apply(clip, no_boxes, ops)[0]
+    return clip.flip(-1) if draw.flip else clip
 
 
 def check_boxes(boxes01: np.ndarray, object_clip: torch.Tensor, rect_clip: torch.Tensor, skew_ops: int,
@@ -198,7 +197,8 @@ def check_boxes(boxes01: np.ndarray, object_clip: torch.Tensor, rect_clip: torch
     for t, box in enumerate(np.asarray(boxes01, dtype=np.float64) * [width, height, width, height]):
         rect, obj = mask_bbox(rect_clip[t, 0] > 127), mask_bbox(object_clip[t, 0] > 127)
         if np.isnan(box).any() or rect is None:  # the box left the frame: at most a sliver of it is visible
-            for bounds in (rect, obj, None if np.isnan(box).any() else box):
+            # (after a rotation or shear the box of the turned box may hold more than the sliver: only a bound)
+            for bounds in (rect, obj, None if np.isnan(box).any() or skew_ops else box):
                 assert bounds is None or min(bounds[2] - bounds[0], bounds[3] - bounds[1]) <= tol
             continue
         for inside in (rect, obj):
