@@ -91,7 +91,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pixel_loss_weight", default=1.0, type=float, help="weight of the pixel loss")
     parser.add_argument("--trajectory_loss_weight", default=1.0, type=float, help="weight of the trajectory loss")
     parser.add_argument("--hog_loss_weight", default=1.0, type=float, help="weight of the hog loss")
-    parser.add_argument("--use_checkpoint", action="store_true", help="activation checkpointing in the encoder")
+    parser.add_argument("--use_checkpoint", action="store_true",
+                        help="activation checkpointing in the encoder and decoder blocks")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model (in place: checkpoints keep their keys)")
 

@@ -446,6 +446,7 @@ class MetricLogger:
 # --last_ckpt_freq, replaced by the next. Auto-resume takes the highest N of either.
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(?:last-)?(\d+)(\.pth)?$")
 ROLLING_PATTERN = re.compile(r"checkpoint-last-\d+(\.pth)?(\.tmp)?$")  # with what a killed save left
+KILLED_SAVE_PATTERN = re.compile(r"checkpoint-(?:last-)?\d+\.pth\.tmp$")  # what a killed save_on_master left
 
 
 def save_on_master(state: dict, path: str | Path) -> None:
@@ -514,7 +515,7 @@ def save_epoch_checkpoint(args, epoch: int, model, model_without_ddp, optimizer,
     """After ``epoch``: the kept ``checkpoint-{epoch}`` every ``--save_ckpt_freq`` epochs and after the last, else
     the rolling ``checkpoint-last-{epoch}`` every ``--last_ckpt_freq`` epochs (0: never). Once it is complete the
     older rolling ones are removed, so a killed job loses at most ``--last_ckpt_freq`` epochs for the disk of one
-    more checkpoint (two while a new one is written)."""
+    more checkpoint (two while a new one is written), and so are the ``.tmp`` files of saves a killed job left."""
     done = epoch + 1
     if done % args.save_ckpt_freq == 0 or done == args.epochs:
         tag = f"checkpoint-{epoch}"
@@ -526,12 +527,14 @@ def save_epoch_checkpoint(args, epoch: int, model, model_without_ddp, optimizer,
     if not is_main_process():
         return
     print(f"Saved {Path(args.output_dir) / tag}{'' if getattr(args, 'enable_deepspeed', False) else '.pth'}")
-    for path in Path(args.output_dir).glob("checkpoint-last-*"):
+    for path in Path(args.output_dir).glob("checkpoint-*"):
         if ROLLING_PATTERN.match(path.name) and path.name not in (tag, f"{tag}.pth"):
             if path.is_dir():
                 shutil.rmtree(path)
             else:
                 path.unlink()
+        elif KILLED_SAVE_PATTERN.match(path.name):  # this process is the folder's one writer, and it is done
+            path.unlink()
 
 
 def latest_checkpoint(output_dir: str | Path, deepspeed: bool) -> Path | None:

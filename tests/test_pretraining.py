@@ -170,12 +170,13 @@ def test_rolling_checkpoints_replace_each_other_and_leave_the_kept_ones(tmp_path
     args = argparse.Namespace(output_dir=str(tmp_path), save_ckpt_freq=3, last_ckpt_freq=2, epochs=8)
     (tmp_path / "checkpoint-best.pth").write_bytes(b"best")
     (tmp_path / "checkpoint-last-0.pth.tmp").write_bytes(b"half a file")
+    (tmp_path / "checkpoint-99.pth.tmp").write_bytes(b"half of a kept one")  # a save killed in an earlier job
     seen = []
     for epoch in range(8):
         utils.save_epoch_checkpoint(args, epoch, model, model, optimizer, None)
         seen.append(sorted(p.name for p in tmp_path.glob("checkpoint-*") if p.name != "checkpoint-best.pth"))
     assert seen == [
-        ["checkpoint-last-0.pth.tmp"],
+        ["checkpoint-99.pth.tmp", "checkpoint-last-0.pth.tmp"],
         ["checkpoint-last-1.pth"],
         ["checkpoint-2.pth"],
         ["checkpoint-2.pth", "checkpoint-last-3.pth"],
