@@ -648,6 +648,7 @@ class VideoClassificationDataset(Dataset):
             relative = box_video_paths([entry.video for entry in entries], data_root)
             self.box_index = MotionBoxIndex(box_dir, relative, "error", FINETUNING_BOX_REMEDY)
         self._stored_sizes: dict[str, tuple[int, int]] = {}
+        self._overrun_warned: set[str] = set()
         self.reseed(seed)
 
     def reseed(self, seed: int | None) -> None:
@@ -672,6 +673,11 @@ class VideoClassificationDataset(Dataset):
         if entry.first_frame >= num_file_frames:
             raise ValueError(f"clip starts at frame {entry.first_frame + 1} but the video has {num_file_frames} frames")
         length = entry.num_frames if entry.num_frames is not None else num_file_frames - entry.first_frame
+        if entry.first_frame + length > num_file_frames and entry.video not in self._overrun_warned:
+            self._overrun_warned.add(entry.video)  # once per video and worker
+            log.warning("%s: a listed clip ends at frame %d of a video of %d frames (re-encoded at another frame "
+                        "rate than the annotations?); its frames past the end repeat the last one",
+                        entry.video, entry.first_frame + length, num_file_frames)
         rng = self.rng if self.mode == "train" else None
         if self.sampling == "tsn":
             position = segment / self.test_num_segment if self.mode == "test" and self.test_num_segment > 1 else 0.5

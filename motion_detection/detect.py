@@ -53,6 +53,9 @@ class DetectionParams:
             raise ValueError("num_contours and temporal_window must be >= 1, short_side >= 0")
         if self.temporal_window % 2 == 0:
             raise ValueError(f"temporal_window must be odd (a median centred on the frame), got {self.temporal_window}")
+        if not 0 <= self.border < 0.5:
+            raise ValueError(f"border is a margin on each side, a fraction of the short side in [0, 0.5), got "
+                             f"{self.border}")
 
 
 PARAM_HELP = {

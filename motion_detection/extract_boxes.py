@@ -280,6 +280,9 @@ def build_detector(args: argparse.Namespace) -> tuple[MotionBoxDetector, dict]:
     for name in ("device", "compile"):
         if getattr(args, name) not in (None, False) and args.flow not in DEVICE_FLOWS:
             raise ValueError(f"--{name} applies to {', '.join(DEVICE_FLOWS)}, not to --flow {args.flow}")
+    if args.batch_size is not None and args.flow == "codec_mv":
+        raise ValueError("--batch_size sets how many frame pairs an optical flow takes at once; --flow codec_mv reads "
+                         "the vectors from the file")
     flow_params = {"device": args.device} if args.device is not None else {}
     if args.compile:
         flow_params["compile"] = True

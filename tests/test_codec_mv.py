@@ -235,6 +235,9 @@ def test_extract_boxes_cli_with_codec_mv(tmp_path):
         assert boxes.union is not None and box_iou(boxes.union, truth.union) > 0.3, (video, boxes.union, truth.union)
     intra = load_boxes(out / "intra.json")
     assert intra.num_frames == 6 and intra.union is None
+    batched = subprocess.run(result.args + ["--batch_size", "4"], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert batched.returncode == 2 and "--flow codec_mv reads the vectors from the file" in batched.stderr
 
     # The visual check draws the codec-vector map beside the frames (the flow is read from the file).
     strip = tmp_path / "check.png"

@@ -513,7 +513,7 @@ def epic_args(epic: Path, **overrides) -> SimpleNamespace:
     return make_args(epic, **options)
 
 
-def test_epic_segments_targets_frame_ranges_and_boxes(epic, videos):
+def test_epic_segments_targets_frame_ranges_and_boxes(epic, videos, caplog):
     validation = build_dataset(False, False, epic_args(epic))
     assert len(validation) == len(EPIC_ROWS)
     for row, (_, _, video_id, start, stop, verb, noun) in enumerate(EPIC_ROWS):
@@ -538,6 +538,13 @@ def test_epic_segments_targets_frame_ranges_and_boxes(epic, videos):
         assert item["target"].tolist() == [verb, noun]
         shown += check_train_item(item, videos[EPIC_SOURCES[video_id]], draw)[0]
     assert shown >= 16 * NUM_FRAMES // 2
+
+    # A segment past the video's end (annotations at another frame rate than the file): named once, not an error.
+    overrun = epic_args(epic, data_path=str(write_lists(epic / "overrun", [])))
+    write_epic_csv(Path(overrun.data_path) / "val.csv", [("P01_01_9", "P01", "P01_01", 20, 30, 1, 2)])
+    with caplog.at_level(logging.WARNING, logger="datasets"):
+        build_dataset(False, False, overrun)[0]
+    assert [r.getMessage() for r in caplog.records if "ends at frame 30 of a video of 24 frames" in r.getMessage()]
 
     test = build_dataset(False, True, epic_args(epic, test_num_segment=2, test_num_crop=1))
     first, second = test[2], test[3]  # row 2 (frames 1..12), both temporal clips

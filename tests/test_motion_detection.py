@@ -90,6 +90,12 @@ def test_no_motion_gives_no_box():
     assert np.isnan(detect_motion_boxes(still, flow="dis")).all()
 
 
+@pytest.mark.parametrize("border", [-0.1, 0.5])
+def test_a_border_that_leaves_no_frame_is_refused(border):
+    with pytest.raises(ValueError, match="border is a margin on each side"):
+        DetectionParams(border=border)
+
+
 def test_clean_boxes_rejects_implausible_boxes_and_outliers():
     params = DetectionParams(temporal_window=3)
     boxes = np.tile(np.array([[10, 10, 30, 30]], np.float32), (7, 1))
