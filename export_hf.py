@@ -7,7 +7,8 @@ with ``VideoMAEForPreTraining`` / ``VideoMAEForVideoClassification.from_pretrain
 A pretraining checkpoint becomes a ``VideoMAEForPreTraining`` (encoder, decoder and pixel head; the trajectory and
 HOG heads of ``--target`` have no HF counterpart and are left out); a fine-tuned one with VideoMAE's head a
 ``VideoMAEForVideoClassification``. The folder holds ``model.safetensors`` (float32), ``config.json`` (with VideoMAE's
-LayerNorm epsilon, 1e-6) and ``preprocessor_config.json`` (ImageNet's mean and std, as the weights were trained).
+LayerNorm epsilon, 1e-6) and ``preprocessor_config.json`` (the test transform: short side to ``--short_side_size``,
+centre crop, ImageNet's mean and std, as the weights were trained).
 The checkpoint is first loaded strictly into the model it names (``--model`` overrides), so a folder is only written
 for weights that fit. Refused, with the reason: the MOFO fine-tuning head (HF has no multi-cross-attention head),
 EPIC-KITCHENS-100's two heads in one, layer scale and learned position tables (HF's VideoMAE has neither).
@@ -38,6 +39,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input_size", default=None, type=int, help="frame side (default: the saved one, else 224)")
     parser.add_argument("--num_frames", default=None, type=int, help="clip length (default: the saved one, else 16)")
     parser.add_argument("--tubelet_size", default=None, type=int, help="(default: the saved one, else 2)")
+    parser.add_argument("--short_side_size", default=None, type=int,
+                        help="the preprocessor's resize of the short side before its centre crop (default: the "
+                             "saved one, else --input_size)")
     parser.add_argument("--labels", default=None, help="text file with one class name per line, in class order "
                                                        "(default: LABEL_0, LABEL_1, ...)")
     return parser
@@ -88,6 +92,9 @@ def export(args) -> dict:
     """Write ``args.output`` from ``args.checkpoint``; returns the config written."""
     raw, trained = utils.read_model_and_args(args.checkpoint, args.model_key)
     state = {key.removeprefix("module."): value for key, value in raw.items()}
+    if hf_videomae.is_pretraining_state(state) and "decoder.head.weight" not in state:
+        raise ValueError(f"{args.checkpoint} was pretrained without the pixel target (--target "
+                         f"{trained.get('target')}): HF's VideoMAEForPreTraining has only the pixel head")
     dropped = sorted({key.rsplit(".", 1)[0] for key in state if key.startswith(EXTRA_TARGET_HEADS)})
     if dropped:
         print(f"Leaving out {', '.join(dropped)}: HF's VideoMAEForPreTraining predicts pixels only")
@@ -97,7 +104,9 @@ def export(args) -> dict:
         labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
     model = build_model(args, state, trained)
     config = hf_videomae.config_for(model, norm_pix_loss=trained.get("normlize_target", True), labels=labels)
-    hf_videomae.write_folder(Path(args.output), hf_videomae.from_videomae_state(model.state_dict()), config)
+    short_side = saved_or(args.short_side_size, trained, "short_side_size", config["image_size"])
+    hf_videomae.write_folder(Path(args.output), hf_videomae.from_videomae_state(model.state_dict()), config,
+                             short_side)
     print(f"Wrote {args.output}: {config['architectures'][0]}, {config['hidden_size']}-dim x "
           f"{config['num_hidden_layers']} layers, {config['image_size']}px x {config['num_frames']} frames")
     return config

@@ -12,6 +12,7 @@ in the Hub's layout (export_hf.py).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -41,8 +42,13 @@ PATCH_EMBED = "videomae.embeddings.patch_embeddings.projection."
 LAYER_NORM_EPS = 1e-6  # VideoMAE's, which its weights were trained with (HF's default is 1e-12)
 
 
+BASE_MODEL_KEY = "embeddings.patch_embeddings.projection.weight"  # a VideoMAEModel's, without the videomae. prefix
+
+
 def is_hf_state(state: dict) -> bool:
-    return any(isinstance(key, str) and key.startswith("videomae.") for key in state)
+    """HF VideoMAE weights: a VideoMAEForPreTraining's or VideoMAEForVideoClassification's (``videomae.*``) or a
+    bare VideoMAEModel's."""
+    return BASE_MODEL_KEY in state or any(isinstance(key, str) and key.startswith("videomae.") for key in state)
 
 
 def is_pretraining_state(state: dict) -> bool:
@@ -53,6 +59,8 @@ def to_videomae_state(state: dict) -> dict:
     """HF VideoMAE weights under VideoMAE's keys: a pretraining model's as VideoMAE's pretraining checkpoint
     (``encoder.``, ``decoder.blocks``, ``encoder_to_decoder``, ``mask_token``), a classifier's as its fine-tuned one.
     A key of no known VideoMAE place keeps its name, so that loading reports it."""
+    if BASE_MODEL_KEY in state:
+        state = {f"videomae.{key}": value for key, value in state.items()}
     encoder = "encoder." if is_pretraining_state(state) else ""
     converted = {}
     for key, value in state.items():
@@ -119,8 +127,10 @@ def read_safetensors(path: Path) -> dict:
     if path.name.endswith(".index.json"):
         try:
             shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError, AttributeError) as e:
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
             raise ValueError(f"{path}: not a safetensors shard index ({type(e).__name__}: {e})") from None
+        if not all(isinstance(shard, str) and shard == Path(shard).name for shard in shards):
+            raise ValueError(f"{path}: shards must be files beside the index, got {shards}")
         return {key: value for shard in shards for key, value in read_safetensors(path.parent / shard).items()}
     try:
         return load_file(path, device="cpu")
@@ -130,6 +140,17 @@ def read_safetensors(path: Path) -> dict:
 
 def config_args(config: dict, path: Path) -> dict:
     """The run flags an HF VideoMAE ``config.json`` amounts to (the registered model of its size, when it is one)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a JSON object expected, got {type(config).__name__}")
+    expected = {"architectures": list, "id2label": dict, "image_size": (int, list), "num_frames": int,
+                "tubelet_size": int, "patch_size": (int, list), "use_mean_pooling": bool, "norm_pix_loss": bool,
+                "decoder_num_hidden_layers": int}
+    for key, kind in expected.items():
+        value = config.get(key)
+        if key in config and (not isinstance(value, kind) or isinstance(value, bool) != (kind is bool)):
+            raise ValueError(f"{path}: {key} is {value!r}")
+    config = {**config, **{key: square(config[key], key, path) for key in ("image_size", "patch_size")
+                           if key in config}}
     if config.get("model_type", "videomae") != "videomae":
         raise ValueError(f"{path}: model_type {config['model_type']!r}, not a VideoMAE model")
     if config.get("hidden_act", "gelu") != "gelu" or config.get("num_channels", 3) != 3:
@@ -148,12 +169,20 @@ def config_args(config: dict, path: Path) -> dict:
     return {key: value for key, value in args.items() if value is not None}
 
 
+def square(value: int | list, key: str, path: Path) -> int:
+    """HF's image and patch sizes: one int, or [height, width]; VideoMAE's models take square ones."""
+    if isinstance(value, list):
+        if len(value) != 2 or value[0] != value[1] or not isinstance(value[0], int):
+            raise ValueError(f"{path}: {key} {value!r}; VideoMAE's models take square frames and patches")
+        return value[0]
+    return value
+
+
 def read_checkpoint(state: dict, path: Path) -> dict:
-    """An HF VideoMAE weights file's tensors (and the ``config.json`` beside it, when there is one) as a VideoMAE
-    checkpoint: ``{"model": VideoMAE's keys, "args": the config's settings}``."""
-    if not is_hf_state(state):
-        raise ValueError(f"{path}: no Hugging Face VideoMAE weights in it (no videomae.* keys; has "
-                         f"{sorted(state)[:4]})")
+    """A weights file's tensors as a checkpoint: an HF VideoMAE one's (with the ``config.json`` beside it, when there
+    is one) as ``{"model": VideoMAE's keys, "args": the config's settings}``; any other as ``{"model": tensors}``."""
+    if not is_hf_state(state):  # e.g. DeepSpeed's zero_to_fp32.py --safe_serialization: the model's own keys
+        return {"model": state}
     config_path = path.parent / "config.json"
     args = {}
     if config_path.is_file():
@@ -198,31 +227,41 @@ def config_for(model: torch.nn.Module, norm_pix_loss: bool = True, labels: list[
             "label2id": {name: index for index, name in enumerate(labels)}}
 
 
-def preprocessor_config(image_size: int) -> dict:
-    """VideoMAE's test-time input for ``VideoMAEImageProcessor``: short side to ``image_size``, centre crop, ImageNet's
-    mean and std (the processor's own default is 0.5 / 0.5, which these weights were not trained with)."""
-    return {"image_processor_type": "VideoMAEImageProcessor", "do_resize": True, "size": {"shortest_edge": image_size},
+def preprocessor_config(image_size: int, short_side: int | None = None) -> dict:
+    """VideoMAE's test-time input for ``VideoMAEImageProcessor``: short side to ``short_side`` (the run's
+    ``--short_side_size``; default ``image_size``), centre crop ``image_size``, ImageNet's mean and std (the
+    processor's own default is 0.5 / 0.5, which these weights were not trained with)."""
+    return {"image_processor_type": "VideoMAEImageProcessor", "do_resize": True,
+            "size": {"shortest_edge": short_side or image_size},
             "resample": 2, "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size},
             "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
             "image_mean": list(IMAGENET_DEFAULT_MEAN), "image_std": list(IMAGENET_DEFAULT_STD)}
 
 
-def write_folder(folder: Path, state: dict, config: dict) -> None:
-    """``model.safetensors`` (float32), ``config.json`` and ``preprocessor_config.json``, written in a temporary
-    folder beside ``folder`` and renamed: a killed export leaves no half folder. An existing ``folder`` is refused."""
+def write_folder(folder: Path, state: dict, config: dict, short_side: int | None = None) -> None:
+    """``model.safetensors`` (float32), ``config.json`` and ``preprocessor_config.json`` (:func:`preprocessor_config`),
+    written in a temporary folder beside ``folder`` and renamed: a killed export leaves no half folder (and the next
+    export to ``folder`` removes what it left). An existing ``folder`` is refused. Permissions follow the umask, as
+    for files made the ordinary way."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     if folder.exists():
         raise FileExistsError(f"{folder}: exists; export into a new folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(glob.escape(folder.name) + ".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
     try:
         tensors = {key: value.detach().to(torch.float32).contiguous().clone() for key, value in state.items()}
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(config["image_size"]),
-                                                                 indent=2) + "\n")
+        processor = preprocessor_config(config["image_size"], short_side)
+        (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        for path in (tmp, *tmp.iterdir()):  # mkdtemp makes 0700, safetensors writes 0600
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

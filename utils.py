@@ -189,6 +189,8 @@ def setup_device(args) -> torch.device:
         raise SystemExit("--device cuda but no GPU is visible; pass --device cpu to train on the CPU")
     if args.precision == "fp16" and not args.device.startswith("cuda"):
         raise SystemExit("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # as VideoMAE: the fastest convolution for the fixed clip size
     return torch.device(f"cuda:{args.gpu}" if args.device.startswith("cuda") else args.device)
 
 

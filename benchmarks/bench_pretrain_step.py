@@ -359,6 +359,7 @@ def run_row(name: str, options: argparse.Namespace) -> dict:
     if options.threads:
         torch.set_num_threads(options.threads)
     device = torch.device(options.device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as both run scripts (and VideoMAE's) set it
     args = project_args(options)
     with torch.device("meta"):
         run_mofo_pretraining.build_model(args)  # sets patch_size, tubelet_size and window_size on args

@@ -68,8 +68,14 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="run output folders holding log.txt")
     parser.add_argument("--key", default="train_loss", help="logged value to show (default: train_loss)")
     parser.add_argument("--png", help="also draw the curves into this PNG")
+    parser.add_argument("--names", nargs="+", help="column names (default: the folder names)")
     args = parser.parse_args()
-    curves = {Path(r).name: read_losses(r, args.key) for r in args.runs}
+    names = args.names or [Path(r).name for r in args.runs]
+    if len(names) != len(args.runs):
+        raise SystemExit("--names must name every run")
+    if len(set(names)) != len(names):
+        raise SystemExit(f"two runs would share a column ({', '.join(names)}): name them with --names")
+    curves = {name: read_losses(run, args.key) for name, run in zip(names, args.runs, strict=True)}
     print(table(curves))
     if args.png:
         plot(curves, args.png)

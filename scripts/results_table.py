@@ -24,11 +24,12 @@ def main() -> None:
         if not path.exists():
             raise SystemExit(f"{path}: missing (did the run finish its test?)")
         results[name] = json.loads(path.read_text())
-    columns = [k for k in next(iter(results.values())) if "acc" in k]
+    columns = list(dict.fromkeys(k for r in results.values() for k in r if "acc" in k))  # SSV2 and EPIC runs mix
     width = max(len(n) for n in names)
     print(f"{'run':<{width}} " + " ".join(f"{c:>12}" for c in columns) + f" {'videos':>7}")
     for name, r in results.items():
-        print(f"{name:<{width}} " + " ".join(f"{r[c]:>12.2f}" for c in columns) + f" {r['videos']:>7}")
+        cells = (f"{r[c]:>12.2f}" if c in r else f"{'':>12}" for c in columns)
+        print(f"{name:<{width}} " + " ".join(cells) + f" {r['videos']:>7}")
 
 
 if __name__ == "__main__":

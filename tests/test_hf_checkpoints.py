@@ -116,12 +116,28 @@ def test_config_names_the_registered_model_of_its_size(tmp_path, architecture, s
     assert ("nb_classes" in args) == (architecture == "VideoMAEForVideoClassification")
 
 
+def test_safetensors_of_our_own_keys_and_a_bare_videomae_model_load(tmp_path):
+    """DeepSpeed's zero_to_fp32.py --safe_serialization writes the model's own keys; HF's VideoMAEModel has no
+    videomae. prefix."""
+    model = classifier()
+    utils.load_finetune_checkpoint(model, FIXTURE / "classification", require_all=True)
+    (tmp_path / "fp32").mkdir()
+    save_file(model.state_dict(), tmp_path / "fp32" / "model.safetensors")
+    again = classifier()
+    utils.load_finetune_checkpoint(again, tmp_path / "fp32", require_all=True)
+    assert all(torch.equal(again.state_dict()[key], value) for key, value in model.state_dict().items())
+    hub = torch.load(FIXTURE / "classification" / "pytorch_model.bin", weights_only=True)
+    bare = {key.removeprefix("videomae."): value for key, value in hub.items() if key.startswith("videomae.")}
+    (tmp_path / "bare").mkdir()
+    save_file(bare, tmp_path / "bare" / "model.safetensors")
+    encoder_only = classifier()
+    utils.load_finetune_checkpoint(encoder_only, tmp_path / "bare")
+    torch.testing.assert_close(encoder_only.blocks[1].attn.qkv.weight, model.blocks[1].attn.qkv.weight)
+
+
 def test_bad_files_are_refused_with_their_name(tmp_path):
     folder = tmp_path / "not_videomae"
     folder.mkdir()
-    save_file({"vit.encoder.weight": torch.zeros(2)}, folder / "model.safetensors")
-    with pytest.raises(ValueError, match=r"not_videomae/model.safetensors: no Hugging Face VideoMAE weights"):
-        utils.load_checkpoint_file(utils.resolve_checkpoint(folder))
     (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{truncated")
     with pytest.raises(ValueError, match=r"model.safetensors: cannot read it as safetensors"):
         utils.load_checkpoint_file(folder / "model.safetensors")
@@ -130,6 +146,20 @@ def test_bad_files_are_refused_with_their_name(tmp_path):
     (other / "config.json").write_text(json.dumps(hf_config(model_type="vivit")))
     with pytest.raises(ValueError, match=r"other_model/config.json: model_type 'vivit', not a VideoMAE model"):
         utils.load_checkpoint_file(utils.resolve_checkpoint(other))
+    for changes, message in (({"architectures": None}, "architectures is None"), ({"id2label": []}, "id2label is"),
+                             ({"image_size": [32, 48]}, r"image_size \[32, 48\]; VideoMAE's models take square"),
+                             ({"num_frames": True}, "num_frames is True")):
+        (other / "config.json").write_text(json.dumps(hf_config(**changes)))
+        with pytest.raises(ValueError, match=f"other_model/config.json: {message}"):
+            utils.load_checkpoint_file(utils.resolve_checkpoint(other))
+    (other / "config.json").write_text(json.dumps(hf_config(image_size=[32, 32])))  # HF's [height, width]
+    assert utils.load_checkpoint_file(utils.resolve_checkpoint(other))["args"]["input_size"] == 32
+    (other / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="other_model/config.json: a JSON object expected"):
+        utils.load_checkpoint_file(utils.resolve_checkpoint(other))
+    (tmp_path / "escape.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "../x.safetensors"}}))
+    with pytest.raises(ValueError, match="shards must be files beside the index"):
+        utils.load_checkpoint_file(tmp_path / "escape.safetensors.index.json")
 
 
 def test_pretraining_resumes_from_a_hf_folder_with_a_fresh_optimizer(capsys):
@@ -204,20 +234,30 @@ def test_a_pretraining_run_exports_and_reads_back_the_same(tmp_path):
                             "decoder_depth": 1, "normlize_target": False}
     processor = json.loads((tmp_path / "hf" / "preprocessor_config.json").read_text())
     assert processor["image_mean"] == pytest.approx([0.485, 0.456, 0.406])
-    assert processor["crop_size"] == {"height": 32, "width": 32}
+    assert processor["crop_size"] == {"height": 32, "width": 32} and processor["size"] == {"shortest_edge": 32}
+    (tmp_path / "plain").mkdir()  # made the ordinary way, for the permissions the umask gives
+    (tmp_path / "plain" / "file").write_text("")
+    assert (tmp_path / "hf").stat().st_mode == (tmp_path / "plain").stat().st_mode
+    assert all(path.stat().st_mode == (tmp_path / "plain" / "file").stat().st_mode
+               for path in (tmp_path / "hf").iterdir())
 
 
 @pytest.mark.parametrize("use_mean_pooling", [True, False])
 def test_a_finetuned_run_exports_with_its_class_names(tmp_path, use_mean_pooling):
     model = modeling_finetune.vit_mini_patch16_224(img_size=32, all_frames=4, num_classes=3,
                                                    use_mean_pooling=use_mean_pooling)
-    checkpoint = save_run_checkpoint(tmp_path / "ft.pth", model, model="vit_mini_patch16_224", data_set="SSV2")
+    checkpoint = save_run_checkpoint(tmp_path / "ft.pth", model, model="vit_mini_patch16_224", data_set="SSV2",
+                                     short_side_size=40)
     labels = tmp_path / "labels.txt"
     labels.write_text("pushing left\npushing right\n\nlifting\n")
     import export_hf
 
+    (tmp_path / "hf.tmp-1a2b3c").mkdir()  # what a killed export left
     config = export_hf.export(export_hf.get_args_parser().parse_args([str(checkpoint), str(tmp_path / "hf"),
                                                                       "--labels", str(labels)]))
+    assert not (tmp_path / "hf.tmp-1a2b3c").exists()
+    processor = json.loads((tmp_path / "hf" / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"shortest_edge": 40}  # the run's --short_side_size
     assert config["id2label"] == {0: "pushing left", 1: "pushing right", 2: "lifting"}
     assert config["use_mean_pooling"] is use_mean_pooling
     reread = modeling_finetune.vit_mini_patch16_224(img_size=32, all_frames=4, num_classes=3,
@@ -247,6 +287,9 @@ def test_what_hf_cannot_hold_is_refused_with_the_reason(tmp_path):
                         {"model": "vit_mini_patch16_224"}, r"does not fit .*pos_embed"),
         "nameless.pth": (modeling_finetune.vit_mini_patch16_224(img_size=32, all_frames=4, num_classes=3), {},
                          "does not say which model it is: pass --model"),
+        "trajectory.pth": (modeling_pretrain.pretrain_videomae_mini_patch16_224(
+            img_size=32, num_frames=4, decoder_depth=1, targets=("trajectory",), trajectory_dim=20),
+            {"model": "pretrain_videomae_mini_patch16_224", "target": "trajectory"}, "without the pixel target"),
     }
     for name, (model, args, message) in cases.items():
         checkpoint = save_run_checkpoint(tmp_path / name, model, **args)

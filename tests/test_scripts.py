@@ -418,3 +418,52 @@ def test_sbatch_header(script):
         assert "array" in header and "gres" not in header and header["ntasks-per-node"] == "1"
     else:  # one task per GPU
         assert header["gres"] == f"gpu:{header['ntasks-per-node']}"
+
+
+def test_gpu_check_runs_the_steps_it_is_given(tmp_path):
+    """Two device calls of a few minutes each instead of one of the whole device budget: the named steps only, each
+    with its line in summary.txt; an unknown step is refused."""
+    fake_bin = fake_commands(tmp_path / "bin", ("python3", "nvidia-smi"), RECORDER)
+    record, out = tmp_path / "record", tmp_path / "out"
+    env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "RECORD": str(record), "OUT": str(out)}
+    result = run_script(REPO / "benchmarks/gpu_check.sh", tmp_path, **env)
+    assert result.returncode == 0, result.stderr
+    all_steps = [line.split(":")[0] for line in (out / "summary.txt").read_text().splitlines()]
+    assert all_steps == ["cuda_tests", "motion", "pretrain_step", "finetune_step"]
+    record.unlink()
+    result = subprocess.run(["bash", str(REPO / "benchmarks/gpu_check.sh"), "motion", "finetune_step"], cwd=tmp_path,
+                            env=script_env(**env), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert [line.split(":")[0] for line in (out / "summary.txt").read_text().splitlines()] == ["motion",
+                                                                                                "finetune_step"]
+    ran = record.read_text()
+    assert "bench_motion.py" in ran and "bench_finetune_step.py" in ran
+    assert "pytest" not in ran and "bench_pretrain_step.py" not in ran
+    refused = subprocess.run(["bash", str(REPO / "benchmarks/gpu_check.sh"), "data"], cwd=tmp_path,
+                             env=script_env(**env), capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "steps: cuda_tests motion pretrain_step finetune_step" in refused.stderr
+
+
+def test_results_table_and_loss_curves_keep_runs_apart(tmp_path):
+    """Runs of SSV2 and EPIC side by side (other columns); two runs in folders of one name are not merged."""
+    for run, result in (("ssv2", {"acc1": 61.5, "acc5": 88.0, "videos": 10}),
+                        ("epic", {"verb_acc1": 40.0, "noun_acc1": 30.0, "action_acc1": 20.0, "videos": 12})):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "test_results.json").write_text(json.dumps(result))
+    table = subprocess.run([sys.executable, "scripts/results_table.py", str(tmp_path / "ssv2"), str(tmp_path / "epic")],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    header, ssv2, epic = table.stdout.splitlines()
+    assert header.split() == ["run", "acc1", "acc5", "verb_acc1", "noun_acc1", "action_acc1", "videos"]
+    assert ssv2.split() == ["ssv2", "61.50", "88.00", "10"]
+    assert epic.split() == ["epic", "40.00", "30.00", "20.00", "12"]
+    for group, loss in (("a", 1.5), ("b", 0.5)):
+        (tmp_path / group / "run").mkdir(parents=True)
+        (tmp_path / group / "run" / "log.txt").write_text(json.dumps({"epoch": 0, "train_loss": loss}) + "\n")
+    runs = [str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run")]
+    same = subprocess.run([sys.executable, "scripts/loss_curves.py", *runs], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert same.returncode != 0 and "name them with --names" in same.stderr
+    named = subprocess.run([sys.executable, "scripts/loss_curves.py", *runs, "--names", "a", "b"], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert named.stdout.splitlines()[1].split() == ["0", "1.5000", "0.5000"]
