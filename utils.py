@@ -111,7 +111,11 @@ def init_distributed_mode(args) -> None:
                   " straight from the sbatch shell, without srun, would wait forever: launch with srun"
                   " (scripts/launch.sh does)", flush=True)
         local_id = int(env.get("SLURM_LOCALID", 0))  # modulo: with --gpus-per-task each task sees one GPU
-        args.gpu = local_id % torch.cuda.device_count() if torch.cuda.is_available() else local_id
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if visible > 1 and local_id >= visible and args.device.startswith("cuda"):
+            raise SystemExit(f"SLURM: task {local_id} of this node, which shows {visible} GPUs: launch one task per "
+                             f"GPU (GPUS={visible}, or --ntasks-per-node={visible})")
+        args.gpu = local_id % visible if visible else local_id
         env.setdefault("MASTER_ADDR", slurm_master_addr(env.get("SLURM_STEP_NODELIST", env["SLURM_JOB_NODELIST"])))
         env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 10000))
         env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = str(args.rank), str(args.world_size), str(args.gpu)
