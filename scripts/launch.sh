@@ -62,8 +62,9 @@ launch() {
         if [[ -z "${SLURM_NTASKS_PER_NODE:-}" && -n "${GPUS:-}" ]]; then
             tasks=(--ntasks-per-node="$GPUS")  # salloc without --ntasks-per-node: one task per GPU all the same
         fi
-        requeueable srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"} \
-            ${tasks[@]+"${tasks[@]}"} python "$@"
+        # One intra-op thread per task, as torchrun sets it and VideoMAE's scripts do (the loaders have workers).
+        OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} requeueable srun --kill-on-bad-exit=1 \
+            ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"} ${tasks[@]+"${tasks[@]}"} python "$@"
     else  # also a batch job without srun: one node
         requeueable torchrun --standalone --nproc_per_node "${GPUS:?set GPUS to the number of GPUs}" "$@"
     fi
