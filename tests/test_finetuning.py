@@ -15,7 +15,7 @@ from timm.models import create_model
 import make_synthetic_dataset
 import modeling_finetune  # noqa: F401  (registers the models)
 from test_mofo_model import RELEASE, release_head_state
-from test_pretraining import clean_env, pretrain, run_args, write_all_list
+from test_pretraining import NoStrayFiles, clean_env, pretrain, run_args, write_all_list
 from utils import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,8 +78,10 @@ def test_eval_tests_only_complete_weights_and_runs_a_mofo_release_checkpoint(dat
 def test_finetune_from_a_pretraining_run_then_eval(data, pretrained, tmp_path, model):
     out, workdir = tmp_path / model, tmp_path / "workdir"
     workdir.mkdir()
-    result = finetune(finetune_args(data, out, model, "--finetune", str(pretrained)), cwd=workdir)
+    stray = NoStrayFiles(tmp_path, data)
+    result = finetune(finetune_args(data, out, model, "--finetune", str(pretrained)), cwd=workdir, env=stray.env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    stray.check()
     # Only what the run is for, and nothing in the working folder (the release wrote debug images every step).
     assert not list(workdir.iterdir())
     written = {p.name for p in out.iterdir()}

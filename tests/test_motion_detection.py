@@ -21,7 +21,7 @@ from motion_detection import (
     union_box,
 )
 from motion_detection.boxfile import atomic_write_text, remove_stale_temp_files
-from motion_detection.detect import DetectionParams, box_from_map, clean_boxes, smooth_map
+from motion_detection.detect import DetectionParams, box_from_map, clean_boxes, flow_magnitude, smooth_map
 from motion_detection.video import VideoReadError, check_frame_count, read_video, write_mp4
 
 H, W = 64, 80
@@ -44,6 +44,20 @@ def test_eq1_matches_the_analytic_derivatives_of_an_affine_flow():
     a, b, c, d = 0.02, -0.05, 0.05, 0.01
     flow = np.stack([a * x + b * y + 2.0, c * x + d * y - 1.0], axis=-1)
     np.testing.assert_allclose(motion_boundaries(flow), np.sqrt(a * a + b * b + c * c + d * d), rtol=1e-4)
+
+
+def test_both_flow_components_count_in_both_maps():
+    """The release's flow video mixed up u and v: a map that reads one component twice misses the other's motion."""
+    for u, v, speed in ((3.0, 0.0, 3.0), (0.0, 4.0, 4.0), (3.0, 4.0, 5.0)):
+        flow = np.zeros((H, W, 2), np.float32)
+        flow[20:40, 30:50] = (u, v)
+        np.testing.assert_allclose(flow_magnitude(flow)[30, 40], speed)
+        assert flow_magnitude(flow)[0, 0] == 0
+        boundary = motion_boundaries(flow)
+        np.testing.assert_allclose(boundary[30, 29], np.hypot(u, v) / 2)  # central difference across the left edge
+    x, y = grid()
+    only_v = np.stack([np.zeros_like(x), 0.05 * x], axis=-1)  # dv/dx alone
+    np.testing.assert_allclose(motion_boundaries(only_v), 0.05, rtol=1e-4)
 
 
 def test_eq1_lights_the_edges_of_a_moving_square_only():

@@ -62,6 +62,28 @@ def clean_env(**extra: str) -> dict:
     return env
 
 
+class NoStrayFiles:
+    """A run's environment with its own empty TMPDIR and HOME, and a snapshot of the data folder: ``check()`` after
+    the run asserts that no image was written to either, and the data folder is as it was (the release wrote debug
+    images every step)."""
+
+    def __init__(self, tmp_path: Path, data: Path):
+        self.scratch, self.data = tmp_path / "scratch", data
+        for name in ("tmp", "home"):
+            (self.scratch / name).mkdir(parents=True)
+        self.env = clean_env(TMPDIR=str(self.scratch / "tmp"), HOME=str(self.scratch / "home"))
+        self.before = self.listing(data)
+
+    @staticmethod
+    def listing(folder: Path) -> dict[str, int]:
+        return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+    def check(self) -> None:
+        images = [p for p in self.scratch.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".gif")]
+        assert not images, images
+        assert self.listing(self.data) == self.before
+
+
 def pretrain(args: list[str], env: dict | None = None, timeout: int = 240, cwd: Path = REPO
              ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "run_mofo_pretraining.py"), *args], cwd=cwd,
@@ -130,8 +152,10 @@ def test_loss_falls_and_a_killed_run_resumes_on_the_same_trajectory(dataset, tmp
     keep_last_only = ("--save_ckpt_freq", "10")
     full, workdir = tmp_path / "full", tmp_path / "workdir"
     workdir.mkdir()
-    result = pretrain(run_args(dataset, full, *keep_last_only), cwd=workdir)
+    stray = NoStrayFiles(tmp_path, dataset)
+    result = pretrain(run_args(dataset, full, *keep_last_only), cwd=workdir, env=stray.env)
     assert result.returncode == 0, result.stderr[-3000:]
+    stray.check()
     # DDP by default (no DeepSpeed folder or `latest`), only the checkpoint and the log, nothing in the working
     # folder (the release wrote debug images every step)
     assert sorted(p.name for p in full.iterdir()) == ["checkpoint-2.pth", "log.txt"] and not list(workdir.iterdir())
