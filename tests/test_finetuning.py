@@ -14,6 +14,7 @@ from timm.models import create_model
 
 import make_synthetic_dataset
 import modeling_finetune  # noqa: F401  (registers the models)
+import run_mofo_finetuning
 from test_mofo_model import RELEASE, release_head_state
 from test_pretraining import NoStrayFiles, clean_env, pretrain, run_args, write_all_list
 from utils import free_port
@@ -84,6 +85,7 @@ def test_finetune_from_a_pretraining_run_then_eval(data, pretrained, tmp_path, m
     stray.check()
     # Only what the run is for, and nothing in the working folder (the release wrote debug images every step).
     assert not list(workdir.iterdir())
+    assert run_mofo_finetuning.get_args_parser().parse_args([]).enable_deepspeed is False  # DDP unless asked
     written = {p.name for p in out.iterdir()}
     expected = {"checkpoint-0.pth", "log.txt", "test_results.json", "test_views_rank0.jsonl"}
     assert expected <= written <= expected | {"checkpoint-best.pth"}  # best: only after a validation above 0%

@@ -341,6 +341,15 @@ def test_missing_box_files_fail_before_training(dataset, tmp_path):
     assert "Start training" not in result.stdout and "Traceback" not in result.stderr  # one message, no traceback
 
 
+def test_motion_masking_without_box_dir_is_refused(dataset, tmp_path):
+    """No folder to fall back on (the release's was a fixed path): motion masking names the flag it needs."""
+    args = run_args(dataset, tmp_path / "out")
+    del args[args.index("--box_dir"):args.index("--box_dir") + 2]
+    result = pretrain(args + ["--mask_type", "motion"])
+    assert result.returncode != 0 and "--mask_type motion needs --box_dir" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("checkpoint-*"))
+
+
 def test_resume_from_a_videomae_style_checkpoint_loads_strictly(dataset, tmp_path):
     """Released VideoMAE/MOFO pretraining checkpoints: the state dict under 'model', and the run's argparse
     Namespace under 'args' (their save_model stores it; weights_only loading must still accept the file)."""
