@@ -39,10 +39,8 @@ HUB_LAYER_PARTS = {ours: theirs for theirs, ours in LAYER_PARTS.items() if not t
 QKV = ("attention.attention.query.weight", "attention.attention.key.weight", "attention.attention.value.weight")
 SIZES = {(384, 12, 6): "small", (768, 12, 12): "base", (1024, 24, 16): "large", (1280, 32, 16): "huge"}
 PATCH_EMBED = "videomae.embeddings.patch_embeddings.projection."
-LAYER_NORM_EPS = 1e-6  # VideoMAE's, which its weights were trained with (HF's default is 1e-12)
-
-
 BASE_MODEL_KEY = "embeddings.patch_embeddings.projection.weight"  # a VideoMAEModel's, without the videomae. prefix
+LAYER_NORM_EPS = 1e-6  # VideoMAE's, which its weights were trained with (HF's default is 1e-12)
 
 
 def is_hf_state(state: dict) -> bool:
@@ -247,7 +245,7 @@ def write_folder(folder: Path, state: dict, config: dict, short_side: int | None
 
     folder = Path(folder)
     if folder.exists():
-        raise FileExistsError(f"{folder}: exists; export into a new folder")
+        raise ValueError(f"{folder}: exists; export into a new folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
     for stale in folder.parent.glob(glob.escape(folder.name) + ".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)

@@ -300,10 +300,10 @@ def test_what_hf_cannot_hold_is_refused_with_the_reason(tmp_path):
     (tmp_path / "taken").mkdir()
     plain = save_run_checkpoint(tmp_path / "plain.pth", cases["nameless.pth"][0], model="vit_mini_patch16_224")
     result = run_export(str(plain), str(tmp_path / "taken"))
-    assert "taken: exists; export into a new folder" in result.stderr
+    assert result.stderr.startswith("error: ") and "taken: exists; export into a new folder" in result.stderr
     (tmp_path / "two.txt").write_text("a\nb\n")
     result = run_export(str(plain), str(tmp_path / "out"), "--labels", str(tmp_path / "two.txt"))
-    assert "2 class names for a head of 3 classes" in result.stderr
+    assert result.stderr.startswith("error: ") and "2 class names for a head of 3 classes" in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir() if path.is_dir()) == ["taken"]  # no half folder left
 
 
