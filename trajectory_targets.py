@@ -4,21 +4,26 @@ For every tubelet token, ``points_per_side``^2 points on a regular grid inside i
 through the dense optical flow of the tubelet's time span at the full frame rate: a clip sampled every
 ``sampling_rate`` frames with tubelets of ``tubelet_size`` sampled frames spans ``steps = tubelet_size *
 sampling_rate`` source frames per tubelet. Flow is sampled bilinearly at the point's current (sub-pixel)
-position and chained step by step; a point that reaches the frame's edge stays on it. A point's trajectory is its
+position and chained step by step; a point is clipped to the frame (one that leaves it moves on along the edge,
+with the flow there). A point's trajectory is its
 move at each of those frame steps, ``P[k+1] - P[k]`` (M3Video's position features ``ΔP``, the release's
 ``traj_shape``).
 
 Per patch, the moves are normalised (``norm``). ``mean`` (M3Video's): divided by the mean path length of the
 patch's points (the target is the shape of the motion, not its speed), floored at ``min_motion`` pixels so the flow
 noise of a static patch is not blown up to unit size. ``patch_std`` (the MME release's pretraining recipe): each
-step's x and y standardised over the patch's points (unbiased std + 1e-6). ``none``: pixels. The target of a token
+step's x and y standardised over the patch's points (unbiased std, floored at ``PATCH_STD_FLOOR`` pixels: a still or
+rigidly moving patch's spread is only flow noise, which MME's whole-pixel int8 moves round to 0, and standardising
+it would make unit-size noise). ``none``: pixels. The target of a token
 is ``(points, steps, xy)`` flattened:
 ``points_per_side**2 * steps * 2`` values. The same tracks also give M3Video's shape features, the HOG of the cell
 each point is in at every step (:func:`hog_targets.trajectory_hog_targets`).
 
 The flow is computed on the augmented frames (after the crop and resize), so the trajectories are in the
-coordinates of the clip the model sees; OpenCV's DIS at full resolution costs a few ms per 224x224 frame pair on one
-core. The pretraining loss compares predictions and targets on the masked tokens only.
+coordinates of the clip the model sees; OpenCV's DIS (its medium preset, which estimates at half the resolution and
+upsamples) costs a few ms per 224x224 frame pair on one core. The pretraining loss compares predictions and targets
+on the masked tokens only. Scales: with ``mean`` a patch's moves sum to a unit path, so the mean square of its target
+is at most ``1 / (2 * steps^2)`` (0.031 at 4 steps), against about 1 for VideoMAE's normalised pixels.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from hog_targets import check_hog, hog_dim, trajectory_hog_targets
 from motion_detection.flow import create_flow
 
 DEFAULT_MIN_MOTION = 1.0  # pixels; smaller mean path lengths are not scaled up
+PATCH_STD_FLOOR = 0.5  # pixels; below MME's whole-pixel quantum, so flow noise stays small after patch_std
 TRAJECTORY_NORMS = ("mean", "patch_std", "none")
 # Frame-pair CPU flows for the data workers: codec_mv needs the compressed file, tvl1_torch a GPU (CUDA does not
 # start in forked workers). tvl1 costs about 0.3 s per 224x224 pair: tens of seconds per clip.
@@ -114,7 +120,8 @@ def trajectory_targets_from_tracks(tracks: np.ndarray, norm: str = "mean",
         path = np.linalg.norm(moves, axis=-1).sum(axis=1).mean(axis=-1)  # (T', H'W')
         moves = moves / np.maximum(path, min_motion)[:, None, :, None, None]
     elif norm == "patch_std":
-        moves = (moves - moves.mean(axis=3, keepdims=True)) / (moves.std(axis=3, ddof=1, keepdims=True) + 1e-6)
+        spread = np.maximum(moves.std(axis=3, ddof=1, keepdims=True), PATCH_STD_FLOOR)
+        moves = (moves - moves.mean(axis=3, keepdims=True)) / spread
     targets = moves.transpose(0, 2, 3, 1, 4)  # (T', H'W', P, S, 2)
     return np.ascontiguousarray(targets.reshape(tracks.shape[0] * tracks.shape[2], -1), dtype=np.float32)
 

@@ -100,18 +100,19 @@ def test_each_tubelet_tracks_through_its_own_flow_steps():
 
 
 def test_patch_std_standardises_each_step_over_the_patch_points():
-    """The MME release's ``PatchStd``: a shear u = 0.1 y moves a patch's upper and lower points differently; each
-    step's x over the 4 points has mean 0 and unbiased std 1 after it, and the still y stays 0."""
+    """The MME release's ``PatchStd``: a shear u = 0.25 (y mod 8) moves a patch's upper and lower points differently
+    (by 0.5 and 1.5 px a step); each step's x over the 4 points has mean 0 and unbiased std 1 after it, and the
+    still y stays 0 (patches of the last column, whose points reach the frame's edge, left out)."""
     steps = 4
     flows = constant_flow(GRID[0] * steps, GRID[1] * PATCH, GRID[2] * PATCH, 0, 0)
-    flows[..., 0] = 0.1 * np.arange(GRID[1] * PATCH, dtype=np.float32)[:, None]
+    flows[..., 0] = 0.25 * (np.arange(GRID[1] * PATCH, dtype=np.float32)[:, None] % PATCH)
     targets = trajectory_targets_from_flow(flows, GRID, PATCH, 2, 2, norm="patch_std")
-    moves = targets.reshape(-1, 4, steps, 2)  # (tokens, points, steps, xy)
+    moves = targets.reshape(*GRID, 4, steps, 2)[:, :, :-1].reshape(-1, 4, steps, 2)  # (tokens, points, steps, xy)
     np.testing.assert_allclose(moves[..., 0].mean(axis=1), 0, atol=1e-5)
     np.testing.assert_allclose(moves[..., 0].std(axis=1, ddof=1), 1, atol=1e-3)
     assert np.abs(moves[..., 1]).max() == 0
-    raw = trajectory_targets_from_flow(flows, GRID, PATCH, 2, 2, norm="none").reshape(-1, 4, steps, 2)
-    assert not np.allclose(raw[..., 0], moves[..., 0])
+    raw = trajectory_targets_from_flow(flows, GRID, PATCH, 2, 2, norm="none").reshape(*GRID, 4, steps, 2)
+    assert not np.allclose(raw[:, :, :-1].reshape(-1, 4, steps, 2)[..., 0], moves[..., 0])
     with pytest.raises(ValueError, match="at least 2 points per side"):
         TrajectoryTargets(GRID, PATCH, 2, 2, points_per_side=1, norm="patch_std")
     with pytest.raises(ValueError, match="trajectory norm must be one of"):
@@ -125,6 +126,9 @@ def test_static_patches_are_not_blown_up_by_the_normalisation():
     flows = rng.normal(0, 0.01, size=(GRID[0] * 4, GRID[1] * PATCH, GRID[2] * PATCH, 2)).astype(np.float32)
     targets = trajectory_targets_from_flow(flows, GRID, PATCH, 2, 2, min_motion=1.0)
     assert np.abs(targets).max() < 0.2  # noise of 0.01 px stays small; dividing by its own path length would not
+    panning = flows + np.float32(0.25)  # a rigid pan (no point reaches the edge): the spread is the noise alone
+    for field in (flows, panning):  # patch_std: standardising by the noise's own spread would give unit-size noise
+        assert np.abs(trajectory_targets_from_flow(field, GRID, PATCH, 2, 2, norm="patch_std")).max() < 0.2
 
 
 def test_flow_shape_errors_name_the_requirement():
