@@ -13,8 +13,11 @@ clip, so every model's map spans [0, 1] (all zero when no token has positive evi
 predicted class unless ``--target_class`` names one (then for every model).
 
 The clip is deterministic: frames ``start_frame + k * sampling_rate`` (clamped to the video), or with ``--tsn``
-the middle frame of each of ``num_frames`` equal segments of the whole video (TSN sampling, as VideoMAE evaluates
-Something-Something); then the centred square of the short side resized to ``input_size``, ImageNet normalisation.
+the middle frame of each of ``num_frames`` equal segments of the whole video (TSN sampling, as the fine-tuning loader
+validates Something-Something and EPIC); then the loader's validation view: the short side resized to
+``short_side_size``, the centre ``input_size`` square, ImageNet normalisation. Unset, ``input_size``,
+``num_frames`` (times ``num_segments``), ``sampling_rate`` and ``short_side_size`` are the checkpoint's. An
+EPIC-KITCHENS-100 checkpoint's verb and noun heads are explained one at a time (``--head``).
 The motion boxes are the sampled frames' own boxes from ``--box_file``, carried through the same crop: what the
 fine-tuning loader hands the model, so MOFO models split their tokens as in training and testing. MOFO models need
 them; plain models ignore them, but they are drawn when given.
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import os
 from dataclasses import dataclass
@@ -44,21 +48,22 @@ from timm import list_models
 from timm.models import create_model
 
 import utils
-from datasets import frame_boxes
+from datasets import frame_boxes, tsn_indices
 from modeling_finetune import MotionFocusedVisionTransformer
 from motion_detection.boxfile import BoxFileError, load_boxes
 from run_mofo_vis import (
     VisualizationError,
     box_in_pixels,
-    centre_crop_clip,
     clip_frame_indices,
     render_grid,
     to_uint8,
     with_box,
 )
-from video_transforms import normalize_clip, scale_box
+from video_transforms import normalize_clip, scale_box, short_side_resize, spatial_crop
 
 HEAT_BOX_COLOUR = (255, 255, 255)
+# Clip settings a fine-tuning checkpoint's args supply, and these when it has none (short side: the input size).
+CLIP_DEFAULTS = {"input_size": 224, "num_frames": 16, "sampling_rate": 4, "short_side_size": None}
 
 
 class GradCamError(VisualizationError):
@@ -113,9 +118,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "counted from 1 (the paper's fifth attention layer: 5)")
     parser.add_argument("--target_class", default=None, type=int,
                         help="class whose logit is explained, for every model (default: each model's prediction)")
-    parser.add_argument("--input_size", default=224, type=int, help="frame side after cropping")
-    parser.add_argument("--num_frames", default=16, type=int)
-    parser.add_argument("--sampling_rate", default=4, type=int)
+    for name, meaning in (("input_size", "frame side after cropping"), ("num_frames", "clip length"),
+                          ("sampling_rate", "frame stride"),
+                          ("short_side_size", "short side the frames are resized to before the centre crop")):
+        parser.add_argument(f"--{name}", default=None, type=int,
+                            help=f"{meaning} (default: the checkpoint's, else {CLIP_DEFAULTS[name] or 'input_size'})")
+    parser.add_argument("--head", default="verb", choices=["verb", "noun"],
+                        help="EPIC-KITCHENS-100 checkpoints (two heads): the head whose classes are explained")
     parser.add_argument("--start_frame", default=0, type=int, help="video frame of the clip's first frame")
     parser.add_argument("--tsn", action="store_true",
                         help="sample the middle frame of num_frames equal segments of the whole video instead")
@@ -124,12 +133,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--alpha", default=0.5, type=float, help="weight of the heat map in the overlay")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     return parser
-
-
-def tsn_frame_indices(num_video_frames: int, num_frames: int) -> np.ndarray:
-    """The middle frame of each of ``num_frames`` equal segments of the video (repeats in short videos)."""
-    tick = num_video_frames / num_frames
-    return (tick / 2 + tick * np.arange(num_frames)).astype(int)
 
 
 def read_frames(video_path: str, num_frames: int, sampling_rate: int, start_frame: int, tsn: bool
@@ -142,8 +145,8 @@ def read_frames(video_path: str, num_frames: int, sampling_rate: int, start_fram
         num_video_frames = len(reader)
         if num_video_frames == 0:
             raise GradCamError(f"{video_path}: the video has no frames")
-        if tsn:
-            indices = tsn_frame_indices(num_video_frames, num_frames)
+        if tsn:  # the fine-tuning loader's validation and one-view test frames
+            indices = tsn_indices(num_video_frames, num_frames, None, 0.5)
         else:
             indices = clip_frame_indices(num_video_frames, num_frames, sampling_rate, start_frame)
         frames = torch.from_numpy(reader.get_batch(indices.tolist()).asnumpy())
@@ -152,6 +155,56 @@ def read_frames(video_path: str, num_frames: int, sampling_rate: int, start_fram
     except Exception as e:  # decord raises its own error types for corrupt streams
         raise GradCamError(f"{video_path}: cannot decode the video ({type(e).__name__}: {e})") from None
     return frames, indices, num_video_frames
+
+
+@functools.lru_cache(maxsize=2)  # read once for its settings and once for its model
+def read_checkpoint(checkpoint: str) -> tuple[dict, dict, dict]:
+    """A fine-tuned checkpoint's state dict as saved, its encoder state (:func:`utils.encoder_state`) and its saved
+    flags; a GradCamError naming the file when it cannot be read."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            path = utils.resolve_checkpoint(checkpoint)
+            saved = utils.load_checkpoint_file(path)
+            raw = utils.model_state(saved, path)
+    except FileNotFoundError as e:
+        raise GradCamError(str(e)) from None
+    except Exception as e:  # torch.load reports unreadable files and non-tensor pickles with many error types
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise GradCamError(f"{checkpoint}: cannot load checkpoint ({type(e).__name__}: {first_line})") from None
+    return raw, utils.encoder_state(raw), utils.saved_args(saved)
+
+
+def saved_clip(trained: dict) -> dict:
+    """The clip settings of :data:`CLIP_DEFAULTS` a checkpoint was fine-tuned with (the model's frames are
+    ``num_frames x num_segments``)."""
+    clip = {name: trained.get(name) for name in CLIP_DEFAULTS}
+    if clip["num_frames"] is not None:
+        clip["num_frames"] *= trained.get("num_segments") or 1
+    return clip
+
+
+def fill_clip_settings(args: argparse.Namespace, checkpoints: list[str]) -> None:
+    """Unset clip flags take the checkpoints' values (they must agree), else :data:`CLIP_DEFAULTS`: the clip is
+    then the one the model was tested on."""
+    saved = [saved_clip(read_checkpoint(checkpoint)[2]) for checkpoint in checkpoints]
+    for name, default in CLIP_DEFAULTS.items():
+        if getattr(args, name) is not None:
+            continue
+        values = sorted({clip[name] for clip in saved} - {None})
+        if len(values) > 1:
+            raise GradCamError(f"the checkpoints were fine-tuned with different --{name} {values}: pass --{name}")
+        setattr(args, name, values[0] if values else default)
+    if args.short_side_size is None:
+        args.short_side_size = args.input_size
+
+
+def head_slice(trained: dict, head: str) -> slice:
+    """The logits of one head: EPIC-KITCHENS-100 checkpoints concatenate their verb and noun heads."""
+    sizes = trained.get("head_sizes") or []
+    if len(sizes) != 2:
+        return slice(None)
+    start = 0 if head == "verb" else sizes[0]
+    return slice(start, start + sizes[0 if head == "verb" else 1])
 
 
 def load_classifier(name: str, checkpoint: str, nb_classes: int | None, input_size: int, num_frames: int,
@@ -167,23 +220,12 @@ def load_classifier(name: str, checkpoint: str, nb_classes: int | None, input_si
     known = list_models(module="modeling_finetune")
     if name not in known:
         raise GradCamError(f"unknown model {name}; choose one of {', '.join(known)}")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            path = utils.resolve_checkpoint(checkpoint)
-            saved = utils.load_checkpoint_file(path)
-            raw = utils.model_state(saved, path)
-            state = utils.encoder_state(raw)
-    except FileNotFoundError as e:
-        raise GradCamError(str(e)) from None
-    except Exception as e:  # torch.load reports unreadable files and non-tensor pickles with many error types
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise GradCamError(f"{checkpoint}: cannot load checkpoint ({type(e).__name__}: {first_line})") from None
+    raw, state, trained = read_checkpoint(checkpoint)
     head = state.get("head.weight")
     if nb_classes is None:
         if head is None:
             raise GradCamError(f"{checkpoint} has no classifier head: Grad-CAM needs a fine-tuned checkpoint")
         nb_classes = head.shape[0]
-    trained = utils.saved_args(saved)
     kwargs = {key: trained[key] for key in ("use_mean_pooling", "tubelet_size") if key in trained}
     if name.endswith("_mofo"):
         head_keys = ("mca_mode", "mca_depth", "mca_heads", "mca_pool", "mca_tokens")
@@ -211,12 +253,13 @@ def load_classifier(name: str, checkpoint: str, nb_classes: int | None, input_si
 
 
 def grad_cam(model: torch.nn.Module, video: torch.Tensor, box: np.ndarray | torch.Tensor | None, layer: int,
-             target_class: int | None = None) -> tuple[np.ndarray, torch.Tensor]:
-    """Grad-CAM of ``target_class`` (None: the predicted class) on the tokens output by block ``layer`` (from 1).
+             target_class: int | None = None, head: slice = slice(None)) -> tuple[np.ndarray, torch.Tensor]:
+    """Grad-CAM of ``target_class`` (None: the predicted class) on the tokens output by block ``layer`` (from 1);
+    classes count within ``head``, the logits of one head (EPIC's verb or noun).
 
     ``video`` is one normalised clip (3, T, S, S) on the model's device; ``box`` its motion boxes, normalised xyxy,
     one per frame (T, 4) or one for the clip (4,), needed by MOFO models (NaN: no box) and ignored by plain ones.
-    Returns the map (T, S, S) float32 in [0, 1] and the logits (num_classes,) on the CPU. The model runs in eval
+    Returns the map (T, S, S) float32 in [0, 1] and the head's logits on the CPU. The model runs in eval
     mode; parameter ``.grad`` is untouched.
     """
     num_blocks = len(model.blocks)
@@ -234,7 +277,7 @@ def grad_cam(model: torch.nn.Module, video: torch.Tensor, box: np.ndarray | torc
     model.eval()
     try:
         with torch.enable_grad():
-            logits = model(video[None].detach().requires_grad_(), *extra_inputs)[0]
+            logits = model(video[None].detach().requires_grad_(), *extra_inputs)[0][head]
             target = int(logits.argmax()) if target_class is None else target_class
             if not 0 <= target < logits.numel():
                 raise GradCamError(f"target class {target} is out of range: the model has {logits.numel()} "
@@ -283,6 +326,7 @@ def check_args(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     """The (model, checkpoint, row title) of every model to explain, after checking the options."""
     if (args.compare_model is None) != (args.compare_checkpoint is None):
         raise GradCamError("--compare_model and --compare_checkpoint go together")
+    fill_clip_settings(args, [args.checkpoint] + ([args.compare_checkpoint] if args.compare_checkpoint else []))
     if args.num_frames < 1 or args.sampling_rate < 1 or args.start_frame < 0:
         raise GradCamError("--num_frames and --sampling_rate must be positive, --start_frame not negative")
     if not 1 <= args.frames <= args.num_frames:
@@ -311,15 +355,22 @@ def gradcam_figure(args: argparse.Namespace) -> GradCamFigure:
                                                           args.start_frame, args.tsn)
     height, width = frames.shape[1:3]
     box_in_video = scale_box(frame_boxes(boxes, frame_indices, num_video_frames), width, height)
-    cropped, box = centre_crop_clip(frames, box_in_video, args.input_size)
+    resized, box_in_resized = short_side_resize(frames, box_in_video, args.short_side_size)
+    try:  # the fine-tuning loader's validation view: short side resized, centre crop
+        cropped, box_pixels = spatial_crop(resized, box_in_resized, args.input_size, 0.5)
+    except ValueError as e:
+        raise GradCamError(f"--short_side_size {args.short_side_size}, --input_size {args.input_size}: {e}") from None
+    box = box_pixels / args.input_size
     if boxes is not None and np.isnan(box).any(axis=1).all():
         print("note: the box file has no motion box inside this clip's crop; MOFO models get no box")
     video = normalize_clip(cropped).to(args.device)
     results = []
     for name, checkpoint, label in specs:
         model = load_classifier(name, checkpoint, args.nb_classes, args.input_size, args.num_frames, args.device)
-        cam, logits = grad_cam(model, video, box if boxes is not None else None, args.layer, args.target_class)
+        head = head_slice(read_checkpoint(checkpoint)[2], args.head)
+        cam, logits = grad_cam(model, video, box if boxes is not None else None, args.layer, args.target_class, head)
         target = int(logits.argmax()) if args.target_class is None else args.target_class
+        label = label if head == slice(None) else f"{label} ({args.head})"
         results.append(ModelCam(name, label, cam, logits.softmax(-1).numpy(), target))
         del model  # freed before the next model is built
 

@@ -16,6 +16,7 @@ from PIL import Image
 from timm.models import create_model
 from torch import nn
 
+import datasets
 import make_synthetic_dataset
 import run_mofo_gradcam
 import run_mofo_vis
@@ -176,12 +177,15 @@ def test_cli_compares_two_models_in_a_png_with_one_row_each(data, tmp_path):
     assert image.size == (width, height)
 
 
-def expected_frame_boxes(box_file: Path, frame_indices: np.ndarray, width: int = 160, height: int = 120) -> np.ndarray:
-    """The sampled frames' own boxes, moved into the centred square crop and normalised to it."""
+def expected_frame_boxes(box_file: Path, frame_indices: np.ndarray, short_side: int = INPUT_SIZE, width: int = 160,
+                         height: int = 120) -> np.ndarray:
+    """The sampled frames' own boxes in the fine-tuning loader's validation view, normalised to it: the short side
+    resized to ``short_side`` (160x120 -> round(160 s / 120) x s), then the centre INPUT_SIZE square."""
     frames = np.array(json.loads(box_file.read_text())["frames"], dtype=np.float64)[frame_indices]
-    side = min(width, height)
-    offset = np.array([(width - side) // 2, (height - side) // 2] * 2)
-    return np.clip(frames - offset, 0, side) / side
+    new_width = round(width * short_side / height)
+    scaled = frames * np.array([new_width / width, short_side / height] * 2)
+    offset = np.array([round(0.5 * (new_width - INPUT_SIZE)), (short_side - INPUT_SIZE) // 2] * 2)
+    return np.clip(scaled - offset, 0, INPUT_SIZE) / INPUT_SIZE
 
 
 def test_figure_holds_the_frame_boxes_and_a_normalised_map_per_model(data, tmp_path):
@@ -224,13 +228,57 @@ def test_figure_holds_the_frame_boxes_and_a_normalised_map_per_model(data, tmp_p
     assert not np.allclose(targeted.models[0].cam, result.models[0].cam)
 
 
-def test_tsn_takes_the_middle_frame_of_equal_segments(data, tmp_path):
-    assert run_mofo_gradcam.tsn_frame_indices(24, 8).tolist() == [1, 4, 7, 10, 13, 16, 19, 22]
-    short = run_mofo_gradcam.tsn_frame_indices(5, 8)
-    assert short.tolist() == sorted(short.tolist()) and set(short.tolist()) == set(range(5))
+def test_tsn_takes_the_frames_the_fine_tuning_loader_validates_on(data, tmp_path):
+    """The middle frame of each of equal segments, as datasets.tsn_indices: also for lengths that are not a multiple
+    of the clip (VideoMAE's int(tick / 2 + tick k) differs there: 45 frames into 16 is 1, 4, 7, 9, ...)."""
     result = figure(data, tmp_path / "tsn.png", PLAIN, "--tsn", box_file=False)
     assert result.frame_indices.tolist() == [1, 4, 7, 10, 13, 16, 19, 22]
     assert result.box.shape == (NUM_FRAMES, 4) and np.isnan(result.box).all()
+    video = tmp_path / "45.mp4"
+    make_synthetic_dataset.write_mp4(video, np.zeros((45, 64, 64, 3), np.uint8), fps=12)
+    frames, indices, _ = run_mofo_gradcam.read_frames(str(video), 16, 1, 0, tsn=True)
+    assert indices.tolist() == datasets.tsn_indices(45, 16, None, 0.5).tolist()
+    assert indices.tolist()[:4] == [1, 3, 6, 9] and frames.shape[0] == 16
+
+
+def test_clip_settings_come_from_the_checkpoint_and_the_view_is_the_loaders(data, tmp_path):
+    """A checkpoint fine-tuned at 64 px, 8 frames, stride 2 and short side 80 is explained on that clip without
+    the flags; two checkpoints of other settings need them."""
+    trained = tmp_path / "trained.pth"
+    torch.save({"model": mini_model(PLAIN).state_dict(),
+                "args": {"input_size": INPUT_SIZE, "num_frames": NUM_FRAMES, "sampling_rate": SAMPLING_RATE,
+                         "short_side_size": 80}}, trained)
+    args = [str(data["video"]), str(tmp_path / "cam.png"), "--model", PLAIN, "--checkpoint", str(trained),
+            "--layer", "1", "--box_file", str(data["boxes"]), "--start_frame", "3"]
+    result = run_mofo_gradcam.gradcam_figure(run_mofo_gradcam.get_args_parser().parse_args(args))
+    assert result.frames.shape == (NUM_FRAMES, INPUT_SIZE, INPUT_SIZE, 3)
+    assert result.frame_indices.tolist() == [3, 5, 7, 9, 11, 13, 15, 17]
+    np.testing.assert_allclose(result.box, expected_frame_boxes(data["boxes"], result.frame_indices, 80), atol=1e-4)
+    other = tmp_path / "other.pth"
+    torch.save({"model": mini_model(PLAIN).state_dict(), "args": {"input_size": 32}}, other)
+    with pytest.raises(GradCamError, match=r"different --input_size \[32, 64\]: pass --input_size"):
+        run_mofo_gradcam.gradcam_figure(run_mofo_gradcam.get_args_parser().parse_args(
+            args + ["--compare_model", PLAIN, "--compare_checkpoint", str(other)]))
+
+
+def test_an_epic_checkpoint_is_explained_one_head_at_a_time(data, tmp_path):
+    """Verb and noun logits are one layer (EPIC's heads concatenated): classes, probabilities and the target count
+    within the chosen head."""
+    model = mini_model(PLAIN, num_classes=3 + 5)
+    checkpoint = tmp_path / "epic.pth"
+    torch.save({"model": model.state_dict(), "args": {"head_sizes": [3, 5], "data_set": "EPIC-KITCHENS-100"}},
+               checkpoint)
+    args = cli_args(data, tmp_path / "epic.png", PLAIN)
+    args[args.index("--checkpoint") + 1] = str(checkpoint)
+    del args[args.index("--nb_classes"):args.index("--nb_classes") + 2]
+    for head, classes in (("verb", slice(0, 3)), ("noun", slice(3, 8))):
+        result = run_mofo_gradcam.gradcam_figure(run_mofo_gradcam.get_args_parser().parse_args(
+            args + ["--head", head]))
+        video = normalize_clip(torch.from_numpy(result.frames).permute(0, 3, 1, 2))
+        with torch.no_grad():
+            expected = model(video[None])[0][classes].softmax(-1)
+        np.testing.assert_allclose(result.models[0].probabilities, expected.numpy(), atol=1e-5)
+        assert result.models[0].label == f"{PLAIN} ({head})"
 
 
 @pytest.mark.parametrize("model, extra, box_file, message", [
