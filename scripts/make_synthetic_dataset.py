@@ -659,23 +659,22 @@ def scene_from_args(args: argparse.Namespace) -> Scene:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        scene = scene_from_args(args)
-    except ValueError as error:
-        raise SystemExit(f"make_synthetic_dataset.py: {error}") from None
     start = time.perf_counter()
-    summary = make_dataset(
-        args.out,
-        args.num_videos,
-        num_frames=args.num_frames,
-        width=args.width,
-        height=args.height,
-        fps=args.fps,
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        scene=scene,
-    )
+    try:
+        summary = make_dataset(
+            args.out,
+            args.num_videos,
+            num_frames=args.num_frames,
+            width=args.width,
+            height=args.height,
+            fps=args.fps,
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            scene=scene_from_args(args),
+        )
+    except ValueError as error:  # sizes, fractions or scene settings that do not fit
+        raise SystemExit(f"make_synthetic_dataset.py: {error}") from None
     sizes = ", ".join(f"{split} {n}" for split, n in summary["split_sizes"].items())
     print(f"wrote {args.num_videos} videos to {summary['out_dir']} ({sizes}) in {time.perf_counter() - start:.1f}s")
 
