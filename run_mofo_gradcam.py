@@ -157,10 +157,16 @@ def read_frames(video_path: str, num_frames: int, sampling_rate: int, start_fram
     return frames, indices, num_video_frames
 
 
-@functools.lru_cache(maxsize=2)  # read once for its settings and once for its model
 def read_checkpoint(checkpoint: str) -> tuple[dict, dict, dict]:
     """A fine-tuned checkpoint's state dict as saved, its encoder state (:func:`utils.encoder_state`) and its saved
-    flags; a GradCamError naming the file when it cannot be read."""
+    flags; a GradCamError naming the file when it cannot be read. Read once for its settings and its model (again
+    when the file or folder has changed since)."""
+    path = Path(checkpoint)
+    return _read_checkpoint(checkpoint, path.stat().st_mtime_ns if path.exists() else None)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_checkpoint(checkpoint: str, modified: int | None) -> tuple[dict, dict, dict]:
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             path = utils.resolve_checkpoint(checkpoint)
