@@ -3,8 +3,8 @@
 # fit well inside one device call (a session has 15 minutes of device time, the machine's start included):
 #
 #   here, once:  bash benchmarks/gpu_check.sh --fetch-wheels   # decord + tensorboardX wheels -> .whl/ (14 MB)
-#   device:      command "bash benchmarks/gpu_check.sh cuda_tests motion", carry [".whl"], timeout_s 300
-#   device:      command "bash benchmarks/gpu_check.sh pretrain_step finetune_step", carry [".whl"], timeout_s 300
+#   device:      command "bash benchmarks/gpu_check.sh cuda_tests motion", carry [".whl"], timeout_s 330
+#   device:      command "bash benchmarks/gpu_check.sh pretrain_step finetune_step", carry [".whl"], timeout_s 330
 #
 # Without step names it runs all four (8 min 30 s of step limits). The GPU image has PyTorch, timm, einops and
 # OpenCV without its contrib modules; decord and tensorboardX come as wheels (installed under /tmp/site).
