@@ -9,6 +9,9 @@ Schema (version 1)::
 
 Boxes are xyxy in pixels of the stored video (x right, y down, x2/y2 exclusive edges), so
 ``0 <= x1 <= x2 <= width``. ``null`` means no motion was found (or the box was rejected).
+
+While a long video is processed, the boxes of its frame pairs so far are saved beside the box file as
+``b.json.partial`` (:func:`save_partial`), so that an interrupted extraction goes on from there.
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ _COORD_DECIMALS = 2
 _TOLERANCE = 1e-3
 MAX_NAME_BYTES = 255  # of one path component on Linux and macOS file systems
 TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")  # .NAME.RANDOM.tmp, written by atomic_write_text
+PARTIAL_SUFFIX = ".partial"  # a/b.json.partial, see partial_file_path
+PARTIAL_FILE_VERSION = 1
+PARTIAL_KEY_NAMES = {
+    "file": "version of the video file (size, modification time)",
+    "flow": "flow or detection settings",
+}
 STALE_TEMP_AGE = 3600.0  # seconds; a temp file lives for one write, so an older one was left by a killed writer
 
 
@@ -157,13 +166,15 @@ def _check_box(path, field_name: str, value, width: int, height: int) -> np.ndar
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
         _fail(path, field_name, f"must hold 4 finite numbers, got {value!r}")
     if not _ordered_inside(np.asarray([value], dtype=np.float64), width, height)[0]:
-        _fail(path, field_name, f"{value!r} is not an ordered box inside the {width}x{height} frame")
+        frame = f" inside the {width}x{height} frame" if math.isfinite(width * height) else ""
+        _fail(path, field_name, f"{value!r} is not an ordered box{frame}")
     return np.asarray(value, dtype=np.float32)
 
 
-def _check_frames(path, entries: list, width: int, height: int) -> np.ndarray:
-    """The ``frames`` entries as float32 (T, 4), NaN rows for null. All boxes are checked at once; only when that
-    fails are they checked one by one, to name the first bad entry (a long video's file has 10^5 boxes)."""
+def _check_frames(path, entries: list, width: float, height: float, field_name: str = "frames") -> np.ndarray:
+    """The ``frames`` (or other ``field_name``) entries as float32 (T, 4), NaN rows for null. All boxes are checked
+    at once; only when that fails are they checked one by one, to name the first bad entry (a long video's file has
+    10^5 boxes)."""
     frames = np.full((len(entries), 4), np.nan, dtype=np.float32)
     present = [i for i, box in enumerate(entries) if box is not None]
     boxes = [entries[i] for i in present]
@@ -174,28 +185,72 @@ def _check_frames(path, entries: list, width: int, height: int) -> np.ndarray:
             frames[present] = values
             return frames
     for i in present:
-        frames[i] = _check_box(path, f"frames[{i}]", entries[i], width, height)
+        frames[i] = _check_box(path, f"{field_name}[{i}]", entries[i], width, height)
     return frames
+
+
+def _read_json(path: Path, kind: str):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BoxFileError(f"{path}: {kind} not found") from None
+    except OSError as e:
+        raise BoxFileError(f"{path}: cannot read {kind} ({e})") from None
+    except UnicodeDecodeError as e:
+        raise BoxFileError(f"{path}: not UTF-8 text ({e})") from None
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise BoxFileError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
 
 
 def load_boxes(path: str | os.PathLike) -> MotionBoxes:
     """Read and validate a box file; any problem raises BoxFileError naming the file and the field."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BoxFileError(f"{path}: box file not found") from None
-    except OSError as e:
-        raise BoxFileError(f"{path}: cannot read box file ({e})") from None
-    except UnicodeDecodeError as e:
-        raise BoxFileError(f"{path}: not UTF-8 text ({e})") from None
-    try:
-        record = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise BoxFileError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
+    record = _read_json(path, "box file")
     try:
         return _validated(path, record)
     except OverflowError as e:  # an integer too large for a float
+        raise BoxFileError(f"{path}: a number out of range ({e})") from None
+
+
+def partial_file_path(box_path: str | os.PathLike) -> Path:
+    """``a/b.json`` -> ``a/b.json.partial``: the pair boxes of a video whose box file is not finished yet."""
+    box_path = Path(box_path)
+    return box_path.with_name(box_path.name + PARTIAL_SUFFIX)
+
+
+def video_identity(path: str | os.PathLike) -> dict:
+    """Size and modification time of a video file: a partial file goes on only with the file it was made from."""
+    stat = os.stat(path)
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def save_partial(path: str | os.PathLike, key: dict, pair_boxes) -> None:
+    """Write the pair boxes of an unfinished video (exact float32 values, null where none) with ``key``, what they
+    depend on (video, its :func:`video_identity`, flow and detection settings), atomically."""
+    pairs = [None if np.isnan(box).any() else [float(v) for v in box] for box in pair_boxes]
+    record = {"partial_version": PARTIAL_FILE_VERSION, **key, "pairs": pairs}
+    atomic_write_text(path, json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
+
+
+def load_partial(path: str | os.PathLike, key: dict) -> list[np.ndarray]:
+    """The pair boxes :func:`save_partial` wrote with the same ``key``, float32 (4,) each, NaN where none.
+    BoxFileError naming the file when it is unreadable or malformed, or was made for another key (settings, or
+    another version of the video file)."""
+    path = Path(path)
+    record = _read_json(path, "partial box file")
+    if not isinstance(record, dict) or record.get("partial_version") != PARTIAL_FILE_VERSION:
+        raise BoxFileError(f"{path}: not a partial box file of version {PARTIAL_FILE_VERSION}")
+    changed = [PARTIAL_KEY_NAMES.get(name, name) for name in key if record.get(name) != key[name]]
+    if changed:
+        raise BoxFileError(f"{path}: made for another {' and '.join(changed)}")
+    pairs = record.get("pairs")
+    if not isinstance(pairs, list) or not pairs:
+        _fail(path, "pairs", "must be a non-empty list")
+    try:
+        return list(_check_frames(path, pairs, math.inf, math.inf, "pairs"))
+    except OverflowError as e:
         raise BoxFileError(f"{path}: a number out of range ({e})") from None
 
 

@@ -17,7 +17,7 @@ import argparse
 import contextlib
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 
 import cv2
@@ -283,33 +283,51 @@ class MotionBoxDetector:
     def iter_maps(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         return map(self.motion_map, self.iter_flows(frames))
 
-    def boxes_from_flows(self, flows: Iterable[np.ndarray], width: int, height: int) -> np.ndarray:
-        """Cleaned (T, 4) boxes in original pixels from the T-1 pair flows; frame i uses pair (i, i+1) and
-        the last frame repeats the last pair. No flow at all (fewer than two frames) raises VideoReadError."""
-        boxes = []
+    def pair_boxes(self, flows: Iterable[np.ndarray], width: int, height: int) -> Iterator[np.ndarray]:
+        """The box (original pixels, NaN when none) of each pair flow, before the per-video cleaning."""
         for flow in flows:
             scale = np.array([width / flow.shape[1], height / flow.shape[0]] * 2, dtype=np.float32)
-            boxes.append(box_from_map(self.motion_map(flow), self.params) * scale)
-        if not boxes:
+            yield box_from_map(self.motion_map(flow), self.params) * scale
+
+    def video_boxes(self, pair_boxes: Sequence[np.ndarray], width: int, height: int) -> np.ndarray:
+        """Cleaned (T, 4) boxes from the T-1 pair boxes; frame i uses pair (i, i+1) and the last frame repeats the
+        last pair. No pair at all (fewer than two frames) raises VideoReadError."""
+        if not len(pair_boxes):
             raise VideoReadError("fewer than 2 decodable frames: optical flow needs a frame pair")
-        boxes.append(boxes[-1])
-        return clean_boxes(np.stack(boxes), width, height, self.params)
+        return clean_boxes(np.stack([*pair_boxes, pair_boxes[-1]]), width, height, self.params)
+
+    def boxes_from_flows(self, flows: Iterable[np.ndarray], width: int, height: int) -> np.ndarray:
+        """Cleaned (T, 4) boxes in original pixels from the T-1 pair flows (:meth:`video_boxes`)."""
+        return self.video_boxes(list(self.pair_boxes(flows, width, height)), width, height)
 
     def detect(self, frames: Iterable[np.ndarray], width: int, height: int) -> np.ndarray:
         return self.boxes_from_flows(self.iter_flows(frames), width, height)
 
-    def detect_video(self, path, video_name: str) -> MotionBoxes:
+    def detect_video(self, path, video_name: str, done_pairs: Sequence[np.ndarray] = (),
+                     on_pair: Callable[[list[np.ndarray]], None] | None = None) -> MotionBoxes:
         """Decode a video file frame by frame (constant memory) and build its box record. A backend that reads
         motion from the file itself (``flows_from_video(path, working_size)``, e.g. codec motion vectors) is
         given the file instead of decoded frame pairs. A video that decodes to clearly fewer frames than its
-        container reports (truncated or corrupt) raises VideoReadError rather than giving boxes for part of it."""
+        container reports (truncated or corrupt) raises VideoReadError rather than giving boxes for part of it.
+
+        ``done_pairs`` are the pair boxes of the video's first pairs, from an interrupted run: their frames are
+        decoded and dropped, and flow starts at the next pair. ``on_pair`` is called with the pair boxes so far
+        after each pair (to save them)."""
         cap, info = open_video(path)
+        pairs = list(done_pairs)
         if hasattr(self.backend, "flows_from_video"):
             cap.release()
-            flows = self.backend.flows_from_video(path, self.working_size(info.width, info.height))
-            boxes = self.boxes_from_flows(flows, info.width, info.height)
+            flows = iter(self.backend.flows_from_video(path, self.working_size(info.width, info.height)))
+            for index in range(len(pairs)):
+                if next(flows, None) is None:
+                    raise VideoReadError(f"the video ends at frame pair {index}, before pair {len(pairs)}")
         else:
-            boxes = self.detect(iter_frames(cap), info.width, info.height)
+            flows = self.iter_flows(iter_frames(cap, start=len(pairs)))
+        for box in self.pair_boxes(flows, info.width, info.height):
+            pairs.append(box)
+            if on_pair is not None:
+                on_pair(pairs)
+        boxes = self.video_boxes(pairs, info.width, info.height)
         check_frame_count(len(boxes), info.reported_frames)
         return MotionBoxes(
             video=video_name, width=info.width, height=info.height, num_frames=len(boxes), fps=info.fps,

@@ -5,6 +5,8 @@
 ``a/b.mp4`` (relative to ``--video_root``) gets ``boxes/a/b.json``. The run is resumable: a valid box file made
 with the same flow and detection settings is skipped, and every file is written under a temporary name of its own
 and renamed, so a killed run leaves no half file (and its temp files are removed by a later run after an hour).
+Within a video, the boxes of the frame pairs done so far are saved every ``--partial_every`` seconds
+(``boxes/a/b.json.partial``, removed when the box file is written), and a later run goes on from there.
 Videos that cannot be used (unreadable, truncated, crashing the decoder, or two entries such as ``a/b.mp4`` and
 ``a/b.MP4`` that would share a box file) are listed with the reason in ``failed.tsv`` (per shard when sharded) and
 the exit status is 1 (2 for invalid arguments); every other video is still written. A video listed twice, or
@@ -34,9 +36,13 @@ from .boxfile import (
     atomic_write_text,
     box_file_path,
     load_boxes,
+    load_partial,
+    partial_file_path,
     relative_video_path,
     remove_stale_temp_files,
     save_boxes,
+    save_partial,
+    video_identity,
 )
 from .detect import MotionBoxDetector, add_detection_args, params_from_args
 from .flow import available_flows
@@ -45,6 +51,7 @@ from .video import VideoReadError
 log = logging.getLogger("extract_boxes")
 PROGRESS_SECONDS = 60  # between progress lines when stderr is not a terminal
 DEVICE_FLOWS = ("tvl1_torch",)  # flow backends that take --device and --compile
+PARTIAL_EVERY = 300.0  # seconds between saves of an unfinished video's pair boxes (SLURM's USR1@300 lead)
 GPU_BATCH_SIZE = 64  # --batch_size default for a flow backend on a GPU (one process, pairs batched on the device)
 
 
@@ -53,6 +60,8 @@ class Job:
     video: str  # path relative to the video root; also the box file's relative path
     source: str  # path to open
     output: str
+    partial_every: float = 0.0  # seconds between saves of the pair boxes so far (0: never)
+    resume: bool = True  # go on from a partial box file left by an interrupted run
 
 
 @dataclass
@@ -61,6 +70,48 @@ class Outcome:
     ok: bool
     message: str = ""
     num_frames: int = 0
+    pairs: int = 0  # frame pairs computed by this run
+    resumed_from: int = 0  # frame pairs taken from a partial box file
+
+
+class PartialProgress:
+    """The pair boxes of the video being processed, saved beside its box file (``b.json.partial``) every
+    ``partial_every`` seconds, so that a killed run (a job's time limit) goes on from the last save instead of
+    starting a long video again. A partial file made for other settings or another version of the video is not
+    used; one that cannot be written (disk full) only costs the resumption."""
+
+    def __init__(self, job: Job, config: dict):
+        self.path = partial_file_path(job.output)
+        self.every = job.partial_every
+        self.resume = job.resume
+        self.saved = time.monotonic()
+        self.problem = ""
+        try:
+            self.key = {"video": job.video, "file": video_identity(job.source), "flow": config}
+        except OSError:
+            self.key = None  # the decoder names the problem
+
+    def load(self) -> list:
+        if self.key is None or not self.resume or not self.path.exists():
+            return []
+        try:
+            return load_partial(self.path, self.key)
+        except BoxFileError as e:
+            self.problem = f"starting over: {e}"
+            return []
+
+    def update(self, pairs: list) -> None:
+        if self.key is None or self.every <= 0 or time.monotonic() - self.saved < self.every:
+            return
+        try:
+            save_partial(self.path, self.key, pairs)
+        except OSError as e:
+            self.problem = f"progress not saved: cannot write {self.path} ({e})"
+            self.key = None
+        self.saved = time.monotonic()
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def read_video_list(path: str | os.PathLike) -> list[str]:
@@ -132,9 +183,13 @@ def _init_worker(detector_kwargs: dict, single_thread: bool) -> None:
 
 def _run_job(job: Job) -> Outcome:
     try:
-        boxes = _detector.detect_video(job.source, job.video)
+        progress = PartialProgress(job, _detector.config())
+        done = progress.load()
+        boxes = _detector.detect_video(job.source, job.video, done, progress.update)
         save_boxes(job.output, boxes)
-        return Outcome(job.video, True, num_frames=boxes.num_frames)
+        progress.remove()
+        return Outcome(job.video, True, progress.problem, boxes.num_frames, pairs=boxes.num_frames - 1 - len(done),
+                       resumed_from=len(done))
     except VideoReadError as e:
         return Outcome(job.video, False, str(e))
     except Exception as e:  # a bad video must not stop the run: record it and go on
@@ -233,11 +288,12 @@ def plan_jobs(
             try:
                 if load_boxes(output).flow == config:
                     skipped += 1
+                    partial_file_path(output).unlink(missing_ok=True)  # left when killed after the box file
                     continue
                 log.info("recomputing %s: made with other settings", output)
             except BoxFileError as e:
                 log.info("recomputing invalid box file: %s", e)
-        jobs.append(Job(rel, os.path.join(args.video_root, rel), str(output)))
+        jobs.append(Job(rel, os.path.join(args.video_root, rel), str(output), args.partial_every, not args.overwrite))
     for folder in folders:  # once per folder, not per video: SSV2 has 220k box files in one
         remove_stale_temp_files(folder)
     return jobs, skipped, bad
@@ -265,7 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "kernels, about a minute to compile at the start)")
     parser.add_argument("--shard_id", type=int, default=shard_id, help="this shard (default: SLURM array task)")
     parser.add_argument("--num_shards", type=int, default=num_shards, help="shards in all (default: SLURM array)")
-    parser.add_argument("--overwrite", action="store_true", help="recompute even valid existing box files")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="recompute even valid existing box files (and start unfinished videos again)")
+    parser.add_argument("--partial_every", type=float, default=PARTIAL_EVERY,
+                        help="seconds between saves of an unfinished video's frame-pair boxes beside its box file "
+                        "(NAME.json.partial), from which a killed or requeued run goes on: a long video (EPIC) is "
+                        "not started again; 0 = never (default: %(default)s)")
     parser.add_argument("--batch_size", type=int, default=None,
                         help=f"frame pairs of a video handed to the flow backend at once (default: 8; "
                         f"{GPU_BATCH_SIZE} for tvl1_torch on a GPU)")
@@ -304,8 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not 0 <= args.shard_id < args.num_shards:
         parser.error(f"--shard_id {args.shard_id} is outside [0, --num_shards {args.num_shards})")
-    for name, low in (("num_workers", 0), ("batch_size", 1)):
-        if getattr(args, name) is not None and getattr(args, name) < low:
+    for name, low in (("num_workers", 0), ("batch_size", 1), ("partial_every", 0)):
+        if getattr(args, name) is not None and not getattr(args, name) >= low:
             parser.error(f"--{name} must be >= {low}, got {getattr(args, name)}")
     try:
         detector, detector_kwargs = build_detector(args)
@@ -335,6 +396,11 @@ def main(argv: list[str] | None = None) -> int:
         done[0] += 1
         if not outcome.ok:
             bar.write(f"FAILED {outcome.video}: {outcome.message}")
+        elif outcome.message:
+            log.warning("%s: %s", outcome.video, outcome.message)
+        if outcome.resumed_from:
+            log.info("%s: went on from frame pair %d of %d (saved by an interrupted run)", outcome.video,
+                     outcome.resumed_from, outcome.num_frames - 1)
         if not interactive and time.time() - reported[0] >= PROGRESS_SECONDS:
             reported[0] = time.time()
             log.info("%d/%d videos done (%.2f videos/s)", done[0], len(jobs), done[0] / (reported[0] - start))
@@ -344,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.time() - start
     failures += [o for o in outcomes if not o.ok]
     written = [o for o in outcomes if o.ok]
-    pairs = sum(max(o.num_frames - 1, 0) for o in written)
+    pairs = sum(o.pairs for o in written)
 
     failed_path = failed_list_path(args.output_dir, args.shard_id, args.num_shards)
     if failures:

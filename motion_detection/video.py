@@ -68,9 +68,14 @@ def check_frame_count(decoded: int, reported: int) -> None:
                              "(truncated or corrupt file)")
 
 
-def iter_frames(cap: cv2.VideoCapture) -> Iterator[np.ndarray]:
-    """Yield RGB uint8 frames until the stream ends; releases the capture."""
+def iter_frames(cap: cv2.VideoCapture, start: int = 0) -> Iterator[np.ndarray]:
+    """Yield RGB uint8 frames from frame ``start`` on (the ones before it are decoded and dropped: no seeking, so
+    frame numbers are those of a sequential decode) until the stream ends; releases the capture. VideoReadError
+    when the stream ends before ``start``."""
     try:
+        for index in range(start):
+            if not cap.grab():
+                raise VideoReadError(f"the video ends at frame {index}, before frame {start}")
         while True:
             ok, bgr = cap.read()
             if not ok:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -329,6 +330,63 @@ def test_killed_run_resumes_to_identical_outputs(data, reference, tmp_path):
     assert summary(result) == (6, 6 - len(done), len(done), 0)
     assert outputs(out) == reference
     assert set(out.rglob("*.tmp")) <= left
+
+
+def test_a_run_killed_within_a_long_video_goes_on_from_its_saved_pairs(data, tmp_path):
+    """SIGKILL in the middle of a 400-frame video leaves its pair boxes so far (``victim.json.partial``, saved every
+    --partial_every seconds) and no box file; the next run computes only the pairs after them, writes the box file
+    of an uninterrupted run byte for byte and removes the partial file. A partial file that is broken, made for
+    other settings or another version of the video, or met with --overwrite, is not used."""
+    _, root = data
+    videos, out = tmp_path / "videos", tmp_path / "out"
+    (videos / "long").mkdir(parents=True)
+    shutil.copy2(root / VICTIM, videos / VICTIM)
+    video_list = write_list(tmp_path / "list.csv", [VICTIM])
+    run(video_list, videos, tmp_path / "whole", "--partial_every", 0)
+    whole = outputs(tmp_path / "whole")
+    partial = out / "long" / "victim.json.partial"
+    proc = subprocess.Popen(cli(video_list, videos, out, "--partial_every", 0.02), cwd=REPO, env=clean_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not partial.exists():
+            assert proc.poll() is None, "the extraction ended before saving its progress"
+            assert time.monotonic() < deadline, "no partial box file after 60 s"
+            time.sleep(0.005)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert not outputs(out), "the kill came after the box file was written"
+    saved = partial.read_bytes()
+    done = len(json.loads(saved)["pairs"])
+    assert 0 < done < 399
+
+    result = run(video_list, videos, out)
+    assert f"went on from frame pair {done} of 399" in result.stderr, result.stderr
+    assert f"| {399 - done} frame pairs in" in result.stdout, result.stdout
+    assert outputs(out) == whole and not partial.exists()
+
+    def move_video_on_a_second(video=videos / VICTIM):
+        os.utime(video, ns=(video.stat().st_atime_ns, video.stat().st_mtime_ns + 10**9))
+
+    for extra, saved_bytes, change, warning in [
+        ((), b"{", None, "starting over: .*victim.json.partial: not valid JSON"),
+        (("--rel_threshold", 0.35), saved, None, "made for another flow or detection settings"),
+        (("--overwrite",), saved, None, None),
+        ((), saved, move_video_on_a_second, "made for another version of the video file"),
+    ]:
+        (out / "long" / "victim.json").unlink()
+        partial.write_bytes(saved_bytes)
+        if change is not None:
+            change()
+        result = run(video_list, videos, out, *extra)
+        assert "| 399 frame pairs in" in result.stdout and "went on from" not in result.stderr, result.stderr
+        assert warning is None and "starting over" not in result.stderr or re.search(warning, result.stderr), \
+            result.stderr
+        assert not partial.exists()
+        if not extra:
+            assert outputs(out) == whole
 
 
 def test_stale_temp_files_are_removed_and_fresh_ones_kept(data, reference_dir, reference, tmp_path):

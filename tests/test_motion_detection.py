@@ -20,7 +20,14 @@ from motion_detection import (
     save_boxes,
     union_box,
 )
-from motion_detection.boxfile import atomic_write_text, remove_stale_temp_files
+from motion_detection.boxfile import (
+    atomic_write_text,
+    load_partial,
+    partial_file_path,
+    remove_stale_temp_files,
+    save_partial,
+    video_identity,
+)
 from motion_detection.detect import DetectionParams, box_from_map, clean_boxes, flow_magnitude, smooth_map
 from motion_detection.video import VideoReadError, check_frame_count, read_video, write_mp4
 
@@ -332,3 +339,53 @@ def test_a_video_decoding_to_fewer_frames_than_it_reports_is_an_error(tmp_path):
         detector.detect_video(tmp_path / "corrupt.mp4", "corrupt.mp4")
     with pytest.raises(VideoReadError, match=r"only \d+ of the 60 frames the container reports"):
         read_video(tmp_path / "corrupt.mp4")
+
+
+@pytest.mark.parametrize("flow", ["dis", "codec_mv"])
+def test_detect_video_goes_on_from_the_first_pairs_to_the_same_boxes(tmp_path, flow):
+    """Given the boxes of its first k pairs, detect_video computes only the pairs from k on (frames before k are
+    decoded and dropped, or the codec's vectors skipped) and gives the boxes of an uninterrupted run, bit for bit."""
+    frames, _ = make_synthetic_dataset.render_clip(0, 40, 160, 120, seed=2)
+    write_mp4(tmp_path / "v.mp4", frames, 12)
+    detector = MotionBoxDetector(flow, short_side=112)
+    pairs = []
+    whole = detector.detect_video(tmp_path / "v.mp4", "v.mp4", on_pair=lambda so_far: pairs.append(so_far[-1]))
+    assert len(pairs) == 39 and np.isfinite(np.stack(pairs)).all(axis=1).sum() > 30
+    for k in (1, 17, 39):
+        computed = []
+        resumed = detector.detect_video(tmp_path / "v.mp4", "v.mp4", pairs[:k],
+                                        on_pair=lambda so_far, seen=computed: seen.append(len(so_far)))
+        assert computed == list(range(k + 1, 40))
+        assert resumed.to_json() == whole.to_json()
+    with pytest.raises(VideoReadError, match="the video ends at frame (40|pair 39), before (frame|pair) 45"):
+        detector.detect_video(tmp_path / "v.mp4", "v.mp4", pairs + pairs[:6])  # saved for a longer video
+
+
+def test_partial_box_files_keep_exact_boxes_and_refuse_another_key(tmp_path):
+    """save_partial/load_partial round-trip float32 boxes exactly (NaN for none); a partial made for another
+    video file version or other settings, or malformed, is a BoxFileError naming the file and the reason."""
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"x" * 10)
+    key = {"video": "v.mp4", "file": video_identity(video), "flow": {"method": "dis", "params": {"a": 0.1}}}
+    pairs = [np.array([1 / 3, 7e-5, 100.125, 2.5], np.float32), np.full(4, np.nan, np.float32),
+             np.array([0, 0, 1, 1], np.float32)]
+    path = partial_file_path(tmp_path / "a" / "v.json")
+    assert path == tmp_path / "a" / "v.json.partial"
+    save_partial(path, key, pairs)
+    loaded = load_partial(path, key)
+    assert np.array_equal(np.stack(loaded), np.stack(pairs), equal_nan=True) and loaded[0].dtype == np.float32
+    other = {**key, "flow": {"method": "dis", "params": {"a": 0.2}}}
+    with pytest.raises(BoxFileError, match=f"{path}: made for another flow or detection settings"):
+        load_partial(path, other)
+    video.write_bytes(b"y" * 11)
+    with pytest.raises(BoxFileError, match="made for another version of the video file"):
+        load_partial(path, {**key, "file": video_identity(video)})
+    for text, problem in [("{", "not valid JSON"), ("[]", "not a partial box file"),
+                          (json.dumps({"partial_version": 1, **key, "pairs": []}), "'pairs' must be a non-empty"),
+                          (json.dumps({"partial_version": 1, **key, "pairs": [None, [3, 0, 1, 1]]}),
+                           r"field 'pairs\[1\]' \[3, 0, 1, 1\] is not an ordered box$"),
+                          (f'{{"partial_version": 1, {json.dumps(key)[1:-1]}, "pairs": [[0, 0, 1e400, 1]]}}',
+                           r"field 'pairs\[0\]' must hold 4 finite numbers")]:
+        path.write_text(text)
+        with pytest.raises(BoxFileError, match=problem):
+            load_partial(path, key)

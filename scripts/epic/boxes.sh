@@ -10,9 +10,9 @@
 #
 # Array task N does shard N of NUM_SHARDS (64, as --array=0-63 below) and uses all its CPUs (one video per process).
 # One video is one process's job: with TV-L1 (~1 frame pair per second per core) the longest videos take days,
-# longer than a job's time limit, and a requeued job starts an unfinished video again, so FLOW=dis (~100x faster)
-# or trimmed clips are the practical choice for them. Resumable; bad videos go to
-# $BOX_DIR/failed*.tsv (exit status 1).
+# over several jobs: a requeued job goes on within each unfinished video from its last saved pairs (every five
+# minutes, --partial_every), and FLOW=dis (~100x faster) or trimmed clips take far less. Resumable; bad videos go
+# to $BOX_DIR/failed*.tsv (exit status 1).
 # Under sbatch, five minutes before its time limit the job requeues itself and then resumes (scripts/launch.sh).
 #SBATCH --job-name=mofo-boxes-epic
 #SBATCH --array=0-63
