@@ -224,8 +224,8 @@ def load_with_replacement(load: Callable[[int], Loaded], index: int, num_entries
             index = int(rng.integers(num_entries))
 
 
-PRETRAINING_BOX_REMEDY = ("Run motion_detection.extract_boxes for them, or pass --missing_box random to use plain"
-                          " tube masking for those videos.")
+PRETRAINING_BOX_REMEDY = ("Run motion_detection.extract_boxes for them, or pass --missing_box random to mask those"
+                          " videos as clips without motion (random tubes, or a random motion-guided base).")
 FINETUNING_BOX_REMEDY = ("Run motion_detection.extract_boxes for them: the motion-box model needs the box of every"
                          " video.")
 
@@ -260,7 +260,7 @@ class MotionBoxIndex:
                 f"{len(missing)} of {len(distinct)} videos have no box file under {box_dir} (first: \n  {shown}\n)."
                 f" {remedy}")
         if missing:
-            log.warning("%d of %d videos have no box file under %s; they get plain tube masking",
+            log.warning("%d of %d videos have no box file under %s; they are masked as clips without motion",
                         len(missing), len(distinct), box_dir)
         self._cache: OrderedDict[Path, MotionBoxes] = OrderedDict()
         self._cached_frames = 0

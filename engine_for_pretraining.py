@@ -135,7 +135,7 @@ def train_one_epoch(model, data_loader, optimizer, device: torch.device, epoch: 
     if replaced:
         print(f"epoch {epoch}: {int(replaced)} corrupt videos were skipped and replaced by other samples")
     if missing_boxes:
-        print(f"epoch {epoch}: {int(missing_boxes)} clips had no box file and got plain tube masking")
+        print(f"epoch {epoch}: {int(missing_boxes)} clips had no box file and were masked as clips without motion")
     print("Averaged stats:", metric_logger)
     stats = {k: meter.global_avg for k, meter in metric_logger.meters.items()}
     stats.update(replaced_videos=int(replaced), missing_boxes=int(missing_boxes))

@@ -100,6 +100,8 @@ def export(args) -> dict:
         print(f"Leaving out {', '.join(dropped)}: HF's VideoMAEForPreTraining predicts pixels only")
         state = {key: value for key, value in state.items() if not key.startswith(EXTRA_TARGET_HEADS)}
     labels = None
+    if args.labels and hf_videomae.is_pretraining_state(state):
+        raise ValueError(f"--labels names a classifier's classes; {args.checkpoint} is a pretraining checkpoint")
     if args.labels:
         labels = [line.strip() for line in Path(args.labels).read_text().splitlines() if line.strip()]
     model = build_model(args, state, trained)

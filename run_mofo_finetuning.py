@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import modeling_finetune
 import utils
-from datasets import build_dataset, multiple_samples_collate
+from datasets import TSN_DATA_SETS, build_dataset, multiple_samples_collate
 from engine_for_finetuning import final_test, merge_views, train_one_epoch, validation_one_epoch
 from video_transforms import AUGMENT_INTERPOLATIONS
 
@@ -82,10 +82,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opt_eps", default=1e-8, type=float)
     parser.add_argument("--opt_betas", default=None, type=float, nargs="+")
     parser.add_argument("--clip_grad", default=None, type=float)
-    parser.add_argument("--momentum", default=0.9, type=float)
+    parser.add_argument("--momentum", default=0.9, type=float, help="for SGD-like optimizers")
     parser.add_argument("--weight_decay", default=0.05, type=float)
     parser.add_argument("--weight_decay_end", default=None, type=float)
-    parser.add_argument("--lr", default=1e-3, type=float, help="base lr: the lr is lr * total batch / 256")
+    parser.add_argument("--lr", default=1e-3, type=float,
+                        help="base lr: the lr is lr * total batch / 256, the total batch being --batch_size x "
+                        "--update_freq x GPUs (as VideoMAE, --num_sample is not counted)")
     parser.add_argument("--layer_decay", default=0.75, type=float, help="layer-wise lr decay")
     parser.add_argument("--warmup_lr", default=0.0, type=float,
                         help="lr at the first warmup step (scaled like --lr). VideoMAE's flag says 1e-6 but its"
@@ -106,7 +108,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--remode", default="pixel", type=str, help="random erasing mode")
     parser.add_argument("--recount", default=1, type=int,
                         help="random erasing: up to this many rectangles in every frame (VideoMAE passes it as timm's "
-                             "num_splits too, which leaves the first 1/recount of the frames unerased)")
+                             "num_splits too, which for recount > 1 leaves the first 1/recount of the frames unerased;"
+                             " here every frame is erased)")
     parser.add_argument("--mixup", default=0.8, type=float, help="mixup alpha (0 = off)")
     parser.add_argument("--cutmix", default=1.0, type=float, help="cutmix alpha (0 = off)")
     parser.add_argument("--cutmix_minmax", default=None, type=float, nargs="+")
@@ -138,13 +141,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_frames", default=16, type=int)
     parser.add_argument("--sampling_rate", default=4, type=int)
     parser.add_argument("--num_sample", default=2, type=int, help="repeated augmentation: clips per decoded video")
-    parser.add_argument("--short_side_size", default=224, type=int, help="test: frames resized to this short side")
+    parser.add_argument("--short_side_size", default=224, type=int,
+                        help="validation and test: frames resized to this short side before the crops")
     parser.add_argument("--test_num_segment", default=5, type=int, help="test: temporal clips per video")
     parser.add_argument("--test_num_crop", default=3, type=int, help="test: spatial crops per clip")
     parser.add_argument("--output_dir", default="")
     parser.add_argument("--log_dir", default=None)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
+                        help="autocast dtype, fp16 with a gradient scaler; with --enable_deepspeed, DeepSpeed's bf16"
+                             " or fp16 mode instead (the model in that precision; fp16 with DeepSpeed's loss scaling)")
     parser.add_argument("--seed", default=0, type=int)
     parser.add_argument("--resume", default="")
     parser.add_argument("--auto_resume", action="store_true", default=True,
@@ -192,6 +198,20 @@ def build_model(args):
     return model
 
 
+def unused_flag_rules(args) -> list[tuple[bool, tuple[str, ...], str]]:
+    """The flags each mode leaves unread (see ``utils.warn_unused_flags``); needs ``args.use_box`` (build_model)."""
+    return [
+        (not args.use_box, ("mca_mode", "mca_depth", "mca_heads", "mca_pool", "mca_tokens", "box_dir"),
+         f"--model {args.model} has no motion-box MCA head (the *_mofo models have)"),
+        (args.data_set in TSN_DATA_SETS, ("sampling_rate",),
+         f"--data_set {args.data_set} samples TSN segments over the whole clip, with no stride"),
+        (args.eval, ("model_ema", "model_ema_decay", "model_ema_force_cpu"),
+         "--eval tests the given weights (an EMA's: --eval --finetune CHECKPOINT --model_key model_ema)"),
+        (not args.aa, ("train_interpolation",), "no RandAugment (--aa '')"),
+        (not args.enable_deepspeed, ("zero_stage",), "DeepSpeed is off (--enable_deepspeed)"),
+    ]
+
+
 def eval_loader(dataset, args, rank: int, world: int):
     """Validation / test loader: every video once (the sampler pads to equal shards), batches of 2x the training."""
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
@@ -230,10 +250,18 @@ def main(args) -> None:
     args.head_sizes = [args.nb_verbs, args.nb_nouns] if args.data_set == "EPIC-KITCHENS-100" else [args.nb_classes]
     print(args)
 
+    utils.check_checkpoint_flags(args)
+    if args.resume and not args.finetune and (args.model_key, args.model_prefix) != ("model|module", ""):
+        raise SystemExit("--model_key and --model_prefix select the weights --finetune loads; --resume takes the "
+                         "checkpoint's model to go on training it (to test EMA weights: --eval --finetune CHECKPOINT "
+                         "--model_key model_ema)")
     with utils.setup_errors():
         model = build_model(args)
+    utils.warn_unused_flags(args, get_args_parser(), unused_flag_rules(args))
     if args.use_box and not args.box_dir:
         raise SystemExit(f"--model {args.model} fuses tokens inside and outside the motion box: pass --box_dir")
+    if not args.use_box:
+        args.box_dir = None  # not read (the warning above): its box files need not exist
     if args.finetune:
         with utils.setup_errors():
             utils.load_finetune_checkpoint(model, args.finetune, args.model_key, args.model_prefix,

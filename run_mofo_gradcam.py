@@ -123,8 +123,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                           ("short_side_size", "short side the frames are resized to before the centre crop")):
         parser.add_argument(f"--{name}", default=None, type=int,
                             help=f"{meaning} (default: the checkpoint's, else {CLIP_DEFAULTS[name] or 'input_size'})")
-    parser.add_argument("--head", default="verb", choices=["verb", "noun"],
-                        help="EPIC-KITCHENS-100 checkpoints (two heads): the head whose classes are explained")
+    parser.add_argument("--head", default=None, choices=["verb", "noun"],
+                        help="EPIC-KITCHENS-100 checkpoints (two heads): the head whose classes are explained "
+                        "(default: verb)")
     parser.add_argument("--start_frame", default=0, type=int, help="video frame of the clip's first frame")
     parser.add_argument("--tsn", action="store_true",
                         help="sample the middle frame of num_frames equal segments of the whole video instead")
@@ -204,13 +205,17 @@ def fill_clip_settings(args: argparse.Namespace, checkpoints: list[str]) -> None
         args.short_side_size = args.input_size
 
 
-def head_slice(trained: dict, head: str) -> slice:
-    """The logits of one head: EPIC-KITCHENS-100 checkpoints concatenate their verb and noun heads."""
+def head_slice(trained: dict, head: str | None, checkpoint: str = "the checkpoint") -> tuple[slice, str | None]:
+    """The logits of one head and its name: EPIC-KITCHENS-100 checkpoints concatenate their verb and noun heads
+    (``head`` None: verb); other checkpoints have one head, and a ``head`` for them is an error."""
     sizes = trained.get("head_sizes") or []
     if len(sizes) != 2:
-        return slice(None)
+        if head is not None:
+            raise GradCamError(f"--head {head}: {checkpoint} has one head, not EPIC-KITCHENS-100's verb and noun heads")
+        return slice(None), None
+    head = head or "verb"
     start = 0 if head == "verb" else sizes[0]
-    return slice(start, start + sizes[0 if head == "verb" else 1])
+    return slice(start, start + sizes[0 if head == "verb" else 1]), head
 
 
 def load_classifier(name: str, checkpoint: str, nb_classes: int | None, input_size: int, num_frames: int,
@@ -332,6 +337,8 @@ def check_args(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     """The (model, checkpoint, row title) of every model to explain, after checking the options."""
     if (args.compare_model is None) != (args.compare_checkpoint is None):
         raise GradCamError("--compare_model and --compare_checkpoint go together")
+    if args.tsn and (args.sampling_rate is not None or args.start_frame != 0):
+        raise GradCamError("--tsn samples segments of the whole video: --sampling_rate and --start_frame do not apply")
     fill_clip_settings(args, [args.checkpoint] + ([args.compare_checkpoint] if args.compare_checkpoint else []))
     if args.num_frames < 1 or args.sampling_rate < 1 or args.start_frame < 0:
         raise GradCamError("--num_frames and --sampling_rate must be positive, --start_frame not negative")
@@ -373,10 +380,10 @@ def gradcam_figure(args: argparse.Namespace) -> GradCamFigure:
     results = []
     for name, checkpoint, label in specs:
         model = load_classifier(name, checkpoint, args.nb_classes, args.input_size, args.num_frames, args.device)
-        head = head_slice(read_checkpoint(checkpoint)[2], args.head)
+        head, head_name = head_slice(read_checkpoint(checkpoint)[2], args.head, checkpoint)
         cam, logits = grad_cam(model, video, box if boxes is not None else None, args.layer, args.target_class, head)
         target = int(logits.argmax()) if args.target_class is None else args.target_class
-        label = label if head == slice(None) else f"{label} ({args.head})"
+        label = label if head_name is None else f"{label} ({head_name})"
         results.append(ModelCam(name, label, cam, logits.softmax(-1).numpy(), target))
         del model  # freed before the next model is built
 

@@ -59,7 +59,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              " inside-box rule on that slice's motion box (box: needs --box_dir)")
     parser.add_argument("--mask_ratio", default=0.75, type=float, help="share of tubes masked (VideoMAE default)")
     parser.add_argument("--motion_mask_ratio", default=0.75, type=float,
-                        help="share of the tubes inside the motion box that are always masked (MOFO)")
+                        help="share of the tubes inside the motion box that are always masked (MOFO; rounded, and at"
+                             " most the --mask_ratio count; motion_guided: at the base slice)")
     parser.add_argument("--input_size", default=224, type=int, help="frame side after cropping")
     parser.add_argument("--drop_path", default=0.0, type=float, help="stochastic depth rate")
     parser.add_argument("--normlize_target", default=True, type=utils.str2bool,
@@ -105,7 +106,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weight_decay", default=0.05, type=float)
     parser.add_argument("--weight_decay_end", default=None, type=float,
                         help="final weight decay of the cosine schedule (default: --weight_decay)")
-    parser.add_argument("--lr", default=1.5e-4, type=float, help="base lr: the lr is lr * total batch / 256")
+    parser.add_argument("--lr", default=1.5e-4, type=float,
+                        help="base lr: the lr is lr * total batch / 256, the total batch being --batch_size x GPUs"
+                             " (as VideoMAE, --num_sample is not counted)")
     parser.add_argument("--warmup_lr", default=0.0, type=float,
                         help="lr at the first warmup step (scaled like --lr). VideoMAE's flag says 1e-6 but its"
                              " schedules never read it and warm up from 0, which is this default")
@@ -126,7 +129,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              " frames'); video: the listed clip's union box (the whole video's, or that of the"
                              " frames of a 'path start total' line)")
     parser.add_argument("--missing_box", default="error", choices=["error", "random"],
-                        help="videos without a box file: fail before training, or use plain tube masking")
+                        help="videos without a box file: fail before training, or mask them as clips without motion"
+                             " (tube masking; motion_guided: a random base slice)")
     parser.add_argument("--num_frames", default=16, type=int)
     parser.add_argument("--sampling_rate", default=4, type=int)
     parser.add_argument("--num_sample", default=1, type=int,
@@ -135,7 +139,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log_dir", default=None, help="tensorboard logs")
     parser.add_argument("--device", default="cuda", help="cuda or cpu")
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
-                        help="autocast dtype (fp16 adds a gradient scaler)")
+                        help="autocast dtype, fp16 with a gradient scaler; with --enable_deepspeed, DeepSpeed's bf16"
+                             " or fp16 mode instead (the model in that precision; fp16 with DeepSpeed's loss scaling)")
     parser.add_argument("--seed", default=0, type=int)
     parser.add_argument("--resume", default="", help="checkpoint to resume from")
     parser.add_argument("--auto_resume", action="store_true", default=True,
@@ -149,6 +154,27 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     utils.add_distributed_args(parser)
     return parser
+
+
+def unused_flag_rules(args) -> list[tuple[bool, tuple[str, ...], str]]:
+    """The flags each mode leaves unread (see ``utils.warn_unused_flags``)."""
+    targets = parse_targets(args.target)
+    uses_boxes = args.mask_type == "motion" or (args.mask_type == "motion_guided" and args.guided_base == "box")
+    tracks = "trajectory" in targets or ("hog" in targets and args.hog_sampling == "trajectory")
+    mode = f"--mask_type {args.mask_type}" + (" --guided_base random" if args.mask_type == "motion_guided" else "")
+    return [
+        (not uses_boxes, ("motion_mask_ratio", "box_dir", "box_source", "missing_box"),
+         f"{mode} uses no motion box"),
+        (not tracks, ("trajectory_points", "trajectory_flow"),
+         "no trajectory target, and no --hog_sampling trajectory tracks points"),
+        ("trajectory" not in targets, ("trajectory_norm", "trajectory_loss_weight"),
+         f"--target {args.target} has no trajectory head"),
+        ("hog" not in targets, ("hog_sampling", "hog_bins", "hog_cell_size", "hog_norm", "hog_loss_weight"),
+         f"--target {args.target} has no hog head"),
+        ("pixel" not in targets, ("normlize_target", "pixel_loss_weight"), f"--target {args.target} has no pixel head"),
+        (not args.enable_deepspeed, ("zero_stage",), "DeepSpeed is off (--enable_deepspeed)"),
+        (not args.output_dir, ("save_ckpt_freq", "last_ckpt_freq"), "no --output_dir, so nothing is saved"),
+    ]
 
 
 def build_model(args):
@@ -174,6 +200,10 @@ def build_model(args):
 def main(args) -> None:
     device = utils.setup_device(args)
     print(args)
+    utils.check_checkpoint_flags(args)
+    utils.warn_unused_flags(args, get_args_parser(), unused_flag_rules(args))
+    if not args.output_dir and utils.is_main_process():
+        print("warning: no --output_dir: no checkpoint and no log.txt are written")
     rank, world = utils.get_rank(), utils.get_world_size()
     utils.seed_everything(args.seed + rank)
     if args.output_dir:

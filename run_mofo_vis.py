@@ -5,8 +5,9 @@ r"""Reconstruction visualiser: one clip, its motion box, the mask and the model'
 
 The clip is deterministic: frames ``start_frame + k * sampling_rate`` (clamped to the video), the centred square of
 the short side resized to ``input_size``, ImageNet normalisation; the motion box (the union of the sampled frames'
-boxes from ``--box_file``) follows the same crop and resize. Motion masking uses the box, tube masking ignores it;
-the mask is drawn from ``--seed``.
+boxes from ``--box_file``, or the video's with ``--box_source video``) follows the same crop and resize. Motion
+masking uses the box, tube masking ignores it; the mask is drawn from ``--seed``. Model, clip and mask settings not
+given default to the checkpoint's (its run's arguments).
 
 Grid rows: the original frames with the motion box (green) and the tubes inside it (yellow outlines), the masked
 input (masked tubes grey), the reconstruction, and the per-pixel error on the masked tubes. One column per frame, or
@@ -43,7 +44,9 @@ MAX_COLUMNS = 8
 # The model and clip settings a checkpoint's ``args`` (ours, or VideoMAE's Namespace) supply, and these when it has
 # none; a flag given on the command line wins.
 TRAINED_DEFAULTS = {"model": "pretrain_videomae_base_patch16_224", "decoder_depth": 4, "input_size": 224,
-                    "num_frames": 16, "sampling_rate": 4, "normlize_target": True}
+                    "num_frames": 16, "sampling_rate": 4, "normlize_target": True, "mask_type": "motion",
+                    "mask_ratio": 0.9, "motion_mask_ratio": 0.75, "box_source": "clip"}
+CHOICES = {"mask_type": ("motion", "tube"), "box_source": ("clip", "video")}  # another saved mask type: motion
 LABEL_WIDTH = 132
 HEADER_HEIGHT = 20
 GAP = 2
@@ -91,11 +94,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f"default: the checkpoint's, else {TRAINED_DEFAULTS['model']}")
     parser.add_argument("--decoder_depth", default=None, type=int,
                         help=f"default: the checkpoint's, else {TRAINED_DEFAULTS['decoder_depth']}")
-    parser.add_argument("--mask_type", default="motion", choices=["motion", "tube"],
-                        help="motion: MOFO's motion-focused tube masking; tube: VideoMAE's random tube masking")
-    parser.add_argument("--mask_ratio", default=0.9, type=float, help="share of tubes masked")
-    parser.add_argument("--motion_mask_ratio", default=0.75, type=float,
-                        help="share of the tubes inside the motion box that are masked (motion masking)")
+    parser.add_argument("--mask_type", default=None, choices=CHOICES["mask_type"],
+                        help="motion: MOFO's motion-focused tube masking; tube: VideoMAE's random tube masking "
+                        "(default: the checkpoint's, else motion)")
+    parser.add_argument("--mask_ratio", default=None, type=float,
+                        help=f"share of tubes masked (default: the checkpoint's, else "
+                        f"{TRAINED_DEFAULTS['mask_ratio']})")
+    parser.add_argument("--motion_mask_ratio", default=None, type=float,
+                        help="share of the tubes inside the motion box that are masked, motion masking (default: "
+                        f"the checkpoint's, else {TRAINED_DEFAULTS['motion_mask_ratio']})")
+    parser.add_argument("--box_source", default=None, choices=CHOICES["box_source"],
+                        help="clip: the union of the sampled frames' boxes; video: the video's union box (default: "
+                        "the checkpoint's, else clip)")
     for name, meaning in (("input_size", "frame side after cropping"), ("num_frames", "clip length"),
                           ("sampling_rate", "frame stride")):
         parser.add_argument(f"--{name}", default=None, type=int,
@@ -165,11 +175,13 @@ def read_checkpoint(checkpoint_path: str) -> dict:
 
 
 def fill_settings(args: argparse.Namespace, trained: dict) -> None:
-    """Unset model and clip flags take the checkpoint's values, else ``TRAINED_DEFAULTS``."""
+    """Unset model, clip and mask flags take the checkpoint's values, else ``TRAINED_DEFAULTS`` (also for a mask type
+    or box source this script does not draw, such as MGM's masks)."""
     for name, default in TRAINED_DEFAULTS.items():
         if getattr(args, name) is None:
             saved = trained.get(name)
-            setattr(args, name, default if saved is None else type(default)(saved))
+            usable = saved is not None and (name not in CHOICES or saved in CHOICES[name])
+            setattr(args, name, type(default)(saved) if usable else default)
 
 
 def load_pretrain_model(checkpoint: dict, checkpoint_path: str, model_name: str, decoder_depth: int, input_size: int,
@@ -370,10 +382,10 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 def visualize(args: argparse.Namespace) -> Visualization:
     """Build the clip, mask and reconstruction for ``args`` (see ``get_args_parser``) and write the PNG."""
-    if args.mask_type == "motion" and not args.box_file:
-        raise VisualizationError("--mask_type motion needs --box_file (the video's box file); or use --mask_type tube")
     checkpoint = read_checkpoint(args.model_path)
     fill_settings(args, utils.saved_args(checkpoint))
+    if args.mask_type == "motion" and not args.box_file:
+        raise VisualizationError("--mask_type motion needs --box_file (the video's box file); or use --mask_type tube")
     if args.num_frames < 1 or args.sampling_rate < 1 or args.start_frame < 0:
         raise VisualizationError("--num_frames and --sampling_rate must be positive, --start_frame not negative")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -388,7 +400,7 @@ def visualize(args: argparse.Namespace) -> Visualization:
                                 args.num_frames, args.device)
     grid_size = model.encoder.patch_embed.grid_size
     height, width = frames.shape[1:3]
-    box_in_video = scale_box(clip_box(boxes, frame_indices, num_video_frames, "clip"), width, height)
+    box_in_video = scale_box(clip_box(boxes, frame_indices, num_video_frames, args.box_source), width, height)
     cropped, box = centre_crop_clip(frames, box_in_video, args.input_size)
     if boxes is not None and np.isnan(box).any():
         print("note: the box file has no motion box inside this clip's crop"

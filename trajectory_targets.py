@@ -158,7 +158,8 @@ class TrajectoryTargets:
             raise ValueError(f"points_per_side must divide the patch size {patch_size}, got {points_per_side}")
         if not outputs or set(outputs) - {"trajectory", "hog"}:
             raise ValueError(f"outputs must be 'trajectory' and/or 'hog', got {outputs}")
-        check_norm(norm, points_per_side**2)
+        if "trajectory" in outputs:  # the HOG of the tracks does not normalise them
+            check_norm(norm, points_per_side**2)
         self.norm, self.outputs = norm, tuple(outputs)
         self.grid_size, self.patch_size = tuple(grid_size), patch_size
         self.tubelet_size, self.sampling_rate = tubelet_size, sampling_rate

@@ -198,6 +198,30 @@ def setup_device(args) -> torch.device:
     return torch.device(f"cuda:{args.gpu}" if args.device.startswith("cuda") else args.device)
 
 
+def warn_unused_flags(args, parser: argparse.ArgumentParser, rules) -> list[str]:
+    """Name the flags a run's mode does not read instead of ignoring them silently. ``rules`` are ``(applies,
+    names, reason)``: where ``applies`` holds, the flags among ``names`` set to other than their defaults get one
+    warning line (printed by the main process). Returns the lines."""
+    lines = []
+    for applies, names, reason in rules:
+        given = [f"--{name}" for name in names if applies and getattr(args, name) != parser.get_default(name)]
+        if given:
+            lines.append(f"warning: {', '.join(given)} {'is' if len(given) == 1 else 'are'} not used: {reason}")
+    if is_main_process():
+        for line in lines:
+            print(line)
+    return lines
+
+
+def check_checkpoint_flags(args) -> None:
+    """Checkpoint-frequency flags that cannot work, refused at the start rather than after the first epoch."""
+    if args.save_ckpt_freq < 1:
+        raise SystemExit(f"--save_ckpt_freq must be >= 1 (epochs between kept checkpoints), got "
+                         f"{args.save_ckpt_freq}")
+    if args.last_ckpt_freq < 0:
+        raise SystemExit(f"--last_ckpt_freq must be >= 0 (0: no rolling checkpoint), got {args.last_ckpt_freq}")
+
+
 def scale_lr_to_batch(args, total_batch: int) -> None:
     """VideoMAE's linear scaling: every lr flag is given for a total batch of 256."""
     for name in ("lr", "min_lr", "warmup_lr"):

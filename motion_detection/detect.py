@@ -68,7 +68,8 @@ PARAM_HELP = {
     "content enters or leaves the view",
     "rel_threshold": "a pixel is moving when its map value exceeds background + rel_threshold * (peak - "
     "background), background being the frame's median map value",
-    "min_peak": "no motion in the frame when peak - background is below this (flow pixels per pixel)",
+    "min_peak": "no motion in the frame when peak - background is below this (flow pixels per pixel for the boundary "
+    "map, flow pixels for the magnitude map)",
     "close_size": "morphological closing radius (fraction of the short side) that joins boundary fragments "
     "into regions",
     "num_contours": "keep the N largest contours (paper: 2, for the hands and the object)",

@@ -57,8 +57,10 @@ for row in "tube --mask_type tube" \
            "trajectory --mask_type tube --target pixel+trajectory+hog"; do
     read -r name options <<< "$row"
     read -ra options <<< "$options"
+    boxes=()
+    if [[ $name == motion ]]; then boxes=(--box_dir "$OUT"/learn_boxes); fi  # the only row that reads them
     rm -rf "${OUT:?}"/pretrain_"$name"  # a rerun trains again: auto-resume would take the last run's checkpoints
-    python run_mofo_pretraining.py "${PRETRAIN_ARGS[@]}" ${options[@]+"${options[@]}"} --box_dir "$OUT"/learn_boxes \
+    python run_mofo_pretraining.py "${PRETRAIN_ARGS[@]}" ${options[@]+"${options[@]}"} ${boxes[@]+"${boxes[@]}"} \
         --output_dir "$OUT"/pretrain_"$name" --log_dir "$OUT"/pretrain_"$name"/tb > "$OUT"/pretrain_"$name".log
 done
 python scripts/loss_curves.py "$OUT"/pretrain_tube "$OUT"/pretrain_motion "$OUT"/pretrain_guided \
@@ -67,7 +69,7 @@ python scripts/loss_curves.py "$OUT"/pretrain_tube "$OUT"/pretrain_motion "$OUT"
 echo "== 7. fine-tuning on the synthetic classes: the rows of the paper and its release, and the peers, in miniature"
 echo "   (top-1, test split; chance 12.5%)"
 FINETUNE_ARGS=(--data_set SSV2 --nb_classes 8 --data_path "$LEARN" --data_root "$LEARN"/videos
-    --box_dir "$OUT"/learn_boxes --input_size 64 --short_side_size 64 --num_frames 4 --batch_size 8 --num_sample 1
+    --input_size 64 --short_side_size 64 --num_frames 4 --batch_size 8 --num_sample 1
     --epochs "$FT_EPOCHS" --warmup_epochs 2 --lr 0.064 --layer_decay 1.0 --weight_decay 0.05 --init_scale 1.0
     --drop_path 0 --aa "" --reprob 0 --mixup 0 --cutmix 0 --smoothing 0.1 --crop_scale 0.5 1
     --test_num_segment 2 --test_num_crop 3 --device cpu --precision fp32 --num_workers "$WORKERS" --print_freq 1000
@@ -77,12 +79,13 @@ for row in "scratch none vit_mini_patch16_224" \
            "mofo_2star tube vit_mini_patch16_224_mofo" "mofo_dagger motion vit_mini_patch16_224_mofo" \
            "guided guided vit_mini_patch16_224" "trajectory trajectory vit_mini_patch16_224"; do
     read -r name pretraining model <<< "$row"
-    init=()
+    init=() boxes=()
+    if [[ $model == *_mofo ]]; then boxes=(--box_dir "$OUT"/learn_boxes); fi
     if [[ $pretraining != none ]]; then
         init=(--finetune "$OUT/pretrain_$pretraining/checkpoint-$((EPOCHS - 1)).pth")
     fi
     rm -rf "${OUT:?}"/finetune_"$name"
-    python run_mofo_finetuning.py "${FINETUNE_ARGS[@]}" --model "$model" ${init[@]+"${init[@]}"} \
+    python run_mofo_finetuning.py "${FINETUNE_ARGS[@]}" --model "$model" ${init[@]+"${init[@]}"} ${boxes[@]+"${boxes[@]}"} \
         --output_dir "$OUT"/finetune_"$name" > "$OUT"/finetune_"$name".log
 done
 python scripts/results_table.py "$OUT"/finetune_scratch "$OUT"/finetune_videomae "$OUT"/finetune_mofo_star \

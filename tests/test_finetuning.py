@@ -15,6 +15,7 @@ from timm.models import create_model
 import make_synthetic_dataset
 import modeling_finetune  # noqa: F401  (registers the models)
 import run_mofo_finetuning
+import utils
 from test_mofo_model import RELEASE, release_head_state
 from test_pretraining import NoStrayFiles, clean_env, pretrain, run_args, write_all_list
 from utils import free_port
@@ -212,3 +213,40 @@ def test_multi_view_test_is_merged_across_two_ranks(data, pretrained, tmp_path):
     results = json.loads((out / "test_results.json").read_text())
     assert results["videos"] == num_test and results["views"] == num_test * 4
     assert not list(out.glob("checkpoint-*"))
+
+
+@pytest.mark.parametrize("model, argv, expected", [
+    ("vit_mini_patch16_224", ["--mca_depth", "2", "--box_dir", "boxes"],
+     "--mca_depth, --box_dir are not used: --model vit_mini_patch16_224 has no motion-box MCA head"),
+    ("vit_mini_patch16_224_mofo", ["--data_set", "SSV2", "--sampling_rate", "2"],
+     "--sampling_rate is not used: --data_set SSV2 samples TSN segments over the whole clip, with no stride"),
+    ("vit_mini_patch16_224_mofo", ["--eval", "--model_ema"],
+     "--model_ema is not used: --eval tests the given weights (an EMA's: --eval --finetune CHECKPOINT --model_key"),
+    ("vit_mini_patch16_224_mofo", ["--aa", "", "--train_interpolation", "bilinear"],
+     "--train_interpolation is not used: no RandAugment"),
+    ("vit_mini_patch16_224_mofo", ["--zero_stage", "1"], "--zero_stage is not used: DeepSpeed is off"),
+    ("vit_mini_patch16_224_mofo", ["--mca_depth", "2", "--box_dir", "boxes", "--sampling_rate", "2", "--aa", "",
+                                   "--enable_deepspeed", "--zero_stage", "1", "--model_ema"], None),
+])
+def test_flags_a_mode_does_not_read_are_named(model, argv, expected):
+    """A flag set to other than its default where the run does not read it gets a warning naming it."""
+    parser = run_mofo_finetuning.get_args_parser()
+    args = parser.parse_args(["--model", model, *argv])
+    args.use_box = model.endswith("_mofo")
+    lines = utils.warn_unused_flags(args, parser, run_mofo_finetuning.unused_flag_rules(args))
+    assert len(lines) == (expected is not None) and all(line.startswith(f"warning: {expected}") for line in lines)
+
+
+def test_a_plain_model_reads_no_box_file_and_startup_errors_come_first(data, tmp_path):
+    """--box_dir for a plain model is named as unused and its files are not read (a missing folder is no error);
+    --model_key with --resume (weights it does not select) and --save_ckpt_freq 0 stop the run at the start."""
+    args = finetune_args(data, tmp_path / "plain", "vit_mini_patch16_224", "--eval")
+    args[args.index("--box_dir") + 1] = str(tmp_path / "no_such_folder")
+    result = finetune(args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "warning: --box_dir is not used: --model vit_mini_patch16_224 has no motion-box MCA head" in result.stdout
+    for extra, message in [(["--resume", str(tmp_path / "x.pth"), "--model_key", "model_ema"],
+                            "--model_key and --model_prefix select the weights --finetune loads"),
+                           (["--save_ckpt_freq", "0"], "--save_ckpt_freq must be >= 1")]:
+        result = finetune(finetune_args(data, tmp_path / "refused", "vit_mini_patch16_224", *extra))
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]

@@ -231,7 +231,9 @@ def test_figure_holds_the_frame_boxes_and_a_normalised_map_per_model(data, tmp_p
 def test_tsn_takes_the_frames_the_fine_tuning_loader_validates_on(data, tmp_path):
     """The middle frame of each of equal segments, as datasets.tsn_indices: also for lengths that are not a multiple
     of the clip (VideoMAE's int(tick / 2 + tick k) differs there: 45 frames into 16 is 1, 4, 7, 9, ...)."""
-    result = figure(data, tmp_path / "tsn.png", PLAIN, "--tsn", box_file=False)
+    args = cli_args(data, tmp_path / "tsn.png", PLAIN, "--tsn", box_file=False)
+    del args[args.index("--sampling_rate"):args.index("--sampling_rate") + 2]  # a stride is refused with --tsn
+    result = run_mofo_gradcam.gradcam_figure(run_mofo_gradcam.get_args_parser().parse_args(args))
     assert result.frame_indices.tolist() == [1, 4, 7, 10, 13, 16, 19, 22]
     assert result.box.shape == (NUM_FRAMES, 4) and np.isnan(result.box).all()
     video = tmp_path / "45.mp4"
@@ -279,6 +281,8 @@ def test_an_epic_checkpoint_is_explained_one_head_at_a_time(data, tmp_path):
             expected = model(video[None])[0][classes].softmax(-1)
         np.testing.assert_allclose(result.models[0].probabilities, expected.numpy(), atol=1e-5)
         assert result.models[0].label == f"{PLAIN} ({head})"
+    default = run_mofo_gradcam.gradcam_figure(run_mofo_gradcam.get_args_parser().parse_args(args))
+    assert default.models[0].label == f"{PLAIN} (verb)"
 
 
 @pytest.mark.parametrize("model, extra, box_file, message", [
@@ -287,6 +291,8 @@ def test_an_epic_checkpoint_is_explained_one_head_at_a_time(data, tmp_path):
     (PLAIN, ["--nb_classes", "174"], True, "its head has 8 classes; pass --nb_classes 8"),
     (PLAIN, ["--compare_model", MOFO], True, "--compare_model and --compare_checkpoint go together"),
     (PLAIN, ["--frames", "9"], True, "--frames must be between 1 and --num_frames 8"),
+    (PLAIN, ["--head", "noun"], True, f"--head noun: .*{PLAIN}.pth has one head, not EPIC-KITCHENS-100.s"),
+    (PLAIN, ["--tsn"], True, "--tsn samples segments of the whole video: --sampling_rate and --start_frame do not"),
 ])
 def test_cli_errors_are_clear(data, tmp_path, model, extra, box_file, message):
     with pytest.raises(SystemExit, match=f"^error: .*{message}"):

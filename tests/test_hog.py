@@ -161,6 +161,11 @@ def test_worker_targets_give_hog_and_trajectory_from_the_same_tracks():
         TrajectoryTargets(grid, patch, 2, rate, outputs=("pixel",))
     with pytest.raises(ValueError, match="cell size must divide the patch size"):
         TrajectoryTargets(grid, patch, 2, rate, outputs=("hog",), hog_cell_size=6)
+    # the tracks' HOG is not normalised as trajectories are: a trajectory norm is no reason to refuse it
+    one_point = TrajectoryTargets(grid, patch, 2, rate, 1, outputs=("hog",), norm="patch_std", hog_norm="none")
+    assert set(one_point(clip)) == {"hog"}
+    with pytest.raises(ValueError, match="patch_std trajectory norm needs at least 2 points"):
+        TrajectoryTargets(grid, patch, 2, rate, 1, outputs=("trajectory", "hog"), norm="patch_std")
 
 
 def test_targets_combine_and_the_hog_head_has_its_own_key():

@@ -397,3 +397,38 @@ def test_checkpoints_are_atomic_and_loaded_without_pickled_code(tmp_path):
     torch.save({"model": {}, "payload": Path("x")}, tmp_path / "evil.pth")
     with pytest.raises(Exception, match=r"(?s)evil.pth: refused by torch.load\(weights_only=True\).*PosixPath"):
         utils.load_checkpoint_file(tmp_path / "evil.pth")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--mask_type", "tube", "--motion_mask_ratio", "0.5", "--box_dir", "boxes"],
+     "--motion_mask_ratio, --box_dir are not used: --mask_type tube uses no motion box"),
+    (["--mask_type", "motion_guided", "--missing_box", "random"],
+     "--missing_box is not used: --mask_type motion_guided --guided_base random uses no motion box"),
+    (["--trajectory_points", "4", "--trajectory_flow", "tvl1"],
+     "--trajectory_points, --trajectory_flow are not used: no trajectory target, and no --hog_sampling trajectory"
+     " tracks points"),
+    (["--target", "hog", "--hog_sampling", "trajectory", "--trajectory_norm", "patch_std"],
+     "--trajectory_norm is not used: --target hog has no trajectory head"),
+    (["--hog_bins", "12", "--hog_loss_weight", "2"], "--hog_bins, --hog_loss_weight are not used: --target pixel has"
+     " no hog head"),
+    (["--target", "trajectory", "--normlize_target", "false"],
+     "--normlize_target is not used: --target trajectory has no pixel head"),
+    (["--zero_stage", "2"], "--zero_stage is not used: DeepSpeed is off (--enable_deepspeed)"),
+    (["--save_ckpt_freq", "5"], "--save_ckpt_freq is not used: no --output_dir, so nothing is saved"),
+    (["--mask_type", "motion", "--motion_mask_ratio", "0.5", "--box_dir", "boxes", "--box_source", "video"], None),
+    (["--mask_type", "motion_guided", "--guided_base", "box", "--motion_mask_ratio", "0.5", "--box_dir", "b"], None),
+    (["--target", "pixel+hog", "--hog_sampling", "trajectory", "--trajectory_points", "4", "--hog_bins", "12"], None),
+    (["--target", "trajectory", "--trajectory_norm", "patch_std", "--trajectory_loss_weight", "32"], None),
+    (["--enable_deepspeed", "--zero_stage", "2", "--output_dir", "out", "--save_ckpt_freq", "5"], None),
+])
+def test_flags_a_mode_does_not_read_are_named(argv, expected):
+    """A flag set to other than its default where the run does not read it gets a warning naming it."""
+    parser = run_mofo_pretraining.get_args_parser()
+    args = parser.parse_args(argv)
+    lines = utils.warn_unused_flags(args, parser, run_mofo_pretraining.unused_flag_rules(args))
+    assert lines == ([] if expected is None else [f"warning: {expected}"])
+
+
+def test_save_ckpt_freq_zero_is_refused_at_the_start(tmp_path):
+    result = pretrain(["--save_ckpt_freq", "0", "--device", "cpu", "--output_dir", str(tmp_path)])
+    assert result.returncode != 0 and "--save_ckpt_freq must be >= 1" in result.stderr, result.stderr[-2000:]

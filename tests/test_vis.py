@@ -219,6 +219,38 @@ def test_settings_come_from_the_checkpoint_and_other_heads_are_kept(data, tmp_pa
         assert np.isfinite(result.pixel_mse)
 
 
+def test_mask_and_box_settings_come_from_the_checkpoint(data, tmp_path):
+    """A run's --mask_type, --mask_ratio, --motion_mask_ratio and --box_source are the visualiser's defaults (a
+    mask type it does not draw falls back to motion masking); flags given win."""
+    def saved(name: str, **run_args) -> Path:
+        checkpoint = torch.load(data["checkpoint"], weights_only=True)
+        torch.save({**checkpoint, "args": {**checkpoint["args"], **run_args}}, tmp_path / f"{name}.pth")
+        return tmp_path / f"{name}.pth"
+
+    def vis(checkpoint: Path, *extra: str, box_file: bool = True) -> run_mofo_vis.Visualization:
+        args = [str(data["video"]), str(tmp_path / "vis.png"), "--model_path", str(checkpoint)]
+        args += ["--box_file", str(data["boxes"])] if box_file else []
+        return run_mofo_vis.visualize(run_mofo_vis.get_args_parser().parse_args(
+            args + ["--input_size", str(INPUT_SIZE), "--num_frames", str(NUM_FRAMES), "--sampling_rate", "1", *extra]))
+
+    tube = vis(saved("tube", mask_type="tube", mask_ratio=0.5), box_file=False)
+    grid_t, grid_h, grid_w = tube.grid_size
+    np.testing.assert_array_equal(tube.mask, TubeMaskingGenerator(tube.grid_size, 0.5, seed=0)())
+    assert vis(saved("tube", mask_type="tube", mask_ratio=0.5), "--mask_ratio", "0.25",
+               box_file=False).mask.sum() == grid_t * int(0.25 * grid_h * grid_w)
+
+    motion = vis(saved("motion", mask_type="mgm", mask_ratio=0.5, motion_mask_ratio=0.5, box_source="video"))
+    whole = json.loads(data["boxes"].read_text())
+    np.testing.assert_allclose(motion.box, expected_box(data["boxes"], np.arange(whole["num_frames"])), atol=1e-4)
+    clip = vis(saved("clip", mask_ratio=0.5, motion_mask_ratio=0.5))
+    np.testing.assert_allclose(clip.box, expected_box(data["boxes"], clip.frame_indices), atol=1e-4)
+    assert not np.allclose(clip.box, motion.box), "the sampled frames' boxes cover all of the video's"
+    for result in (motion, clip):
+        per_slice = result.mask.reshape(grid_t, grid_h * grid_w)
+        assert (per_slice.sum(axis=1) == int(0.5 * grid_h * grid_w)).all()
+        assert (per_slice[:, result.inside_box].sum(axis=1) == int(0.5 * result.inside_box.sum() + 0.5)).all()
+
+
 def test_settings_from_videomaes_namespace_args_with_unset_entries(data, tmp_path):
     """VideoMAE's checkpoints store an argparse Namespace; an entry saved as None falls back to the default."""
     import argparse

@@ -10,7 +10,8 @@
 #   sbatch scripts/epic/pretrain.sh                       # submit from the repository root
 #   GPUS=8 bash scripts/epic/pretrain.sh                  # one node, torchrun
 #
-# Needs the box files of scripts/epic/boxes.sh. Resubmitted with the same OUTPUT_DIR, a job resumes.
+# Needs the box files of scripts/epic/boxes.sh (MASK_TYPE=tube does not). Resubmitted with the same OUTPUT_DIR, a
+# job resumes.
 # Under sbatch, five minutes before its time limit the job requeues itself and then resumes (scripts/launch.sh).
 #SBATCH --job-name=mofo-pretrain-epic
 #SBATCH --nodes=8
@@ -38,8 +39,11 @@ if [[ -z ${VIDEO_LIST:-} ]]; then
     epic_videos "$DATA_PATH/train.csv" > "$VIDEO_LIST"
 fi
 
+BOXES=(--box_dir "$BOX_DIR")
+if [[ $MASK_TYPE == tube ]]; then BOXES=(); fi   # random tubes read no box file
+
 launch run_mofo_pretraining.py \
-    --data_path "$VIDEO_LIST" --data_root "$DATA_ROOT" --box_dir "$BOX_DIR" \
+    --data_path "$VIDEO_LIST" --data_root "$DATA_ROOT" ${BOXES[@]+"${BOXES[@]}"} \
     --mask_type "$MASK_TYPE" --mask_ratio 0.9 --motion_mask_ratio 0.75 \
     --model "$MODEL" --decoder_depth 4 --batch_size "$BATCH_SIZE" --num_frames 16 --sampling_rate 2 \
     --opt adamw --opt_betas 0.9 0.95 --lr 1.5e-4 --warmup_epochs 40 --epochs "$EPOCHS" \

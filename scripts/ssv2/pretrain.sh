@@ -8,8 +8,8 @@
 #   GPUS=8 bash scripts/ssv2/pretrain.sh                  # one node, torchrun
 #   sbatch --nodes=4 scripts/ssv2/pretrain.sh             # other sizes: the lr follows the total batch
 #
-# Needs the box files of scripts/ssv2/boxes.sh. Resubmitted with the same OUTPUT_DIR, a job resumes from its
-# newest checkpoint. EXTRA_ARGS is appended to the command (e.g. "--precision fp16" on V100s).
+# Needs the box files of scripts/ssv2/boxes.sh (MASK_TYPE=tube does not). Resubmitted with the same OUTPUT_DIR, a
+# job resumes from its newest checkpoint. EXTRA_ARGS is appended to the command (e.g. "--precision fp16" on V100s).
 # Under sbatch, five minutes before its time limit the job requeues itself and then resumes (scripts/launch.sh).
 #SBATCH --job-name=mofo-pretrain-ssv2
 #SBATCH --nodes=8
@@ -32,8 +32,11 @@ OUTPUT_DIR=${OUTPUT_DIR:-out/ssv2/pretrain_${MASK_TYPE}_vitb}
 MODEL=${MODEL:-pretrain_videomae_base_patch16_224}
 GPUS=${GPUS:-8} EPOCHS=${EPOCHS:-800} BATCH_SIZE=${BATCH_SIZE:-32}
 
+BOXES=(--box_dir "$BOX_DIR")
+if [[ $MASK_TYPE == tube ]]; then BOXES=(); fi   # random tubes read no box file
+
 launch run_mofo_pretraining.py \
-    --data_path "$DATA_PATH/train.csv" --data_root "$DATA_ROOT" --box_dir "$BOX_DIR" \
+    --data_path "$DATA_PATH/train.csv" --data_root "$DATA_ROOT" ${BOXES[@]+"${BOXES[@]}"} \
     --mask_type "$MASK_TYPE" --mask_ratio 0.9 --motion_mask_ratio 0.75 \
     --model "$MODEL" --decoder_depth 4 --batch_size "$BATCH_SIZE" --num_frames 16 --sampling_rate 2 \
     --opt adamw --opt_betas 0.9 0.95 --lr 1.5e-4 --warmup_epochs 40 --epochs "$EPOCHS" \
