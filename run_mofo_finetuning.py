@@ -209,6 +209,7 @@ def unused_flag_rules(args) -> list[tuple[bool, tuple[str, ...], str]]:
          "--eval tests the given weights (an EMA's: --eval --finetune CHECKPOINT --model_key model_ema)"),
         (not args.aa, ("train_interpolation",), "no RandAugment (--aa '')"),
         (not args.enable_deepspeed, ("zero_stage",), "DeepSpeed is off (--enable_deepspeed)"),
+        *utils.optimizer_flag_rules(args),
     ]
 
 

@@ -173,6 +173,7 @@ def unused_flag_rules(args) -> list[tuple[bool, tuple[str, ...], str]]:
          f"--target {args.target} has no hog head"),
         ("pixel" not in targets, ("normlize_target", "pixel_loss_weight"), f"--target {args.target} has no pixel head"),
         (not args.enable_deepspeed, ("zero_stage",), "DeepSpeed is off (--enable_deepspeed)"),
+        *utils.optimizer_flag_rules(args),
         (not args.output_dir, ("save_ckpt_freq", "last_ckpt_freq"), "no --output_dir, so nothing is saved"),
     ]
 

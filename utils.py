@@ -213,6 +213,19 @@ def warn_unused_flags(args, parser: argparse.ArgumentParser, rules) -> list[str]
     return lines
 
 
+def optimizer_flag_rules(args) -> list[tuple[bool, tuple[str, ...], str]]:
+    """``warn_unused_flags`` rules for ``--opt_eps``, ``--opt_betas`` and ``--momentum``, which timm drops for an
+    ``--opt`` that has no such setting (AdamW has no momentum, SGD no betas)."""
+    from timm.optim import get_optimizer_info
+
+    try:
+        info = get_optimizer_info(args.opt.lower().removeprefix("lookahead_"))
+    except ValueError:
+        return []  # create_optimizer names the unknown optimizer
+    return [(not getattr(info, f"has_{setting}"), (flag,), f"--opt {args.opt} has no {setting}")
+            for flag, setting in (("opt_eps", "eps"), ("opt_betas", "betas"), ("momentum", "momentum"))]
+
+
 def check_checkpoint_flags(args) -> None:
     """Checkpoint-frequency flags that cannot work, refused at the start rather than after the first epoch."""
     if args.save_ckpt_freq < 1:
