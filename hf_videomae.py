@@ -38,6 +38,10 @@ HUB_LAYER_PARTS = {ours: theirs for theirs, ours in LAYER_PARTS.items() if not t
                                                                                                 "value.bias"))}
 QKV = ("attention.attention.query.weight", "attention.attention.key.weight", "attention.attention.value.weight")
 SIZES = {(384, 12, 6): "small", (768, 12, 12): "base", (1024, 24, 16): "large", (1280, 32, 16): "huge"}
+# transformers' convert_videomae_to_pytorch.py gave the Hub's videomae-small configs 16 heads; the weights are
+# VideoMAE's ViT-S, trained with 6 (the head count changes no weight's shape)
+HUB_SMALL = (384, 12, 16)
+SIZES_BY_NAME = {name: shape for shape, name in SIZES.items()}
 PATCH_EMBED = "videomae.embeddings.patch_embeddings.projection."
 BASE_MODEL_KEY = "embeddings.patch_embeddings.projection.weight"  # a VideoMAEModel's, without the videomae. prefix
 LAYER_NORM_EPS = 1e-6  # VideoMAE's, which its weights were trained with (HF's default is 1e-12)
@@ -157,7 +161,13 @@ def config_args(config: dict, path: Path) -> dict:
     pretraining = "VideoMAEForPreTraining" in config.get("architectures", [])
     args = {"input_size": config.get("image_size"), "num_frames": config.get("num_frames"),
             "tubelet_size": config.get("tubelet_size"), "use_mean_pooling": config.get("use_mean_pooling")}
-    size = SIZES.get((config.get("hidden_size"), config.get("num_hidden_layers"), config.get("num_attention_heads")))
+    shape = (config.get("hidden_size"), config.get("num_hidden_layers"), config.get("num_attention_heads"))
+    if shape == HUB_SMALL:
+        print(f"{path}: 16 attention heads at width 384, as transformers' conversion wrote the Hub's videomae-small "
+              "configs; these are VideoMAE's ViT-S weights, trained with 6 heads, and are read as that model (its "
+              "outputs are VideoMAE's, not those of transformers' 16-head model)")
+        shape = SIZES_BY_NAME["small"]
+    size = SIZES.get(shape)
     if size and config.get("patch_size") == 16:
         args["model"] = f"pretrain_videomae_{size}_patch16_224" if pretraining else f"vit_{size}_patch16_224"
     if pretraining:

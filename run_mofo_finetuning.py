@@ -200,7 +200,15 @@ def build_model(args):
 
 def unused_flag_rules(args) -> list[tuple[bool, tuple[str, ...], str]]:
     """The flags each mode leaves unread (see ``utils.warn_unused_flags``); needs ``args.use_box`` (build_model)."""
+    epic = args.data_set == "EPIC-KITCHENS-100"
+    mixing = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
     return [
+        (epic, ("nb_classes",), "EPIC-KITCHENS-100's heads have --nb_verbs and --nb_nouns classes"),
+        (not epic, ("nb_verbs", "nb_nouns", "epic_video_template"), f"--data_set {args.data_set} is not EPIC"),
+        (not args.finetune, ("model_key", "model_prefix"), "they select the weights of --finetune, and there is none"),
+        (not args.model_ema, ("model_ema_decay", "model_ema_force_cpu"), "no --model_ema"),
+        (not mixing, ("mixup_prob", "mixup_switch_prob", "mixup_mode"), "mixup and cutmix are off"),
+        (not args.reprob, ("remode", "recount"), "random erasing is off (--reprob 0)"),
         (not args.use_box, ("mca_mode", "mca_depth", "mca_heads", "mca_pool", "mca_tokens", "box_dir"),
          f"--model {args.model} has no motion-box MCA head (the *_mofo models have)"),
         (args.data_set in TSN_DATA_SETS, ("sampling_rate",),

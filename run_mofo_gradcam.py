@@ -205,13 +205,11 @@ def fill_clip_settings(args: argparse.Namespace, checkpoints: list[str]) -> None
         args.short_side_size = args.input_size
 
 
-def head_slice(trained: dict, head: str | None, checkpoint: str = "the checkpoint") -> tuple[slice, str | None]:
+def head_slice(trained: dict, head: str | None) -> tuple[slice, str | None]:
     """The logits of one head and its name: EPIC-KITCHENS-100 checkpoints concatenate their verb and noun heads
-    (``head`` None: verb); other checkpoints have one head, and a ``head`` for them is an error."""
+    (``head`` None: verb); other checkpoints have one, whatever ``head`` says."""
     sizes = trained.get("head_sizes") or []
     if len(sizes) != 2:
-        if head is not None:
-            raise GradCamError(f"--head {head}: {checkpoint} has one head, not EPIC-KITCHENS-100's verb and noun heads")
         return slice(None), None
     head = head or "verb"
     start = 0 if head == "verb" else sizes[0]
@@ -354,6 +352,10 @@ def check_args(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     for name, _, _ in specs:
         if name.endswith("_mofo") and not args.box_file:
             raise GradCamError(f"{name} is a MOFO model: it needs the clip's motion box, pass --box_file")
+    if args.head is not None and all(head_slice(read_checkpoint(path)[2], None)[1] is None for _, path, _ in specs):
+        raise GradCamError(f"--head {args.head}: {' and '.join(path for _, path, _ in specs)} "
+                           f"{'have' if len(specs) > 1 else 'has'} one head, not EPIC-KITCHENS-100's verb and noun "
+                           "heads")
     return specs
 
 
@@ -380,7 +382,7 @@ def gradcam_figure(args: argparse.Namespace) -> GradCamFigure:
     results = []
     for name, checkpoint, label in specs:
         model = load_classifier(name, checkpoint, args.nb_classes, args.input_size, args.num_frames, args.device)
-        head, head_name = head_slice(read_checkpoint(checkpoint)[2], args.head, checkpoint)
+        head, head_name = head_slice(read_checkpoint(checkpoint)[2], args.head)
         cam, logits = grad_cam(model, video, box if boxes is not None else None, args.layer, args.target_class, head)
         target = int(logits.argmax()) if args.target_class is None else args.target_class
         label = label if head_name is None else f"{label} ({head_name})"

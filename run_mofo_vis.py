@@ -46,7 +46,7 @@ MAX_COLUMNS = 8
 TRAINED_DEFAULTS = {"model": "pretrain_videomae_base_patch16_224", "decoder_depth": 4, "input_size": 224,
                     "num_frames": 16, "sampling_rate": 4, "normlize_target": True, "mask_type": "motion",
                     "mask_ratio": 0.9, "motion_mask_ratio": 0.75, "box_source": "clip"}
-CHOICES = {"mask_type": ("motion", "tube"), "box_source": ("clip", "video")}  # another saved mask type: motion
+CHOICES = {"mask_type": ("motion", "tube"), "box_source": ("clip", "video")}
 LABEL_WIDTH = 132
 HEADER_HEIGHT = 20
 GAP = 2
@@ -175,11 +175,15 @@ def read_checkpoint(checkpoint_path: str) -> dict:
 
 
 def fill_settings(args: argparse.Namespace, trained: dict) -> None:
-    """Unset model, clip and mask flags take the checkpoint's values, else ``TRAINED_DEFAULTS`` (also for a mask type
-    or box source this script does not draw, such as MGM's masks)."""
+    """Unset model, clip and mask flags take the checkpoint's values, else ``TRAINED_DEFAULTS``. A motion-guided run
+    (MGM's masks, not drawn here) is shown with the masking of its base slice: motion-focused for ``--guided_base
+    box``, random tubes otherwise."""
     for name, default in TRAINED_DEFAULTS.items():
         if getattr(args, name) is None:
             saved = trained.get(name)
+            if name == "mask_type" and saved == "motion_guided":
+                saved = "motion" if trained.get("guided_base") == "box" else "tube"
+                print(f"note: the checkpoint's --mask_type motion_guided is drawn as --mask_type {saved}")
             usable = saved is not None and (name not in CHOICES or saved in CHOICES[name])
             setattr(args, name, type(default)(saved) if usable else default)
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from .boxfile import MotionBoxes
 from .flow import create_flow
-from .video import VideoReadError, check_frame_count, iter_frames, open_video
+from .video import StartPastEndError, VideoReadError, check_frame_count, iter_frames, open_video
 
 MOTION_MAPS = ("boundary", "magnitude")
 
@@ -312,8 +312,8 @@ class MotionBoxDetector:
         container reports (truncated or corrupt) raises VideoReadError rather than giving boxes for part of it.
 
         ``done_pairs`` are the pair boxes of the video's first pairs, from an interrupted run: their frames are
-        decoded and dropped, and flow starts at the next pair. ``on_pair`` is called with the pair boxes so far
-        after each pair (to save them)."""
+        decoded and dropped, and flow starts at the next pair (StartPastEndError when the video has fewer pairs).
+        ``on_pair`` is called with the pair boxes so far after each pair (to save them)."""
         cap, info = open_video(path)
         pairs = list(done_pairs)
         if hasattr(self.backend, "flows_from_video"):
@@ -321,7 +321,7 @@ class MotionBoxDetector:
             flows = iter(self.backend.flows_from_video(path, self.working_size(info.width, info.height)))
             for index in range(len(pairs)):
                 if next(flows, None) is None:
-                    raise VideoReadError(f"the video ends at frame pair {index}, before pair {len(pairs)}")
+                    raise StartPastEndError(f"the video ends at frame pair {index}, before pair {len(pairs)}")
         else:
             flows = self.iter_flows(iter_frames(cap, start=len(pairs)))
         for box in self.pair_boxes(flows, info.width, info.height):

@@ -18,6 +18,7 @@ the array task (``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``); a resubmiss
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -32,6 +33,7 @@ import cv2
 from tqdm import tqdm
 
 from .boxfile import (
+    MAX_NAME_BYTES,
     BoxFileError,
     atomic_write_text,
     box_file_path,
@@ -46,7 +48,7 @@ from .boxfile import (
 )
 from .detect import MotionBoxDetector, add_detection_args, params_from_args
 from .flow import available_flows
-from .video import VideoReadError
+from .video import StartPastEndError, VideoReadError
 
 log = logging.getLogger("extract_boxes")
 PROGRESS_SECONDS = 60  # between progress lines when stderr is not a terminal
@@ -78,7 +80,7 @@ class PartialProgress:
     """The pair boxes of the video being processed, saved beside its box file (``b.json.partial``) every
     ``partial_every`` seconds, so that a killed run (a job's time limit) goes on from the last save instead of
     starting a long video again. A partial file made for other settings or another version of the video is not
-    used; one that cannot be written (disk full) only costs the resumption."""
+    used; one that cannot be written (disk full, a name over 255 bytes) only costs the resumption."""
 
     def __init__(self, job: Job, config: dict):
         self.path = partial_file_path(job.output)
@@ -90,6 +92,8 @@ class PartialProgress:
             self.key = {"video": job.video, "file": video_identity(job.source), "flow": config}
         except OSError:
             self.key = None  # the decoder names the problem
+        if len(os.fsencode(self.path.name)) > MAX_NAME_BYTES:
+            self.every, self.resume = 0, False  # no such file can exist
 
     def load(self) -> list:
         if self.key is None or not self.resume or not self.path.exists():
@@ -111,7 +115,14 @@ class PartialProgress:
         self.saved = time.monotonic()
 
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+        remove_partial(self.path)
+
+
+def remove_partial(path: Path) -> None:
+    """Delete a partial box file if there is one; a file that cannot be deleted (read-only folder) is left: it is
+    only read for a video without a valid box file."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def read_video_list(path: str | os.PathLike) -> list[str]:
@@ -185,7 +196,12 @@ def _run_job(job: Job) -> Outcome:
     try:
         progress = PartialProgress(job, _detector.config())
         done = progress.load()
-        boxes = _detector.detect_video(job.source, job.video, done, progress.update)
+        try:
+            boxes = _detector.detect_video(job.source, job.video, done, progress.update)
+        except StartPastEndError as e:  # the partial file's key matched, its pairs do not
+            progress.problem = f"starting over: {progress.path} holds more frame pairs than the video ({e})"
+            done = []
+            boxes = _detector.detect_video(job.source, job.video, done, progress.update)
         save_boxes(job.output, boxes)
         progress.remove()
         return Outcome(job.video, True, progress.problem, boxes.num_frames, pairs=boxes.num_frames - 1 - len(done),
@@ -288,7 +304,7 @@ def plan_jobs(
             try:
                 if load_boxes(output).flow == config:
                     skipped += 1
-                    partial_file_path(output).unlink(missing_ok=True)  # left when killed after the box file
+                    remove_partial(partial_file_path(output))  # left when killed after the box file
                     continue
                 log.info("recomputing %s: made with other settings", output)
             except BoxFileError as e:

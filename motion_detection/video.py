@@ -30,6 +30,10 @@ class VideoReadError(RuntimeError):
     """The video cannot be used; the message says why (missing, empty, undecodable, truncated, too short)."""
 
 
+class StartPastEndError(VideoReadError):
+    """The video ends before the frame (or frame pair) decoding was asked to start at."""
+
+
 @dataclass
 class VideoInfo:
     width: int
@@ -71,11 +75,11 @@ def check_frame_count(decoded: int, reported: int) -> None:
 def iter_frames(cap: cv2.VideoCapture, start: int = 0) -> Iterator[np.ndarray]:
     """Yield RGB uint8 frames from frame ``start`` on (the ones before it are decoded and dropped: no seeking, so
     frame numbers are those of a sequential decode) until the stream ends; releases the capture. VideoReadError
-    when the stream ends before ``start``."""
+    (StartPastEndError) when the stream ends before ``start``."""
     try:
         for index in range(start):
             if not cap.grab():
-                raise VideoReadError(f"the video ends at frame {index}, before frame {start}")
+                raise StartPastEndError(f"the video ends at frame {index}, before frame {start}")
         while True:
             ok, bgr = cap.read()
             if not ok:

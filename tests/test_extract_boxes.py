@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 import make_synthetic_dataset
-from motion_detection import load_boxes
-from motion_detection.boxfile import STALE_TEMP_AGE
+from motion_detection import MotionBoxDetector, load_boxes
+from motion_detection.boxfile import STALE_TEMP_AGE, save_partial, video_identity
 from motion_detection.extract_boxes import Outcome, default_shard, failed_list_text
 from motion_detection.video import read_video, write_mp4
 
@@ -387,6 +387,31 @@ def test_a_run_killed_within_a_long_video_goes_on_from_its_saved_pairs(data, tmp
         assert not partial.exists()
         if not extra:
             assert outputs(out) == whole
+
+
+def test_a_partial_file_that_cannot_be_used_costs_nothing_else(data, reference, tmp_path):
+    """A video whose partial file name would pass 255 bytes is written (no progress saved) and later runs of its
+    shard go on; a partial file of the same settings and video file but more frame pairs than the video has (a
+    re-encode that kept size and time) is replaced: the video starts over, with a warning naming the file."""
+    _, root = data
+    videos, out = tmp_path / "videos", tmp_path / "out"
+    videos.mkdir()
+    long_name = "a" * 245 + ".mp4"  # a.json fits in 255 bytes, a.json.partial does not
+    for name in (long_name, "000000.mp4"):
+        shutil.copy2(root / "000000.mp4", videos / name)
+    run(write_list(tmp_path / "one.csv", [long_name]), videos, out, "--partial_every", 1e-9)
+    written = (out / box_name(long_name)).read_bytes()
+    assert written == reference["000000.json"].replace(b"000000", long_name[:-4].encode())
+    result = run(write_list(tmp_path / "both.csv", [long_name, "000000.mp4"]), videos, out, "--partial_every", 1e-9)
+    assert summary(result) == (2, 1, 1, 0) and outputs(out)["000000.json"] == reference["000000.json"]
+
+    (out / "000000.json").unlink()
+    detector = MotionBoxDetector("dis", short_side=112)
+    key = {"video": "000000.mp4", "file": video_identity(videos / "000000.mp4"), "flow": detector.config()}
+    save_partial(out / "000000.json.partial", key, [np.zeros(4, np.float32)] * 25)  # the video has 19 pairs
+    result = run(write_list(tmp_path / "short.csv", ["000000.mp4"]), videos, out)
+    assert "000000.json.partial holds more frame pairs than the video" in result.stderr, result.stderr
+    assert outputs(out)["000000.json"] == reference["000000.json"] and not (out / "000000.json.partial").exists()
 
 
 def test_stale_temp_files_are_removed_and_fresh_ones_kept(data, reference_dir, reference, tmp_path):

@@ -283,6 +283,10 @@ def test_an_epic_checkpoint_is_explained_one_head_at_a_time(data, tmp_path):
         assert result.models[0].label == f"{PLAIN} ({head})"
     default = run_mofo_gradcam.gradcam_figure(run_mofo_gradcam.get_args_parser().parse_args(args))
     assert default.models[0].label == f"{PLAIN} (verb)"
+    compared = run_mofo_gradcam.gradcam_figure(run_mofo_gradcam.get_args_parser().parse_args(
+        args + ["--head", "noun", "--compare_model", PLAIN, "--compare_checkpoint", str(data["checkpoints"][PLAIN]),
+                "--nb_classes", "8"]))  # --head picks the EPIC model's head; the other has one
+    assert [model.label for model in compared.models] == [f"{PLAIN} (noun)", PLAIN]
 
 
 @pytest.mark.parametrize("model, extra, box_file, message", [

@@ -105,14 +105,17 @@ def hf_config(**changes) -> dict:
 @pytest.mark.parametrize("architecture, size, expected", [
     ("VideoMAEForVideoClassification", (768, 12, 12), "vit_base_patch16_224"),
     ("VideoMAEForPreTraining", (1024, 24, 16), "pretrain_videomae_large_patch16_224"),
-    ("VideoMAEForVideoClassification", (384, 12, 16), None),  # not VideoMAE's ViT-S (6 heads): no model implied
+    ("VideoMAEForVideoClassification", (384, 12, 6), "vit_small_patch16_224"),
+    ("VideoMAEForVideoClassification", (384, 12, 16), "vit_small_patch16_224"),  # the Hub's videomae-small configs
+    ("VideoMAEForVideoClassification", (384, 12, 8), None),
 ])
-def test_config_names_the_registered_model_of_its_size(tmp_path, architecture, size, expected):
+def test_config_names_the_registered_model_of_its_size(tmp_path, architecture, size, expected, capsys):
     hidden, layers, heads = size
     config = hf_config(architectures=[architecture], hidden_size=hidden, num_hidden_layers=layers,
                        num_attention_heads=heads, patch_size=16)
     args = hf_videomae.config_args(config, tmp_path / "config.json")
     assert args.get("model") == expected
+    assert ("trained with 6 heads, and are read as that model" in capsys.readouterr().out) == (size == (384, 12, 16))
     assert ("nb_classes" in args) == (architecture == "VideoMAEForVideoClassification")
 
 

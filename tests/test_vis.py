@@ -221,7 +221,7 @@ def test_settings_come_from_the_checkpoint_and_other_heads_are_kept(data, tmp_pa
 
 def test_mask_and_box_settings_come_from_the_checkpoint(data, tmp_path):
     """A run's --mask_type, --mask_ratio, --motion_mask_ratio and --box_source are the visualiser's defaults (a
-    mask type it does not draw falls back to motion masking); flags given win."""
+    motion-guided run is drawn with its base slice's masking); flags given win."""
     def saved(name: str, **run_args) -> Path:
         checkpoint = torch.load(data["checkpoint"], weights_only=True)
         torch.save({**checkpoint, "args": {**checkpoint["args"], **run_args}}, tmp_path / f"{name}.pth")
@@ -239,7 +239,10 @@ def test_mask_and_box_settings_come_from_the_checkpoint(data, tmp_path):
     assert vis(saved("tube", mask_type="tube", mask_ratio=0.5), "--mask_ratio", "0.25",
                box_file=False).mask.sum() == grid_t * int(0.25 * grid_h * grid_w)
 
-    motion = vis(saved("motion", mask_type="mgm", mask_ratio=0.5, motion_mask_ratio=0.5, box_source="video"))
+    guided = vis(saved("guided", mask_type="motion_guided", mask_ratio=0.5), box_file=False)  # random base: tubes
+    np.testing.assert_array_equal(guided.mask, tube.mask)
+    motion = vis(saved("motion", mask_type="motion_guided", guided_base="box", mask_ratio=0.5, motion_mask_ratio=0.5,
+                       box_source="video"))
     whole = json.loads(data["boxes"].read_text())
     np.testing.assert_allclose(motion.box, expected_box(data["boxes"], np.arange(whole["num_frames"])), atol=1e-4)
     clip = vis(saved("clip", mask_ratio=0.5, motion_mask_ratio=0.5))
