@@ -301,24 +301,29 @@ def test_a_list_that_is_not_utf8_is_named(data, tmp_path):
     assert result.returncode != 0 and "latin1.csv is not UTF-8 text" in result.stderr, result.stderr
 
 
+def kill_when(command: list[str], ready, event: str) -> None:
+    """Run the CLI in a session of its own and SIGKILL it, workers included, as soon as ``ready()`` holds."""
+    proc = subprocess.Popen(command, cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready():
+            assert proc.poll() is None, f"the extraction ended before {event}"
+            assert time.monotonic() < deadline, f"60 s passed before {event}"
+            time.sleep(0.005)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
 def test_killed_run_resumes_to_identical_outputs(data, reference, tmp_path):
     """SIGKILL mid-run leaves only complete box files; the re-run completes them byte-identically and leaves no
     temp file of its own (a killed writer's is kept until it is stale: it could belong to a running extraction)."""
     _, root = data
     out = tmp_path / "out"
     video_list = write_list(tmp_path / "good.csv", GOOD)
-    proc = subprocess.Popen(cli(video_list, root, out, workers=1), cwd=REPO, env=clean_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not list(out.rglob("*.json")):
-            assert proc.poll() is None, "the extraction ended before writing any box file"
-            assert time.monotonic() < deadline, "no box file after 60 s"
-            time.sleep(0.005)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+    kill_when(cli(video_list, root, out, workers=1), lambda: bool(list(out.rglob("*.json"))), "it wrote a box file")
     done = outputs(out)
     assert 0 < len(done) < len(GOOD), "the kill came after the run had finished: nothing was interrupted"
     assert done == {name: reference[name] for name in done}, "a killed run left a partial box file"
@@ -345,18 +350,7 @@ def test_a_run_killed_within_a_long_video_goes_on_from_its_saved_pairs(data, tmp
     run(video_list, videos, tmp_path / "whole", "--partial_every", 0)
     whole = outputs(tmp_path / "whole")
     partial = out / "long" / "victim.json.partial"
-    proc = subprocess.Popen(cli(video_list, videos, out, "--partial_every", 0.02), cwd=REPO, env=clean_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not partial.exists():
-            assert proc.poll() is None, "the extraction ended before saving its progress"
-            assert time.monotonic() < deadline, "no partial box file after 60 s"
-            time.sleep(0.005)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+    kill_when(cli(video_list, videos, out, "--partial_every", 0.02), partial.exists, "it saved its progress")
     assert not outputs(out), "the kill came after the box file was written"
     saved = partial.read_bytes()
     done = len(json.loads(saved)["pairs"])
