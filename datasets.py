@@ -743,6 +743,20 @@ class VideoClassificationDataset(Dataset):
         return items[0] if self.num_sample == 1 else items
 
 
+def check_labels(entries: list[ClipEntry], heads: dict[str, int], list_file, unlabelled: bool) -> None:
+    """Every target inside its head's classes (``heads``: flag -> size), or -1 in every head where ``unlabelled``
+    rows may be (validation and test lists without labels), so that a list with more classes than the model fails
+    here, naming the row, rather than in the loss of the first batch that draws it (a device-side assert on a GPU)."""
+    for entry in entries:
+        if unlabelled and all(value == -1 for value in entry.target):
+            continue
+        for value, (flag, size) in zip(entry.target, heads.items(), strict=True):
+            if not 0 <= value < size:
+                raise ValueError(f"{list_file}: {entry.video} has label {value}, not one of the --{flag} {size} "
+                                 "classes" + (" (a training list needs labels)" if value == -1 else
+                                              f" (0 to {size - 1})"))
+
+
 def build_dataset(is_train: bool, test_mode: bool, args) -> VideoClassificationDataset:
     """The fine-tuning dataset of ``args.data_set`` from ``args.data_path``/train.csv (is_train), test.csv
     (test_mode: every test view an item) or val.csv. EPIC-KITCHENS-100 reads the official csv files: copy or link
@@ -755,6 +769,9 @@ def build_dataset(is_train: bool, test_mode: bool, args) -> VideoClassificationD
         entries = read_label_list(list_file)
     else:
         raise ValueError(f"unknown data set {args.data_set!r}; known: {[*LABEL_LIST_DATA_SETS, EPIC_KITCHENS]}")
+    heads = ({"nb_verbs": args.nb_verbs, "nb_nouns": args.nb_nouns} if args.data_set == EPIC_KITCHENS
+             else {"nb_classes": args.nb_classes})
+    check_labels(entries, heads, list_file, unlabelled=not is_train)
     return VideoClassificationDataset(
         entries, data_root=args.data_root, box_dir=args.box_dir, mode=mode,
         sampling="tsn" if args.data_set in TSN_DATA_SETS else "dense", flip=args.data_set not in NO_FLIP_DATA_SETS,

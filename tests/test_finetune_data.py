@@ -87,7 +87,8 @@ def make_args(data: Path, **overrides) -> SimpleNamespace:
     args = dict(data_set="Kinetics-400", data_path=str(data), data_root=str(data / "videos"),
                 box_dir=str(data / "gt_boxes"), num_frames=NUM_FRAMES, sampling_rate=SAMPLING_RATE, num_segments=1,
                 input_size=INPUT, short_side_size=INPUT, test_num_segment=2, test_num_crop=3, num_sample=1, aa="",
-                reprob=0.0, remode="pixel", recount=1, seed=0, tubelet_size=2, nb_verbs=97, nb_nouns=300)
+                reprob=0.0, remode="pixel", recount=1, seed=0, tubelet_size=2, nb_classes=len(CLASSES), nb_verbs=97,
+                nb_nouns=300)
     args.update(overrides)
     return SimpleNamespace(**args)
 
@@ -398,6 +399,17 @@ def test_dataset_sampling_positions(data):
     np.testing.assert_array_equal(val.frame_indices(val.entries[0], VIDEO_FRAMES, 0), np.arange(1, VIDEO_FRAMES, 3))
 
 
+def test_labels_outside_the_head_are_refused_naming_the_row(data, tmp_path):
+    """A list with more classes than --nb_classes (or a negative label) fails when the dataset is built, naming the
+    list, the video and the flag, instead of in the loss of the first batch that draws it."""
+    for label in (len(CLASSES), -2):
+        lists = write_lists(tmp_path / f"label{label}", ["000000.mp4 1", f"000001.mp4 {label}"])
+        for is_train, test_mode in ((True, False), (False, False), (False, True)):
+            with pytest.raises(ValueError, match=f"csv: 000001.mp4 has label {label}, not one of the --nb_classes "
+                                                 f"{len(CLASSES)} classes"):
+                build_dataset(is_train, test_mode, make_args(data, data_path=str(lists)))
+
+
 def test_validation_leaves_out_videos_that_fail_to_decode(data, tmp_path, capsys):
     """The loader hands another video in a broken one's place; validation must not count that one twice."""
     import timm
@@ -564,9 +576,16 @@ def test_epic_pretrimmed_clips_and_unlabelled_csv(epic, videos, tmp_path):
         assert (a["video"] - b["video"]).abs().mean() < 0.1  # the same frames, encoded twice
     # A clip cut at half the annotation's frame rate (8 of its 15 frames): sampled over all of them, none repeated.
     assert trimmed.frame_indices(trimmed.entries[1], 8, 0).tolist() == list(range(8))
-    write_epic_csv(tmp_path / "train.csv", labelled=False)
-    unlabelled = build_dataset(True, False, epic_args(epic, data_path=str(tmp_path)))
+    write_epic_csv(tmp_path / "test.csv", labelled=False)  # the official test csv has no labels
+    unlabelled = build_dataset(False, True, epic_args(epic, data_path=str(tmp_path)))
     assert unlabelled[0]["target"].tolist() == [-1, -1]
+    write_epic_csv(tmp_path / "train.csv", labelled=False)
+    with pytest.raises(ValueError, match=r"train.csv: .* has label -1, not one of the --nb_verbs 97 classes \(a "
+                                         "training list needs labels"):
+        build_dataset(True, False, epic_args(epic, data_path=str(tmp_path)))
+    for heads, flag in (({"nb_verbs": 3}, "nb_verbs 3"), ({"nb_nouns": 2}, "nb_nouns 2")):
+        with pytest.raises(ValueError, match=f"val.csv: .* has label \\d+, not one of the --{flag} classes"):
+            build_dataset(False, False, epic_args(epic, **heads))
     with open(epic / "train.csv", encoding="utf-8") as f:
         text = f.read().replace("stop_frame", "end_frame")
     (tmp_path / "train.csv").write_text(text)
