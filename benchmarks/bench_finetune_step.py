@@ -9,8 +9,9 @@ the model from ``build_model``, the optimizer from ``utils.create_optimizer`` an
 ``utils.wrap_model``. The MCA model (``--model`` + ``_mofo``) is called as ``model(x, box)`` with one motion box per
 frame (B, T, 4) in [0, 1], as the fine-tuning loader delivers them.
 
-Inputs are random normalised clips and boxes on the device (the host-to-device copy is not timed; the clips are
-re-copied before every step, untimed, because mixup mixes them in place). clips/s is the batch over the median
+Inputs are random normalised clips on the device (the host-to-device copy is not timed; the clips are re-copied
+before every step, untimed, because mixup mixes them in place) and boxes in pinned host memory, where the loader
+puts them and the MOFO model reads them (its token sets are chosen on the host). clips/s is the batch over the median
 step time of --steps timed steps after --warmup; CUDA is synchronised only around each timed step. Every row runs in
 its own process, --repeats times in turn (medians reported). Peak memory as in bench_pretrain_step.py. "MCA
 overhead" is the MCA step's extra time over the plain step.
@@ -69,7 +70,8 @@ def make_batch(options: argparse.Namespace, device: torch.device) -> dict:
     drift = 0.02 * (2 * torch.rand(batch, 1, 2, generator=generator) - 1) * torch.arange(frames)[None, :, None]
     corner = (start + drift).clamp(torch.zeros(1), 1 - sides)
     box = torch.cat([corner, corner + sides], dim=-1)
-    return {"video": video.to(device), "target": target.to(device), "box": box.to(device)}
+    box = box.pin_memory() if device.type == "cuda" else box  # on the host, as the loader gives it to the engine
+    return {"video": video.to(device), "target": target.to(device), "box": box}
 
 
 def run_row(model_name: str, options: argparse.Namespace) -> dict:
@@ -78,6 +80,7 @@ def run_row(model_name: str, options: argparse.Namespace) -> dict:
     if options.threads:
         torch.set_num_threads(options.threads)
     device = torch.device(options.device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as run_mofo_finetuning sets it (utils.setup_device)
     args = project_args(options, model_name)
     batch = make_batch(options, device)
     with PeakMemory(device) as memory:
@@ -133,15 +136,14 @@ def main() -> None:
     device = torch.device(options.device)
 
     rows = [(options.model, "plain (mean pool)"), (f"{options.model}_mofo", "MCA (both, depth 1)")]
-    by_name = repeated_rows([name for name, _ in rows], options, run_row)
-    results = [by_name[name] for name, _ in rows]
-    plain = results[0]["seconds"]
-
     print(f"fine-tuning step: batch {options.batch_size}, {options.num_frames}x{options.input_size}x"
           f"{options.input_size}, {options.nb_classes} classes, {options.precision} autocast, median of "
           f"{options.steps} steps after {options.warmup} warm-up"
           + (f", median of {options.repeats} runs per row" if options.repeats > 1 else ""))
-    print("\n".join(environment_lines(device)))
+    print("\n".join(environment_lines(device)), flush=True)
+    by_name = repeated_rows([name for name, _ in rows], options, run_row)
+    results = [by_name[name] for name, _ in rows]
+    plain = results[0]["seconds"]
     print()
     table = []
     for (name, head), result in zip(rows, results, strict=True):

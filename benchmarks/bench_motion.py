@@ -7,7 +7,9 @@
    short side at ``--short_side`` (default 224, i.e. 298x224), with OpenCV (and torch) limited to 1 thread (cost
    per core) and with all threads. ``tvl1_torch`` gets ``--batch_size`` pairs per call, on the CPU and, when
    there is one, on a CUDA GPU (rows labelled ``tvl1_torch[device,bN]``, ``[device,bN,compile]`` through
-   torch.compile; ``--torch_devices``, ``--batch_size`` and ``--torch_modes`` pick them).
+   torch.compile; ``--torch_devices``, ``--batch_size`` and ``--torch_modes`` pick them). A GPU row's pairs/s
+   includes copying the grey frames to the device and the flows back (as extraction does), the compile in an
+   untimed warm-up call.
 2. Agreement on the synthetic set (in memory, 160x120): union-box and per-frame IoU of every backend's boxes
    with the first backend's (TV-L1, the paper's) and with the ground truth (two missing boxes agree).
 3. With ``codec_mv`` among the flows: codec motion vectors against TV-L1 on the same clips encoded to mp4 files
@@ -26,8 +28,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "scripts")]
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "scripts"),
+               str(Path(__file__).resolve().parent)]
+
+from bench_pretrain_step import environment_lines  # noqa: E402
 
 import make_synthetic_dataset as synthetic  # noqa: E402
 from motion_detection import MotionBoxDetector, available_flows, create_flow, union_box  # noqa: E402
@@ -195,11 +201,10 @@ def main() -> None:
     flows = args.flows or sorted(available_flows(), key=lambda f: f != "tvl1")
     torch_devices = args.torch_devices
     if torch_devices is None and "tvl1_torch" in flows:
-        import torch
-
         torch_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     all_threads = os.cpu_count() or 1
 
+    print("\n".join(environment_lines(torch.device("cuda" if "cuda" in (torch_devices or []) else "cpu"))))
     file_flows = [f for f in flows if hasattr(create_flow(f), "flows_from_video")]
     flows = [f for f in flows if f not in file_flows]
 
