@@ -3,13 +3,13 @@
     python benchmarks/bench_motion.py                      # this machine, defaults below
     python benchmarks/bench_motion.py --pairs 10 --num_videos 4   # quick
 
-1. Speed: flow alone and the whole per-pair detection (flow + motion map + box) on synthetic frames with the
-   short side at ``--short_side`` (default 224, i.e. 298x224), with OpenCV (and torch) limited to 1 thread (cost
-   per core) and with all threads. ``tvl1_torch`` gets ``--batch_size`` pairs per call, on the CPU and, when
-   there is one, on a CUDA GPU (rows labelled ``tvl1_torch[device,bN]``, ``[device,bN,compile]`` through
-   torch.compile; ``--torch_devices``, ``--batch_size`` and ``--torch_modes`` pick them). A GPU row's pairs/s
-   includes copying the grey frames to the device and the flows back (as extraction does), the compile in an
-   untimed warm-up call.
+1. Speed: flow alone and the whole per-pair detection (flow + motion map + box) on synthetic frames with the short
+   side at ``--short_side`` (default 224) and ``--aspect`` (default 4:3, i.e. 298x224; 1 for 224x224), with OpenCV
+   (and torch) limited to 1 thread (cost per core) and with all threads. ``tvl1_torch`` gets ``--batch_size`` pairs
+   per call, on the CPU and, when there is one, on a CUDA GPU (rows labelled ``tvl1_torch[device,bN]``,
+   ``[device,bN,compile]`` through torch.compile; ``--torch_devices``, ``--batch_size`` and ``--torch_modes`` pick
+   them). A GPU row's pairs/s includes copying the grey frames to the device and the flows back (as extraction
+   does), the compile in an untimed warm-up call.
 2. Agreement on the synthetic set (in memory, 160x120): union-box and per-frame IoU of every backend's boxes
    with the first backend's (TV-L1, the paper's) and with the ground truth (two missing boxes agree).
 3. With ``codec_mv`` among the flows: codec motion vectors against TV-L1 on the same clips encoded to mp4 files
@@ -40,8 +40,8 @@ from motion_detection import MotionBoxDetector, available_flows, create_flow, un
 from motion_detection.evaluate import agreement  # noqa: E402
 
 
-def gray_frames(num_frames: int, short_side: int) -> list[np.ndarray]:
-    width = int(round(short_side * 4 / 3 / 2)) * 2
+def gray_frames(num_frames: int, short_side: int, aspect: float = 4 / 3) -> list[np.ndarray]:
+    width = int(round(short_side * aspect / 2)) * 2
     frames, _ = synthetic.render_clip(label=0, num_frames=num_frames, width=width, height=short_side, seed=0)
     return frames
 
@@ -86,8 +86,8 @@ def speed_configs(flow: str, batch_sizes: list[int], all_threads: int, torch_dev
 
 
 def speed_table(flows: list[str], pairs: int, short_side: int, all_threads: int, batch_sizes: list[int],
-                torch_devices: list[str], torch_modes: list[str]) -> None:
-    frames = gray_frames(pairs + 1, short_side)
+                torch_devices: list[str], torch_modes: list[str], aspect: float = 4 / 3) -> None:
+    frames = gray_frames(pairs + 1, short_side, aspect)
     print(f"speed: {frames.shape[2]}x{frames.shape[1]}, {pairs} pairs, OpenCV {cv2.__version__}, {all_threads} CPUs")
     rows = [(flow, *config) for flow in flows
             for config in speed_configs(flow, batch_sizes, all_threads, torch_devices, torch_modes)]
@@ -184,6 +184,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--flows", nargs="+", default=None, help="backends (default: all, TV-L1 first)")
     parser.add_argument("--short_side", type=int, default=224, help="frame short side for the speed test")
+    parser.add_argument("--aspect", type=float, default=4 / 3,
+                        help="width / height of the speed test's frames (default 4:3, 298x224; 1 for 224x224)")
     parser.add_argument("--pairs", type=int, default=20, help="frame pairs timed per backend")
     parser.add_argument("--num_videos", type=int, default=16, help="synthetic clips for the agreement test")
     parser.add_argument("--num_frames", type=int, default=24, help="frames per synthetic clip")
@@ -198,6 +200,8 @@ def main() -> None:
     parser.add_argument("--codec_sizes", nargs="+", default=["160x120", "320x240"],
                         help="frame sizes (WxH) of the encoded clips for the codec_mv table")
     args = parser.parse_args()
+    if not args.aspect >= 1:
+        parser.error(f"--aspect is width / height with the height the short side: >= 1, got {args.aspect}")
     flows = args.flows or sorted(available_flows(), key=lambda f: f != "tvl1")
     torch_devices = args.torch_devices
     if torch_devices is None and "tvl1_torch" in flows:
@@ -210,7 +214,7 @@ def main() -> None:
 
     if not args.skip_speed and flows:
         speed_table(flows, args.pairs, args.short_side, all_threads, args.batch_size, torch_devices or [],
-                    args.torch_modes)
+                    args.torch_modes, args.aspect)
     if flows:
         rows = agreement_table(flows, args.num_videos, args.num_frames)
         print(f"\nagreement: {args.num_videos} synthetic clips of {args.num_frames} frames (160x120)")

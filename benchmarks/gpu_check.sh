@@ -64,7 +64,7 @@ cat "$OUT/machine.txt"
 step cuda_tests 100 python3 -m pytest -q -p no:cacheprovider -k cuda tests/test_train_step.py \
     tests/test_flow_torch.py tests/test_masking.py tests/test_hog.py
 step motion 160 python3 benchmarks/bench_motion.py --flows tvl1_torch dis --torch_devices cuda --pairs 512 \
-    --batch_size 64 256 --torch_modes eager compile
+    --batch_size 64 256 --torch_modes eager compile --aspect 1
 step pretrain_step 180 python3 benchmarks/bench_pretrain_step.py --compile
 step finetune_step 70 python3 benchmarks/bench_finetune_step.py
 cat "$OUT/summary.txt"

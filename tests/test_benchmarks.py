@@ -10,11 +10,13 @@ REPO = Path(__file__).resolve().parents[1]
 def test_bench_motion_prints_speed_and_agreement_tables():
     result = subprocess.run(
         [sys.executable, "benchmarks/bench_motion.py", "--pairs", "2", "--short_side", "64", "--num_videos", "1",
-         "--num_frames", "4", "--flows", "dis"],
+         "--num_frames", "4", "--flows", "dis", "--aspect", "1"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
+    assert lines[0].startswith("device: cpu") and lines[1].startswith("command: python ")
+    assert "speed: 64x64, 2 pairs" in result.stdout  # --aspect 1: the goal's square frames
     speed_rows = [line.split() for line in lines if line.startswith("dis ") and len(line.split()) == 5]
     assert speed_rows and all(float(row[2]) > 0 for row in speed_rows)
     agreement_row = [line.split() for line in lines if line.startswith("dis ") and len(line.split()) == 5][-1]
