@@ -745,15 +745,16 @@ class VideoClassificationDataset(Dataset):
 
 def check_labels(entries: list[ClipEntry], heads: dict[str, int], list_file, unlabelled: bool) -> None:
     """Every target inside its head's classes (``heads``: flag -> size), or -1 in every head where ``unlabelled``
-    rows may be (validation and test lists without labels), so that a list with more classes than the model fails
-    here, naming the row, rather than in the loss of the first batch that draws it (a device-side assert on a GPU)."""
+    rows may be (a test list without labels, such as EPIC's test csv: the test writes scores, no loss), so that a
+    list with more classes than the model fails here, naming the row, rather than in the loss of the first batch
+    that draws it (a device-side assert on a GPU)."""
     for entry in entries:
         if unlabelled and all(value == -1 for value in entry.target):
             continue
         for value, (flag, size) in zip(entry.target, heads.items(), strict=True):
             if not 0 <= value < size:
                 raise ValueError(f"{list_file}: {entry.video} has label {value}, not one of the --{flag} {size} "
-                                 "classes" + (" (a training list needs labels)" if value == -1 else
+                                 "classes" + (" (training and validation need labels)" if value == -1 else
                                               f" (0 to {size - 1})"))
 
 
@@ -771,7 +772,7 @@ def build_dataset(is_train: bool, test_mode: bool, args) -> VideoClassificationD
         raise ValueError(f"unknown data set {args.data_set!r}; known: {[*LABEL_LIST_DATA_SETS, EPIC_KITCHENS]}")
     heads = ({"nb_verbs": args.nb_verbs, "nb_nouns": args.nb_nouns} if args.data_set == EPIC_KITCHENS
              else {"nb_classes": args.nb_classes})
-    check_labels(entries, heads, list_file, unlabelled=not is_train)
+    check_labels(entries, heads, list_file, unlabelled=test_mode)
     return VideoClassificationDataset(
         entries, data_root=args.data_root, box_dir=args.box_dir, mode=mode,
         sampling="tsn" if args.data_set in TSN_DATA_SETS else "dense", flip=args.data_set not in NO_FLIP_DATA_SETS,

@@ -75,15 +75,19 @@ def check_frame_count(decoded: int, reported: int) -> None:
 def iter_frames(cap: cv2.VideoCapture, start: int = 0) -> Iterator[np.ndarray]:
     """Yield RGB uint8 frames from frame ``start`` on (the ones before it are decoded and dropped: no seeking, so
     frame numbers are those of a sequential decode) until the stream ends; releases the capture. VideoReadError
-    (StartPastEndError) when the stream ends before ``start``."""
+    (StartPastEndError) when the stream has no frame ``start``."""
     try:
         for index in range(start):
             if not cap.grab():
                 raise StartPastEndError(f"the video ends at frame {index}, before frame {start}")
+        first = True
         while True:
             ok, bgr = cap.read()
             if not ok:
+                if first and start:
+                    raise StartPastEndError(f"the video ends at frame {start}: it has no frame {start} to go on from")
                 return
+            first = False
             yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     finally:
         cap.release()

@@ -579,10 +579,11 @@ def test_epic_pretrimmed_clips_and_unlabelled_csv(epic, videos, tmp_path):
     write_epic_csv(tmp_path / "test.csv", labelled=False)  # the official test csv has no labels
     unlabelled = build_dataset(False, True, epic_args(epic, data_path=str(tmp_path)))
     assert unlabelled[0]["target"].tolist() == [-1, -1]
-    write_epic_csv(tmp_path / "train.csv", labelled=False)
-    with pytest.raises(ValueError, match=r"train.csv: .* has label -1, not one of the --nb_verbs 97 classes \(a "
-                                         "training list needs labels"):
-        build_dataset(True, False, epic_args(epic, data_path=str(tmp_path)))
+    for split, is_train in (("train", True), ("val", False)):
+        write_epic_csv(tmp_path / f"{split}.csv", labelled=False)
+        with pytest.raises(ValueError, match=f"{split}.csv: .* has label -1, not one of the --nb_verbs 97 classes "
+                                             r"\(training and validation need labels"):
+            build_dataset(is_train, False, epic_args(epic, data_path=str(tmp_path)))
     for heads, flag in (({"nb_verbs": 3}, "nb_verbs 3"), ({"nb_nouns": 2}, "nb_nouns 2")):
         with pytest.raises(ValueError, match=f"val.csv: .* has label \\d+, not one of the --{flag} classes"):
             build_dataset(False, False, epic_args(epic, **heads))

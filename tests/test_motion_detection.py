@@ -359,6 +359,9 @@ def test_detect_video_goes_on_from_the_first_pairs_to_the_same_boxes(tmp_path, f
         assert resumed.to_json() == whole.to_json()
     with pytest.raises(VideoReadError, match="the video ends at frame (40|pair 39), before (frame|pair) 45"):
         detector.detect_video(tmp_path / "v.mp4", "v.mp4", pairs + pairs[:6])  # saved for a longer video
+    with pytest.raises(VideoReadError, match="the video ends at (frame 40: it has no frame 40|frame pair 39, before "
+                                             "pair 40)"):
+        detector.detect_video(tmp_path / "v.mp4", "v.mp4", pairs + pairs[:1])  # one pair more than the video has
 
 
 def test_partial_box_files_keep_exact_boxes_and_refuse_another_key(tmp_path):
