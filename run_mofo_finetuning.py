@@ -331,36 +331,31 @@ def main(args) -> None:
           f"layer scales: {[round(s, 4) for s in layer_scales]}")
 
     acc_key = "action_acc1" if len(args.head_sizes) == 2 else "acc1"
-    log_file = Path(args.output_dir) / "log.txt"
-    previous = [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.exists() else []
-    best_acc = max((r[f"val_{acc_key}"] for r in previous if r["epoch"] < args.start_epoch and f"val_{acc_key}" in r),
-                   default=0.0)
+    previous = utils.trim_log(args.output_dir, args.start_epoch)
+    best_acc = max((r[f"val_{acc_key}"] for r in previous if f"val_{acc_key}" in r), default=0.0)
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         utils.seed_epoch(args.seed, epoch, rank, train_loader)
         train_stats = train_one_epoch(model, train_loader, optimizer, device, epoch, loss_scaler, args, lr_schedule,
                                       wd_schedule, epoch * niter_per_ep, mixup_fn, log_writer, args.enable_deepspeed,
                                       model_ema)
-        if args.save_ckpt:
-            utils.save_epoch_checkpoint(args, epoch, model, model_without_ddp, optimizer, loss_scaler, model_ema)
-        val_stats = {}
+        val_stats, best = {}, False
         if val_loader is not None:
             val_stats = validation_one_epoch(val_loader, model, device, args, args.enable_deepspeed)
-            if val_stats[acc_key] > best_acc:
-                best_acc = val_stats[acc_key]
-                if args.save_ckpt:
-                    utils.save_model(args, epoch, model, model_without_ddp, optimizer, loss_scaler,
-                                     tag="checkpoint-best", model_ema=model_ema)
+            best = val_stats[acc_key] > best_acc
+            best_acc = max(best_acc, val_stats[acc_key])
             print(f"Val {acc_key}: {val_stats[acc_key]:.2f}%  best: {best_acc:.2f}%")
             if log_writer is not None:
                 log_writer.add_scalar(f"val_{acc_key}", val_stats[acc_key], epoch)
         if log_writer is not None:
             log_writer.flush()
-        if utils.is_main_process():
-            record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
-                      **{f"val_{k}": v for k, v in val_stats.items()}}
-            with open(Path(args.output_dir) / "log.txt", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+        utils.append_log(args.output_dir, {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
+                                           **{f"val_{k}": v for k, v in val_stats.items()}})
+        if args.save_ckpt:
+            utils.save_epoch_checkpoint(args, epoch, model, model_without_ddp, optimizer, loss_scaler, model_ema)
+            if best:
+                utils.save_model(args, epoch, model, model_without_ddp, optimizer, loss_scaler,
+                                 tag="checkpoint-best", model_ema=model_ema)
     print(f"Training time {time.strftime('%H:%M:%S', time.gmtime(time.time() - start))}")
     run_test(model, args, device, rank, world)
 

@@ -14,7 +14,6 @@ Under SLURM, ``srun`` with one task per GPU works without torchrun.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -234,6 +233,8 @@ def main(args) -> None:
         lr_schedule, wd_schedule = utils.build_schedules(args, niter_per_ep)
         utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler)
     log_writer = SummaryWriter(args.log_dir) if args.log_dir and utils.is_main_process() else None
+    if args.output_dir:
+        utils.trim_log(args.output_dir, args.start_epoch)
 
     print(f"Start training for {args.epochs} epochs from epoch {args.start_epoch}")
     start_time = time.time()
@@ -242,10 +243,8 @@ def main(args) -> None:
         stats = train_one_epoch(model, data_loader, optimizer, device, epoch, loss_scaler, args, lr_schedule,
                                 wd_schedule, epoch * niter_per_ep, log_writer, args.enable_deepspeed)
         if args.output_dir:
+            utils.append_log(args.output_dir, {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}})
             utils.save_epoch_checkpoint(args, epoch, model, model_without_ddp, optimizer, loss_scaler)
-        if args.output_dir and utils.is_main_process():
-            with open(Path(args.output_dir) / "log.txt", "a", encoding="utf-8") as f:
-                f.write(json.dumps({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}}) + "\n")
         if log_writer is not None:
             log_writer.flush()
     total = time.time() - start_time

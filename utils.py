@@ -8,6 +8,7 @@ import contextlib
 import copy
 import datetime
 import inspect
+import json
 import math
 import os
 import pickle
@@ -224,6 +225,40 @@ def optimizer_flag_rules(args) -> list[tuple[bool, tuple[str, ...], str]]:
         return []  # create_optimizer names the unknown optimizer
     return [(not getattr(info, f"has_{setting}"), (flag,), f"--opt {args.opt} has no {setting}")
             for flag, setting in (("opt_eps", "eps"), ("opt_betas", "betas"), ("momentum", "momentum"))]
+
+
+def read_log(output_dir) -> list[dict]:
+    """The records of a run's ``log.txt``, one JSON object per epoch (a line a killed write cut short is left out)."""
+    path = Path(output_dir) / "log.txt"
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+                records.append(record)
+    return records
+
+
+def append_log(output_dir, record: dict) -> None:
+    """One epoch's record appended to ``log.txt`` (main process). Written before that epoch's checkpoint, so that a
+    checkpoint never lacks its line; :func:`trim_log` drops the lines a resumed run runs again."""
+    if is_main_process():
+        with open(Path(output_dir) / "log.txt", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def trim_log(output_dir, start_epoch: int) -> list[dict]:
+    """Keep the ``log.txt`` records of the epochs before ``start_epoch`` (the ones a resumed run does not run again:
+    a killed run may have logged an epoch whose checkpoint it did not write) and return them; rewritten atomically
+    by the main process when that drops anything."""
+    records = read_log(output_dir)
+    kept = [record for record in records if record["epoch"] < start_epoch]
+    path = Path(output_dir) / "log.txt"
+    if is_main_process() and path.exists() and len(path.read_text(encoding="utf-8").splitlines()) != len(kept):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return kept
 
 
 def check_checkpoint_flags(args) -> None:

@@ -437,3 +437,19 @@ def test_flags_a_mode_does_not_read_are_named(argv, expected):
 def test_save_ckpt_freq_zero_is_refused_at_the_start(tmp_path):
     result = pretrain(["--save_ckpt_freq", "0", "--device", "cpu", "--output_dir", str(tmp_path)])
     assert result.returncode != 0 and "--save_ckpt_freq must be >= 1" in result.stderr, result.stderr[-2000:]
+
+
+def test_a_resumed_run_keeps_the_log_lines_of_the_epochs_it_does_not_run_again(tmp_path):
+    """log.txt gets an epoch's line before its checkpoint: a run killed between the two, or while writing the line,
+    leaves lines that the resumed run drops (it runs those epochs again) so every epoch is logged once."""
+    utils.append_log(tmp_path, {"epoch": 0, "train_loss": 1.0})
+    utils.append_log(tmp_path, {"epoch": 1, "train_loss": 0.9})
+    with open(tmp_path / "log.txt", "a", encoding="utf-8") as f:
+        f.write('{"epoch": 2, "train_lo')  # a write cut short by the kill
+    assert [r["epoch"] for r in utils.read_log(tmp_path)] == [0, 1]
+    assert utils.trim_log(tmp_path, 1) == [{"epoch": 0, "train_loss": 1.0}]
+    assert (tmp_path / "log.txt").read_text() == '{"epoch": 0, "train_loss": 1.0}\n'
+    before = (tmp_path / "log.txt").stat().st_mtime_ns
+    assert utils.trim_log(tmp_path, 5) == [{"epoch": 0, "train_loss": 1.0}]
+    assert (tmp_path / "log.txt").stat().st_mtime_ns == before  # nothing to drop: not rewritten
+    assert utils.trim_log(tmp_path / "new", 0) == [] and not (tmp_path / "new").exists()
