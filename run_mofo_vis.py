@@ -90,25 +90,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="pretraining checkpoint: checkpoint-N.pth, a run's folder (its newest) or a Hugging Face "
                              "VideoMAEForPreTraining folder")
     parser.add_argument("--box_file", default=None, help="the video's box file (needed by --mask_type motion)")
-    parser.add_argument("--model", default=None, type=str,
-                        help=f"default: the checkpoint's, else {TRAINED_DEFAULTS['model']}")
-    parser.add_argument("--decoder_depth", default=None, type=int,
-                        help=f"default: the checkpoint's, else {TRAINED_DEFAULTS['decoder_depth']}")
-    parser.add_argument("--mask_type", default=None, choices=CHOICES["mask_type"],
-                        help="motion: MOFO's motion-focused tube masking; tube: VideoMAE's random tube masking "
-                        "(default: the checkpoint's, else motion)")
-    parser.add_argument("--mask_ratio", default=None, type=float,
-                        help=f"share of tubes masked (default: the checkpoint's, else "
-                        f"{TRAINED_DEFAULTS['mask_ratio']})")
-    parser.add_argument("--motion_mask_ratio", default=None, type=float,
-                        help="share of the tubes inside the motion box that are masked, motion masking (default: "
-                        f"the checkpoint's, else {TRAINED_DEFAULTS['motion_mask_ratio']})")
-    parser.add_argument("--box_source", default=None, choices=CHOICES["box_source"],
-                        help="clip: the union of the sampled frames' boxes; video: the video's union box (default: "
-                        "the checkpoint's, else clip)")
-    for name, meaning in (("input_size", "frame side after cropping"), ("num_frames", "clip length"),
-                          ("sampling_rate", "frame stride")):
-        parser.add_argument(f"--{name}", default=None, type=int,
+    for name, kind, meaning in (
+            ("model", str, "registered pretrain_videomae_* model"), ("decoder_depth", int, "decoder blocks"),
+            ("mask_type", CHOICES["mask_type"], "motion: MOFO's motion-focused tube masking; tube: VideoMAE's random "
+             "tube masking"),
+            ("mask_ratio", float, "share of tubes masked"),
+            ("motion_mask_ratio", float, "share of the tubes inside the motion box that are masked, motion masking"),
+            ("box_source", CHOICES["box_source"], "clip: the union of the sampled frames' boxes; video: the video's "
+             "union box"),
+            ("input_size", int, "frame side after cropping"), ("num_frames", int, "clip length"),
+            ("sampling_rate", int, "frame stride")):
+        typed = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
+        parser.add_argument(f"--{name}", default=None, **typed,
                             help=f"{meaning} (default: the checkpoint's, else {TRAINED_DEFAULTS[name]})")
     parser.add_argument("--start_frame", default=0, type=int, help="video frame of the clip's first frame")
     parser.add_argument("--normlize_target", default=None, type=utils.str2bool,
