@@ -7,11 +7,12 @@ worker (motion-focused when the clip has a box; motion-guided masks from the cro
 Fine-tuning (``build_dataset``): Kinetics-400 / UCF101 / HMDB51 (``path label`` lists, dense sampling, flips),
 SSV2 (``path label`` lists, TSN sampling, never flipped: its labels say left and right) and EPIC-KITCHENS-100
 (the official annotation csv, TSN sampling over each action segment of the long videos, verb and noun targets),
-with the motion box of every sampled frame carried through every geometric augmentation.
+with the motion box (the video's, as the paper; or the clip's, or each frame's: ``box_source``) of every sampled
+frame carried through every geometric augmentation.
 
 Box files mirror the list's video paths below ``data_root`` (absolute list paths must lie below it). Only the
-sampled frames are decoded, at a reduced size when that loses nothing. Corrupt or missing videos are logged and
-replaced by another sample; missing box files fail before training starts.
+sampled frames are decoded, at a reduced size when that loses nothing. Corrupt or missing videos, and videos with
+a malformed box file, are logged and replaced by another sample; missing box files fail before training starts.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ decord.logging.set_level(decord.logging.QUIET)
 log = logging.getLogger("datasets")
 
 MIN_VIDEO_BYTES = 1024  # VideoMAE skips smaller files: decoders can hang on them
+FRAME_COUNT_WARNED: set[str] = set()  # box files whose frame count was named (per worker process)
 UNSCALABLE_VIDEOS: set[str] = set()  # videos decord failed to decode at a reduced size, in this process
 BOX_CACHE_FRAMES = 1_000_000  # parsed boxes kept per worker (16 MB): about 35 of EPIC's long videos
 MAX_REPLACEMENTS = 20
@@ -93,7 +95,7 @@ class ClipEntry:
 def read_video_list(list_file: str | os.PathLike) -> list[tuple[str, list[str]]]:
     """VideoMAE list: ``path [fields...]`` per line, separated by whitespace."""
     entries = []
-    for line in Path(list_file).read_text(encoding="utf-8").splitlines():
+    for line in Path(list_file).read_text(encoding="utf-8-sig").splitlines():  # -sig: a spreadsheet's BOM
         parts = line.split()
         if parts:
             entries.append((parts[0], parts[1:]))
@@ -147,19 +149,24 @@ def decode_size(width: int, height: int, needed_short_side: int) -> tuple[int, i
 
 def stored_video_size(path: str, boxes: MotionBoxes | None,
                       known: dict[str, tuple[int, int]]) -> tuple[int, int] | None:
-    """A video's stored (width, height): from its box file, from ``known`` (sizes read before, updated), or from
-    the container header (OpenCV, about 0.5 ms; it orients frames as decord does). None when unreadable: decord
-    then names the problem."""
-    if boxes is not None:
-        return boxes.width, boxes.height
-    if path not in known:
+    """A video's stored (width, height): from ``known`` (sizes read before, updated) or the container header
+    (OpenCV, about 0.5 ms once per video and worker; it orients frames as decord does). A box file of a frame with
+    another aspect ratio is named once (its boxes, placed by the box file's proportions, would be misplaced). None
+    when unreadable (the box file's size, if any): decord then names the problem."""
+    if path in known:
+        return known[path]
+    size = (0, 0)
+    if os.path.exists(path) and os.path.getsize(path) >= MIN_VIDEO_BYTES:
         capture = cv2.VideoCapture(path)
         size = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
         capture.release()
-        if min(size) <= 0:
-            return None
-        known[path] = size
-    return known[path]
+    if min(size) <= 0:
+        return None if boxes is None else (boxes.width, boxes.height)
+    known[path] = size
+    if boxes is not None and abs(boxes.width * size[1] / (boxes.height * size[0]) - 1) > 0.01:
+        log.warning("%s is %dx%d, its box file of a %dx%d frame (%s): boxes of another video or crop? They are placed "
+                    "by the box file's proportions", path, *size, boxes.width, boxes.height, boxes.video)
+    return size
 
 
 def reduced_decode_size(native_size: tuple[int, int] | None, needed_short_side: int) -> tuple[int, int] | None:
@@ -210,17 +217,20 @@ def decode_frames(path: str, pick_indices: Callable[[int], np.ndarray],
 
 def load_with_replacement(load: Callable[[int], Loaded], index: int, num_entries: int,
                           rng: np.random.Generator) -> tuple[int, Loaded, int]:
-    """``load(index)``, replacing an entry whose video fails to decode by a random other one (logged). Returns the
-    entry actually loaded, its result and how many were skipped; gives up after MAX_REPLACEMENTS in a row."""
+    """``load(index)``, replacing an entry whose video fails to decode or whose box file is malformed by a random
+    other one (logged). Returns the entry actually loaded, its result and how many were skipped; gives up after
+    MAX_REPLACEMENTS in a row."""
     replaced = 0
     while True:
         try:
             return index, load(index), replaced
-        except VideoDecodeError as e:
+        except (VideoDecodeError, BoxFileError) as e:
             replaced += 1
-            log.warning("skipping corrupt video (%s); using another sample", e)
+            what = "corrupt video" if isinstance(e, VideoDecodeError) else "video with a malformed box file"
+            log.warning("skipping %s (%s); using another sample", what, e)
             if replaced >= MAX_REPLACEMENTS:
-                raise RuntimeError(f"{replaced} videos in a row failed to decode; last: {e}") from None
+                raise RuntimeError(f"{replaced} videos in a row failed to decode or had malformed box files; last: "
+                                   f"{e}") from None
             index = int(rng.integers(num_entries))
 
 
@@ -264,17 +274,22 @@ class MotionBoxIndex:
                         len(missing), len(distinct), box_dir)
         self._cache: OrderedDict[Path, MotionBoxes] = OrderedDict()
         self._cached_frames = 0
+        self._malformed: set[Path] = set()
 
     def load(self, index: int) -> MotionBoxes | None:
-        """The entry's boxes (shared with the cache: do not modify them); None for a missing file when
-        ``missing_box`` is ``random``; BoxFileError naming the file for a malformed one."""
+        """The entry's boxes (shared with the cache: do not modify them); None for a missing or malformed file
+        when ``missing_box`` is ``random`` (a malformed one logged once per worker); else BoxFileError naming the
+        file (the sample is then replaced, as a corrupt video's)."""
         path = self.paths[index]
         if path not in self._cache:
             try:
                 boxes = load_boxes(path)
-            except BoxFileError:
-                if self.missing_box == "error" or path.exists():
+            except BoxFileError as e:
+                if self.missing_box == "error":
                     raise
+                if path.exists() and path not in self._malformed:
+                    self._malformed.add(path)
+                    log.warning("%s; masking its video as a clip without motion (--missing_box random)", e)
                 return None
             for array in (boxes.frames, boxes.union):
                 if array is not None:
@@ -289,7 +304,13 @@ class MotionBoxIndex:
 
 def _box_file_rows(boxes: MotionBoxes, frame_indices: np.ndarray, num_video_frames: int) -> np.ndarray:
     """The box file's rows (pixels of the box file) for decoded frame indices, mapped proportionally when the box
-    file counted a different number of frames than the decoder."""
+    file counted a different number of frames than the decoder (named once per worker where they differ by more
+    than decoders do: another encoding of the video, or another video)."""
+    difference = abs(boxes.num_frames - num_video_frames)
+    if difference > max(2, 0.05 * num_video_frames) and boxes.video not in FRAME_COUNT_WARNED:
+        FRAME_COUNT_WARNED.add(boxes.video)
+        log.warning("%s: its box file counts %d frames, the decoder %d; its boxes are mapped proportionally",
+                    boxes.video, boxes.num_frames, num_video_frames)
     if boxes.num_frames != num_video_frames and num_video_frames > 1:
         frame_indices = np.rint(frame_indices * (boxes.num_frames - 1) / (num_video_frames - 1)).astype(int)
     return boxes.frames[np.clip(frame_indices, 0, boxes.num_frames - 1)]
@@ -304,6 +325,20 @@ def clip_box(boxes: MotionBoxes | None, frame_indices: np.ndarray, num_video_fra
     if box is None:
         return NO_BOX.copy()
     return normalized_box(box, boxes.width, boxes.height)
+
+
+BOX_SOURCES = ("video", "clip", "frame")
+
+
+def source_box(boxes: MotionBoxes | None, entry: ClipEntry, frame_indices: np.ndarray, num_video_frames: int,
+               source: str) -> np.ndarray:
+    """The one motion box of a clip in [0, 1] (NaN: none): ``video`` (the paper's and the MOFO release's) the listed
+    clip's, i.e. the file's union box, or for a line listing part of a video (``path start total``, an EPIC segment)
+    the union of those frames' boxes; ``clip`` the union of the sampled frames' boxes."""
+    if source == "clip" or (entry.first_frame == 0 and entry.num_frames is None):
+        return clip_box(boxes, frame_indices, num_video_frames, source)
+    end = num_video_frames if entry.num_frames is None else min(num_video_frames, entry.first_frame + entry.num_frames)
+    return clip_box(boxes, np.arange(entry.first_frame, end), num_video_frames, "clip")
 
 
 def frame_boxes(boxes: MotionBoxes | None, frame_indices: np.ndarray, num_video_frames: int) -> np.ndarray:
@@ -343,7 +378,7 @@ class VideoMAEPretrainDataset(Dataset):
     def __init__(self, list_file: str, data_root: str = "", box_dir: str | None = None, num_frames: int = 16,
                  sampling_rate: int = 4, input_size: int = 224, patch_size: int = 16, tubelet_size: int = 2,
                  mask_type: str = "tube", mask_ratio: float = 0.9, motion_mask_ratio: float = 0.75,
-                 box_source: str = "clip", missing_box: str = "error", num_sample: int = 1,
+                 box_source: str = "video", missing_box: str = "error", num_sample: int = 1,
                  scales=(1, 0.875, 0.75, 0.66), seed: int | None = None, guided_base: str = "random",
                  motion_source: Callable[[torch.Tensor], np.ndarray] | None = None,
                  trajectory: TrajectoryTargets | None = None):
@@ -420,13 +455,7 @@ class VideoMAEPretrainDataset(Dataset):
 
     def motion_box(self, entry: int, boxes: MotionBoxes | None, frame_indices: np.ndarray,
                    num_video_frames: int) -> np.ndarray:
-        """The box of the sampled frames (``box_source`` clip) or of the whole listed clip (video): the file's
-        union box, or for a ``path start total`` line the union of those frames' boxes."""
-        clip = self.entries[entry]
-        if self.box_source == "clip" or (clip.first_frame == 0 and clip.num_frames is None):
-            return clip_box(boxes, frame_indices, num_video_frames, self.box_source)
-        end = num_video_frames if clip.num_frames is None else min(num_video_frames, clip.first_frame + clip.num_frames)
-        return clip_box(boxes, np.arange(clip.first_frame, end), num_video_frames, "clip")
+        return source_box(boxes, self.entries[entry], frame_indices, num_video_frames, self.box_source)
 
     def window(self, entry: int, num_video_frames: int, dense: bool) -> np.ndarray:
         """A random window's frame indices in the file, inside the entry's frames; ValueError when those start
@@ -505,7 +534,8 @@ def build_pretraining_dataset(args) -> VideoMAEPretrainDataset:
 # Fine-tuning: classification lists, EPIC-KITCHENS-100 action segments, TSN or dense sampling, per-frame boxes.
 
 EPIC_KITCHENS = "EPIC-KITCHENS-100"
-LABEL_LIST_DATA_SETS = ("Kinetics-400", "SSV2", "UCF101", "HMDB51")
+DATA_SET_CLASSES = {"Kinetics-400": 400, "SSV2": 174, "UCF101": 101, "HMDB51": 51}  # --nb_classes, as VideoMAE's
+LABEL_LIST_DATA_SETS = tuple(DATA_SET_CLASSES)
 TSN_DATA_SETS = ("SSV2", EPIC_KITCHENS)  # segment sampling over the whole clip; the others sample dense windows
 NO_FLIP_DATA_SETS = ("SSV2",)  # left/right in the labels ("pushing something from left to right")
 EPIC_VIDEO_TEMPLATE = "{participant_id}/videos/{video_id}.MP4"
@@ -535,7 +565,7 @@ def read_epic_list(list_file: str | os.PathLike, video_template: str = EPIC_VIDE
     cut at a lower frame rate than the annotation's has fewer than stop-start+1).
     A csv without the class columns (the test set's timestamps file) gets targets -1.
     """
-    with open(list_file, encoding="utf-8", newline="") as f:
+    with open(list_file, encoding="utf-8-sig", newline="") as f:  # -sig: a spreadsheet's byte-order mark
         rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{list_file}: no action segments listed")
@@ -552,10 +582,15 @@ def read_epic_list(list_file: str | os.PathLike, video_template: str = EPIC_VIDE
     trimmed = "narration_id" in template_fields
     entries = []
     for line, row in enumerate(rows, start=2):
-        start, stop = int(row["start_frame"]), int(row["stop_frame"])
+        if None in row or None in row.values():
+            raise ValueError(f"{list_file}:{line}: {len(columns)} columns in the header, another number in this row")
+        try:
+            start, stop = int(row["start_frame"]), int(row["stop_frame"])
+            target = tuple(int(row[c]) for c in EPIC_LABEL_COLUMNS) if labelled else (-1, -1)
+        except ValueError as e:
+            raise ValueError(f"{list_file}:{line}: a frame number or class that is not an integer ({e})") from None
         if not 1 <= start <= stop:
             raise ValueError(f"{list_file}:{line}: need 1 <= start_frame <= stop_frame, got {start}, {stop}")
-        target = tuple(int(row[c]) for c in EPIC_LABEL_COLUMNS) if labelled else (-1, -1)
         entries.append(ClipEntry(video_template.format(**row), target, 0 if trimmed else start - 1,
                                  None if trimmed else stop - start + 1))
     return entries
@@ -597,7 +632,8 @@ def dense_indices(num_video_frames: int, num_frames: int, sampling_rate: int, nu
 
 class VideoClassificationDataset(Dataset):
     """Fine-tuning clips with their targets and the motion box of every sampled frame (VideoMAE's VideoClsDataset
-    and SSVideoClsDataset in one, with boxes).
+    and SSVideoClsDataset in one, with boxes): ``box_source`` ``video`` gives every frame the listed clip's box (the
+    paper's), ``clip`` the union of the sampled frames' boxes, ``frame`` each frame its own.
 
     ``mode``: ``train`` (random temporal sampling; per clip RandAugment, a random resized crop, a horizontal flip if
     ``flip``, normalisation and random erasing; ``num_sample`` clips from one decode), ``validation`` (middle
@@ -614,7 +650,10 @@ class VideoClassificationDataset(Dataset):
                  sampling_rate: int = 4, num_segments: int = 1, input_size: int = 224, short_side_size: int = 224,
                  test_num_segment: int = 5, test_num_crop: int = 3, num_sample: int = 1, rand_augment: str = "",
                  reprob: float = 0.0, remode: str = "pixel", recount: int = 1, seed: int | None = None,
-                 crop_scale: tuple[float, float] = RESIZED_CROP_SCALE, interpolation: str = "bicubic"):
+                 crop_scale: tuple[float, float] = RESIZED_CROP_SCALE, interpolation: str = "bicubic",
+                 box_source: str = "video"):
+        if box_source not in BOX_SOURCES:
+            raise ValueError(f"box_source must be one of {BOX_SOURCES}, got {box_source!r}")
         if mode not in ("train", "validation", "test"):
             raise ValueError(f"mode must be 'train', 'validation' or 'test', got {mode!r}")
         if sampling not in ("tsn", "dense"):
@@ -624,6 +663,7 @@ class VideoClassificationDataset(Dataset):
         if not entries:
             raise ValueError("no clips listed")
         self.entries, self.data_root, self.mode, self.sampling, self.flip = entries, data_root, mode, sampling, flip
+        self.box_source = box_source
         self.num_frames, self.sampling_rate, self.num_segments = num_frames, sampling_rate, num_segments
         self.input_size, self.short_side_size = input_size, short_side_size
         self.test_num_segment, self.test_num_crop = test_num_segment, test_num_crop
@@ -696,7 +736,11 @@ class VideoClassificationDataset(Dataset):
         size = reduced_decode_size(stored_video_size(path, boxes, self._stored_sizes), self.needed_short_side)
         frames, indices, num_file_frames = decode_frames(path, lambda n: self.frame_indices(entry, n, segment), size)
         height, width = frames.shape[1:3]
-        return frames, scale_box(frame_boxes(boxes, indices, num_file_frames), width, height)
+        if self.box_source == "frame":
+            rows = frame_boxes(boxes, indices, num_file_frames)
+        else:
+            rows = np.tile(source_box(boxes, entry, indices, num_file_frames, self.box_source), (len(indices), 1))
+        return frames, scale_box(rows, width, height)
 
     def _train_clip(self, frames: torch.Tensor, boxes: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """One augmented clip (3, T, S, S) and its boxes in output pixels, from decoded frames and their boxes. In
@@ -781,5 +825,5 @@ def build_dataset(is_train: bool, test_mode: bool, args) -> VideoClassificationD
         test_num_crop=args.test_num_crop, num_sample=args.num_sample, rand_augment=args.aa, reprob=args.reprob,
         remode=args.remode, recount=args.recount, seed=args.seed,
         crop_scale=tuple(getattr(args, "crop_scale", RESIZED_CROP_SCALE)),
-        interpolation=getattr(args, "train_interpolation", "bicubic"),
+        interpolation=getattr(args, "train_interpolation", "bicubic"), box_source=getattr(args, "box_source", "video"),
     )

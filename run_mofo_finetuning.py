@@ -6,18 +6,21 @@ r"""Fine-tune a VideoMAE / MOFO encoder for action classification, plain or with
 
 Rows of the paper's table: MOFO* = MOFO pretraining + ``--model vit_base_patch16_224``; MOFO** = VideoMAE
 pretraining + ``--model vit_base_patch16_224_mofo``; MOFO-dagger = MOFO pretraining + the ``_mofo`` model.
-Flags and defaults are VideoMAE's; ``--eval`` only runs the multi-view test of ``--resume``/``--finetune``.
+Flags and defaults are VideoMAE's; ``--eval`` only runs the multi-view test of ``--resume`` or ``--finetune`` (or,
+as VideoMAE, of the newest checkpoint in ``--output_dir`` where neither holds a complete fine-tuned model).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import time
 from pathlib import Path
 
 import torch
 from tensorboardX import SummaryWriter
+from timm import list_models
 from timm.data.mixup import Mixup
 from timm.models import create_model
 from timm.utils import ModelEmaV3
@@ -25,8 +28,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import modeling_finetune
 import utils
-from datasets import TSN_DATA_SETS, build_dataset, multiple_samples_collate
+from datasets import BOX_SOURCES, DATA_SET_CLASSES, TSN_DATA_SETS, build_dataset, multiple_samples_collate
 from engine_for_finetuning import final_test, merge_views, train_one_epoch, validation_one_epoch
+from motion_detection.boxfile import atomic_write_text
 from video_transforms import AUGMENT_INTERPOLATIONS
 
 
@@ -43,7 +47,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--print_freq", default=10, type=int)
 
     # model
-    parser.add_argument("--model", default="vit_base_patch16_224", type=str,
+    parser.add_argument("--model", default="vit_base_patch16_224", type=str, metavar="NAME",
+                        choices=list_models(module="modeling_finetune"),
                         help="vit_*_patch16_224 (plain head) or vit_*_patch16_224_mofo (motion-box MCA head)")
     parser.add_argument("--tubelet_size", default=2, type=int)
     parser.add_argument("--input_size", default=224, type=int)
@@ -131,6 +136,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_path", default="", help="folder with train.csv / val.csv / test.csv")
     parser.add_argument("--data_root", default="", help="folder the lists' video paths are relative to")
     parser.add_argument("--box_dir", default=None, help="motion-box files (needed by the _mofo models)")
+    parser.add_argument("--box_source", default="video", choices=BOX_SOURCES,
+                        help="the box that splits the tokens: video (the paper's: the listed clip's union box, one "
+                             "for all frames), clip (the union of the sampled frames' boxes), frame (each time "
+                             "slice its own frames' boxes)")
     parser.add_argument("--nb_classes", default=400, type=int, help="classes (EPIC: see --nb_verbs/--nb_nouns)")
     parser.add_argument("--epic_video_template", default="{participant_id}/videos/{video_id}.MP4",
                         help="EPIC-KITCHENS-100: video file of a csv row under --data_root (long videos are trimmed "
@@ -209,7 +218,7 @@ def unused_flag_rules(args) -> list[tuple[bool, tuple[str, ...], str]]:
         (not args.model_ema, ("model_ema_decay", "model_ema_force_cpu"), "no --model_ema"),
         (not mixing, ("mixup_prob", "mixup_switch_prob", "mixup_mode"), "mixup and cutmix are off"),
         (not args.reprob, ("remode", "recount"), "random erasing is off (--reprob 0)"),
-        (not args.use_box, ("mca_mode", "mca_depth", "mca_heads", "mca_pool", "mca_tokens", "box_dir"),
+        (not args.use_box, ("mca_mode", "mca_depth", "mca_heads", "mca_pool", "mca_tokens", "box_dir", "box_source"),
          f"--model {args.model} has no motion-box MCA head (the *_mofo models have)"),
         (args.data_set in TSN_DATA_SETS, ("sampling_rate",),
          f"--data_set {args.data_set} samples TSN segments over the whole clip, with no stride"),
@@ -228,10 +237,8 @@ def eval_loader(dataset, args, rank: int, world: int):
                       pin_memory=args.pin_mem and args.device.startswith("cuda"), worker_init_fn=utils.seed_worker)
 
 
-def run_test(model, args, device, rank: int, world: int) -> dict:
+def run_test(model, dataset, args, device, rank: int, world: int) -> dict:
     """Multi-view test: every rank writes its views, rank 0 merges softmaxes per video over all ranks' files."""
-    with utils.setup_errors():
-        dataset = build_dataset(is_train=False, test_mode=True, args=args)
     loader = eval_loader(dataset, args, rank, world)
     out_dir = Path(args.output_dir)
     final_test(loader, model, device, args, out_dir / f"test_views_rank{rank}.jsonl", args.enable_deepspeed)
@@ -242,10 +249,10 @@ def run_test(model, args, device, rank: int, world: int) -> dict:
         results = merge_views([out_dir / f"test_views_rank{r}.jsonl" for r in range(world)], args.head_sizes)
         if results["videos"] != len(dataset.entries):
             print(f"Warning: {len(dataset.entries) - results['videos']} of {len(dataset.entries)} test videos failed "
-                  "to decode and are not in the results (see the log for their names)")
+                  "to decode or had malformed box files and are not in the results (the log names them)")
         print("Final test (" + f"{args.test_num_segment} x {args.test_num_crop} views): "
               + "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items()))
-        (out_dir / "test_results.json").write_text(json.dumps(results, indent=1) + "\n")
+        atomic_write_text(out_dir / "test_results.json", json.dumps(results, indent=1) + "\n")
     return results
 
 
@@ -257,6 +264,10 @@ def main(args) -> None:
         raise SystemExit("--output_dir is needed (checkpoints, logs and test views go there)")
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     args.head_sizes = [args.nb_verbs, args.nb_nouns] if args.data_set == "EPIC-KITCHENS-100" else [args.nb_classes]
+    known = DATA_SET_CLASSES.get(args.data_set)
+    if known is not None and args.nb_classes > known and utils.is_main_process():  # fewer: a subset of the classes
+        print(f"warning: --nb_classes {args.nb_classes}, but {args.data_set} has {known} classes (pass --nb_classes "
+              f"{known}: the extra outputs take part in the softmax, label smoothing and mixup)")
     print(args)
 
     utils.check_checkpoint_flags(args)
@@ -271,10 +282,29 @@ def main(args) -> None:
         raise SystemExit(f"--model {args.model} fuses tokens inside and outside the motion box: pass --box_dir")
     if not args.use_box:
         args.box_dir = None  # not read (the warning above): its box files need not exist
-    if args.finetune:
+    with utils.setup_errors():  # the lists (and that their box files exist) are checked before training: the test's too
+        test_set = build_dataset(is_train=False, test_mode=True, args=args)
+        if not args.eval:
+            train_set = build_dataset(is_train=True, test_mode=False, args=args)
+            val_set = (None if args.disable_eval_during_finetuning
+                       else build_dataset(is_train=False, test_mode=False, args=args))
+    own = None  # --eval without --resume: the run's newest checkpoint where --finetune is not a complete model
+    if args.eval and args.auto_resume and not args.resume:
         with utils.setup_errors():
-            utils.load_finetune_checkpoint(model, args.finetune, args.model_key, args.model_prefix,
-                                           require_all=args.eval)
+            own = utils.latest_checkpoint(args.output_dir, args.enable_deepspeed)
+    if args.finetune and not (args.eval and args.resume):
+        with utils.setup_errors():
+            try:
+                utils.load_finetune_checkpoint(model, args.finetune, args.model_key, args.model_prefix,
+                                               require_all=args.eval)
+                own = None
+            except utils.IncompleteCheckpointError as e:
+                if own is None:
+                    raise
+                print(f"{e}; testing the run's newest checkpoint instead (as VideoMAE's fine-tuning command with "
+                      "--eval added)")
+    if own is not None:
+        args.resume = str(own)
     model.to(device)
     print(f"Model: {args.model}, params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
     model_ema = None
@@ -294,20 +324,16 @@ def main(args) -> None:
     optimizer = utils.create_optimizer(args, groups)
     model, model_without_ddp, optimizer, loss_scaler = utils.wrap_model(args, model, optimizer, device)
     if args.eval:
-        args.auto_resume = False  # test exactly --resume or --finetune, not a checkpoint found in --output_dir
+        args.auto_resume = False  # the checkpoint to test is chosen above
     with utils.setup_errors():
         utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema)
     if args.eval:
         print(f"Testing the weights of {args.resume or args.finetune or 'a freshly initialised model'}")
 
     if args.eval:
-        run_test(model, args, device, rank, world)
+        run_test(model, test_set, args, device, rank, world)
         return
 
-    with utils.setup_errors():
-        train_set = build_dataset(is_train=True, test_mode=False, args=args)
-        val_set = (None if args.disable_eval_during_finetuning
-                   else build_dataset(is_train=False, test_mode=False, args=args))
     train_sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
     train_loader = utils.train_loader(train_set, train_sampler, args, device,
                                       multiple_samples_collate if args.num_sample > 1 else None)
@@ -356,8 +382,8 @@ def main(args) -> None:
             if best:
                 utils.save_model(args, epoch, model, model_without_ddp, optimizer, loss_scaler,
                                  tag="checkpoint-best", model_ema=model_ema)
-    print(f"Training time {time.strftime('%H:%M:%S', time.gmtime(time.time() - start))}")
-    run_test(model, args, device, rank, world)
+    print(f"Training time {datetime.timedelta(seconds=int(time.time() - start))}")
+    run_test(model, test_set, args, device, rank, world)
 
 
 if __name__ == "__main__":

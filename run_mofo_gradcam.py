@@ -48,7 +48,7 @@ from timm import list_models
 from timm.models import create_model
 
 import utils
-from datasets import frame_boxes, tsn_indices
+from datasets import BOX_SOURCES, clip_box, frame_boxes, tsn_indices
 from modeling_finetune import MotionFocusedVisionTransformer
 from motion_detection.boxfile import BoxFileError, load_boxes
 from run_mofo_vis import (
@@ -112,6 +112,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compare_checkpoint", default=None, help="the second model's fine-tuned checkpoint")
     parser.add_argument("--compare_label", default=None, help="row title of the second model")
     parser.add_argument("--box_file", default=None, help="the video's box file (needed by MOFO models)")
+    parser.add_argument("--box_source", default="video", choices=BOX_SOURCES,
+                        help="the MOFO models' box, as run_mofo_finetuning.py's: video (the file's union box), clip "
+                             "(the union of the sampled frames' boxes) or frame (each frame's own)")
     parser.add_argument("--nb_classes", default=None, type=int,
                         help="classes of the fine-tuned heads (default: the checkpoint's head size)")
     parser.add_argument("--layer", default=5, type=int, help="backbone block whose output tokens are explained, "
@@ -369,7 +372,11 @@ def gradcam_figure(args: argparse.Namespace) -> GradCamFigure:
     frames, frame_indices, num_video_frames = read_frames(args.video, args.num_frames, args.sampling_rate,
                                                           args.start_frame, args.tsn)
     height, width = frames.shape[1:3]
-    box_in_video = scale_box(frame_boxes(boxes, frame_indices, num_video_frames), width, height)
+    if args.box_source == "frame":
+        rows = frame_boxes(boxes, frame_indices, num_video_frames)
+    else:
+        rows = np.tile(clip_box(boxes, frame_indices, num_video_frames, args.box_source), (len(frame_indices), 1))
+    box_in_video = scale_box(rows, width, height)
     resized, box_in_resized = short_side_resize(frames, box_in_video, args.short_side_size)
     try:  # the fine-tuning loader's validation view: short side resized, centre crop
         cropped, box_pixels = spatial_crop(resized, box_in_resized, args.input_size, 0.5)

@@ -14,10 +14,12 @@ Under SLURM, ``srun`` with one task per GPU works without torchrun.
 from __future__ import annotations
 
 import argparse
+import datetime
 import time
 from pathlib import Path
 
 from tensorboardX import SummaryWriter
+from timm import list_models
 from timm.models import create_model
 from torch.utils.data import DistributedSampler
 
@@ -47,7 +49,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--print_freq", default=10, type=int, help="console log every N steps")
 
     # model
-    parser.add_argument("--model", default="pretrain_videomae_base_patch16_224", type=str)
+    parser.add_argument("--model", default="pretrain_videomae_base_patch16_224", type=str, metavar="NAME",
+                        choices=list_models(module="modeling_pretrain"), help="pretrain_videomae_{mini,small,base,"
+                        "large,huge}_patch16_224")
     parser.add_argument("--decoder_depth", default=4, type=int)
     parser.add_argument("--mask_type", default="tube", choices=["tube", "motion", "motion_guided"],
                         help="tube: VideoMAE's random tube masking; motion: MOFO's motion-focused tube masking;"
@@ -123,10 +127,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--box_dir", default=None, type=str,
                         help="motion-box files from motion_detection.extract_boxes (needed by --mask_type motion"
                              " and --guided_base box)")
-    parser.add_argument("--box_source", default="clip", choices=["clip", "video"],
-                        help="clip: union of the sampled frames' boxes (--guided_base box: the middle slice's"
-                             " frames'); video: the listed clip's union box (the whole video's, or that of the"
-                             " frames of a 'path start total' line)")
+    parser.add_argument("--box_source", default="video", choices=["video", "clip"],
+                        help="video (the paper's): the listed clip's union box (the whole video's, or that of the"
+                             " frames of a 'path start total' line); clip: union of the sampled frames' boxes"
+                             " (--guided_base box: the middle slice's frames')")
     parser.add_argument("--missing_box", default="error", choices=["error", "random"],
                         help="videos without a box file: fail before training, or mask them as clips without motion"
                              " (tube masking; motion_guided: a random base slice)")
@@ -248,7 +252,7 @@ def main(args) -> None:
         if log_writer is not None:
             log_writer.flush()
     total = time.time() - start_time
-    print(f"Training time {time.strftime('%H:%M:%S', time.gmtime(total))}")
+    print(f"Training time {datetime.timedelta(seconds=int(total))}")
     if log_writer is not None:
         log_writer.close()
 

@@ -194,9 +194,15 @@ def setup_device(args) -> torch.device:
         raise SystemExit("--device cuda but no GPU is visible; pass --device cpu to train on the CPU")
     if args.precision == "fp16" and not args.device.startswith("cuda"):
         raise SystemExit("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
-    if args.device.startswith("cuda"):
+    device = torch.device(f"cuda:{args.gpu}" if args.device.startswith("cuda") else args.device)
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as VideoMAE: the fastest convolution for the fixed clip size
-    return torch.device(f"cuda:{args.gpu}" if args.device.startswith("cuda") else args.device)
+        capability = torch.cuda.get_device_capability(device)
+        if args.precision == "bf16" and capability < (8, 0) and is_main_process():
+            print(f"warning: --precision bf16 on {torch.cuda.get_device_name(device)} (compute capability "
+                  f"{capability[0]}.{capability[1]}), which has no bf16 arithmetic: pass --precision fp16 "
+                  "(VideoMAE's setting on V100s) for its tensor cores")
+    return device
 
 
 def warn_unused_flags(args, parser: argparse.ArgumentParser, rules) -> list[str]:
@@ -255,9 +261,7 @@ def trim_log(output_dir, start_epoch: int) -> list[dict]:
     kept = [record for record in records if record["epoch"] < start_epoch]
     path = Path(output_dir) / "log.txt"
     if is_main_process() and path.exists() and len(path.read_text(encoding="utf-8").splitlines()) != len(kept):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in kept))
     return kept
 
 
@@ -557,14 +561,14 @@ def plain_args(args) -> dict:
 
 def checkpoint_state(model_without_ddp, optimizer, loss_scaler, epoch: int, args, model_ema=None) -> dict:
     """Everything to resume, in types that ``torch.load(weights_only=True)`` accepts (args as a plain dict); with
-    ``model_ema``, its weights under ``model_ema`` (VideoMAE's key)."""
-    state = {
-        "model": model_without_ddp.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "epoch": epoch,
-        "scaler": loss_scaler.state_dict() if loss_scaler is not None else None,
-        "args": plain_args(args),
-    }
+    ``model_ema``, its weights under ``model_ema`` (VideoMAE's key). ``scaler`` only where there is a loss scale
+    (fp16): VideoMAE's resume loads any ``scaler`` it finds, and a GradScaler refuses the empty state of a disabled
+    one."""
+    state = {"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+    scaler = loss_scaler.state_dict() if loss_scaler is not None else {}
+    if scaler:
+        state["scaler"] = scaler
+    state["args"] = plain_args(args)
     if model_ema is not None:
         state["model_ema"] = model_ema.module.state_dict()
     return state
@@ -627,7 +631,14 @@ def latest_checkpoint(output_dir: str | Path, deepspeed: bool) -> Path | None:
         if not name or not (output_dir / name).is_dir():
             raise FileNotFoundError(f"{latest} names {name!r}, which is not a checkpoint folder of {output_dir};"
                                     " pass a complete one with --resume")
-        return output_dir / name
+        if CHECKPOINT_PATTERN.match(name):
+            return output_dir / name
+        numbered = [(int(m.group(1)), p) for p in output_dir.glob("checkpoint-*")
+                    if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name))]
+        if not numbered:  # VideoMAE's save_model moves latest to checkpoint-best, which has no epoch to resume
+            raise FileNotFoundError(f"{latest} names {name!r}, and {output_dir} has no checkpoint-N folder to resume")
+        print(f"{latest} names {name!r}: resuming from the newest numbered checkpoint, {max(numbered)[1].name}")
+        return max(numbered)[1]
     found = [(int(m.group(1)), p) for p in output_dir.glob("checkpoint-*.pth")
              if (m := CHECKPOINT_PATTERN.match(p.name))]
     return max(found)[1] if found else None
@@ -649,7 +660,14 @@ def load_checkpoint_file(path: str | Path, map_location="cpu", allowed: tuple = 
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as e:
             raise pickle.UnpicklingError(f"{path}: refused by torch.load(weights_only=True): {e}") from None
-    if isinstance(checkpoint, dict) and hf_videomae.is_hf_state(checkpoint):
+        except (FileNotFoundError, IsADirectoryError):
+            raise
+        except Exception as e:  # a truncated or empty file, or no torch.save file at all: EOFError, RuntimeError, ...
+            raise ValueError(f"{path}: not a readable checkpoint (truncated or not a torch.save file?): "
+                             f"{type(e).__name__}: {e}") from None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path}: holds a {type(checkpoint).__name__}, not a checkpoint (a dict of weights)")
+    if hf_videomae.is_hf_state(checkpoint):
         return hf_videomae.read_checkpoint(checkpoint, path)
     return checkpoint
 
@@ -692,7 +710,7 @@ def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, mode
     print(f"Resume checkpoint {args.resume}")
     try:
         _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scaler, model_ema, deepspeed)
-    except (RuntimeError, KeyError, ValueError) as e:  # keys, shapes or parameter groups that do not fit
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:  # keys, shapes or parameter groups that do not fit
         raise ValueError(f"{args.resume}: cannot resume from it: {e}") from e
     if args.start_epoch >= args.epochs and not getattr(args, "eval", False):
         if not own:
@@ -708,7 +726,7 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
         loaded, client_state = model.load_checkpoint(str(path.parent), tag=path.name)
         if loaded is None:
             raise FileNotFoundError(f"{path}: not a DeepSpeed checkpoint folder (expected {path}/mp_rank_00_*.pt)")
-        args.start_epoch = client_state["epoch"] + 1
+        args.start_epoch = resumed_epoch(client_state, path) + 1
         if model_ema is not None:
             model_ema.module.load_state_dict(client_state.get("model_ema") or model_without_ddp.state_dict())
     else:
@@ -721,9 +739,18 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
                   f"{args.start_epoch} with a fresh optimizer")
             return
         optimizer.load_state_dict(checkpoint["optimizer"])
-        args.start_epoch = checkpoint["epoch"] + 1
+        args.start_epoch = resumed_epoch(checkpoint, args.resume) + 1
         if loss_scaler is not None and checkpoint.get("scaler"):
             loss_scaler.load_state_dict(checkpoint["scaler"])
+
+
+def resumed_epoch(checkpoint: dict, path) -> int:
+    """The epoch a checkpoint was saved after; a ValueError for VideoMAE's ``checkpoint-best`` (epoch "best")."""
+    epoch = checkpoint.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        raise ValueError(f"{path}: its epoch is {epoch!r}, not a number (VideoMAE's checkpoint-best): resume from "
+                         "a checkpoint-N, or start from these weights with --finetune")
+    return epoch
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -761,7 +788,9 @@ def model_state(checkpoint: dict, path: str | Path, model_key: str = "model|modu
 def saved_args(checkpoint: dict) -> dict:
     """The run's flags saved with a checkpoint: a plain dict (ours), or an argparse Namespace (VideoMAE's)."""
     saved = checkpoint.get("args") or {}
-    return dict(vars(saved)) if isinstance(saved, argparse.Namespace) else dict(saved)
+    if isinstance(saved, argparse.Namespace):
+        return dict(vars(saved))
+    return dict(saved) if isinstance(saved, dict) else {}
 
 
 def read_model_and_args(path: str | Path, model_key: str = "model|module") -> tuple[dict, dict]:
@@ -861,6 +890,10 @@ def saved_token_grid(trained: dict, state: dict) -> tuple[int, int, int] | None:
     return frames // tubelet, size // patch, size // patch
 
 
+class IncompleteCheckpointError(ValueError):
+    """A checkpoint given to test (``--eval``) lacks weights of the model or has weights it has no place for."""
+
+
 def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key: str = "model|module",
                              model_prefix: str = "", require_all: bool = False) -> None:
     """Initialise a fine-tuning model from a pretraining, fine-tuned, DeepSpeed, MOFO release or own checkpoint
@@ -918,12 +951,21 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
             print(f"Interpolating pos_embed {tuple(state['pos_embed'].shape)} -> {tuple(own['pos_embed'].shape)}")
             state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], model.patch_embed.grid_size,
                                                        saved_token_grid(trained, state))
+    name = type(model).__name__
+    mismatched = [f"{k} is {tuple(v.shape)}, the model's {tuple(own[k].shape)}" for k, v in state.items()
+                  if k in own and v.shape != own[k].shape]
+    if mismatched:
+        raise ValueError(f"{path}: {len(mismatched)} weights are another shape than {name}'s ({mismatched[0]}): a "
+                         "checkpoint of another model size, patch or tubelet size (--model)")
+    if not any(k.startswith(("patch_embed.", "blocks.")) for k in state.keys() & own.keys()):
+        raise ValueError(f"{path}: none of its weights is one of {name}'s encoder weights (it has "
+                         f"{', '.join(sorted(state)[:4]) or 'none'}, ...): another --model_key or --model_prefix?")
     result = model.load_state_dict(state, strict=False)
     print(f"Loaded {path}")
     if result.missing_keys:
-        print(f"Weights of {type(model).__name__} not initialized from the checkpoint: {result.missing_keys}")
+        print(f"Weights of {name} not initialized from the checkpoint: {result.missing_keys}")
     if result.unexpected_keys:
-        print(f"Weights from the checkpoint not used in {type(model).__name__}: {result.unexpected_keys}")
+        print(f"Weights from the checkpoint not used in {name}: {result.unexpected_keys}")
     if require_all and (result.missing_keys or result.unexpected_keys):
         problems = []
         if result.missing_keys:
@@ -934,7 +976,7 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
         if result.unexpected_keys:
             problems.append(f"{len(result.unexpected_keys)} of its weights have no place in {type(model).__name__} "
                             f"(e.g. {', '.join(result.unexpected_keys[:3])})")
-        raise ValueError(f"{path}: --eval tests these weights, but " + "; ".join(problems))
+        raise IncompleteCheckpointError(f"{path}: --eval tests these weights, but " + "; ".join(problems))
 
 
 # ---------------------------------------------------------------- mixed precision

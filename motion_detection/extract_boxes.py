@@ -128,7 +128,7 @@ def remove_partial(path: Path) -> None:
 def read_video_list(path: str | os.PathLike) -> list[str]:
     """First whitespace-separated column of every non-empty line."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # -sig: a spreadsheet's byte-order mark
     except OSError as e:
         raise SystemExit(f"cannot read --video_list {path}: {e}") from None
     except UnicodeDecodeError as e:
@@ -394,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     if absolute and not args.video_root:
         parser.error(f"{args.video_list}: {len(absolute)} absolute paths ({absolute[0]}, ...); pass --video_root, a "
                      "folder above them: box files mirror the paths below it")
+    probe = Path(args.output_dir) / f".write_probe_{os.getpid()}"
+    try:  # before hours of flow: a box folder that takes no files would lose every video's boxes
+        atomic_write_text(probe, "")
+        probe.unlink()
+    except OSError as e:
+        parser.error(f"cannot write box files to --output_dir {args.output_dir}: {e}")
     all_videos = distinct_videos(entries, args.video_root)
     videos = all_videos[args.shard_id :: args.num_shards]
     jobs, skipped, failures = plan_jobs(videos, args, config, box_file_collisions(all_videos, args.video_root))
@@ -429,10 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     pairs = sum(o.pairs for o in written)
 
     failed_path = failed_list_path(args.output_dir, args.shard_id, args.num_shards)
-    if failures:
-        atomic_write_text(failed_path, failed_list_text(failures))
-    elif failed_path.exists():
-        failed_path.unlink()
+    try:
+        if failures:
+            atomic_write_text(failed_path, failed_list_text(failures))
+        elif failed_path.exists():
+            failed_path.unlink()
+    except OSError as e:
+        log.error("cannot write the list of failed videos %s: %s", failed_path, e)
     rate = pairs / elapsed if elapsed > 0 else 0.0
     print(f"summary: {len(videos)} videos | {len(written)} written | {skipped} already done | "
           f"{len(failures)} failed | {pairs} frame pairs in {elapsed:.1f}s ({rate:.1f} pairs/s)")

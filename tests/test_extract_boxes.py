@@ -301,6 +301,19 @@ def test_a_list_that_is_not_utf8_is_named(data, tmp_path):
     assert result.returncode != 0 and "latin1.csv is not UTF-8 text" in result.stderr, result.stderr
 
 
+def test_a_box_folder_that_takes_no_files_stops_the_run_first(data, tmp_path):
+    """An --output_dir that cannot be written is named before any flow (a spreadsheet's byte-order mark in the
+    list is no problem)."""
+    _, root = data
+    (tmp_path / "a_file").write_text("")
+    bom_list = tmp_path / "bom.csv"
+    bom_list.write_bytes(b"\xef\xbb\xbf" + "".join(f"{video}\n" for video in GOOD[:1]).encode())
+    result = run(bom_list, root, tmp_path / "a_file" / "boxes", rc=2)
+    assert "cannot write box files to --output_dir" in result.stderr and "Traceback" not in result.stderr
+    assert "frame pairs" not in result.stdout
+    assert summary(run(bom_list, root, tmp_path / "out"))[:2] == (1, 1)
+
+
 def kill_when(command: list[str], ready, event: str) -> None:
     """Run the CLI in a session of its own and SIGKILL it, workers included, as soon as ``ready()`` holds."""
     proc = subprocess.Popen(command, cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

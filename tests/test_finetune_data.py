@@ -28,6 +28,7 @@ from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from datasets import (
+    BOX_SOURCES,
     EPIC_VIDEO_TEMPLATE,
     build_dataset,
     decode_size,
@@ -37,7 +38,7 @@ from datasets import (
     tsn_indices,
 )
 from make_synthetic_dataset import CLASSES, clip_seed, make_dataset, render_clip_details, write_mp4
-from motion_detection.boxfile import BoxFileError, MotionBoxes, load_boxes, save_boxes
+from motion_detection.boxfile import MotionBoxes, load_boxes, save_boxes
 from video_transforms import (
     AFFINE_OPS,
     AUGMENT_FILL,
@@ -88,7 +89,7 @@ def make_args(data: Path, **overrides) -> SimpleNamespace:
                 box_dir=str(data / "gt_boxes"), num_frames=NUM_FRAMES, sampling_rate=SAMPLING_RATE, num_segments=1,
                 input_size=INPUT, short_side_size=INPUT, test_num_segment=2, test_num_crop=3, num_sample=1, aa="",
                 reprob=0.0, remode="pixel", recount=1, seed=0, tubelet_size=2, nb_classes=len(CLASSES), nb_verbs=97,
-                nb_nouns=300)
+                nb_nouns=300, box_source="frame")  # each frame's own box: what the geometry tests follow
     args.update(overrides)
     return SimpleNamespace(**args)
 
@@ -635,7 +636,41 @@ def test_clip_consistent_rand_augment_and_per_frame_erasing(data, videos):
         assert erased.any((1, 2)).all()
 
 
-def test_missing_and_malformed_box_files(data, tmp_path):
+def test_box_sources_give_every_frame_one_box(data, tmp_path):
+    """--box_source video (the paper's) gives every frame the file's union box, as a box file holding that union in
+    every frame (the MOFO release's) gives with --box_source frame; clip the union of the sampled frames' own."""
+    release = tmp_path / "release_boxes"
+    release.mkdir()
+    for path in (data / "gt_boxes").glob("*.json"):
+        record = json.loads(path.read_text())
+        record["frames"] = [record["union"]] * len(record["frames"])
+        (release / path.name).write_text(json.dumps(record))
+    for mode in ("train", "validation"):
+        is_train = mode == "train"
+        boxes = {source: build_dataset(is_train, False, make_args(data, box_source=source)) for source in BOX_SOURCES}
+        boxes["release"] = build_dataset(is_train, False, make_args(data, box_dir=str(release)))
+        for index in range(NUM_VIDEOS):
+            for dataset in boxes.values():
+                dataset.reseed(index)  # the same frames and crop from every dataset
+            item = {name: dataset[index]["box"].numpy() for name, dataset in boxes.items()}
+            own, clip, video = item["frame"], item["clip"], item["video"]
+            np.testing.assert_array_equal(video, item["release"])
+            for one_box in (clip, video):
+                np.testing.assert_array_equal(one_box, np.broadcast_to(one_box[0], one_box.shape))
+            if not np.isnan(own).any():  # the crop keeps every frame's box: cropping and union commute
+                np.testing.assert_allclose(clip[0], [*own[:, :2].min(0), *own[:, 2:].max(0)], atol=1e-6)
+            elif not np.isnan(own).all():  # else the union may reach into the crop between the frames' boxes
+                assert (clip[0, :2] <= np.nanmin(own[:, :2], 0) + 1e-6).all()
+                assert (clip[0, 2:] >= np.nanmax(own[:, 2:], 0) - 1e-6).all()
+            if not np.isnan(clip).any():
+                assert (video[0, :2] <= clip[0, :2] + 1e-6).all() and (video[0, 2:] >= clip[0, 2:] - 1e-6).all()
+    with pytest.raises(ValueError, match="box_source must be one of"):
+        build_dataset(False, False, make_args(data, box_source="frames"))
+
+
+def test_missing_and_malformed_box_files(data, tmp_path, caplog):
+    """Missing box files stop the run at the start, all named; a malformed one (found when drawn) costs only its
+    sample, replaced and logged as a corrupt video's."""
     shutil.copytree(data / "gt_boxes", tmp_path / "boxes")
     lists = write_lists(tmp_path / "lists", [f"{i:06d}.mp4 0" for i in range(NUM_VIDEOS)] + ["part/a.mp4 1"])
     for name in ("000002.json", "000005.json"):
@@ -654,8 +689,9 @@ def test_missing_and_malformed_box_files(data, tmp_path):
     lists = write_lists(tmp_path / "lists", [f"{i:06d}.mp4 0" for i in range(NUM_VIDEOS)])
     dataset = build_dataset(True, False, make_args(data, data_path=str(lists), box_dir=str(tmp_path / "boxes")))
     assert dataset[4]["replaced"] == 0
-    with pytest.raises(BoxFileError, match=str(tmp_path / "boxes" / "000005.json")):
-        dataset[5]
+    assert dataset[5]["replaced"] == 1
+    malformed = tmp_path / "boxes" / "000005.json"
+    assert f"skipping video with a malformed box file ({malformed}: field 'frames'" in caplog.text
 
 
 def test_missing_video_replaced_and_absolute_paths(data, videos, tmp_path, caplog):

@@ -2,6 +2,7 @@
 across ranks, mixup on clips, layer-wise lr decay and checkpoint loading for ``--finetune``."""
 
 import json
+import pickle
 from types import SimpleNamespace
 
 import pytest
@@ -242,3 +243,46 @@ def test_a_finetune_checkpoint_with_pickled_code_is_refused_before_it_runs(tmp_p
     with pytest.raises(Exception, match=r"evil.pth: refused by torch.load\(weights_only=True\)"):
         utils.load_finetune_checkpoint(model, tmp_path / "evil.pth")
     assert not (tmp_path / "ran").exists()
+
+
+def test_unreadable_and_unfitting_checkpoints_are_named(tmp_path):
+    """A truncated, empty or foreign file, a checkpoint of another model size and one with none of the model's
+    weights each stop the load with an error naming the file, instead of a traceback or a silent random start."""
+    pretrain = modeling_pretrain.pretrain_videomae_mini_patch16_224(img_size=32, num_frames=4)
+    torch.save({"model": pretrain.state_dict()}, tmp_path / "good.pth")
+    data = (tmp_path / "good.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "text.pth").write_text("not a checkpoint\n")
+    torch.save([1, 2], tmp_path / "list.pth")
+    small = modeling_pretrain.pretrain_videomae_small_patch16_224(img_size=32, num_frames=4)
+    torch.save({"model": small.state_dict()}, tmp_path / "other_size.pth")
+    torch.save({"model": {"a": torch.zeros(2)}}, tmp_path / "other_keys.pth")
+    model = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4)
+    with pytest.raises(pickle.UnpicklingError, match="text.pth: refused by torch.load"):  # not a pickle of tensors
+        utils.load_finetune_checkpoint(model, tmp_path / "text.pth")
+    for name, message in [("truncated.pth", "not a readable checkpoint"), ("empty.pth", "not a readable checkpoint"),
+                          ("list.pth", "holds a list, not a checkpoint"),
+                          ("other_size.pth", r"another shape than VisionTransformer's \(patch_embed\.proj\.weight is"),
+                          ("other_keys.pth", "none of its weights is one of VisionTransformer's encoder weights")]:
+        with pytest.raises(ValueError, match=message) as error:
+            utils.load_finetune_checkpoint(model, tmp_path / name)
+        assert str(tmp_path / name) in str(error.value)
+
+
+def test_checkpoints_have_a_scaler_only_with_a_loss_scale_and_resume_names_a_best_epoch(tmp_path):
+    """VideoMAE's resume loads any ``scaler`` into its fp16 GradScaler, which refuses a disabled one's empty state:
+    bf16/fp32 checkpoints have none. VideoMAE's ``checkpoint-best`` (epoch "best") is named, not added to."""
+    model = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    args = SimpleNamespace(epochs=2)
+    plain = utils.checkpoint_state(model, optimizer, utils.NativeScalerWithGradNormCount(False, "cpu"), 0, args)
+    assert "scaler" not in plain and {"model", "optimizer", "epoch", "args"} <= set(plain)
+    if torch.cuda.is_available():
+        scaled = utils.checkpoint_state(model, optimizer, utils.NativeScalerWithGradNormCount(True, "cuda"), 0, args)
+        assert scaled["scaler"]["scale"] > 0
+    torch.save({**plain, "epoch": "best"}, tmp_path / "checkpoint-best.pth")
+    resume = SimpleNamespace(resume=str(tmp_path / "checkpoint-best.pth"), auto_resume=False, output_dir="",
+                             start_epoch=0, epochs=2)
+    with pytest.raises(ValueError, match="its epoch is 'best', not a number"):
+        utils.auto_load_model(resume, model, model, optimizer, None)

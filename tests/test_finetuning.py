@@ -4,6 +4,7 @@ the multi-view test merged across two ranks, ``--eval``, and learning the synthe
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,13 @@ def test_finetune_from_a_pretraining_run_then_eval(data, pretrained, tmp_path, m
     (out / "test_results.json").unlink()
     again = finetune(finetune_args(data, out, model, "--eval", "--resume", str(out / "checkpoint-0.pth")))
     assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "test_results.json").read_text()) == results
+    # VideoMAE's test command, the training command with --eval: --finetune's pretraining weights have no head, so
+    # the run's own newest checkpoint is tested
+    (out / "test_results.json").unlink()
+    videomae_way = finetune(finetune_args(data, out, model, "--finetune", str(pretrained), "--eval"))
+    assert videomae_way.returncode == 0, videomae_way.stderr[-3000:]
+    assert "testing the run's newest checkpoint instead" in videomae_way.stdout
     assert json.loads((out / "test_results.json").read_text()) == results
 
 
@@ -261,3 +269,14 @@ def test_a_plain_model_reads_no_box_file_and_startup_errors_come_first(data, tmp
                            (["--save_ckpt_freq", "0"], "--save_ckpt_freq must be >= 1")]:
         result = finetune(finetune_args(data, tmp_path / "refused", "vit_mini_patch16_224", *extra))
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    # the test list is read with the others, before training; more classes than SSV2 has are named
+    lists = tmp_path / "no_test_list"
+    lists.mkdir()
+    for split in ("train", "val"):
+        shutil.copy(data / f"{split}.csv", lists / f"{split}.csv")
+    args = finetune_args(data, tmp_path / "no_test", "vit_mini_patch16_224", "--nb_classes", "200")
+    args[args.index("--data_path") + 1] = str(lists)
+    result = finetune(args)
+    assert result.returncode != 0 and f"{lists / 'test.csv'}" in result.stderr, result.stderr[-2000:]
+    assert "Epoch: [0]" not in result.stdout
+    assert "warning: --nb_classes 200, but SSV2 has 174 classes" in result.stdout

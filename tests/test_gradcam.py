@@ -178,25 +178,30 @@ def test_cli_compares_two_models_in_a_png_with_one_row_each(data, tmp_path):
 
 
 def expected_frame_boxes(box_file: Path, frame_indices: np.ndarray, short_side: int = INPUT_SIZE, width: int = 160,
-                         height: int = 120) -> np.ndarray:
-    """The sampled frames' own boxes in the fine-tuning loader's validation view, normalised to it: the short side
-    resized to ``short_side`` (160x120 -> round(160 s / 120) x s), then the centre INPUT_SIZE square."""
-    frames = np.array(json.loads(box_file.read_text())["frames"], dtype=np.float64)[frame_indices]
+                         height: int = 120, source: str = "frame") -> np.ndarray:
+    """The sampled frames' own boxes (``source`` frame) or the file's union box in every frame (video) in the
+    fine-tuning loader's validation view, normalised to it: the short side resized to ``short_side`` (160x120 ->
+    round(160 s / 120) x s), then the centre INPUT_SIZE square."""
+    record = json.loads(box_file.read_text())
+    frames = (np.array(record["frames"], dtype=np.float64)[frame_indices] if source == "frame"
+              else np.tile(np.array(record["union"], dtype=np.float64), (len(frame_indices), 1)))
     new_width = round(width * short_side / height)
     scaled = frames * np.array([new_width / width, short_side / height] * 2)
     offset = np.array([round(0.5 * (new_width - INPUT_SIZE)), (short_side - INPUT_SIZE) // 2] * 2)
     return np.clip(scaled - offset, 0, INPUT_SIZE) / INPUT_SIZE
 
 
-def test_figure_holds_the_frame_boxes_and_a_normalised_map_per_model(data, tmp_path):
-    """MOFO models get the sampled frames' own boxes, as the fine-tuning loader gives them: the logits shown are
-    those of the forward pass the test runs, not of the clip's union box."""
+def test_figure_holds_the_video_box_and_a_normalised_map_per_model(data, tmp_path):
+    """MOFO models get the box the fine-tuning loader gives them (by default the video's union box in every frame;
+    each frame's own with --box_source frame, below): the logits shown are those of the forward pass the test
+    runs."""
     output = tmp_path / "gradcam.png"
     result = figure(data, output, MOFO, "--start_frame", "3", "--compare_model", PLAIN, "--compare_checkpoint",
                     str(data["checkpoints"][PLAIN]))
     assert result.frame_indices.tolist() == [3, 5, 7, 9, 11, 13, 15, 17]
     assert result.shown_frames == [NUM_FRAMES // 2]
-    np.testing.assert_allclose(result.box, expected_frame_boxes(data["boxes"], result.frame_indices), atol=1e-4)
+    np.testing.assert_allclose(result.box, expected_frame_boxes(data["boxes"], result.frame_indices, source="video"),
+                               atol=1e-4)
     assert result.rows == ["input", MOFO, PLAIN]
     assert result.image_size == run_mofo_vis.canvas_size(3, 1, INPUT_SIZE)
     for model in result.models:
@@ -211,17 +216,16 @@ def test_figure_holds_the_frame_boxes_and_a_normalised_map_per_model(data, tmp_p
              (run_mofo_vis.tile_origin(row, 0, INPUT_SIZE) for row in range(3))]
     assert not np.array_equal(tiles[0], tiles[1]) and not np.array_equal(tiles[1], tiles[2])
 
-    moving = result.box[:, 0].max() - result.box[:, 0].min()
-    assert moving > 0.1  # the synthetic object moves: the frame boxes differ from their union
+    frame_boxes = expected_frame_boxes(data["boxes"], result.frame_indices)
+    assert np.ptp(frame_boxes[:, 0]) > 0.1  # the synthetic object moves: the frame boxes differ from the union
     mofo = run_mofo_gradcam.load_classifier(MOFO, str(data["checkpoints"][MOFO]), NUM_CLASSES, INPUT_SIZE,
                                             NUM_FRAMES, "cpu")
     video = normalize_clip(torch.from_numpy(result.frames).permute(0, 3, 1, 2))
     with torch.no_grad():
-        per_frame = mofo(video[None], torch.from_numpy(result.box).float()[None])[0].softmax(-1)
-        union = np.array([*result.box[:, :2].min(0), *result.box[:, 2:].max(0)])
-        of_union = mofo(video[None], torch.from_numpy(union).float()[None])[0].softmax(-1)
-    np.testing.assert_allclose(result.models[0].probabilities, per_frame.numpy(), atol=1e-5)
-    assert not np.allclose(result.models[0].probabilities, of_union.numpy(), atol=1e-5)
+        of_union = mofo(video[None], torch.from_numpy(result.box).float()[None])[0].softmax(-1)
+        per_frame = mofo(video[None], torch.from_numpy(frame_boxes).float()[None])[0].softmax(-1)
+    np.testing.assert_allclose(result.models[0].probabilities, of_union.numpy(), atol=1e-5)
+    assert not np.allclose(result.models[0].probabilities, per_frame.numpy(), atol=1e-5)
 
     targeted = figure(data, tmp_path / "target.png", MOFO, "--start_frame", "3", "--target_class", "3")
     assert targeted.models[0].target_class == 3 != targeted.models[0].predicted_class
@@ -251,7 +255,7 @@ def test_clip_settings_come_from_the_checkpoint_and_the_view_is_the_loaders(data
                 "args": {"input_size": INPUT_SIZE, "num_frames": NUM_FRAMES, "sampling_rate": SAMPLING_RATE,
                          "short_side_size": 80}}, trained)
     args = [str(data["video"]), str(tmp_path / "cam.png"), "--model", PLAIN, "--checkpoint", str(trained),
-            "--layer", "1", "--box_file", str(data["boxes"]), "--start_frame", "3"]
+            "--layer", "1", "--box_file", str(data["boxes"]), "--start_frame", "3", "--box_source", "frame"]
     result = run_mofo_gradcam.gradcam_figure(run_mofo_gradcam.get_args_parser().parse_args(args))
     assert result.frames.shape == (NUM_FRAMES, INPUT_SIZE, INPUT_SIZE, 3)
     assert result.frame_indices.tolist() == [3, 5, 7, 9, 11, 13, 15, 17]

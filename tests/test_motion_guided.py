@@ -236,7 +236,8 @@ def test_dataset_hands_the_augmented_clip_to_a_pluggable_motion_source(dataset_r
 
 
 def test_base_box_is_the_base_slices_own_box(dataset_root):
-    dataset = guided_dataset(dataset_root, guided_base="box", box_dir=str(dataset_root / "gt_boxes"))
+    dataset = guided_dataset(dataset_root, guided_base="box", box_dir=str(dataset_root / "gt_boxes"),
+                             box_source="clip")
     smaller = 0
     for index in range(len(dataset)):
         _, (clip_box, base_box), _, _ = dataset._load(index)

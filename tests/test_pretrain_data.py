@@ -9,6 +9,7 @@ the sampled frames pushed through that crop, and the tubes the mask treats as in
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import shutil
 import struct
@@ -69,7 +70,7 @@ def write_list(path: Path, names) -> str:
 
 def motion_dataset(data, list_file=None, data_root=None, box_dir=None, **kwargs) -> VideoMAEPretrainDataset:
     options = dict(num_frames=NUM_FRAMES, sampling_rate=SAMPLING_RATE, input_size=INPUT_SIZE, patch_size=PATCH,
-                   mask_type="motion", seed=0)
+                   mask_type="motion", seed=0, box_source="clip")
     options.update(kwargs)
     return VideoMAEPretrainDataset(str(list_file or data / "all.csv"), str(data_root or data / "small" / "videos"),
                                    str(box_dir or data / "small" / "gt_boxes"), **options)
@@ -331,7 +332,7 @@ def test_large_video_decoded_smaller_with_correct_boxes(data):
     size = 112
     dataset = VideoMAEPretrainDataset(str(large / "train.csv"), str(large / "videos"), str(large / "gt_boxes"),
                                       num_frames=NUM_FRAMES, sampling_rate=SAMPLING_RATE, input_size=size,
-                                      patch_size=16, mask_type="motion", seed=0)
+                                      patch_size=16, mask_type="motion", seed=0, box_source="clip")
     decoded = decode_size(480, 360, int(np.ceil(size / 0.66)))
     assert decoded == (228, 170)
     name = large.joinpath("train.csv").read_text().split()[0]
@@ -456,6 +457,36 @@ def test_missing_box_random_gives_plain_tube_masks(data, tmp_path, caplog):
                 assert torch.isnan(item["box"]).all()
     loader = DataLoader(dataset, batch_size=4, num_workers=0)
     assert sum(int(batch["missing_box"].sum()) for batch in loader) == 2
+
+
+def test_box_files_that_do_not_fit_their_video(data, tmp_path, caplog):
+    """A malformed box file costs only its sample: replaced and logged with ``--missing_box error``, masked as a clip
+    without motion (logged once) with ``random``. A box file of another frame shape or frame count is named."""
+    box_dir = tmp_path / "boxes"
+    shutil.copytree(data / "small" / "gt_boxes", box_dir)
+    (box_dir / "000001.json").write_text("{not json")
+    for name, change in (("000002.json", {"width": WIDTH * 2}), ("000003.json", {"num_frames": VIDEO_FRAMES * 2})):
+        record = json.loads((box_dir / name).read_text())
+        record.update(change)
+        if "num_frames" in change:
+            record["frames"] = record["frames"] * 2
+        (box_dir / name).write_text(json.dumps(record))
+    names = [f"{i:06d}.mp4" for i in range(4)]
+    list_file = write_list(tmp_path / "list.csv", names)
+    with caplog.at_level(logging.WARNING, logger="datasets"):
+        strict = motion_dataset(data, list_file=list_file, box_dir=box_dir)
+        assert strict[1]["replaced"] == 1 and strict[0]["replaced"] == 0
+        assert f"skipping video with a malformed box file ({box_dir / '000001.json'}" in caplog.text
+        assert strict[2]["replaced"] == 0 and strict[3]["replaced"] == 0
+    assert f"is {WIDTH}x{HEIGHT}, its box file of a {WIDTH * 2}x{HEIGHT} frame" in caplog.text
+    assert f"000003.mp4: its box file counts {VIDEO_FRAMES * 2} frames, the decoder {VIDEO_FRAMES}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="datasets"):
+        lenient = motion_dataset(data, list_file=list_file, box_dir=box_dir, missing_box="random")
+        items = [lenient[1] for _ in range(3)]
+    assert [(item["replaced"], item["missing_box"]) for item in items] == [(0, 1)] * 3
+    assert all(torch.isnan(item["box"]).all() for item in items)
+    assert caplog.text.count("masking its video as a clip without motion") == 1
 
 
 @pytest.fixture
