@@ -531,7 +531,7 @@ def build_pretraining_dataset(args) -> VideoMAEPretrainDataset:
     )
 
 
-# Fine-tuning: classification lists, EPIC-KITCHENS-100 action segments, TSN or dense sampling, per-frame boxes.
+# Fine-tuning: classification lists, EPIC-KITCHENS-100 action segments, TSN or dense sampling, boxes per frame.
 
 EPIC_KITCHENS = "EPIC-KITCHENS-100"
 DATA_SET_CLASSES = {"Kinetics-400": 400, "SSV2": 174, "UCF101": 101, "HMDB51": 51}  # --nb_classes, as VideoMAE's

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.data.mixup import mixup_target
+from timm.loss import SoftTargetCrossEntropy
 
 import utils
-from engine_for_pretraining import autocast
 
 
 def split_heads(logits: torch.Tensor, head_sizes: list[int]) -> list[torch.Tensor]:
@@ -26,11 +26,8 @@ def split_heads(logits: torch.Tensor, head_sizes: list[int]) -> list[torch.Tenso
 
 
 def forward(model, batch: dict, device, use_box: bool, precision: str, deepspeed: bool):
-    videos = batch["video"].to(device, non_blocking=True)
-    if deepspeed and precision != "fp32":
-        videos = videos.to(torch.bfloat16 if precision == "bf16" else torch.float16)
+    videos, context = utils.mixed_precision(batch["video"].to(device, non_blocking=True), device, precision, deepspeed)
     args = (videos, batch["box"]) if use_box else (videos,)  # the box stays on the CPU: see the MOFO model
-    context = contextlib.nullcontext() if deepspeed else autocast(device, precision)
     with context:
         return model(*args).float()
 
@@ -49,11 +46,14 @@ def mixed_targets(mixup_fn, batch: dict, head_sizes: list[int], device) -> tuple
                     for h, size in enumerate(head_sizes)]
 
 
+SOFT_TARGET_LOSS = SoftTargetCrossEntropy()
+
+
 def head_losses(logits: torch.Tensor, targets: list[torch.Tensor], head_sizes: list[int], smoothing: float):
     losses = []
     for head_logits, target in zip(split_heads(logits, head_sizes), targets, strict=True):
-        if target.ndim == 2:  # soft targets from mixup (smoothing already applied)
-            losses.append(torch.sum(-target * F.log_softmax(head_logits, dim=-1), dim=-1).mean())
+        if target.ndim == 2:  # soft targets from mixup (smoothing already applied), VideoMAE's loss for them
+            losses.append(SOFT_TARGET_LOSS(head_logits, target))
         else:
             losses.append(F.cross_entropy(head_logits, target, label_smoothing=smoothing))
     return losses
@@ -73,9 +73,7 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch: int, loss_scal
     finite = utils.FiniteCheck(device)
     replaced = 0
     optimizer.zero_grad(set_to_none=True)
-    for it, batch in enumerate(metric_logger.log_every(data_loader, args.print_freq, header)):
-        if it >= num_batches:
-            break
+    for it, batch in enumerate(metric_logger.log_every(data_loader, args.print_freq, header, total=num_batches)):
         replaced += int(batch["replaced"].sum())  # a CPU tensor: no wait for the device
         step = start_step + it // update_freq
         if it % update_freq == 0:

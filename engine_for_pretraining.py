@@ -3,7 +3,6 @@ the masked tubes, per-step lr / weight-decay schedules, bf16 / fp16 / fp32, DDP 
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import torch
@@ -14,8 +13,6 @@ from hog_targets import tubelet_hog_targets
 from modeling_pretrain import gather_tokens, split_tokens
 from trajectory_targets import worker_targets
 from video_transforms import normalize_video
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 def pixel_targets(pixels: torch.Tensor, patch_size: int, tubelet_size: int, normalize: bool = True) -> torch.Tensor:
@@ -31,13 +28,6 @@ def pixel_targets(pixels: torch.Tensor, patch_size: int, tubelet_size: int, norm
         tubes = (tubes - tubes.mean(dim=-2, keepdim=True)) / (tubes.var(dim=-2, unbiased=True, keepdim=True).sqrt()
                                                               + 1e-6)
     return rearrange(tubes, "b n p c -> b n (p c)")
-
-
-def autocast(device: torch.device, precision: str):
-    dtype = AUTOCAST_DTYPES[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def masked_count(mask: torch.Tensor) -> int:
@@ -72,12 +62,9 @@ def pretrain_loss(model, batch: dict, device: torch.device, args, deepspeed: boo
             targets["hog"] = gather_tokens(hog, masked_index)
         for name in from_workers:
             targets[name] = gather_tokens(batch[name].to(device, non_blocking=True).float(), masked_index)
-    if deepspeed:
-        dtype = AUTOCAST_DTYPES[args.precision] or torch.float32
-        outputs = model(videos.to(dtype), mask, num_masked)
-    else:
-        with autocast(device, args.precision):
-            outputs = model(videos, mask, num_masked)
+    videos, precision = utils.mixed_precision(videos, device, args.precision, deepspeed)
+    with precision:
+        outputs = model(videos, mask, num_masked)
     if not isinstance(outputs, dict):
         outputs = {"pixel": outputs}
     losses = {name: torch.nn.functional.mse_loss(outputs[name].float(), target) for name, target in targets.items()}

@@ -121,8 +121,8 @@ class Attention(nn.Module):
         self.proj = nn.Linear(all_head_dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Self-attention over (B, N, C); ``attn_mask`` (bool, True = may attend) restricts each query's keys."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Self-attention over (B, N, C)."""
         batch, num_tokens, _ = x.shape
         qkv_bias = None
         if self.q_bias is not None:
@@ -130,7 +130,7 @@ class Attention(nn.Module):
         qkv = F.linear(x, self.qkv.weight, qkv_bias)
         q, k, v = qkv.reshape(batch, num_tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop_p if self.training else 0.0, scale=self.scale
+            q, k, v, dropout_p=self.attn_drop_p if self.training else 0.0, scale=self.scale
         )
         x = x.transpose(1, 2).reshape(batch, num_tokens, -1)
         return self.proj_drop(self.proj(x))
@@ -178,11 +178,11 @@ class Block(nn.Module):
             self.gamma_1 = None
             self.gamma_2 = None
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gamma_1 is None:
-            x = x + self.drop_path(self.attn(self.norm1(x), attn_mask))
+            x = x + self.drop_path(self.attn(self.norm1(x)))
             return x + self.drop_path(self.mlp(self.norm2(x)))
-        x = x + self.drop_path(self.gamma_1 * self.attn(self.norm1(x), attn_mask))
+        x = x + self.drop_path(self.gamma_1 * self.attn(self.norm1(x)))
         return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
 
 
@@ -372,7 +372,7 @@ class VisionTransformer(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token"}
+        return {"pos_embed", "cls_token"}  # VideoMAE's set (it has no class token either)
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Final-layer tokens (B, N, C) before pooling, in (t, h, w) order."""
@@ -520,6 +520,9 @@ MCA_POOLS = ("fuse", "inside")
 MCA_TOKEN_RULES = ("centre", "overlap")
 
 
+MCA_SETTINGS = ("mca_mode", "mca_depth", "mca_heads", "mca_pool", "mca_tokens")  # the MOFO head's constructor flags
+
+
 class MotionFocusedVisionTransformer(VisionTransformer):
     """MOFO fine-tuning model: the VideoMAE ViT encoder, then ``mca_depth`` multi-cross-attention layers fusing the
     tokens inside and outside the motion box, then (``mca_pool`` fuse) the inside and outside token means ->
@@ -557,11 +560,13 @@ class MotionFocusedVisionTransformer(VisionTransformer):
             init_weights_trunc_normal(self.fuse)
 
     def mca_settings(self) -> dict:
-        """The head's constructor settings (checked when a MOFO release checkpoint is loaded)."""
+        """The head's constructor settings, :data:`MCA_SETTINGS` (checked when a MOFO release checkpoint is
+        loaded)."""
         first = self.mca[0] if len(self.mca) else None
-        return {"mca_mode": None if first is None else "inner" if first.outer is None else "both",
-                "mca_depth": len(self.mca), "mca_heads": None if first is None else first.inner.attn.num_heads,
-                "mca_pool": self.mca_pool, "mca_tokens": self.mca_tokens}
+        settings = {"mca_mode": None if first is None else "inner" if first.outer is None else "both",
+                    "mca_depth": len(self.mca), "mca_heads": None if first is None else first.inner.attn.num_heads,
+                    "mca_pool": self.mca_pool, "mca_tokens": self.mca_tokens}
+        return {name: settings[name] for name in MCA_SETTINGS}
 
     def inside_tokens(self, box: torch.Tensor) -> torch.Tensor:
         """(B, N) bool: which tokens are inside, by ``mca_tokens``: centre, the patch centre lies in the union box of

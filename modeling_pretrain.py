@@ -318,7 +318,7 @@ class PretrainVisionTransformer(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token", "mask_token"}
+        return {"pos_embed", "cls_token", "mask_token"}  # VideoMAE's set
 
     def _check_mask(self, mask: torch.Tensor, batch: int, num_masked: int | None) -> None:
         """Shape and dtype; the per-sample counts only when ``num_masked`` is not given (that check waits for the

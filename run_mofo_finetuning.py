@@ -200,11 +200,30 @@ def build_model(args):
                   attn_drop_rate=args.attn_drop_rate, use_mean_pooling=args.use_mean_pooling,
                   init_scale=args.init_scale, use_checkpoint=args.use_checkpoint)
     if args.model.endswith("_mofo"):
-        kwargs.update(mca_mode=args.mca_mode, mca_depth=args.mca_depth, mca_heads=args.mca_heads,
-                      mca_pool=args.mca_pool, mca_tokens=args.mca_tokens)
+        kwargs.update({name: getattr(args, name) for name in modeling_finetune.MCA_SETTINGS})
     model = create_model(args.model, pretrained=False, **kwargs)
     args.use_box = isinstance(model, modeling_finetune.MotionFocusedVisionTransformer)
     return model
+
+
+def build_optimizer(args, model) -> tuple[torch.optim.Optimizer, list[float]]:
+    """``--opt`` over VideoMAE's parameter groups (no weight decay for norms, biases and position tables; lr scaled
+    by ``--layer_decay`` per layer, :func:`layer_id_for`). Returns the optimizer and the per-layer lr scales."""
+    num_layers = model.get_num_layers()
+    layer_scales = [args.layer_decay ** (num_layers + 1 - i) for i in range(num_layers + 2)]
+    groups = utils.param_groups_weight_decay(model, args.weight_decay, set(model.no_weight_decay()),
+                                             lambda n: layer_id_for(n, num_layers), layer_scales)
+    return utils.create_optimizer(args, groups), layer_scales
+
+
+def build_mixup(args) -> Mixup | None:
+    """timm's Mixup / CutMix from the flags (with the label smoothing, for the first head's classes); None when
+    both are off."""
+    if not (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
+        return None
+    return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                 prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                 label_smoothing=args.smoothing, num_classes=args.head_sizes[0])
 
 
 def unused_flag_rules(args) -> list[tuple[bool, tuple[str, ...], str]]:
@@ -218,7 +237,7 @@ def unused_flag_rules(args) -> list[tuple[bool, tuple[str, ...], str]]:
         (not args.model_ema, ("model_ema_decay", "model_ema_force_cpu"), "no --model_ema"),
         (not mixing, ("mixup_prob", "mixup_switch_prob", "mixup_mode"), "mixup and cutmix are off"),
         (not args.reprob, ("remode", "recount"), "random erasing is off (--reprob 0)"),
-        (not args.use_box, ("mca_mode", "mca_depth", "mca_heads", "mca_pool", "mca_tokens", "box_dir", "box_source"),
+        (not args.use_box, (*modeling_finetune.MCA_SETTINGS, "box_dir", "box_source"),
          f"--model {args.model} has no motion-box MCA head (the *_mofo models have)"),
         (args.data_set in TSN_DATA_SETS, ("sampling_rate",),
          f"--data_set {args.data_set} samples TSN segments over the whole clip, with no stride"),
@@ -317,11 +336,7 @@ def main(args) -> None:
 
     total_batch = args.batch_size * args.update_freq * world
     utils.scale_lr_to_batch(args, total_batch)
-    num_layers = model.get_num_layers()
-    layer_scales = [args.layer_decay ** (num_layers + 1 - i) for i in range(num_layers + 2)]
-    groups = utils.param_groups_weight_decay(model, args.weight_decay, set(model.no_weight_decay()),
-                                             lambda n: layer_id_for(n, num_layers), layer_scales)
-    optimizer = utils.create_optimizer(args, groups)
+    optimizer, layer_scales = build_optimizer(args, model)
     model, model_without_ddp, optimizer, loss_scaler = utils.wrap_model(args, model, optimizer, device)
     if args.eval:
         args.auto_resume = False  # the checkpoint to test is chosen above
@@ -342,14 +357,10 @@ def main(args) -> None:
     if niter_per_ep == 0:
         raise SystemExit(f"{len(train_set)} training videos make no full step of {args.batch_size} x {world} GPUs x "
                          f"--update_freq {args.update_freq}")
-    mixup_fn = None
-    if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
-        if args.mixup_mode == "pair" and args.batch_size * args.num_sample % 2:
-            raise SystemExit(f"--mixup_mode pair mixes clips in pairs: --batch_size {args.batch_size} x --num_sample "
-                             f"{args.num_sample} clips per step must be even")
-        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                         prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                         label_smoothing=args.smoothing, num_classes=args.head_sizes[0])
+    mixup_fn = build_mixup(args)
+    if mixup_fn is not None and args.mixup_mode == "pair" and args.batch_size * args.num_sample % 2:
+        raise SystemExit(f"--mixup_mode pair mixes clips in pairs: --batch_size {args.batch_size} x --num_sample "
+                         f"{args.num_sample} clips per step must be even")
     with utils.setup_errors():
         lr_schedule, wd_schedule = utils.build_schedules(args, niter_per_ep)
     log_writer = SummaryWriter(args.log_dir) if args.log_dir and utils.is_main_process() else None

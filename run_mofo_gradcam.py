@@ -34,12 +34,10 @@ import argparse
 import contextlib
 import functools
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import decord
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -48,8 +46,8 @@ from timm import list_models
 from timm.models import create_model
 
 import utils
-from datasets import BOX_SOURCES, clip_box, frame_boxes, tsn_indices
-from modeling_finetune import MotionFocusedVisionTransformer
+from datasets import BOX_SOURCES, VideoDecodeError, clip_box, decode_frames, frame_boxes, tsn_indices
+from modeling_finetune import MCA_SETTINGS, MotionFocusedVisionTransformer
 from motion_detection.boxfile import BoxFileError, load_boxes
 from run_mofo_vis import (
     VisualizationError,
@@ -141,24 +139,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def read_frames(video_path: str, num_frames: int, sampling_rate: int, start_frame: int, tsn: bool
                 ) -> tuple[torch.Tensor, np.ndarray, int]:
-    """Decoded frames (T, H, W, 3) uint8, their indices in the video and the video's frame count."""
-    if not os.path.isfile(video_path):
-        raise GradCamError(f"{video_path}: video file not found")
+    """Decoded frames (T, H, W, 3) uint8, their indices in the video and the video's frame count; ``tsn``: the
+    fine-tuning loader's validation and one-view test frames."""
+    def pick(num_video_frames: int) -> np.ndarray:
+        if tsn:
+            return tsn_indices(num_video_frames, num_frames, None, 0.5)
+        return clip_frame_indices(num_video_frames, num_frames, sampling_rate, start_frame)
+
     try:
-        reader = decord.VideoReader(video_path, num_threads=1)
-        num_video_frames = len(reader)
-        if num_video_frames == 0:
-            raise GradCamError(f"{video_path}: the video has no frames")
-        if tsn:  # the fine-tuning loader's validation and one-view test frames
-            indices = tsn_indices(num_video_frames, num_frames, None, 0.5)
-        else:
-            indices = clip_frame_indices(num_video_frames, num_frames, sampling_rate, start_frame)
-        frames = torch.from_numpy(reader.get_batch(indices.tolist()).asnumpy())
-    except GradCamError:
-        raise
-    except Exception as e:  # decord raises its own error types for corrupt streams
-        raise GradCamError(f"{video_path}: cannot decode the video ({type(e).__name__}: {e})") from None
-    return frames, indices, num_video_frames
+        return decode_frames(video_path, pick)
+    except VideoDecodeError as e:
+        raise GradCamError(str(e)) from None
 
 
 def read_checkpoint(checkpoint: str) -> tuple[dict, dict, dict]:
@@ -240,8 +231,7 @@ def load_classifier(name: str, checkpoint: str, nb_classes: int | None, input_si
         nb_classes = head.shape[0]
     kwargs = {key: trained[key] for key in ("use_mean_pooling", "tubelet_size") if key in trained}
     if name.endswith("_mofo"):
-        head_keys = ("mca_mode", "mca_depth", "mca_heads", "mca_pool", "mca_tokens")
-        kwargs.update({key: trained[key] for key in head_keys if key in trained})
+        kwargs.update({key: trained[key] for key in MCA_SETTINGS if key in trained})
         if utils.is_release_mca_state(raw):
             kwargs.update(utils.RELEASE_MCA_SETTINGS)
     try:

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import decord
 import numpy as np
 import torch
 from einops import rearrange
@@ -34,7 +32,7 @@ from timm.models import create_model
 
 import modeling_pretrain  # also registers the pretrain_videomae_* models
 import utils
-from datasets import clip_box
+from datasets import VideoDecodeError, clip_box, decode_frames
 from engine_for_pretraining import pixel_targets
 from masking_generator import MotionFocusedMaskingGenerator, TubeMaskingGenerator, inside_box_tokens
 from motion_detection.boxfile import BoxFileError, load_boxes
@@ -122,21 +120,12 @@ def clip_frame_indices(num_video_frames: int, num_frames: int, sampling_rate: in
 
 def read_clip(video_path: str, num_frames: int, sampling_rate: int, start_frame: int
               ) -> tuple[torch.Tensor, np.ndarray, int]:
-    """Decoded frames (T, H, W, 3) uint8, their indices in the video and the video's frame count."""
-    if not os.path.isfile(video_path):
-        raise VisualizationError(f"{video_path}: video file not found")
+    """Decoded frames (T, H, W, 3) uint8, their indices in the video and the video's frame count (decoded as the
+    training loader decodes, :func:`datasets.decode_frames`)."""
     try:
-        reader = decord.VideoReader(video_path, num_threads=1)
-        num_video_frames = len(reader)
-        if num_video_frames == 0:
-            raise VisualizationError(f"{video_path}: the video has no frames")
-        indices = clip_frame_indices(num_video_frames, num_frames, sampling_rate, start_frame)
-        frames = torch.from_numpy(reader.get_batch(indices.tolist()).asnumpy())
-    except VisualizationError:
-        raise
-    except Exception as e:  # decord raises its own error types for corrupt streams
-        raise VisualizationError(f"{video_path}: cannot decode the video ({type(e).__name__}: {e})") from None
-    return frames, indices, num_video_frames
+        return decode_frames(video_path, lambda n: clip_frame_indices(n, num_frames, sampling_rate, start_frame))
+    except VideoDecodeError as e:
+        raise VisualizationError(str(e)) from None
 
 
 def centre_crop_clip(frames: torch.Tensor, box_pixels: np.ndarray, input_size: int) -> tuple[torch.Tensor, np.ndarray]:

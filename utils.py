@@ -8,6 +8,7 @@ import contextlib
 import copy
 import datetime
 import inspect
+import itertools
 import json
 import math
 import os
@@ -504,13 +505,14 @@ class MetricLogger:
     def __str__(self) -> str:
         return self.delimiter.join(f"{name}: {meter}" for name, meter in self.meters.items())
 
-    def log_every(self, iterable, print_freq: int, header: str = ""):
+    def log_every(self, iterable, print_freq: int, header: str = "", total: int | None = None):
+        """Yield the items of ``iterable`` (the first ``total`` only, when given), printing progress."""
         start = end = time.time()
         step_time, data_time = SmoothedValue(fmt="{avg:.4f}"), SmoothedValue(fmt="{avg:.4f}")
         self.add_meter("data_time", data_time)
-        total = len(iterable)
+        total = len(iterable) if total is None else total
         width = len(str(total))
-        for i, obj in enumerate(iterable):
+        for i, obj in enumerate(itertools.islice(iterable, total)):  # stops without fetching an item more
             data_time.update(time.time() - end)
             yield obj
             step_time.update(time.time() - end)
@@ -982,6 +984,19 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
 # ---------------------------------------------------------------- mixed precision
 
 
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def mixed_precision(inputs: torch.Tensor, device: torch.device, precision: str, deepspeed: bool):
+    """``(inputs, context)`` for a forward pass at ``--precision``: autocast (none for fp32); under DeepSpeed, whose
+    engine holds the weights in that dtype and does its own mixed precision, the inputs in that dtype instead."""
+    if deepspeed:
+        return inputs.to(PRECISION_DTYPES[precision]), contextlib.nullcontext()
+    if precision == "fp32":
+        return inputs, contextlib.nullcontext()
+    return inputs, torch.autocast(device_type=device.type, dtype=PRECISION_DTYPES[precision])
+
+
 class NativeScalerWithGradNormCount:
     """backward + (unscale, clip, grad norm) + step, with a GradScaler for fp16 and plain steps otherwise."""
 
@@ -999,7 +1014,7 @@ class NativeScalerWithGradNormCount:
         if clip_grad is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
         else:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.detach()) for p in params]))
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         self._scaler.step(optimizer)
         self._scaler.update()
         return norm

@@ -25,7 +25,6 @@ import sys
 from pathlib import Path
 
 import torch
-from timm.data.mixup import Mixup
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
@@ -86,17 +85,10 @@ def run_row(model_name: str, options: argparse.Namespace) -> dict:
     with PeakMemory(device) as memory:
         torch.manual_seed(options.seed)
         model = run_mofo_finetuning.build_model(args).to(device)
-        num_layers = model.get_num_layers()
-        layer_scales = [args.layer_decay ** (num_layers + 1 - i) for i in range(num_layers + 2)]
-        groups = utils.param_groups_weight_decay(model, args.weight_decay, set(model.no_weight_decay()),
-                                                 lambda n: run_mofo_finetuning.layer_id_for(n, num_layers),
-                                                 layer_scales)
-        optimizer = utils.create_optimizer(args, groups)
+        optimizer, _ = run_mofo_finetuning.build_optimizer(args, model)
         model, _, optimizer, loss_scaler = utils.wrap_model(args, model, optimizer, device)
         model.train()
-        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                         prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                         label_smoothing=args.smoothing, num_classes=args.head_sizes[0])
+        mixup_fn = run_mofo_finetuning.build_mixup(args)  # SSV2's defaults: mixup 0.8, cutmix 1.0
         finite = utils.FiniteCheck(device)
         step_batch = dict(batch)
 

@@ -14,15 +14,19 @@ import numpy as np
 
 
 def read_losses(run_dir: str | Path, key: str = "train_loss") -> dict[int, float]:
-    """The last logged value of ``key`` for every epoch of a run."""
+    """The last logged value of ``key`` for every epoch of a run (a line a killed run cut short is skipped, as the
+    run scripts' ``utils.read_log`` skips it)."""
     log_file = Path(run_dir) / "log.txt"
     if not log_file.exists():
         raise SystemExit(f"{log_file}: no log (did the run start?)")
     losses = {}
-    for line in log_file.read_text().splitlines():
-        record = json.loads(line)
-        if key in record:
-            losses[int(record["epoch"])] = float(record[key])
+    for line in log_file.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and key in record and isinstance(record.get("epoch"), int):
+            losses[record["epoch"]] = float(record[key])
     return losses
 
 

@@ -296,7 +296,8 @@ def test_help_shows_the_usage_example_as_written_and_every_default():
 # A machine's folder: absolute, or reached from a home (~/) or by climbing out of the repository (../../mnt/...: the
 # release's own form).
 ABSOLUTE_PATH = re.compile(
-    r"""(?:["'=\s]/|\.\./|~/)(?:home|mnt|scratch|data|datasets|nfs|gpfs|work|users|storage|cluster)/""")
+    r"""(?:["'=\s]/|\.\./|~/)(?:home|mnt|scratch|data|datasets|nfs|gpfs|work|users|storage|cluster|raid|lustre|"""
+    r"""fsx|beegfs|ceph|projects|project|group|shared|media|opt|srv|root|local)/""", re.IGNORECASE)
 FIXED_DEVICE = re.compile(r"""set_device\(\s*\d|["']cuda:\d""")  # the release's torch.cuda.set_device(3)
 
 
@@ -310,7 +311,8 @@ def test_no_hard_coded_absolute_paths():
              if ABSOLUTE_PATH.search(line) or FIXED_DEVICE.search(line)]
     assert not found, found
     for release_kind in ('default="/scratch/ssv2/videos"', 'root = "../../mnt/welles/scratch/ssv2"',
-                         "DATA=~/datasets/ssv2", "torch.cuda.set_device(3)", 'device = "cuda:1"'):
+                         "DATA=~/datasets/ssv2", "torch.cuda.set_device(3)", 'device = "cuda:1"',
+                         'BOX_JSON = "/raid/mona/EPIC_100_BB_smooth_train.json"', "root='/Users/me/ssv2'"):
         assert ABSOLUTE_PATH.search(release_kind) or FIXED_DEVICE.search(release_kind), release_kind
     import export_hf
     import run_mofo_finetuning

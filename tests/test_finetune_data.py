@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+import datasets
 from datasets import (
     BOX_SOURCES,
     EPIC_VIDEO_TEMPLATE,
@@ -777,3 +778,21 @@ def test_crop_scale_bounds_the_random_resized_crop(data):
     assert video.shape == (3, 4, size, size)
     with pytest.raises(ValueError, match="crop_scale"):
         build_dataset(True, False, make_args(data, data_set="SSV2", crop_scale=(0.5, 0.2)))
+
+
+def test_epic_rows_that_cannot_be_read_are_named_and_a_bom_is_ignored(tmp_path):
+    """A spreadsheet's byte-order mark before the header changes nothing; a row with a non-integer frame or class,
+    or with too few columns, is named by file and line."""
+    good = tmp_path / "good.csv"
+    write_epic_csv(good)
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + good.read_bytes())
+    assert datasets.read_epic_list(bom) == datasets.read_epic_list(good)
+    lines = good.read_text().splitlines()
+    for name, line in (("letters.csv", lines[2].replace(",10,24,", ",ten,24,")), ("short.csv", lines[2][:40])):
+        (tmp_path / name).write_text("\n".join([lines[0], lines[1], line]) + "\n")
+        with pytest.raises(ValueError, match=f"{name}:3: "):
+            datasets.read_epic_list(tmp_path / name)
+    with open(tmp_path / "list.csv", "wb") as f:
+        f.write(b"\xef\xbb\xbf000000.mp4 0\n")
+    assert datasets.read_label_list(tmp_path / "list.csv")[0].video == "000000.mp4"

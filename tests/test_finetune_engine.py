@@ -12,9 +12,9 @@ from timm.data.mixup import Mixup
 
 import modeling_finetune  # noqa: F401
 import modeling_pretrain
+import run_mofo_finetuning
 import utils
 from engine_for_finetuning import accuracies, merge_views, mixed_targets
-from run_mofo_finetuning import layer_id_for
 from test_pretraining import OpensAFile
 
 
@@ -77,15 +77,20 @@ def test_cutmix_on_clips_cuts_the_same_patch_from_every_frame_and_mixes_both_hea
 
 
 def test_layer_decay_groups():
+    """The run script's optimizer: VideoMAE's layer ids and weight-decay groups (a 2-block model: embeddings 0,
+    blocks 1 and 2, everything after them 3)."""
     model = timm.create_model("vit_mini_patch16_224_mofo", num_classes=4, img_size=32, all_frames=4)
-    layers = model.get_num_layers()
-    scales = [0.5 ** (layers + 1 - i) for i in range(layers + 2)]
-    groups = utils.param_groups_weight_decay(model, 0.05, set(model.no_weight_decay()),
-                                             lambda n: layer_id_for(n, layers), scales)
-    scale_of = {n: g["lr_scale"] for g in groups for n in g["param_names"]}
-    assert scale_of["patch_embed.proj.weight"] == 0.5 ** 3
-    assert scale_of["blocks.1.attn.qkv.weight"] == 0.5
-    assert scale_of["head.weight"] == scale_of["mca.0.inner.attn.qkv.weight"] == scale_of["fuse.weight"] == 1.0
+    args = run_mofo_finetuning.get_args_parser().parse_args(["--layer_decay", "0.5", "--weight_decay", "0.05"])
+    optimizer, scales = run_mofo_finetuning.build_optimizer(args, model)
+    assert scales == [0.5 ** 3, 0.5 ** 2, 0.5, 1.0]
+    group_of = {n: g for g in optimizer.param_groups for n in g["param_names"]}
+    assert group_of["patch_embed.proj.weight"]["lr_scale"] == 0.5 ** 3
+    assert group_of["blocks.1.attn.qkv.weight"]["lr_scale"] == 0.5
+    assert (group_of["head.weight"]["lr_scale"] == group_of["mca.0.inner.attn.qkv.weight"]["lr_scale"]
+            == group_of["fuse.weight"]["lr_scale"] == 1.0)
+    assert group_of["blocks.0.norm1.weight"]["weight_decay"] == group_of["head.bias"]["weight_decay"] == 0.0
+    assert group_of["blocks.0.attn.qkv.weight"]["weight_decay"] == 0.05
+    assert {n for g in optimizer.param_groups for n in g["param_names"]} == {n for n, _ in model.named_parameters()}
 
 
 def test_finetune_from_a_pretraining_checkpoint_takes_the_encoder(tmp_path):

@@ -133,7 +133,7 @@ def test_videomae_switches_use_cls_and_no_eval_during_finetuning(data, tmp_path)
     assert "Val acc1" not in result.stdout and not (out / "checkpoint-best.pth").exists()
     record = json.loads((out / "log.txt").read_text().splitlines()[-1])
     assert "train_loss" in record and not any(k.startswith("val_") for k in record)
-    state = torch.load(out / "checkpoint-0.pth", map_location="cpu", weights_only=False)["model"]
+    state = torch.load(out / "checkpoint-0.pth", map_location="cpu", weights_only=True)["model"]
     assert "norm.weight" in state and "fc_norm.weight" not in state
     assert json.loads((out / "test_results.json").read_text())["videos"] > 0
 
@@ -141,14 +141,14 @@ def test_videomae_switches_use_cls_and_no_eval_during_finetuning(data, tmp_path)
 def test_model_ema_is_updated_saved_and_testable(data, pretrained, tmp_path):
     """``--model_ema``: decay 1 keeps the starting (--finetune) weights, decay 0 follows the model; the average is
     saved as ``model_ema`` and tested with ``--model_key model_ema``. DeepSpeed in bf16 is refused."""
-    encoder = torch.load(pretrained, map_location="cpu", weights_only=False)["model"]
+    encoder = torch.load(pretrained, map_location="cpu", weights_only=True)["model"]
     runs = {}
     for decay in ("1.0", "0.0"):
         out = tmp_path / f"decay{decay}"
         result = finetune(finetune_args(data, out, "vit_mini_patch16_224", "--finetune", str(pretrained),
                                         "--model_ema", "--model_ema_decay", decay))
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-        runs[decay] = out, torch.load(out / "checkpoint-0.pth", map_location="cpu", weights_only=False)
+        runs[decay] = out, torch.load(out / "checkpoint-0.pth", map_location="cpu", weights_only=True)
     _, kept = runs["1.0"]
     qkv = "blocks.0.attn.qkv.weight"
     torch.testing.assert_close(kept["model_ema"][qkv], encoder[f"encoder.{qkv}"])

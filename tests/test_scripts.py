@@ -459,7 +459,8 @@ def test_results_table_and_loss_curves_keep_runs_apart(tmp_path):
     assert epic.split() == ["epic", "40.00", "30.00", "20.00", "12"]
     for group, loss in (("a", 1.5), ("b", 0.5)):
         (tmp_path / group / "run").mkdir(parents=True)
-        (tmp_path / group / "run" / "log.txt").write_text(json.dumps({"epoch": 0, "train_loss": loss}) + "\n")
+        (tmp_path / group / "run" / "log.txt").write_text(json.dumps({"epoch": 0, "train_loss": loss}) + "\n"
+                                                           + '{"epoch": 1, "train_lo')  # cut short by a kill
     runs = [str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run")]
     same = subprocess.run([sys.executable, "scripts/loss_curves.py", *runs], cwd=REPO, capture_output=True, text=True,
                           timeout=60)

@@ -273,3 +273,29 @@ def test_compile_keeps_the_checkpoint_keys():
     wrapped, without_ddp, _, _ = utils.wrap_model(args, model, None, torch.device("cpu"))
     assert wrapped is model and without_ddp is model and model._compiled_call_impl is not None
     assert list(without_ddp.state_dict()) == keys
+
+
+class CountedBatches:
+    """A data loader stand-in: ``len`` batches, counting how many were fetched."""
+
+    def __init__(self, length: int):
+        self.length, self.fetched = length, 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        for i in range(self.length):
+            self.fetched += 1
+            yield i
+
+
+def test_progress_over_part_of_a_loader_counts_and_ends_at_that_part(capsys):
+    """Fine-tuning runs whole --update_freq groups of batches: the progress lines count those, the last of them and
+    the epoch's total time are printed, and no batch past them is fetched."""
+    loader = CountedBatches(10)
+    assert list(utils.MetricLogger().log_every(loader, 4, "Epoch: [0]", total=9)) == list(range(9))
+    out = capsys.readouterr().out
+    assert loader.fetched == 9
+    assert "Epoch: [0] [0/9]" in out and "Epoch: [0] [8/9]" in out and "[9/" not in out
+    assert "Epoch: [0] total time:" in out
