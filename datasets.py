@@ -68,7 +68,7 @@ decord.logging.set_level(decord.logging.QUIET)
 log = logging.getLogger("datasets")
 
 MIN_VIDEO_BYTES = 1024  # VideoMAE skips smaller files: decoders can hang on them
-FRAME_COUNT_WARNED: set[str] = set()  # box files whose frame count was named (per worker process)
+BOX_MISMATCH_NAMED = 5  # box files that do not fit their video named per kind and worker; the rest are counted
 UNSCALABLE_VIDEOS: set[str] = set()  # videos decord failed to decode at a reduced size, in this process
 BOX_CACHE_FRAMES = 1_000_000  # parsed boxes kept per worker (16 MB): about 35 of EPIC's long videos
 MAX_REPLACEMENTS = 20
@@ -147,12 +147,38 @@ def decode_size(width: int, height: int, needed_short_side: int) -> tuple[int, i
     return 2 * math.ceil(width * scale / 2), 2 * math.ceil(height * scale / 2)
 
 
-def stored_video_size(path: str, boxes: MotionBoxes | None,
-                      known: dict[str, tuple[int, int]]) -> tuple[int, int] | None:
+class BoxMismatches:
+    """Names the box files that do not fit their video (of a frame of another aspect ratio, or counting other
+    frames than the decoder by more than decoders differ: made from another copy or another video), once per video:
+    the first :data:`BOX_MISMATCH_NAMED` of each kind in this worker, then one line saying the rest go unnamed (a
+    folder of box files made from re-encoded copies would otherwise log a line per video in every worker)."""
+
+    def __init__(self):
+        self.named: set[tuple[str, str]] = set()
+        self.counts: dict[str, int] = {}
+
+    def warn(self, kind: str, video: str, message: str, *args) -> None:
+        if (kind, video) in self.named:
+            return
+        self.named.add((kind, video))
+        self.counts[kind] = count = self.counts.get(kind, 0) + 1
+        if count <= BOX_MISMATCH_NAMED:
+            log.warning(message, *args)
+        if count == BOX_MISMATCH_NAMED:
+            log.warning("more box files of a %s than their video's are not named (this worker)", kind)
+
+    def check_frames(self, boxes: MotionBoxes | None, num_video_frames: int, video: str) -> None:
+        if boxes is not None and abs(boxes.num_frames - num_video_frames) > max(2, 0.05 * num_video_frames):
+            self.warn("frame count", video, "%s: its box file counts %d frames, the decoder %d; its boxes are "
+                      "mapped proportionally", video, boxes.num_frames, num_video_frames)
+
+
+def stored_video_size(path: str, boxes: MotionBoxes | None, known: dict[str, tuple[int, int]],
+                      mismatches: BoxMismatches | None = None) -> tuple[int, int] | None:
     """A video's stored (width, height): from ``known`` (sizes read before, updated) or the container header
     (OpenCV, about 0.5 ms once per video and worker; it orients frames as decord does). A box file of a frame with
-    another aspect ratio is named once (its boxes, placed by the box file's proportions, would be misplaced). None
-    when unreadable (the box file's size, if any): decord then names the problem."""
+    another aspect ratio goes to ``mismatches`` (its boxes, placed by the box file's proportions, would be
+    misplaced). None when unreadable (the box file's size, if any): decord then names the problem."""
     if path in known:
         return known[path]
     size = (0, 0)
@@ -163,9 +189,10 @@ def stored_video_size(path: str, boxes: MotionBoxes | None,
     if min(size) <= 0:
         return None if boxes is None else (boxes.width, boxes.height)
     known[path] = size
-    if boxes is not None and abs(boxes.width * size[1] / (boxes.height * size[0]) - 1) > 0.01:
-        log.warning("%s is %dx%d, its box file of a %dx%d frame (%s): boxes of another video or crop? They are placed "
-                    "by the box file's proportions", path, *size, boxes.width, boxes.height, boxes.video)
+    aspect_ratio_differs = boxes is not None and abs(boxes.width * size[1] / (boxes.height * size[0]) - 1) > 0.01
+    if aspect_ratio_differs and mismatches is not None:
+        mismatches.warn("frame shape", path, "%s is %dx%d, its box file of a %dx%d frame: boxes of another video or "
+                        "crop? They are placed by the box file's proportions", path, *size, boxes.width, boxes.height)
     return size
 
 
@@ -304,13 +331,7 @@ class MotionBoxIndex:
 
 def _box_file_rows(boxes: MotionBoxes, frame_indices: np.ndarray, num_video_frames: int) -> np.ndarray:
     """The box file's rows (pixels of the box file) for decoded frame indices, mapped proportionally when the box
-    file counted a different number of frames than the decoder (named once per worker where they differ by more
-    than decoders do: another encoding of the video, or another video)."""
-    difference = abs(boxes.num_frames - num_video_frames)
-    if difference > max(2, 0.05 * num_video_frames) and boxes.video not in FRAME_COUNT_WARNED:
-        FRAME_COUNT_WARNED.add(boxes.video)
-        log.warning("%s: its box file counts %d frames, the decoder %d; its boxes are mapped proportionally",
-                    boxes.video, boxes.num_frames, num_video_frames)
+    file counted a different number of frames than the decoder."""
     if boxes.num_frames != num_video_frames and num_video_frames > 1:
         frame_indices = np.rint(frame_indices * (boxes.num_frames - 1) / (num_video_frames - 1)).astype(int)
     return boxes.frames[np.clip(frame_indices, 0, boxes.num_frames - 1)]
@@ -359,8 +380,8 @@ class VideoMAEPretrainDataset(Dataset):
     augmented clip's pixels (the training step normalises the batch on its device with
     :func:`video_transforms.normalize_video`: a quarter of float32's bytes through worker memory, pinning and the
     host-to-device copy, and no normalisation in the worker), ``mask`` (N,) bool (True = masked), ``box`` (4,) the
-    clip's motion box in [0, 1] of the augmented frames (NaN: none), ``replaced`` (corrupt videos skipped to produce
-    this item) and ``missing_box`` (0/1).
+    clip's motion box in [0, 1] of the augmented frames (NaN: none), ``replaced`` (corrupt videos, or videos with a
+    malformed box file, skipped to produce this item) and ``missing_box`` (0/1).
 
     ``mask_type``: ``tube`` (VideoMAE), ``motion`` (MOFO: needs ``box_dir``) or ``motion_guided`` (the mask is
     drawn at the middle time slice and follows the per-token motion of each augmented clip, computed here by
@@ -417,6 +438,7 @@ class VideoMAEPretrainDataset(Dataset):
         videos = box_video_paths([entry.video for entry in self.entries], data_root) if uses_boxes else []
         self.boxes = MotionBoxIndex(box_dir, videos, missing_box) if uses_boxes else None
         self._stored_sizes: dict[str, tuple[int, int]] = {}
+        self._box_mismatches = BoxMismatches()
         self.reseed(seed)
 
     def reseed(self, seed: int | None) -> None:
@@ -441,9 +463,10 @@ class VideoMAEPretrainDataset(Dataset):
         def load(entry: int):
             boxes = self.boxes.load(entry) if self.boxes is not None else None
             path = self.video_path(entry)
-            size = reduced_decode_size(stored_video_size(path, boxes, self._stored_sizes),
+            size = reduced_decode_size(stored_video_size(path, boxes, self._stored_sizes, self._box_mismatches),
                                        math.ceil(self.input_size / min(self.scales)))
             frames, indices, num_video_frames = decode_frames(path, lambda n: self.window(entry, n, dense), size)
+            self._box_mismatches.check_frames(boxes, num_video_frames, path)
             indices = indices[self.sampled_frames]
             box = self.motion_box(entry, boxes, indices, num_video_frames)
             base_box = (self.motion_box(entry, boxes, indices[self.base_frames], num_video_frames)
@@ -566,7 +589,11 @@ def read_epic_list(list_file: str | os.PathLike, video_template: str = EPIC_VIDE
     A csv without the class columns (the test set's timestamps file) gets targets -1.
     """
     with open(list_file, encoding="utf-8-sig", newline="") as f:  # -sig: a spreadsheet's byte-order mark
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows, lines = [], []
+        for row in reader:
+            rows.append(row)
+            lines.append(reader.line_num)  # the file's line (csv skips blank lines)
     if not rows:
         raise ValueError(f"{list_file}: no action segments listed")
     columns = set(rows[0])
@@ -581,7 +608,7 @@ def read_epic_list(list_file: str | os.PathLike, video_template: str = EPIC_VIDE
                     "/".join(EPIC_LABEL_COLUMNS))
     trimmed = "narration_id" in template_fields
     entries = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in zip(lines, rows, strict=True):
         if None in row or None in row.values():
             raise ValueError(f"{list_file}:{line}: {len(columns)} columns in the header, another number in this row")
         try:
@@ -642,7 +669,8 @@ class VideoClassificationDataset(Dataset):
     (num_frames x num_segments segments over the clip) or ``dense`` (num_segments windows of num_frames frames at
     sampling_rate). Items are dicts: ``video`` (3, T, S, S) normalised, ``target`` (heads,) long, ``box`` (T, 4)
     float32 in [0, 1] of the output frames (NaN rows: none), ``replaced`` (videos skipped because they failed to
-    decode), and in test mode ``sample_id`` (the entry) and ``view`` (segment * test_num_crop + crop).
+    decode or had a malformed box file), and in test mode ``sample_id`` (the entry) and ``view`` (segment *
+    test_num_crop + crop).
     """
 
     def __init__(self, entries: list[ClipEntry], data_root: str = "", box_dir: str | None = None,
@@ -688,6 +716,7 @@ class VideoClassificationDataset(Dataset):
             relative = box_video_paths([entry.video for entry in entries], data_root)
             self.box_index = MotionBoxIndex(box_dir, relative, "error", FINETUNING_BOX_REMEDY)
         self._stored_sizes: dict[str, tuple[int, int]] = {}
+        self._box_mismatches = BoxMismatches()
         self._overrun_warned: set[str] = set()
         self.reseed(seed)
 
@@ -729,12 +758,14 @@ class VideoClassificationDataset(Dataset):
         return np.minimum(entry.first_frame + indices, num_file_frames - 1)
 
     def _decode(self, index: int, segment: int) -> tuple[torch.Tensor, np.ndarray]:
-        """Sampled frames (T, H, W, 3) uint8 and their boxes (T, 4) in pixels of the decoded frames. The stored
-        size comes from the box file or the container (``stored_video_size``)."""
+        """Sampled frames (T, H, W, 3) uint8 and their boxes (T, 4) in pixels of the decoded frames (decoded smaller
+        where that loses nothing: the stored size comes from the container, ``stored_video_size``)."""
         path, entry = self.video_path(index), self.entries[index]
         boxes = self.motion_boxes(index)
-        size = reduced_decode_size(stored_video_size(path, boxes, self._stored_sizes), self.needed_short_side)
+        size = reduced_decode_size(stored_video_size(path, boxes, self._stored_sizes, self._box_mismatches),
+                                   self.needed_short_side)
         frames, indices, num_file_frames = decode_frames(path, lambda n: self.frame_indices(entry, n, segment), size)
+        self._box_mismatches.check_frames(boxes, num_file_frames, path)
         height, width = frames.shape[1:3]
         if self.box_source == "frame":
             rows = frame_boxes(boxes, indices, num_file_frames)

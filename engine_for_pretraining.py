@@ -62,8 +62,8 @@ def pretrain_loss(model, batch: dict, device: torch.device, args, deepspeed: boo
             targets["hog"] = gather_tokens(hog, masked_index)
         for name in from_workers:
             targets[name] = gather_tokens(batch[name].to(device, non_blocking=True).float(), masked_index)
-    videos, precision = utils.mixed_precision(videos, device, args.precision, deepspeed)
-    with precision:
+    videos, autocast = utils.mixed_precision(videos, device, args.precision, deepspeed)
+    with autocast:
         outputs = model(videos, mask, num_masked)
     if not isinstance(outputs, dict):
         outputs = {"pixel": outputs}

@@ -169,7 +169,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_ckpt", action="store_true", default=True)
     parser.add_argument("--no_save_ckpt", action="store_false", dest="save_ckpt")
     parser.add_argument("--start_epoch", default=0, type=int)
-    parser.add_argument("--eval", action="store_true", help="only run the multi-view test")
+    parser.add_argument("--eval", action="store_true",
+                        help="only run the multi-view test, of --resume or --finetune (a --finetune without a "
+                             "classifier, or none: of the newest checkpoint in --output_dir, as VideoMAE)")
     parser.add_argument("--disable_eval_during_finetuning", action="store_true",
                         help="no validation after each epoch (and so no checkpoint-best); the final test still runs")
     parser.add_argument("--num_workers", default=10, type=int)
@@ -285,8 +287,8 @@ def main(args) -> None:
     args.head_sizes = [args.nb_verbs, args.nb_nouns] if args.data_set == "EPIC-KITCHENS-100" else [args.nb_classes]
     known = DATA_SET_CLASSES.get(args.data_set)
     if known is not None and args.nb_classes > known and utils.is_main_process():  # fewer: a subset of the classes
-        print(f"warning: --nb_classes {args.nb_classes}, but {args.data_set} has {known} classes (pass --nb_classes "
-              f"{known}: the extra outputs take part in the softmax, label smoothing and mixup)")
+        print(f"warning: --nb_classes {args.nb_classes}, but {args.data_set} has {known} classes: unless the lists "
+              "hold more, the extra outputs only take part in the softmax, label smoothing and mixup")
     print(args)
 
     utils.check_checkpoint_flags(args)
@@ -307,23 +309,31 @@ def main(args) -> None:
             train_set = build_dataset(is_train=True, test_mode=False, args=args)
             val_set = (None if args.disable_eval_during_finetuning
                        else build_dataset(is_train=False, test_mode=False, args=args))
-    own = None  # --eval without --resume: the run's newest checkpoint where --finetune is not a complete model
-    if args.eval and args.auto_resume and not args.resume:
-        with utils.setup_errors():
-            own = utils.latest_checkpoint(args.output_dir, args.enable_deepspeed)
+    # --eval without --resume tests, as VideoMAE, the run's newest checkpoint in --output_dir where --finetune has
+    # no classifier (VideoMAE's test command is its fine-tuning command, pretraining weights and all, with --eval)
+    own_checkpoint = args.eval and args.auto_resume and not args.resume
+    trained = {}
     if args.finetune and not (args.eval and args.resume):
         with utils.setup_errors():
             try:
-                utils.load_finetune_checkpoint(model, args.finetune, args.model_key, args.model_prefix,
-                                               require_all=args.eval)
-                own = None
+                trained = utils.load_finetune_checkpoint(model, args.finetune, args.model_key, args.model_prefix,
+                                                         require_all=args.eval)
+                own_checkpoint = False
             except utils.IncompleteCheckpointError as e:
-                if own is None:
+                if not own_checkpoint or e.has_classifier:
                     raise
-                print(f"{e}; testing the run's newest checkpoint instead (as VideoMAE's fine-tuning command with "
-                      "--eval added)")
-    if own is not None:
-        args.resume = str(own)
+                found = utils.latest_checkpoint(args.output_dir, args.enable_deepspeed)
+                if found is None:
+                    raise
+                print(f"{e}; testing the run's newest checkpoint, {found} (VideoMAE's test command: the fine-tuning "
+                      "command with --eval added)")
+                args.resume = str(found)
+    elif own_checkpoint:
+        with utils.setup_errors():
+            found = utils.latest_checkpoint(args.output_dir, args.enable_deepspeed)
+        if found is not None:
+            print(f"--eval tests {found}, the newest checkpoint in --output_dir (as VideoMAE)")
+            args.resume = str(found)
     model.to(device)
     print(f"Model: {args.model}, params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
     model_ema = None
@@ -341,7 +351,9 @@ def main(args) -> None:
     if args.eval:
         args.auto_resume = False  # the checkpoint to test is chosen above
     with utils.setup_errors():
-        utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema)
+        trained = utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema) or trained
+    if args.use_box and "mca_tokens" in trained:  # a MOFO head of this project's: per-frame boxes before --box_source
+        utils.warn_setting_changed(trained, "box_source", args.box_source, "frame")
     if args.eval:
         print(f"Testing the weights of {args.resume or args.finetune or 'a freshly initialised model'}")
 

@@ -18,9 +18,11 @@ validates Something-Something and EPIC); then the loader's validation view: the 
 ``short_side_size``, the centre ``input_size`` square, ImageNet normalisation. Unset, ``input_size``,
 ``num_frames`` (times ``num_segments``), ``sampling_rate`` and ``short_side_size`` are the checkpoint's. An
 EPIC-KITCHENS-100 checkpoint's verb and noun heads are explained one at a time (``--head``).
-The motion boxes are the sampled frames' own boxes from ``--box_file``, carried through the same crop: what the
-fine-tuning loader hands the model, so MOFO models split their tokens as in training and testing. MOFO models need
-them; plain models ignore them, but they are drawn when given.
+The motion boxes come from ``--box_file`` as the fine-tuning loader gives them (``--box_source``, by default the
+MOFO checkpoint's: the video's union box in every frame, the union of the sampled frames' or each frame's own),
+carried through the same crop, so MOFO models split their tokens as in training and testing (for a clip of a long
+EPIC video, whose model saw its action segment's box, ``clip`` comes closer than the whole video's). MOFO models
+need them; plain models ignore them, but they are drawn when given.
 
 PNG: a header with the video frame numbers; the input frames with their motion box (green); one row per model
 with its map over the frames (jet colours, ``--alpha`` blend, box in white), labelled with the model, its predicted
@@ -110,9 +112,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compare_checkpoint", default=None, help="the second model's fine-tuned checkpoint")
     parser.add_argument("--compare_label", default=None, help="row title of the second model")
     parser.add_argument("--box_file", default=None, help="the video's box file (needed by MOFO models)")
-    parser.add_argument("--box_source", default="video", choices=BOX_SOURCES,
-                        help="the MOFO models' box, as run_mofo_finetuning.py's: video (the file's union box), clip "
-                             "(the union of the sampled frames' boxes) or frame (each frame's own)")
+    parser.add_argument("--box_source", default=None, choices=BOX_SOURCES,
+                        help="the MOFO models' box, as run_mofo_finetuning.py's (default: the MOFO checkpoint's): "
+                             "video (the file's union box), clip (the union of the sampled frames' boxes) or frame "
+                             "(each frame's own)")
     parser.add_argument("--nb_classes", default=None, type=int,
                         help="classes of the fine-tuned heads (default: the checkpoint's head size)")
     parser.add_argument("--layer", default=5, type=int, help="backbone block whose output tokens are explained, "
@@ -345,6 +348,13 @@ def check_args(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     for name, _, _ in specs:
         if name.endswith("_mofo") and not args.box_file:
             raise GradCamError(f"{name} is a MOFO model: it needs the clip's motion box, pass --box_file")
+    if args.box_source is None:  # runs of this project's from before --box_source: per-frame; others: the video's
+        saved = {trained.get("box_source", "frame" if "mca_tokens" in trained else "video")
+                 for trained in (read_checkpoint(path)[2] for name, path, _ in specs if name.endswith("_mofo"))}
+        if len(saved) > 1:
+            raise GradCamError(f"the MOFO checkpoints were fine-tuned with different --box_source {sorted(saved)}: "
+                               "pass --box_source")
+        args.box_source = saved.pop() if saved else "video"
     if args.head is not None and all(head_slice(read_checkpoint(path)[2], None)[1] is None for _, path, _ in specs):
         raise GradCamError(f"--head {args.head}: {' and '.join(path for _, path, _ in specs)} "
                            f"{'have' if len(specs) > 1 else 'has'} one head, not EPIC-KITCHENS-100's verb and noun "

@@ -235,7 +235,10 @@ def main(args) -> None:
     model, model_without_ddp, optimizer, loss_scaler = utils.wrap_model(args, model, optimizer, device)
     with utils.setup_errors():
         lr_schedule, wd_schedule = utils.build_schedules(args, niter_per_ep)
-        utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler)
+        trained = utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler)
+    uses_boxes = args.mask_type == "motion" or (args.mask_type == "motion_guided" and args.guided_base == "box")
+    if uses_boxes and "mask_type" in trained:  # a run of this project's: clip boxes before --box_source video
+        utils.warn_setting_changed(trained, "box_source", args.box_source, "clip")
     log_writer = SummaryWriter(args.log_dir) if args.log_dir and utils.is_main_process() else None
     if args.output_dir:
         utils.trim_log(args.output_dir, args.start_epoch)

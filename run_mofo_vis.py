@@ -4,8 +4,9 @@ r"""Reconstruction visualiser: one clip, its motion box, the mask and the model'
         --model pretrain_videomae_base_patch16_224 --decoder_depth 4 --mask_type motion --mask_ratio 0.9
 
 The clip is deterministic: frames ``start_frame + k * sampling_rate`` (clamped to the video), the centred square of
-the short side resized to ``input_size``, ImageNet normalisation; the motion box (the union of the sampled frames'
-boxes from ``--box_file``, or the video's with ``--box_source video``) follows the same crop and resize. Motion
+the short side resized to ``input_size``, ImageNet normalisation; the motion box (the video's union box from
+``--box_file``, or with ``--box_source clip`` the union of the sampled frames' boxes) follows the same crop and
+resize. Motion
 masking uses the box, tube masking ignores it; the mask is drawn from ``--seed``. Model, clip and mask settings not
 given default to the checkpoint's (its run's arguments).
 
@@ -43,7 +44,7 @@ MAX_COLUMNS = 8
 # none; a flag given on the command line wins.
 TRAINED_DEFAULTS = {"model": "pretrain_videomae_base_patch16_224", "decoder_depth": 4, "input_size": 224,
                     "num_frames": 16, "sampling_rate": 4, "normlize_target": True, "mask_type": "motion",
-                    "mask_ratio": 0.9, "motion_mask_ratio": 0.75, "box_source": "clip"}
+                    "mask_ratio": 0.9, "motion_mask_ratio": 0.75, "box_source": "video"}
 CHOICES = {"mask_type": ("motion", "tube"), "box_source": ("clip", "video")}
 LABEL_WIDTH = 132
 HEADER_HEIGHT = 20
@@ -163,6 +164,8 @@ def fill_settings(args: argparse.Namespace, trained: dict) -> None:
     for name, default in TRAINED_DEFAULTS.items():
         if getattr(args, name) is None:
             saved = trained.get(name)
+            if name == "box_source" and saved is None and "mask_type" in trained:
+                saved = "clip"  # this project's runs from before --box_source video, the default since
             if name == "mask_type" and saved == "motion_guided":
                 saved = "motion" if trained.get("guided_base") == "box" else "tube"
                 print(f"note: the checkpoint's --mask_type motion_guided is drawn as --mask_type {saved}")

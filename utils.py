@@ -198,12 +198,19 @@ def setup_device(args) -> torch.device:
     device = torch.device(f"cuda:{args.gpu}" if args.device.startswith("cuda") else args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as VideoMAE: the fastest convolution for the fixed clip size
-        capability = torch.cuda.get_device_capability(device)
-        if args.precision == "bf16" and capability < (8, 0) and is_main_process():
-            print(f"warning: --precision bf16 on {torch.cuda.get_device_name(device)} (compute capability "
-                  f"{capability[0]}.{capability[1]}), which has no bf16 arithmetic: pass --precision fp16 "
-                  "(VideoMAE's setting on V100s) for its tensor cores")
+        warning = precision_warning(args.precision, torch.cuda.get_device_name(device),
+                                    torch.cuda.get_device_capability(device))
+        if warning and is_main_process():
+            print(warning)
     return device
+
+
+def precision_warning(precision: str, gpu: str, capability: tuple[int, int]) -> str | None:
+    """bf16 on a GPU before Ampere (compute capability 8.0) runs without bf16 arithmetic, far slower than fp16."""
+    if precision != "bf16" or tuple(capability) >= (8, 0):
+        return None
+    return (f"warning: --precision bf16 on {gpu} (compute capability {capability[0]}.{capability[1]}), which has no "
+            "bf16 arithmetic: pass --precision fp16 (VideoMAE's setting on V100s) for its tensor cores")
 
 
 def warn_unused_flags(args, parser: argparse.ArgumentParser, rules) -> list[str]:
@@ -232,6 +239,14 @@ def optimizer_flag_rules(args) -> list[tuple[bool, tuple[str, ...], str]]:
         return []  # create_optimizer names the unknown optimizer
     return [(not getattr(info, f"has_{setting}"), (flag,), f"--opt {args.opt} has no {setting}")
             for flag, setting in (("opt_eps", "eps"), ("opt_betas", "betas"), ("momentum", "momentum"))]
+
+
+def warn_setting_changed(trained: dict, name: str, value, unsaved) -> None:
+    """Name a flag the checkpoint's run set otherwise than this run (``unsaved``: its value in this project's runs
+    saved before the flag existed), e.g. a resubmitted job after a default changed."""
+    saved = trained.get(name, unsaved)
+    if saved != value and is_main_process():
+        print(f"warning: the checkpoint's run used --{name} {saved}, this run --{name} {value}")
 
 
 def read_log(output_dir) -> list[dict]:
@@ -639,7 +654,7 @@ def latest_checkpoint(output_dir: str | Path, deepspeed: bool) -> Path | None:
                     if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name))]
         if not numbered:  # VideoMAE's save_model moves latest to checkpoint-best, which has no epoch to resume
             raise FileNotFoundError(f"{latest} names {name!r}, and {output_dir} has no checkpoint-N folder to resume")
-        print(f"{latest} names {name!r}: resuming from the newest numbered checkpoint, {max(numbered)[1].name}")
+        print(f"{latest} names {name!r}: taking the newest numbered checkpoint, {max(numbered)[1].name}")
         return max(numbered)[1]
     found = [(int(m.group(1)), p) for p in output_dir.glob("checkpoint-*.pth")
              if (m := CHECKPOINT_PATTERN.match(p.name))]
@@ -662,7 +677,7 @@ def load_checkpoint_file(path: str | Path, map_location="cpu", allowed: tuple = 
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as e:
             raise pickle.UnpicklingError(f"{path}: refused by torch.load(weights_only=True): {e}") from None
-        except (FileNotFoundError, IsADirectoryError):
+        except OSError:  # not found, a folder, no permission: the error names the file
             raise
         except Exception as e:  # a truncated or empty file, or no torch.save file at all: EOFError, RuntimeError, ...
             raise ValueError(f"{path}: not a readable checkpoint (truncated or not a torch.save file?): "
@@ -685,11 +700,12 @@ def load_deepspeed_file(path: str, map_location=None) -> dict:
     return load_checkpoint_file(path, map_location, (LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address))
 
 
-def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema=None) -> None:
+def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema=None) -> dict:
     """Resume from ``--resume`` or, with ``--auto_resume``, from the newest checkpoint in ``--output_dir``; that one
     wins over a ``--resume`` from elsewhere (a released checkpoint to start from), so a resubmitted job continues
     instead of starting again. Sets ``args.start_epoch``. ``model_ema`` takes the checkpoint's EMA weights, or the
-    model's when it has none (a checkpoint written without ``--model_ema``)."""
+    model's when it has none (a checkpoint written without ``--model_ema``). Returns the resumed run's saved flags
+    (empty when nothing was resumed)."""
     deepspeed = getattr(args, "enable_deepspeed", False)
     own = False
     if args.auto_resume and args.output_dir:
@@ -708,10 +724,10 @@ def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, mode
                       "(--no_auto_resume takes --resume)")
             args.resume, own = str(found), True
     if not args.resume:
-        return
+        return {}
     print(f"Resume checkpoint {args.resume}")
     try:
-        _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scaler, model_ema, deepspeed)
+        trained = _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scaler, model_ema, deepspeed)
     except (RuntimeError, KeyError, TypeError, ValueError) as e:  # keys, shapes or parameter groups that do not fit
         raise ValueError(f"{args.resume}: cannot resume from it: {e}") from e
     if args.start_epoch >= args.epochs and not getattr(args, "eval", False):
@@ -719,31 +735,41 @@ def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, mode
             raise SystemExit(f"{args.resume}: saved after epoch {args.start_epoch - 1}, and --epochs {args.epochs} is "
                              f"the total, not more epochs: pass --epochs above {args.start_epoch} to train on")
         print(f"{args.resume}: trained for all {args.epochs} epochs already")
+    return trained
 
 
-def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scaler, model_ema, deepspeed: bool):
-    """Load ``args.resume`` into the model, optimizer, scaler and EMA; sets ``args.start_epoch`` from it."""
+def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scaler, model_ema,
+                            deepspeed: bool) -> dict:
+    """Load ``args.resume`` into the model and EMA and, unless ``--eval``, the optimizer and scaler, setting
+    ``args.start_epoch`` from it; returns the run's saved flags."""
+    testing = getattr(args, "eval", False)
     if deepspeed:
         path = Path(args.resume)
-        loaded, client_state = model.load_checkpoint(str(path.parent), tag=path.name)
+        loaded, client_state = model.load_checkpoint(str(path.parent), tag=path.name,
+                                                     load_optimizer_states=not testing,
+                                                     load_lr_scheduler_states=not testing)
         if loaded is None:
             raise FileNotFoundError(f"{path}: not a DeepSpeed checkpoint folder (expected {path}/mp_rank_00_*.pt)")
-        args.start_epoch = resumed_epoch(client_state, path) + 1
         if model_ema is not None:
             model_ema.module.load_state_dict(client_state.get("model_ema") or model_without_ddp.state_dict())
-    else:
-        checkpoint = load_checkpoint_file(resolve_checkpoint(args.resume))
-        model_without_ddp.load_state_dict(checkpoint["model"])
-        if model_ema is not None:
-            model_ema.module.load_state_dict(checkpoint.get("model_ema") or checkpoint["model"])
-        if "optimizer" not in checkpoint or "epoch" not in checkpoint:
-            print(f"{args.resume}: weights only (no optimizer state or epoch): training starts at epoch "
-                  f"{args.start_epoch} with a fresh optimizer")
-            return
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        args.start_epoch = resumed_epoch(checkpoint, args.resume) + 1
-        if loss_scaler is not None and checkpoint.get("scaler"):
-            loss_scaler.load_state_dict(checkpoint["scaler"])
+        if not testing:
+            args.start_epoch = resumed_epoch(client_state, path) + 1
+        return saved_args(client_state)
+    checkpoint = load_checkpoint_file(resolve_checkpoint(args.resume))
+    model_without_ddp.load_state_dict(checkpoint["model"])
+    if model_ema is not None:
+        model_ema.module.load_state_dict(checkpoint.get("model_ema") or checkpoint["model"])
+    if testing:  # VideoMAE's checkpoint-best (epoch "best") is tested as any other
+        return saved_args(checkpoint)
+    if "optimizer" not in checkpoint or "epoch" not in checkpoint:
+        print(f"{args.resume}: weights only (no optimizer state or epoch): training starts at epoch "
+              f"{args.start_epoch} with a fresh optimizer")
+        return saved_args(checkpoint)
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    args.start_epoch = resumed_epoch(checkpoint, args.resume) + 1
+    if loss_scaler is not None and checkpoint.get("scaler"):
+        loss_scaler.load_state_dict(checkpoint["scaler"])
+    return saved_args(checkpoint)
 
 
 def resumed_epoch(checkpoint: dict, path) -> int:
@@ -893,11 +919,16 @@ def saved_token_grid(trained: dict, state: dict) -> tuple[int, int, int] | None:
 
 
 class IncompleteCheckpointError(ValueError):
-    """A checkpoint given to test (``--eval``) lacks weights of the model or has weights it has no place for."""
+    """A checkpoint given to test (``--eval``) lacks weights of the model or has weights it has no place for;
+    ``has_classifier``: whether it has a classifier head (of any size)."""
+
+    def __init__(self, message: str, has_classifier: bool):
+        super().__init__(message)
+        self.has_classifier = has_classifier
 
 
 def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key: str = "model|module",
-                             model_prefix: str = "", require_all: bool = False) -> None:
+                             model_prefix: str = "", require_all: bool = False) -> dict:
     """Initialise a fine-tuning model from a pretraining, fine-tuned, DeepSpeed, MOFO release or own checkpoint
     (``--finetune``); with ``model_prefix`` (VideoMAE's ``--model_prefix``) only from the keys under that prefix, the
     prefix removed.
@@ -907,6 +938,7 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
     ``require_all`` (``--eval``: these weights are what is tested, in the model they were trained in) a ValueError
     is raised for a model weight missing from the checkpoint, a checkpoint weight the model has no place for, and
     MOFO head settings other than the saved ones (``mca_heads`` and ``mca_tokens`` leave no trace in the weights).
+    Returns the checkpoint's saved flags.
     """
     raw, trained = read_model_and_args(path, model_key)
     state = encoder_state(raw)
@@ -978,7 +1010,9 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
         if result.unexpected_keys:
             problems.append(f"{len(result.unexpected_keys)} of its weights have no place in {type(model).__name__} "
                             f"(e.g. {', '.join(result.unexpected_keys[:3])})")
-        raise IncompleteCheckpointError(f"{path}: --eval tests these weights, but " + "; ".join(problems))
+        raise IncompleteCheckpointError(f"{path}: --eval tests these weights, but " + "; ".join(problems),
+                                        has_classifier=bool(removed) or "head.weight" not in result.missing_keys)
+    return trained
 
 
 # ---------------------------------------------------------------- mixed precision

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import secrets
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -394,10 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     if absolute and not args.video_root:
         parser.error(f"{args.video_list}: {len(absolute)} absolute paths ({absolute[0]}, ...); pass --video_root, a "
                      "folder above them: box files mirror the paths below it")
-    probe = Path(args.output_dir) / f".write_probe_{os.getpid()}"
+    probe = Path(args.output_dir) / f".write_probe_{secrets.token_hex(8)}"  # one of its own: shards share folders
     try:  # before hours of flow: a box folder that takes no files would lose every video's boxes
         atomic_write_text(probe, "")
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as e:
         parser.error(f"cannot write box files to --output_dir {args.output_dir}: {e}")
     all_videos = distinct_videos(entries, args.video_root)

@@ -539,6 +539,15 @@ def test_epic_segments_targets_frame_ranges_and_boxes(epic, videos, caplog):
         frames, boxes = expected_eval_view(video.eval_frames, video.gt, indices, 0.5)
         assert torch.allclose(unnormalize(item["video"]), frames, atol=1e-2)
         np.testing.assert_allclose(item["box"].numpy(), boxes, atol=1e-4)
+    # --box_source video (the default): every frame gets the union box of its action segment, not of the long video
+    segment_boxes = build_dataset(False, False, epic_args(epic, box_source="video"))
+    for row, (_, _, video_id, start, stop, _, _) in enumerate(EPIC_ROWS):
+        video = videos[EPIC_SOURCES[video_id]]
+        segment = video.gt[start - 1:stop]
+        union = np.array([*np.nanmin(segment[:, :2], 0), *np.nanmax(segment[:, 2:], 0)])
+        _, boxes = expected_eval_view(video.eval_frames, np.tile(union, (len(video.gt), 1)),
+                                      start - 1 + tsn_indices(stop - start + 1, NUM_FRAMES), 0.5)
+        np.testing.assert_allclose(segment_boxes[row]["box"].numpy(), boxes, atol=1e-4)
 
     train = build_dataset(True, False, epic_args(epic, aa=POLICY))
     shown = 0

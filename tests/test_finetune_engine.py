@@ -291,3 +291,28 @@ def test_checkpoints_have_a_scaler_only_with_a_loss_scale_and_resume_names_a_bes
                              start_epoch=0, epochs=2)
     with pytest.raises(ValueError, match="its epoch is 'best', not a number"):
         utils.auto_load_model(resume, model, model, optimizer, None)
+    resume.eval = True  # testing it needs no epoch
+    assert utils.auto_load_model(resume, model, model, optimizer, None) == {"epochs": 2}
+
+
+def test_a_setting_the_checkpoint_was_trained_with_otherwise_is_named(capsys):
+    """A resubmitted job after a default changed: the checkpoint's saved value (or, unsaved, the old default)
+    against this run's."""
+    utils.warn_setting_changed({"box_source": "video"}, "box_source", "video", "frame")
+    utils.warn_setting_changed({}, "box_source", "frame", "frame")
+    assert capsys.readouterr().out == ""
+    utils.warn_setting_changed({}, "box_source", "video", "clip")
+    expected = "warning: the checkpoint's run used --box_source clip, this run --box_source video\n"
+    assert capsys.readouterr().out == expected
+
+
+def test_defaults_are_the_papers_box_and_bf16_only_where_it_runs():
+    """Both run scripts take the paper's one box per video by default; bf16 on a V100 is named (fp16 is its
+    format), not on an A100 or H100, nor fp16 or fp32 anywhere."""
+    import run_mofo_pretraining
+
+    assert run_mofo_finetuning.get_args_parser().parse_args([]).box_source == "video"
+    assert run_mofo_pretraining.get_args_parser().parse_args([]).box_source == "video"
+    assert "--precision fp16" in utils.precision_warning("bf16", "Tesla V100-SXM2-32GB", (7, 0))
+    for precision, capability in (("bf16", (8, 0)), ("bf16", (9, 0)), ("fp16", (7, 0)), ("fp32", (7, 0))):
+        assert utils.precision_warning(precision, "GPU", capability) is None

@@ -110,8 +110,24 @@ def test_finetune_from_a_pretraining_run_then_eval(data, pretrained, tmp_path, m
     (out / "test_results.json").unlink()
     videomae_way = finetune(finetune_args(data, out, model, "--finetune", str(pretrained), "--eval"))
     assert videomae_way.returncode == 0, videomae_way.stderr[-3000:]
-    assert "testing the run's newest checkpoint instead" in videomae_way.stdout
+    assert f"testing the run's newest checkpoint, {out / 'checkpoint-0.pth'}" in videomae_way.stdout
     assert json.loads((out / "test_results.json").read_text()) == results
+    (out / "test_results.json").unlink()
+    no_weights_named = finetune(finetune_args(data, out, model, "--eval"))
+    assert no_weights_named.returncode == 0, no_weights_named.stderr[-3000:]
+    assert f"--eval tests {out / 'checkpoint-0.pth'}, the newest checkpoint in --output_dir" in no_weights_named.stdout
+    assert json.loads((out / "test_results.json").read_text()) == results
+    if model.endswith("_mofo"):  # tested with other boxes than it was trained with: named
+        other_boxes = finetune(finetune_args(data, out, model, "--eval", "--box_source", "frame"))
+        assert other_boxes.returncode == 0, other_boxes.stderr[-3000:]
+        assert ("warning: the checkpoint's run used --box_source video, this run --box_source frame"
+                in other_boxes.stdout)
+    # a classifier of another size is an error, not a reason to test another checkpoint
+    state = torch.load(out / "checkpoint-0.pth", map_location="cpu", weights_only=True)["model"]
+    torch.save({"model": {**state, "head.weight": state["head.weight"][:3], "head.bias": state["head.bias"][:3]}},
+               tmp_path / "three_classes.pth")
+    wrong_head = finetune(finetune_args(data, out, model, "--eval", "--finetune", str(tmp_path / "three_classes.pth")))
+    assert wrong_head.returncode != 0 and "is another size than the model's head" in wrong_head.stderr
 
 
 def test_videomae_switches_use_cls_and_no_eval_during_finetuning(data, tmp_path):

@@ -353,3 +353,23 @@ def test_a_mofo_release_checkpoint_is_explained_with_the_release_head(tmp_path):
     boxes = torch.tensor([[[0.2, 0.2, 0.7, 0.8]] * NUM_FRAMES])
     with torch.no_grad():
         torch.testing.assert_close(model(clip, boxes), trained(clip, boxes))
+
+
+def test_the_box_source_is_the_mofo_checkpoints(data, tmp_path):
+    """Unset, --box_source is the MOFO checkpoint's: saved, or per-frame for this project's runs from before the
+    flag (their args have the MCA settings), or the video's for others (the MOFO release's, no args)."""
+    state = mini_model(MOFO).state_dict()
+    for name, args in (("clip", {"box_source": "clip", "mca_tokens": "centre"}), ("old", {"mca_tokens": "centre"})):
+        torch.save({"model": state, "args": args}, tmp_path / f"{name}.pth")
+    for checkpoint, expected in ((tmp_path / "clip.pth", "clip"), (tmp_path / "old.pth", "frame"),
+                                 (data["checkpoints"][MOFO], "video")):
+        argv = cli_args(data, tmp_path / "cam.png", MOFO)
+        argv[argv.index("--checkpoint") + 1] = str(checkpoint)
+        args = run_mofo_gradcam.get_args_parser().parse_args(argv)
+        run_mofo_gradcam.check_args(args)
+        assert args.box_source == expected
+    argv = cli_args(data, tmp_path / "cam.png", MOFO, "--compare_model", MOFO, "--compare_checkpoint",
+                    str(tmp_path / "old.pth"))
+    argv[argv.index("--checkpoint") + 1] = str(tmp_path / "clip.pth")
+    with pytest.raises(run_mofo_gradcam.GradCamError, match="different --box_source"):
+        run_mofo_gradcam.check_args(run_mofo_gradcam.get_args_parser().parse_args(argv))

@@ -286,8 +286,8 @@ def rotated_copy(source: Path, target: Path) -> Path:
 
 
 def test_every_mask_type_decodes_at_the_same_reduced_size(data, videos, tmp_path, monkeypatch):
-    """Without box files the stored size comes from the container, so VideoMAE's tube masking decodes the same
-    reduced frames as MOFO's; rotated videos come out upright at any size, as decord decodes them as stored."""
+    """The stored size comes from the container, with box files or without, so VideoMAE's tube masking decodes the
+    same reduced frames as MOFO's; rotated videos come out upright at any size, as decord decodes them as stored."""
     tube = VideoMAEPretrainDataset(str(data / "all.csv"), str(data / "small" / "videos"), None,
                                    num_frames=NUM_FRAMES, sampling_rate=SAMPLING_RATE, input_size=INPUT_SIZE,
                                    patch_size=PATCH, mask_type="tube", seed=0)
@@ -474,7 +474,7 @@ def test_box_files_that_do_not_fit_their_video(data, tmp_path, caplog):
     names = [f"{i:06d}.mp4" for i in range(4)]
     list_file = write_list(tmp_path / "list.csv", names)
     with caplog.at_level(logging.WARNING, logger="datasets"):
-        strict = motion_dataset(data, list_file=list_file, box_dir=box_dir)
+        strict = motion_dataset(data, list_file=list_file, box_dir=box_dir, box_source="video")
         assert strict[1]["replaced"] == 1 and strict[0]["replaced"] == 0
         assert f"skipping video with a malformed box file ({box_dir / '000001.json'}" in caplog.text
         assert strict[2]["replaced"] == 0 and strict[3]["replaced"] == 0
@@ -487,6 +487,19 @@ def test_box_files_that_do_not_fit_their_video(data, tmp_path, caplog):
     assert [(item["replaced"], item["missing_box"]) for item in items] == [(0, 1)] * 3
     assert all(torch.isnan(item["box"]).all() for item in items)
     assert caplog.text.count("masking its video as a clip without motion") == 1
+
+
+def test_box_files_that_do_not_fit_are_named_once_each_and_then_counted(caplog):
+    """A folder of box files made from other copies of the videos names the first few per worker, not every one."""
+    mismatches = datasets.BoxMismatches()
+    boxes = MotionBoxes("v", WIDTH, HEIGHT, 100, 25.0, {}, np.zeros((100, 4), np.float32))
+    with caplog.at_level(logging.WARNING, logger="datasets"):
+        for video in [f"{i}.mp4" for i in range(datasets.BOX_MISMATCH_NAMED + 3)] * 2:
+            mismatches.check_frames(boxes, 50, video)
+        mismatches.check_frames(boxes, 98, "close.mp4")  # decoders differ by a frame or two
+    named = [r.getMessage() for r in caplog.records if "its box file counts 100 frames" in r.getMessage()]
+    assert len(named) == datasets.BOX_MISMATCH_NAMED and named[0].startswith("0.mp4:")
+    assert caplog.text.count("more box files of a frame count than their video's are not named") == 1
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def data(tmp_path_factory) -> dict:
 def vis_args(data: dict, output: Path, *extra: str, box_file: bool = True) -> list[str]:
     args = [str(data["video"]), str(output), "--model_path", str(data["checkpoint"]), "--model", MODEL,
             "--decoder_depth", "1", "--input_size", str(INPUT_SIZE), "--num_frames", str(NUM_FRAMES),
-            "--sampling_rate", str(SAMPLING_RATE)]
+            "--sampling_rate", str(SAMPLING_RATE), "--box_source", "clip"]  # the box expected_box computes
     return args + (["--box_file", str(data["boxes"])] if box_file else []) + list(extra)
 
 
@@ -245,8 +245,11 @@ def test_mask_and_box_settings_come_from_the_checkpoint(data, tmp_path):
                        box_source="video"))
     whole = json.loads(data["boxes"].read_text())
     np.testing.assert_allclose(motion.box, expected_box(data["boxes"], np.arange(whole["num_frames"])), atol=1e-4)
-    clip = vis(saved("clip", mask_ratio=0.5, motion_mask_ratio=0.5))
+    clip = vis(saved("clip", mask_ratio=0.5, motion_mask_ratio=0.5, box_source="clip"))
     np.testing.assert_allclose(clip.box, expected_box(data["boxes"], clip.frame_indices), atol=1e-4)
+    # no box_source saved: the video's (the default), or the clip's for this project's runs from before it
+    np.testing.assert_allclose(vis(data["checkpoint"]).box, motion.box, atol=1e-6)
+    np.testing.assert_allclose(vis(saved("old", mask_type="motion")).box, clip.box, atol=1e-6)
     assert not np.allclose(clip.box, motion.box), "the sampled frames' boxes cover all of the video's"
     for result in (motion, clip):
         per_slice = result.mask.reshape(grid_t, grid_h * grid_w)
