@@ -7,7 +7,7 @@ r"""Fine-tune a VideoMAE / MOFO encoder for action classification, plain or with
 Rows of the paper's table: MOFO* = MOFO pretraining + ``--model vit_base_patch16_224``; MOFO** = VideoMAE
 pretraining + ``--model vit_base_patch16_224_mofo``; MOFO-dagger = MOFO pretraining + the ``_mofo`` model.
 Flags and defaults are VideoMAE's; ``--eval`` only runs the multi-view test of ``--resume`` or ``--finetune`` (or,
-as VideoMAE, of the newest checkpoint in ``--output_dir`` where neither holds a complete fine-tuned model).
+as VideoMAE, of the newest checkpoint in ``--output_dir`` where ``--finetune`` has no classifier or is not given).
 """
 
 from __future__ import annotations
@@ -228,6 +228,35 @@ def build_mixup(args) -> Mixup | None:
                  label_smoothing=args.smoothing, num_classes=args.head_sizes[0])
 
 
+def load_initial_weights(args, model) -> dict:
+    """``--finetune``'s weights into the model (unless ``--eval --resume``: those are tested), returning its saved
+    flags. ``--eval`` without ``--resume`` tests, as VideoMAE, the newest checkpoint in ``--output_dir`` (set as
+    ``args.resume``) where ``--finetune`` has no classifier or is not given: VideoMAE's test command is its
+    fine-tuning command, pretraining weights and all, with ``--eval`` added."""
+    own_checkpoint = args.eval and args.auto_resume and not args.resume
+    if not args.finetune:
+        found = utils.latest_checkpoint(args.output_dir, args.enable_deepspeed) if own_checkpoint else None
+        if found is not None:
+            print(f"--eval tests {found}, the newest checkpoint in --output_dir (as VideoMAE)")
+            args.resume = str(found)
+        return {}
+    if args.eval and args.resume:
+        return {}
+    try:
+        return utils.load_finetune_checkpoint(model, args.finetune, args.model_key, args.model_prefix,
+                                              require_all=args.eval)
+    except utils.IncompleteCheckpointError as e:
+        if not own_checkpoint or e.has_classifier:
+            raise
+        found = utils.latest_checkpoint(args.output_dir, args.enable_deepspeed)
+        if found is None:
+            raise
+        print(f"{e}; testing the run's newest checkpoint, {found} (VideoMAE's test command: the fine-tuning command "
+              "with --eval added)")
+        args.resume = str(found)
+        return {}
+
+
 def unused_flag_rules(args) -> list[tuple[bool, tuple[str, ...], str]]:
     """The flags each mode leaves unread (see ``utils.warn_unused_flags``); needs ``args.use_box`` (build_model)."""
     epic = args.data_set == "EPIC-KITCHENS-100"
@@ -309,31 +338,8 @@ def main(args) -> None:
             train_set = build_dataset(is_train=True, test_mode=False, args=args)
             val_set = (None if args.disable_eval_during_finetuning
                        else build_dataset(is_train=False, test_mode=False, args=args))
-    # --eval without --resume tests, as VideoMAE, the run's newest checkpoint in --output_dir where --finetune has
-    # no classifier (VideoMAE's test command is its fine-tuning command, pretraining weights and all, with --eval)
-    own_checkpoint = args.eval and args.auto_resume and not args.resume
-    trained = {}
-    if args.finetune and not (args.eval and args.resume):
-        with utils.setup_errors():
-            try:
-                trained = utils.load_finetune_checkpoint(model, args.finetune, args.model_key, args.model_prefix,
-                                                         require_all=args.eval)
-                own_checkpoint = False
-            except utils.IncompleteCheckpointError as e:
-                if not own_checkpoint or e.has_classifier:
-                    raise
-                found = utils.latest_checkpoint(args.output_dir, args.enable_deepspeed)
-                if found is None:
-                    raise
-                print(f"{e}; testing the run's newest checkpoint, {found} (VideoMAE's test command: the fine-tuning "
-                      "command with --eval added)")
-                args.resume = str(found)
-    elif own_checkpoint:
-        with utils.setup_errors():
-            found = utils.latest_checkpoint(args.output_dir, args.enable_deepspeed)
-        if found is not None:
-            print(f"--eval tests {found}, the newest checkpoint in --output_dir (as VideoMAE)")
-            args.resume = str(found)
+    with utils.setup_errors():
+        trained = load_initial_weights(args, model)
     model.to(device)
     print(f"Model: {args.model}, params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
     model_ema = None
