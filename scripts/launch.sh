@@ -19,7 +19,8 @@
 #                   argparse keeps the last value of a flag, so EXTRA_ARGS overrides the script's settings. Scripts
 #                   expand it as ${EXTRA[@]+"${EXTRA[@]}"}: bash before 4.4 takes an empty array as unset (set -u).
 #   epic_videos CSV...   "<participant>/videos/<video>.MP4 START LENGTH" for every row of EPIC-KITCHENS-100
-#                   annotation csvs: a VideoMAE V2 list of the action segments in the long videos.
+#                   annotation csvs: a VideoMAE V2 list of the action segments in the long videos; with
+#                   EPIC_VIDEO_TEMPLATE set (e.g. clips/{narration_id}.mp4, pre-trimmed clips), the files it names.
 
 # shellcheck disable=SC2034  # used by the scripts that source this file
 read -ra EXTRA <<< "${EXTRA_ARGS:-}"
@@ -71,13 +72,6 @@ launch() {
 }
 
 epic_videos() {
-    # One VideoMAE V2 line per action segment: the long video, the segment's first frame (0-based), its length.
-    # The columns used precede the csv's quoted free-text columns, so splitting on commas is safe.
-    awk -F, 'FNR == 1 { for (i = 1; i <= NF; i++) col[$i] = i
-                        if (!col["participant_id"] || !col["video_id"] || !col["start_frame"] || !col["stop_frame"]) {
-                            print FILENAME ": no participant_id/video_id/start_frame/stop_frame column" > "/dev/stderr"
-                            exit 1 }
-                        next }
-             { print $col["participant_id"] "/videos/" $col["video_id"] ".MP4", $col["start_frame"] - 1,
-                     $col["stop_frame"] - $col["start_frame"] + 1 }' "$@"
+    # Read as fine-tuning reads the csvs (datasets.read_epic_list), with the scripts' EPIC_VIDEO_TEMPLATE.
+    python scripts/epic_video_list.py "$@" ${EPIC_VIDEO_TEMPLATE:+--epic_video_template "$EPIC_VIDEO_TEMPLATE"}
 }

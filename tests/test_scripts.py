@@ -33,8 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 STAGE_SCRIPTS = sorted((REPO / "scripts").glob("*/*.sh"))
 ALL_SCRIPTS = sorted((REPO / "scripts").rglob("*.sh"))
 VENV_BIN = Path(sys.executable).parent  # the venv's python and torchrun
-# Variables the scripts take with a default (${NAME:-...}): none may leak in from the environment running the tests.
-KNOBS = {name for script in ALL_SCRIPTS for name in re.findall(r"\$\{(\w+):[-?]", script.read_text())}
+# Variables the scripts take with a default or as an option (${NAME:-...}, ${NAME:+...}): none may leak in from the
+# environment running the tests.
+KNOBS = {name for script in ALL_SCRIPTS for name in re.findall(r"\$\{(\w+):[-?+]", script.read_text())}
 TINY = "--device cpu --precision fp32 --input_size 64 --num_frames 8 --num_workers 0 --warmup_epochs 0 --print_freq 100"
 TINY_PRETRAIN = f"{TINY} --decoder_depth 1"
 TINY_FINETUNE = f"{TINY} --short_side_size 64 --num_sample 1 --test_num_segment 1 --test_num_crop 1 --lr 0.01"
@@ -277,6 +278,34 @@ def test_finetuning_starts_from_the_pretraining_scripts_newest_checkpoint(datase
             assert finetune["--finetune"] == (source or pretrain["--output_dir"])
             outputs.add(finetune["--output_dir"])
     assert len(outputs) == 6
+
+
+def test_epic_lists_follow_the_video_template(dry_run, tmp_path):
+    """The EPIC scripts list the action segments as fine-tuning reads the csvs: the long videos' frame ranges, or
+    with EPIC_VIDEO_TEMPLATE the pre-trimmed clips it names, whole; fine-tuning gets the same template. A csv the
+    reader refuses stops the script, naming the file."""
+    listed_csv = tmp_path / "train.csv"
+    write_epic_csv(listed_csv, [(EPIC_VIDEOS[0], 3, 10, 0, 0), (EPIC_VIDEOS[1], 1, 5, 1, 1)])
+
+    def epic_videos(csv_file: Path, **variables: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", 'set -e; source scripts/launch.sh; epic_videos "$1" > "$2"; echo done',
+                               "-", str(csv_file), str(tmp_path / "list")], cwd=REPO, env=script_env(**variables),
+                              capture_output=True, text=True, timeout=60)
+
+    assert epic_videos(listed_csv).returncode == 0
+    assert (tmp_path / "list").read_text().splitlines() == [f"{EPIC_VIDEOS[0]} 2 8", f"{EPIC_VIDEOS[1]} 0 5"]
+    assert epic_videos(listed_csv, EPIC_VIDEO_TEMPLATE="trimmed clips/{narration_id}.mp4").returncode == 0
+    assert (tmp_path / "list").read_text().splitlines() == ["trimmed clips/P01_01_0.mp4", "trimmed clips/P01_02_1.mp4"]
+    broken = tmp_path / "broken.csv"
+    broken.write_text(listed_csv.read_text().replace("stop_frame", "end_frame"))
+    refused = epic_videos(broken)
+    assert refused.returncode != 0 and "done" not in refused.stdout
+    assert f"{broken}: columns ['stop_frame'] missing" in refused.stderr
+    template = "clips/{narration_id}.mp4"
+    for stage in ("finetune_mofo", "finetune_plain"):
+        script = REPO / "scripts" / "epic" / f"{stage}.sh"
+        assert options(dry_run(script, EPIC_VIDEO_TEMPLATE=template))["--epic_video_template"] == template
+        assert "--epic_video_template" not in options(dry_run(script))
 
 
 def test_ssv2_finetuning_keeps_videomaes_total_batch_on_any_number_of_gpus(dry_run, tmp_path):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Motion boxes of the EPIC-KITCHENS-100 videos (DATASET.md), on CPUs: by default the long videos
 # <participant>/videos/<video>.MP4 named by train.csv, val.csv and test.csv (the official csvs, copied), one box
-# per frame; or the videos of VIDEO_LIST (a VideoMAE-style list, e.g. of trimmed clips).
+# per frame; with EPIC_VIDEO_TEMPLATE (e.g. clips/{narration_id}.mp4), the pre-trimmed clips it names; or the
+# videos of VIDEO_LIST (a VideoMAE-style list).
 #
 #   sbatch scripts/epic/boxes.sh        # submit from the repository root: 64 array tasks, one shard each
 #   sbatch --array=17,40 scripts/epic/boxes.sh              # rerun some of the shards (e.g. timed out)

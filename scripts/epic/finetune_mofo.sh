@@ -5,7 +5,7 @@
 #   PRETRAINED from MOFO pretraining (scripts/epic/pretrain.sh, the default)   -> row MOFO†  (action 54.5, paper)
 #   PRETRAINED from VideoMAE pretraining (MASK_TYPE=tube, or VideoMAE's file)  -> row MOFO** (54.5, release README)
 # MODEL=vit_base_patch16_224 gives the plain head: scripts/epic/finetune_plain.sh. Pre-trimmed clips:
-# EXTRA_ARGS="--epic_video_template clips/{narration_id}.mp4" (relative to DATA_ROOT).
+# EPIC_VIDEO_TEMPLATE="clips/{narration_id}.mp4" (relative to DATA_ROOT), as for boxes.sh and pretrain.sh.
 # Recipe: the MOFO release's EPIC fine-tuning script (lr 5e-4, batch 8 per GPU, 100 epochs, and NUM_SAMPLE=2:
 # VideoMAE's argparse default, which the release keeps).
 #
@@ -35,12 +35,13 @@ PRETRAINED=${PRETRAINED:-out/epic/pretrain_motion_vitb}  # a checkpoint, or a ru
 FROM=${PRETRAINED%/} FROM=${FROM%.pth} FROM=${FROM#/}  # one output folder per source: auto-resume stays in it
 OUTPUT_DIR=${OUTPUT_DIR:-out/epic/finetune_${MODEL}_from_${FROM//\//_}}
 GPUS=${GPUS:-8} EPOCHS=${EPOCHS:-100} BATCH_SIZE=${BATCH_SIZE:-8} NUM_SAMPLE=${NUM_SAMPLE:-2}
+VIDEOS=(${EPIC_VIDEO_TEMPLATE:+--epic_video_template "$EPIC_VIDEO_TEMPLATE"})  # unset: the long videos
 BOXES=()
 if [[ $MODEL == *_mofo ]]; then BOXES=(--box_dir "$BOX_DIR"); fi
 
 launch run_mofo_finetuning.py \
     --data_set EPIC-KITCHENS-100 --nb_verbs 97 --nb_nouns 300 --data_path "$DATA_PATH" --data_root "$DATA_ROOT" \
-    ${BOXES[@]+"${BOXES[@]}"} --model "$MODEL" --finetune "$PRETRAINED" \
+    ${VIDEOS[@]+"${VIDEOS[@]}"} ${BOXES[@]+"${BOXES[@]}"} --model "$MODEL" --finetune "$PRETRAINED" \
     --batch_size "$BATCH_SIZE" --num_sample "$NUM_SAMPLE" --num_frames 16 --input_size 224 --short_side_size 224 \
     --opt adamw --opt_betas 0.9 0.999 --lr 5e-4 --layer_decay 0.75 --weight_decay 0.05 \
     --warmup_epochs 5 --epochs "$EPOCHS" --drop_path 0.1 --save_ckpt_freq 5 \

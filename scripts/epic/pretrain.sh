@@ -5,7 +5,8 @@
 #
 # By default the list holds every action segment of train.csv as a VideoMAE V2 line (its long video, first frame,
 # length): an epoch draws one random 32-frame window inside every segment, as the MOFO release's trimmed clips did.
-# VIDEO_LIST: a list of your own (e.g. trimmed clips, with their boxes in BOX_DIR).
+# EPIC_VIDEO_TEMPLATE (e.g. clips/{narration_id}.mp4): the pre-trimmed clips it names, each whole. VIDEO_LIST: a
+# list of your own (with its videos' boxes in BOX_DIR).
 #
 #   sbatch scripts/epic/pretrain.sh                       # submit from the repository root
 #   GPUS=8 bash scripts/epic/pretrain.sh                  # one node, torchrun
