@@ -154,34 +154,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="validation and test: frames resized to this short side before the crops")
     parser.add_argument("--test_num_segment", default=5, type=int, help="test: temporal clips per video")
     parser.add_argument("--test_num_crop", default=3, type=int, help="test: spatial crops per clip")
-    parser.add_argument("--output_dir", default="")
-    parser.add_argument("--log_dir", default=None)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
-                        help="autocast dtype, fp16 with a gradient scaler; with --enable_deepspeed, DeepSpeed's bf16"
-                             " or fp16 mode instead (the model in that precision; fp16 with DeepSpeed's loss scaling)")
-    parser.add_argument("--seed", default=0, type=int)
-    parser.add_argument("--resume", default="")
-    parser.add_argument("--auto_resume", action="store_true", default=True,
-                        help="resume from the newest checkpoint in --output_dir, also over a --resume from elsewhere"
-                             " (default)")
-    parser.add_argument("--no_auto_resume", action="store_false", dest="auto_resume")
     parser.add_argument("--save_ckpt", action="store_true", default=True)
     parser.add_argument("--no_save_ckpt", action="store_false", dest="save_ckpt")
-    parser.add_argument("--start_epoch", default=0, type=int)
     parser.add_argument("--eval", action="store_true",
                         help="only run the multi-view test, of --resume or --finetune (a --finetune without a "
                              "classifier, or none: of the newest checkpoint in --output_dir, as VideoMAE)")
     parser.add_argument("--disable_eval_during_finetuning", action="store_true",
                         help="no validation after each epoch (and so no checkpoint-best); the final test still runs")
-    parser.add_argument("--num_workers", default=10, type=int)
-    parser.add_argument("--pin_mem", action="store_true", default=True)
-    parser.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
-
     parser.add_argument("--dist_eval", action="store_true",
                         help="VideoMAE's switch for validating on every rank: validation and the final test here always"
                              " split the videos over the ranks and merge their results")
-    utils.add_distributed_args(parser)
+    utils.add_run_args(parser)
     return parser
 
 

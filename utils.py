@@ -82,8 +82,25 @@ def slurm_master_addr(nodelist: str) -> str:
         return match.group(1) + (match.group(2) or "")
 
 
-def add_distributed_args(parser: argparse.ArgumentParser) -> None:
-    """The distributed flags of both run scripts, with VideoMAE's names."""
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    """The output, device, precision, resume and loader flags of both run scripts, with VideoMAE's names and
+    defaults (bf16 and auto-resume are this project's), and the distributed ones."""
+    parser.add_argument("--output_dir", default="", help="checkpoints and log.txt")
+    parser.add_argument("--log_dir", default=None, help="tensorboard logs")
+    parser.add_argument("--device", default="cuda", help="cuda or cpu")
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"],
+                        help="autocast dtype, fp16 with a gradient scaler; with --enable_deepspeed, DeepSpeed's bf16"
+                             " or fp16 mode instead (the model in that precision; fp16 with DeepSpeed's loss scaling)")
+    parser.add_argument("--seed", default=0, type=int)
+    parser.add_argument("--resume", default="", help="checkpoint to resume from")
+    parser.add_argument("--auto_resume", action="store_true", default=True,
+                        help="resume from the newest checkpoint in --output_dir, also over a --resume from elsewhere"
+                             " (default)")
+    parser.add_argument("--no_auto_resume", action="store_false", dest="auto_resume")
+    parser.add_argument("--start_epoch", default=0, type=int)
+    parser.add_argument("--num_workers", default=10, type=int)
+    parser.add_argument("--pin_mem", action="store_true", default=True, help="pin CPU memory in the data loader")
+    parser.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
     parser.add_argument("--dist_url", default="env://", help="url used to set up distributed training")
     parser.add_argument("--local_rank", "--local-rank", default=-1, type=int,
                         help="passed by torch.distributed.launch (VideoMAE's launcher), which also exports LOCAL_RANK:"
