@@ -53,8 +53,8 @@ from modeling_finetune import MCA_SETTINGS, MotionFocusedVisionTransformer
 from motion_detection.boxfile import BoxFileError, load_boxes
 from run_mofo_vis import (
     VisualizationError,
-    box_in_pixels,
     clip_frame_indices,
+    draw_box,
     render_grid,
     to_uint8,
     with_box,
@@ -313,9 +313,7 @@ def overlay(frame: np.ndarray, cam: np.ndarray, box: np.ndarray, alpha: float) -
     """The frame blended with the jet-coloured map, the motion box (if any) drawn in white."""
     heat = cv2.applyColorMap(np.round(cam * 255).astype(np.uint8), cv2.COLORMAP_JET)
     blended = cv2.addWeighted(frame, 1 - alpha, cv2.cvtColor(heat, cv2.COLOR_BGR2RGB), alpha, 0)
-    corners = box_in_pixels(box, frame.shape[0])
-    if corners is not None:
-        cv2.rectangle(blended, corners[:2], corners[2:], HEAT_BOX_COLOUR, max(1, round(frame.shape[0] / 112)))
+    draw_box(blended, box, HEAT_BOX_COLOUR)
     return blended
 
 

@@ -37,6 +37,7 @@ from datasets import VideoDecodeError, clip_box, decode_frames
 from engine_for_pretraining import pixel_targets
 from masking_generator import MotionFocusedMaskingGenerator, TubeMaskingGenerator, inside_box_tokens
 from motion_detection.boxfile import BoxFileError, load_boxes
+from motion_detection.visualize import draw_box as draw_pixel_box
 from video_transforms import crop_box, normalize_clip, resize_frames, scale_box
 
 MAX_COLUMNS = 8
@@ -297,13 +298,6 @@ def put_text(canvas: np.ndarray, text: str, x: int, y: int, max_width: int, scal
     cv2.putText(canvas, text, (x, y), FONT, scale, TEXT_COLOUR, 1, cv2.LINE_AA)
 
 
-def box_in_pixels(box: np.ndarray, size: int) -> tuple[int, int, int, int] | None:
-    if np.isnan(box).any():
-        return None
-    x1, y1, x2, y2 = (int(round(float(v) * size)) for v in box)
-    return x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)
-
-
 def annotate_original(frame: np.ndarray, box: np.ndarray, inside_box: np.ndarray, grid_hw: tuple[int, int]
                       ) -> np.ndarray:
     """The frame with the tubes inside the box outlined (yellow) and the box itself (green)."""
@@ -319,11 +313,10 @@ def annotate_original(frame: np.ndarray, box: np.ndarray, inside_box: np.ndarray
     return canvas
 
 
-def draw_box(canvas: np.ndarray, box: np.ndarray) -> None:
-    corners = box_in_pixels(box, canvas.shape[0])
-    if corners is not None:
-        thickness = max(1, round(canvas.shape[0] / 112))
-        cv2.rectangle(canvas, corners[:2], corners[2:], BOX_COLOUR, thickness)
+def draw_box(canvas: np.ndarray, box: np.ndarray, colour: tuple[int, int, int] = BOX_COLOUR) -> None:
+    """A normalised box (none if NaN) on a square tile, its line width growing with the tile."""
+    draw_pixel_box(canvas, np.asarray(box, dtype=np.float64) * canvas.shape[0], colour,
+                       max(1, round(canvas.shape[0] / 112)))
 
 
 def with_box(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
