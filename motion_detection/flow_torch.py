@@ -4,13 +4,13 @@ or the CPU, every pair of a batch solved at once as (B, C, h, w) float32 tensors
 The algorithm (Zach, Pock and Bischof 2007; Sánchez, Meinhardt-Llopis and Facciolo 2013, IPOL), with the names
 of :class:`~motion_detection.flow.TVL1Params`:
 
-1. Pyramid: ``scales`` levels, each the previous one smoothed by a Gaussian of sigma 0.6 sqrt(scale_step^-2 - 1)
-   (IPOL's anti-aliasing) and resampled bilinearly by ``scale_step``.
-2. Coarse to fine from zero flow: the flow u of a level is upsampled bilinearly (and rescaled) to start the next
-   one; the dual variable p restarts at zero on every level.
+1. Pyramid: up to ``scales`` levels, each the previous one resized bilinearly by ``scale_step`` (OpenCV's
+   ``resize``, no anti-aliasing), none with a side under 16 pixels.
+2. Coarse to fine from zero flow: the flow u of a level is upsampled bilinearly and divided by ``scale_step`` to
+   start the next one; the dual variable p restarts at zero on every level.
 3. ``warps`` times per level: warp I1 and its centred gradient (computed once per level) to x + u0 by bicubic
-   interpolation and linearise the data term, rho(u) = I1(x + u0) + grad I1(x + u0) . (u - u0) - I0(x). Where
-   x + u0 falls outside the image the warped gradient is set to zero: no data term there, the regulariser decides.
+   interpolation (zero outside the image, positions to 1/32 pixel: OpenCV's ``remap``) and linearise the data
+   term, rho(u) = I1(x + u0) + grad I1(x + u0) . (u - u0) - I0(x).
 4. After each warp, up to ``outer_iterations`` rounds of: a ``median_filtering`` x ``median_filtering`` median
    filter of u (outlier removal, as in OpenCV), then up to ``inner_iterations`` of
 
@@ -28,20 +28,17 @@ stops in between is frozen by a mask until then, which gives the same flow up to
 ``compile=True`` runs one iteration and the median filter through torch.compile, which fuses their dozens of
 elementwise kernels into a few.
 
-Deviations from OpenCV's implementation (none changes the model or the parameters): the pyramid follows IPOL
-(Gaussian anti-aliasing, then bilinear resampling) and may differ from OpenCV's resizing in detail; bicubic
-samples near the edge replicate the border, and positions outside the image carry no data term (step 3; warping
-with zero padding instead keeps closer to OpenCV's flow at the frame edge, 0.01-0.03 px mean EPE between the two
-against 0.04, but is less accurate there); upsampled flow is rescaled by the exact per-axis size ratio of the two
-levels rather than 1/scale_step; levels whose short side would be under ``MIN_LEVEL_SIZE`` pixels are not built
-(a guard for tiny frames); arithmetic is float32 torch, so results agree with OpenCV's to the accuracy of the
-method, not bit for bit.
+Each step follows OpenCV's CPU implementation (tvl1flow.cpp); the arithmetic is float32 torch, and bilinear and
+bicubic samples come from torch's kernels, so the flow agrees with OpenCV's to about 0.015 px mean end-point error,
+not bit for bit (BENCHMARKS.md). Revision 1 of this backend resized the pyramid the IPOL way (Gaussian
+anti-aliasing), replicated the border and dropped the data term outside the image: slightly more accurate
+(0.190 against OpenCV's 0.207 px on the tests' pairs), but 0.043 px away from OpenCV's flow, and its boxes
+further from OpenCV's.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import asdict
 
 import numpy as np
@@ -50,9 +47,10 @@ import torch.nn.functional as F
 
 from .flow import FlowBackend, TVL1Params, register_flow
 
-MIN_LEVEL_SIZE = 8
+MIN_LEVEL_SIZE = 16  # OpenCV's: no pyramid level with a side under 16 pixels
+REMAP_SUBPIXELS = 32  # OpenCV's remap resolves positions to 1/32 pixel (INTER_TAB_SIZE)
 GRAD_EPSILON = float(np.finfo(np.float32).eps)  # |grad I1|^2 below this counts as no gradient
-REVISION = 1  # bump when the numbers this backend produces change, so box files made before are recomputed
+REVISION = 2  # bump when the numbers this backend produces change, so box files made before are recomputed
 IMPLEMENTATION = f"torch float32 r{REVISION}"  # recorded in box files next to the TV-L1 parameters
 DEVICE_CHECK_EVERY = 10  # on a GPU, iterations between host reads of the stopping test (each read is a sync)
 
@@ -62,7 +60,8 @@ def default_device() -> str:
 
 
 def pyramid_sizes(height: int, width: int, scales: int, scale_step: float) -> list[tuple[int, int]]:
-    """(h, w) of each level, finest first; each level is the previous one times ``scale_step``, rounded."""
+    """(h, w) of each level, finest first; each level is the previous one times ``scale_step``, rounded, and none
+    has a side under ``MIN_LEVEL_SIZE`` (OpenCV's rule)."""
     sizes = [(height, width)]
     while len(sizes) < scales:
         h, w = (max(1, round(s * scale_step)) for s in sizes[-1])
@@ -72,29 +71,19 @@ def pyramid_sizes(height: int, width: int, scales: int, scale_step: float) -> li
     return sizes
 
 
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian (radius ceil(3 sigma)) over the last two dims of (B, C, h, w), edges replicated."""
-    radius = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel /= kernel.sum()
-    b, c, h, w = images.shape
-    out = F.pad(images.reshape(b * c, 1, h, w), (radius,) * 4, mode="replicate")
-    out = F.conv2d(F.conv2d(out, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
-    return out.reshape(b, c, h, w)
-
-
 def downscale(images: torch.Tensor, size: tuple[int, int], scale_step: float) -> torch.Tensor:
-    """One pyramid step: Gaussian anti-aliasing for the factor ``scale_step``, then bilinear resampling."""
-    sigma = 0.6 * math.sqrt(1.0 / scale_step**2 - 1.0)
-    return F.interpolate(gaussian_blur(images, sigma), size=size, mode="bilinear", align_corners=False)
+    """One pyramid step as OpenCV's ``resize(fx=fy=scale_step, INTER_LINEAR)``: bilinear samples at
+    (dst + 0.5) / scale_step - 0.5, the border replicated, without anti-aliasing."""
+    h, w = images.shape[-2:]
+    axes = [((torch.arange(n, dtype=images.dtype, device=images.device) + 0.5) / scale_step) * (2 / m) - 1
+            for n, m in ((size[1], w), (size[0], h))]  # source positions, in grid_sample's [-1, 1] units
+    grid = torch.stack(torch.meshgrid(axes[0], axes[1], indexing="xy"), -1).expand(images.shape[0], -1, -1, -1)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def upscale_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling of (B, 2, h, w) flow to ``size``, the vectors scaled by the size ratio of each axis."""
-    h, w = flow.shape[-2:]
-    ratio = torch.tensor([size[1] / w, size[0] / h], dtype=flow.dtype, device=flow.device).view(1, 2, 1, 1)
-    return F.interpolate(flow, size=size, mode="bilinear", align_corners=False) * ratio
+def upscale_flow(flow: torch.Tensor, size: tuple[int, int], scale_step: float) -> torch.Tensor:
+    """Bilinear upsampling of (B, 2, h, w) flow to ``size``, the vectors divided by ``scale_step`` (OpenCV's)."""
+    return F.interpolate(flow, size=size, mode="bilinear", align_corners=False) / scale_step
 
 
 def centred_gradient(images: torch.Tensor) -> torch.Tensor:
@@ -176,16 +165,16 @@ def median_filter(flow: torch.Tensor, size: int) -> torch.Tensor:
     return wires[size * size // 2]
 
 
-def warp(images: torch.Tensor, flow: torch.Tensor, base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def warp(images: torch.Tensor, flow: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     """Bicubic samples of (B, C, h, w) ``images`` at ``base + flow`` (pixel coordinates (x, y), (1 or B, 2, h, w)),
-    with the image's border replicated outwards, and the (B, 1, h, w) mask of positions outside the image."""
+    as OpenCV's ``remap(INTER_CUBIC)``: zero outside the image (its default constant border), and positions
+    rounded to 1/``REMAP_SUBPIXELS`` pixel (its fixed-point maps). The rounding also keeps the float error of
+    grid_sample's coordinates off the border pixels, where a 1e-5 px offset would blend in the zero border."""
     h, w = flow.shape[-2:]
-    pos = base + flow
     to_unit = torch.tensor([2 / max(w - 1, 1), 2 / max(h - 1, 1)], dtype=flow.dtype, device=flow.device)
+    pos = torch.round((base + flow) * REMAP_SUBPIXELS) / REMAP_SUBPIXELS
     grid = (pos * to_unit.view(1, 2, 1, 1) - 1).permute(0, 2, 3, 1)
-    samples = F.grid_sample(images, grid, mode="bicubic", padding_mode="border", align_corners=True)
-    x, y = pos[:, :1], pos[:, 1:]
-    return samples, (x < 0) | (x > w - 1) | (y < 0) | (y > h - 1)
+    return F.grid_sample(images, grid, mode="bicubic", padding_mode="zeros", align_corners=True)
 
 
 def primal_dual_step(u: torch.Tensor, p: torch.Tensor, grad_i1: torch.Tensor, rho_c: torch.Tensor,
@@ -279,8 +268,8 @@ def solve_level(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, c: TVL1Para
     base = torch.stack([xs, ys]).unsqueeze(0)
     p = u.new_zeros(b, 2, 2, h, w)
     for _ in range(c.warps):
-        warped, outside = warp(i1_and_gradient, u, base)
-        grad_i1 = warped[:, 1:].masked_fill(outside, 0)  # no data term where x + u0 leaves the image
+        warped = warp(i1_and_gradient, u, base)
+        grad_i1 = warped[:, 1:]
         rho_c = warped[:, :1] - (grad_i1 * u).sum(1, keepdim=True) - i0
         u, p = _iterate(u, p, grad_i1, rho_c, c, check_every, compile)
     return u
@@ -307,7 +296,7 @@ def tvl1_flow(prev: torch.Tensor, nxt: torch.Tensor, config: TVL1Params | None =
     u = images.new_zeros(b, 2, *sizes[-1])
     for level in reversed(range(len(sizes))):
         if u.shape[-2:] != sizes[level]:
-            u = upscale_flow(u, sizes[level])
+            u = upscale_flow(u, sizes[level], c.scale_step)
         u = solve_level(levels[level][:, :1], levels[level][:, 1:], u, c, check_every, compile)
     return u
 

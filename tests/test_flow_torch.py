@@ -79,7 +79,8 @@ def torch_flows(known_pairs):
 
 
 def test_epe_no_worse_than_opencv(known_pairs, torch_flows):
-    """Measured (CI VM, 2026-11-22): mean EPE 0.190 px (tvl1_torch) vs 0.207 (OpenCV); the two differ by 0.043."""
+    """The same algorithm as OpenCV's, as accurate and close to its flow. Measured (CI VM, 2026-12-01): mean EPE
+    0.2060 px (tvl1_torch) vs 0.2065 (OpenCV); the two flows differ by 0.015."""
     prev, nxt, truth = known_pairs
     cv2.setNumThreads(1)
     opencv = create_flow("tvl1")(prev, nxt)
@@ -88,7 +89,7 @@ def test_epe_no_worse_than_opencv(known_pairs, torch_flows):
     between = np.mean([epe(f, g) for f, g in zip(torch_flows, opencv, strict=True)])
     print(f"mean EPE: tvl1_torch {ours:.3f}, OpenCV {theirs:.3f}, between them {between:.3f}")
     assert ours <= theirs
-    assert ours < 0.25 and between < 0.1
+    assert ours < 0.25 and between < 0.03
 
 
 def test_output_format_and_still_frames(known_pairs, torch_flows):
@@ -164,13 +165,14 @@ def test_params_and_validation():
         with pytest.raises(ValueError):
             create_flow("tvl1_torch", **bad)
     assert pyramid_sizes(120, 160, 5, 0.8) == [(120, 160), (96, 128), (77, 102), (62, 82), (50, 66)]
-    assert pyramid_sizes(12, 16, 5, 0.8) == [(12, 16), (10, 13), (8, 10)]
+    assert pyramid_sizes(20, 24, 5, 0.8) == [(20, 24), (16, 19)]  # OpenCV builds no level under 16 pixels
+    assert pyramid_sizes(12, 16, 5, 0.8) == [(12, 16)]
 
 
 def test_boxes_agree_with_opencv():
     """Union-box IoU with OpenCV TV-L1's boxes on clips of four classes (move_left, move_down, approach,
-    rotate_ccw; moving camera, 160x120, 10 frames). Measured: union 1.000, 1.000, 1.000, 0.944; frame IoU
-    0.986, 0.983, 0.971, 0.967."""
+    rotate_ccw; moving camera, 160x120, 10 frames). Measured (revision 2): union 1.000, 1.000, 0.981, 0.971; frame
+    IoU 0.991, 0.992, 0.995, 0.988."""
     cv2.setNumThreads(1)
     opencv, ours = MotionBoxDetector("tvl1"), MotionBoxDetector("tvl1_torch", {"device": "cpu"})
     union_ious, frame_ious = [], []
@@ -180,7 +182,7 @@ def test_boxes_agree_with_opencv():
         union_ious.append(float(agreement(union_box(a), union_box(b))))
         frame_ious.append(float(agreement(a, b).mean()))
     print("IoU vs OpenCV: union", np.round(union_ious, 3), "frame", np.round(frame_ious, 3))
-    assert np.mean(union_ious) >= 0.9 and min(union_ious) >= 0.8 and min(frame_ious) >= 0.85
+    assert np.mean(union_ious) >= 0.95 and min(union_ious) >= 0.9 and min(frame_ious) >= 0.95
 
 
 def test_prefetch_overlaps_propagates_errors_and_stops():
