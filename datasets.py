@@ -94,6 +94,9 @@ class ClipEntry:
 
 def read_video_list(list_file: str | os.PathLike) -> list[tuple[str, list[str]]]:
     """VideoMAE list: ``path [fields...]`` per line, separated by whitespace."""
+    if Path(list_file).is_dir():
+        raise ValueError(f"{list_file} is a folder, not a list file (pretraining's --data_path names the list itself;"
+                         " fine-tuning's, the folder of train.csv, val.csv and test.csv)")
     entries = []
     for line in Path(list_file).read_text(encoding="utf-8-sig").splitlines():  # -sig: a spreadsheet's BOM
         parts = line.split()
@@ -122,6 +125,20 @@ def read_pretrain_list(list_file: str | os.PathLike) -> list[ClipEntry]:
                              f" got {start} {total}")
         entries.append(ClipEntry(path, (), start, None if total == -1 else total))
     return entries
+
+
+def listed_length(entry: ClipEntry, num_file_frames: int, warned: set[str]) -> int:
+    """The frame count a list entry names (to the end of the file when it names none). ValueError when it starts
+    after the file's last frame; a clip that ends past it is logged once per video and worker (``warned``)."""
+    if entry.first_frame >= num_file_frames:
+        raise ValueError(f"clip starts at frame {entry.first_frame + 1} but the video has {num_file_frames} frames")
+    length = entry.num_frames if entry.num_frames is not None else num_file_frames - entry.first_frame
+    if entry.first_frame + length > num_file_frames and entry.video not in warned:
+        warned.add(entry.video)
+        log.warning("%s: a listed clip ends at frame %d of a video of %d frames (re-encoded at another frame rate "
+                    "than the annotations?); it is sampled up to the video's last frame", entry.video,
+                    entry.first_frame + length, num_file_frames)
+    return length
 
 
 def sample_window_indices(num_video_frames: int, num_frames: int, sampling_rate: int,
@@ -447,6 +464,7 @@ class VideoMAEPretrainDataset(Dataset):
         worker's mask stream to the next worker's crops)."""
         data_seed, mask_seed = np.random.SeedSequence(seed).spawn(2)
         self.rng = np.random.default_rng(data_seed)
+        self._overrun_warned: set[str] = set()
         self.mask_generator.reseed(mask_seed)
 
     def __len__(self) -> int:
@@ -484,11 +502,7 @@ class VideoMAEPretrainDataset(Dataset):
         """A random window's frame indices in the file, inside the entry's frames; ValueError when those start
         after the file's last frame."""
         clip = self.entries[entry]
-        if clip.first_frame >= num_video_frames:
-            raise ValueError(f"clip starts at frame {clip.first_frame} but the video has {num_video_frames} frames")
-        length = num_video_frames - clip.first_frame
-        if clip.num_frames is not None:
-            length = min(length, clip.num_frames)
+        length = min(listed_length(clip, num_video_frames, self._overrun_warned), num_video_frames - clip.first_frame)
         return clip.first_frame + sample_window_indices(length, self.num_frames, self.sampling_rate, self.rng, dense)
 
     @property
@@ -739,14 +753,7 @@ class VideoClassificationDataset(Dataset):
         (validation: the middle). TSN test view ``k`` of ``n > 1`` takes every segment's frame at ``k / n`` of it:
         VideoMAE's SSV2 2-view test (segment starts, then segment middles); one view takes the middles, as
         validation. ValueError when the clip starts after the file's last frame."""
-        if entry.first_frame >= num_file_frames:
-            raise ValueError(f"clip starts at frame {entry.first_frame + 1} but the video has {num_file_frames} frames")
-        length = entry.num_frames if entry.num_frames is not None else num_file_frames - entry.first_frame
-        if entry.first_frame + length > num_file_frames and entry.video not in self._overrun_warned:
-            self._overrun_warned.add(entry.video)  # once per video and worker
-            log.warning("%s: a listed clip ends at frame %d of a video of %d frames (re-encoded at another frame "
-                        "rate than the annotations?); its frames past the end repeat the last one",
-                        entry.video, entry.first_frame + length, num_file_frames)
+        length = listed_length(entry, num_file_frames, self._overrun_warned)  # past the end: the last frame
         rng = self.rng if self.mode == "train" else None
         if self.sampling == "tsn":
             position = segment / self.test_num_segment if self.mode == "test" and self.test_num_segment > 1 else 0.5
@@ -838,6 +845,9 @@ def build_dataset(is_train: bool, test_mode: bool, args) -> VideoClassificationD
     (test_mode: every test view an item) or val.csv. EPIC-KITCHENS-100 reads the official csv files: copy or link
     EPIC_100_train.csv -> train.csv and EPIC_100_validation.csv -> val.csv (and -> test.csv to test on it)."""
     split, mode = ("train", "train") if is_train else ("test", "test") if test_mode else ("val", "validation")
+    if Path(args.data_path).is_file():
+        raise ValueError(f"--data_path {args.data_path} is a file: fine-tuning reads the folder holding train.csv, "
+                         "val.csv and test.csv")
     list_file = Path(args.data_path) / f"{split}.csv"
     if args.data_set == EPIC_KITCHENS:
         entries = read_epic_list(list_file, getattr(args, "epic_video_template", EPIC_VIDEO_TEMPLATE))

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import torch
-from tensorboardX import SummaryWriter
 from timm import list_models
 from timm.data.mixup import Mixup
 from timm.models import create_model
@@ -264,8 +263,9 @@ def unused_flag_rules(args) -> list[tuple[bool, tuple[str, ...], str]]:
 
 
 def eval_loader(dataset, args, rank: int, world: int):
-    """Validation / test loader: every video once (the sampler pads to equal shards), batches of 2x the training."""
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+    """Validation / test loader: every video exactly once over the ranks (a DistributedSampler would repeat some to
+    even out the shards, counting them twice in the validation accuracy), batches of 2x the training."""
+    sampler = range(rank, len(dataset), world)
     return DataLoader(dataset, sampler=sampler, batch_size=2 * args.batch_size, num_workers=args.num_workers,
                       pin_memory=args.pin_mem and args.device.startswith("cuda"), worker_init_fn=utils.seed_worker)
 
@@ -295,7 +295,7 @@ def main(args) -> None:
     utils.seed_everything(args.seed + rank)
     if not args.output_dir:
         raise SystemExit("--output_dir is needed (checkpoints, logs and test views go there)")
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    utils.make_output_dir(args.output_dir)
     args.head_sizes = [args.nb_verbs, args.nb_nouns] if args.data_set == "EPIC-KITCHENS-100" else [args.nb_classes]
     known = DATA_SET_CLASSES.get(args.data_set)
     if known is not None and args.nb_classes > known and utils.is_main_process():  # fewer: a subset of the classes
@@ -364,13 +364,14 @@ def main(args) -> None:
                          f"{args.num_sample} clips per step must be even")
     with utils.setup_errors():
         lr_schedule, wd_schedule = utils.build_schedules(args, niter_per_ep)
-    log_writer = SummaryWriter(args.log_dir) if args.log_dir and utils.is_main_process() else None
+    log_writer = utils.tensorboard_writer(args, niter_per_ep)
     print(f"lr: {args.lr:.3e}, total batch: {total_batch}, steps per epoch: {niter_per_ep}, "
           f"layer scales: {[round(s, 4) for s in layer_scales]}")
 
     acc_key = "action_acc1" if len(args.head_sizes) == 2 else "acc1"
     previous = utils.trim_log(args.output_dir, args.start_epoch)
-    best_acc = max((r[f"val_{acc_key}"] for r in previous if f"val_{acc_key}" in r), default=0.0)
+    # -1 before any validation: the first one is the best so far, also at 0% (VideoMAE waits for one above 0)
+    best_acc = max((r[f"val_{acc_key}"] for r in previous if f"val_{acc_key}" in r), default=-1.0)
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         utils.seed_epoch(args.seed, epoch, rank, train_loader)
@@ -390,10 +391,10 @@ def main(args) -> None:
         utils.append_log(args.output_dir, {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
                                            **{f"val_{k}": v for k, v in val_stats.items()}})
         if args.save_ckpt:
-            utils.save_epoch_checkpoint(args, epoch, model, model_without_ddp, optimizer, loss_scaler, model_ema)
-            if best:
+            if best:  # before the epoch's checkpoint: a job killed in between reruns the epoch, which saves it again
                 utils.save_model(args, epoch, model, model_without_ddp, optimizer, loss_scaler,
                                  tag="checkpoint-best", model_ema=model_ema)
+            utils.save_epoch_checkpoint(args, epoch, model, model_without_ddp, optimizer, loss_scaler, model_ema)
     print(f"Training time {datetime.timedelta(seconds=int(time.time() - start))}")
     run_test(model, test_set, args, device, rank, world)
 

@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import time
-from pathlib import Path
 
-from tensorboardX import SummaryWriter
 from timm import list_models
 from timm.models import create_model
 from torch.utils.data import DistributedSampler
@@ -194,7 +192,7 @@ def main(args) -> None:
     rank, world = utils.get_rank(), utils.get_world_size()
     utils.seed_everything(args.seed + rank)
     if args.output_dir:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        utils.make_output_dir(args.output_dir)
 
     with utils.setup_errors():
         model = build_model(args)
@@ -222,7 +220,7 @@ def main(args) -> None:
     uses_boxes = args.mask_type == "motion" or (args.mask_type == "motion_guided" and args.guided_base == "box")
     if uses_boxes and "mask_type" in trained:  # a run of this project's: clip boxes before --box_source video
         utils.warn_setting_changed(trained, "box_source", args.box_source, "clip")
-    log_writer = SummaryWriter(args.log_dir) if args.log_dir and utils.is_main_process() else None
+    log_writer = utils.tensorboard_writer(args, niter_per_ep)
     if args.output_dir:
         utils.trim_log(args.output_dir, args.start_epoch)
 

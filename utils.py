@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from tensorboardX import SummaryWriter
 
 import hf_videomae
-from motion_detection.boxfile import atomic_write_text
+from motion_detection.boxfile import atomic_write_text, check_writable
 
 # ---------------------------------------------------------------- command line
 
@@ -107,6 +108,15 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
                              " the rank and GPU are taken from that environment, as under torchrun or srun")
     parser.add_argument("--enable_deepspeed", action="store_true", help="train with DeepSpeed instead of DDP")
     parser.add_argument("--zero_stage", default=0, type=int, choices=[0, 1, 2], help="DeepSpeed ZeRO stage")
+
+
+def make_output_dir(output_dir: str) -> None:
+    """Create ``--output_dir`` and check that it takes files, before any training: a folder that cannot hold
+    log.txt or a checkpoint would otherwise fail only once the first epoch is done."""
+    try:
+        check_writable(output_dir)
+    except OSError as e:
+        raise SystemExit(f"cannot write to --output_dir {output_dir}: {e}") from None
 
 
 def init_distributed_mode(args) -> None:
@@ -386,6 +396,14 @@ def wrap_model(args, model: torch.nn.Module, optimizer, device: torch.device):
     return model, model_without_ddp, optimizer, scaler
 
 
+def tensorboard_writer(args, steps_per_epoch: int) -> SummaryWriter | None:
+    """The main process's writer to ``--log_dir`` (None without one). A resumed run purges the events a killed job
+    wrote from its resume point on, so the epoch it runs again is not plotted twice."""
+    if not args.log_dir or not is_main_process():
+        return None
+    return SummaryWriter(args.log_dir, purge_step=args.start_epoch * steps_per_epoch if args.start_epoch else None)
+
+
 def seed_epoch(seed: int, epoch: int, rank: int, loader) -> None:
     """Make an epoch's randomness a function of (seed, epoch, rank) only, so a resumed run repeats an
     uninterrupted one: the distributed sampler's shuffle, the seed every (persistent) worker reseeds from when the
@@ -562,7 +580,7 @@ class MetricLogger:
 # --last_ckpt_freq, replaced by the next. Auto-resume takes the highest N of either.
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(?:last-)?(\d+)(\.pth)?$")
 ROLLING_PATTERN = re.compile(r"checkpoint-last-\d+(\.pth)?(\.tmp)?$")  # with what a killed save left
-KILLED_SAVE_PATTERN = re.compile(r"checkpoint-(?:last-)?\d+\.pth\.tmp$")  # what a killed save_on_master left
+KILLED_SAVE_PATTERN = re.compile(r"checkpoint-(?:last-\d+|\d+|best)\.pth\.tmp$")  # what a killed save_on_master left
 
 
 def save_on_master(state: dict, path: str | Path) -> None:
@@ -693,7 +711,11 @@ def load_checkpoint_file(path: str | Path, map_location="cpu", allowed: tuple = 
         try:
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as e:
-            raise pickle.UnpicklingError(f"{path}: refused by torch.load(weights_only=True): {e}") from None
+            found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please|\n\n|$)", str(e), re.S)
+            reason = " ".join((found.group(1) if found else str(e)).split())
+            raise pickle.UnpicklingError(
+                f"{path}: refused by torch.load(weights_only=True), which runs no code from the file: {reason} (not a "
+                "torch.save checkpoint, or one that pickles objects other than tensors and plain containers)") from None
         except OSError:  # not found, a folder, no permission: the error names the file
             raise
         except Exception as e:  # a truncated or empty file, or no torch.save file at all: EOFError, RuntimeError, ...
@@ -717,6 +739,20 @@ def load_deepspeed_file(path: str, map_location=None) -> dict:
     return load_checkpoint_file(path, map_location, (LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address))
 
 
+def check_no_other_kind(output_dir: str | Path, deepspeed: bool) -> None:
+    """A run folder whose checkpoints were saved with DeepSpeed on (folders) or off (files), the other way from this
+    run, is refused: resuming cannot read them, and starting again would overwrite the run's log and delete its
+    rolling checkpoint."""
+    try:
+        other = latest_checkpoint(output_dir, not deepspeed)
+    except FileNotFoundError:  # a DeepSpeed ``latest`` naming nothing usable: nothing to resume either
+        return
+    if other is not None:
+        saved, now = ("with", "without") if not deepspeed else ("without", "with")
+        raise SystemExit(f"{output_dir} holds {other.name}, saved {saved} --enable_deepspeed, and this run is "
+                         f"{now} it: resume it as it was saved, or start in another --output_dir")
+
+
 def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema=None) -> dict:
     """Resume from ``--resume`` or, with ``--auto_resume``, from the newest checkpoint in ``--output_dir``; that one
     wins over a ``--resume`` from elsewhere (a released checkpoint to start from), so a resubmitted job continues
@@ -733,6 +769,8 @@ def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, mode
                 raise
             print(f"warning: {e}; taking --resume {args.resume}")
             found = None
+        if found is None and not args.resume:
+            check_no_other_kind(args.output_dir, deepspeed)
         output_dir = Path(args.output_dir).resolve()
         outside = args.resume and output_dir not in Path(args.resume).resolve().parents
         if found and (not args.resume or outside):

@@ -126,6 +126,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def check_writable(folder: str | os.PathLike) -> None:
+    """Create ``folder`` and write and remove a file of its own there (an OSError if it cannot), so that a run
+    finds out before its work rather than when it first saves it."""
+    probe = Path(folder) / f".write_probe_{secrets.token_hex(8)}"  # one of its own: other writers share the folder
+    atomic_write_text(probe, "")
+    probe.unlink(missing_ok=True)
+
+
 def remove_stale_temp_files(folder: str | os.PathLike, max_age: float = STALE_TEMP_AGE) -> int:
     """Delete the temp files of :func:`atomic_write_text` in ``folder`` older than ``max_age`` seconds (left by
     killed writers; younger ones may belong to a run still writing). Returns how many were deleted."""

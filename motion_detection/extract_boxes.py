@@ -22,7 +22,6 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import secrets
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -38,6 +37,7 @@ from .boxfile import (
     BoxFileError,
     atomic_write_text,
     box_file_path,
+    check_writable,
     load_boxes,
     load_partial,
     partial_file_path,
@@ -395,10 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     if absolute and not args.video_root:
         parser.error(f"{args.video_list}: {len(absolute)} absolute paths ({absolute[0]}, ...); pass --video_root, a "
                      "folder above them: box files mirror the paths below it")
-    probe = Path(args.output_dir) / f".write_probe_{secrets.token_hex(8)}"  # one of its own: shards share folders
     try:  # before hours of flow: a box folder that takes no files would lose every video's boxes
-        atomic_write_text(probe, "")
-        probe.unlink(missing_ok=True)
+        check_writable(args.output_dir)
     except OSError as e:
         parser.error(f"cannot write box files to --output_dir {args.output_dir}: {e}")
     all_videos = distinct_videos(entries, args.video_root)

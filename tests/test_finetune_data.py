@@ -28,6 +28,7 @@ from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import datasets
+import modeling_finetune  # noqa: F401  (registers the models)
 from datasets import (
     BOX_SOURCES,
     EPIC_VIDEO_TEMPLATE,
@@ -805,3 +806,13 @@ def test_epic_rows_that_cannot_be_read_are_named_and_a_bom_is_ignored(tmp_path):
     with open(tmp_path / "list.csv", "wb") as f:
         f.write(b"\xef\xbb\xbf000000.mp4 0\n")
     assert datasets.read_label_list(tmp_path / "list.csv")[0].video == "000000.mp4"
+
+
+def test_a_data_path_of_the_wrong_kind_is_named(tmp_path):
+    """Pretraining's --data_path is a list file, fine-tuning's the folder of its three lists: each mistake is named
+    at startup instead of surfacing as IsADirectoryError / NotADirectoryError from deep in the reader."""
+    (tmp_path / "train.csv").write_text("a.mp4 0\n")
+    with pytest.raises(ValueError, match=f"{tmp_path} is a folder, not a list file"):
+        datasets.read_video_list(tmp_path)
+    with pytest.raises(ValueError, match="train.csv is a file: fine-tuning reads the folder holding train.csv"):
+        datasets.build_dataset(True, False, SimpleNamespace(data_path=str(tmp_path / "train.csv"), data_set="SSV2"))

@@ -316,3 +316,13 @@ def test_defaults_are_the_papers_box_and_bf16_only_where_it_runs():
     assert "--precision fp16" in utils.precision_warning("bf16", "Tesla V100-SXM2-32GB", (7, 0))
     for precision, capability in (("bf16", (8, 0)), ("bf16", (9, 0)), ("fp16", (7, 0)), ("fp32", (7, 0))):
         assert utils.precision_warning(precision, "GPU", capability) is None
+
+
+@pytest.mark.parametrize("videos, world", [(3, 2), (5, 4), (1, 2), (8, 3)])
+def test_validation_and_test_give_every_video_to_one_rank_once(videos, world):
+    """No rank gets a repeated video to even out the shards (a DistributedSampler's padding): validation counts
+    what it gets, so a repeat would make its accuracy depend on the number of GPUs."""
+    args = SimpleNamespace(batch_size=1, num_workers=0, pin_mem=False, device="cpu")
+    seen = [int(index) for rank in range(world)
+            for batch in run_mofo_finetuning.eval_loader(list(range(videos)), args, rank, world) for index in batch]
+    assert sorted(seen) == list(range(videos))

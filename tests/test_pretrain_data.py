@@ -399,8 +399,19 @@ def test_videomae_v2_lines_draw_windows_inside_their_frames(data, tmp_path, capl
         assert starts == set(range(VIDEO_FRAMES - span + 1))
     with caplog.at_level(logging.WARNING, logger="datasets"):
         assert dataset[3]["replaced"] == 1
-    assert any("000003.mp4: clip starts at frame 30 but the video has 24 frames" in r.getMessage()
+    assert any("000003.mp4: clip starts at frame 31 but the video has 24 frames" in r.getMessage()
                for r in caplog.records)
+    # a range past the end (a video re-encoded at a lower frame rate than the list's) is named once, and sampled
+    # up to the last frame
+    (tmp_path / "overrun.csv").write_text("000000.mp4 20 10\n")
+    overrun = motion_dataset(data, list_file=tmp_path / "overrun.csv")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="datasets"):
+        windows = [overrun.window(0, VIDEO_FRAMES, False) for _ in range(5)]
+    assert all(w.min() >= 20 and w.max() <= VIDEO_FRAMES - 1 for w in windows)
+    assert [r.getMessage() for r in caplog.records] == [
+        "000000.mp4: a listed clip ends at frame 30 of a video of 24 frames (re-encoded at another frame rate than "
+        "the annotations?); it is sampled up to the video's last frame"]
     # --box_source video: the union box of the listed frames (the whole file's for whole-video lines)
     dataset = motion_dataset(data, list_file=tmp_path / "list.csv", box_source="video")
     for entry, frames in ((0, slice(5, 23)), (1, slice(None))):

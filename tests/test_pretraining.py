@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -186,6 +187,66 @@ def test_loss_falls_and_a_killed_run_resumes_on_the_same_trajectory(dataset, tmp
         assert torch.equal(value, final_resumed["model"][key]), key
 
 
+@pytest.mark.parametrize("script", ["run_mofo_pretraining.py", "run_mofo_finetuning.py"])
+def test_an_output_dir_that_takes_no_files_stops_the_run_before_any_work(script, tmp_path):
+    """Found at startup, before a dataset or model is built: it used to fail after the first epoch (or the whole
+    test), when log.txt was first written."""
+    (tmp_path / "a_file").write_text("")
+    result = subprocess.run([sys.executable, script, "--output_dir", str(tmp_path / "a_file" / "out"), "--device",
+                             "cpu", "--data_path", str(tmp_path / "nowhere")], cwd=REPO, env=clean_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert f"cannot write to --output_dir {tmp_path / 'a_file' / 'out'}: [Errno 20] Not a directory" in result.stderr
+
+
+@pytest.mark.parametrize("deepspeed", [True, False])
+def test_resuming_with_deepspeed_switched_is_refused_and_keeps_the_run(deepspeed, tmp_path):
+    """A run saved with DeepSpeed off (checkpoint files) resumed with it on, or the other way round, stops naming
+    the checkpoint; it used to start again from epoch 0, emptying log.txt and deleting the rolling checkpoint."""
+    if deepspeed:
+        (tmp_path / "checkpoint-last-2.pth").write_bytes(b"a file checkpoint")
+    else:
+        (tmp_path / "checkpoint-last-2").mkdir()
+        (tmp_path / "latest").write_text("checkpoint-last-2")
+    (tmp_path / "log.txt").write_text('{"epoch": 0}\n{"epoch": 1}\n{"epoch": 2}\n')
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = argparse.Namespace(output_dir=str(tmp_path), auto_resume=True, resume="", enable_deepspeed=deepspeed,
+                              start_epoch=0, epochs=5)
+    with pytest.raises(SystemExit, match=f"holds checkpoint-last-2(.pth)?, saved {'without' if deepspeed else 'with'} "
+                                         "--enable_deepspeed"):
+        utils.auto_load_model(args, None, None, None, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and len((tmp_path / "log.txt").read_text()) > 30
+
+
+def read_events(log_dir: Path) -> list:
+    """Every event of a TensorBoard folder's files (TFRecord: length, its crc, the record, its crc)."""
+    from tensorboardX.proto import event_pb2
+
+    events = []
+    for path in sorted(log_dir.glob("events.*")):
+        data, i = path.read_bytes(), 0
+        while i < len(data):
+            (length,) = struct.unpack("<Q", data[i:i + 8])
+            events.append(event_pb2.Event.FromString(data[i + 12:i + 12 + length]))
+            i += 12 + length + 4
+    return events
+
+
+def test_a_resumed_run_purges_the_tensorboard_steps_it_runs_again(tmp_path):
+    """Resumed at epoch 3 of 5 steps each, the writer tells TensorBoard to drop what a killed job wrote from step
+    15 on (a SessionLog START at that step), so the epoch run again is not plotted twice; a new run purges nothing."""
+    from tensorboardX.proto import event_pb2
+
+    for start_epoch in (0, 3):
+        log_dir = tmp_path / f"tb{start_epoch}"
+        writer = utils.tensorboard_writer(argparse.Namespace(log_dir=str(log_dir), start_epoch=start_epoch), 5)
+        writer.add_scalar("loss", 1.0, start_epoch * 5)
+        writer.close()
+        purges = [e.step for e in read_events(log_dir) if e.session_log.status == event_pb2.SessionLog.START]
+        assert purges == ([15] if start_epoch else [])
+    assert utils.tensorboard_writer(argparse.Namespace(log_dir=None, start_epoch=3), 5) is None
+
+
 def test_rolling_checkpoints_replace_each_other_and_leave_the_kept_ones(tmp_path):
     """--save_ckpt_freq 3, --last_ckpt_freq 2, 8 epochs: kept checkpoint-2, -5, -7; rolling checkpoint-last-N at
     N = 1, 3 (then gone); one rolling file at most, the newest, which auto-resume takes over an older kept one."""
@@ -195,12 +256,13 @@ def test_rolling_checkpoints_replace_each_other_and_leave_the_kept_ones(tmp_path
     (tmp_path / "checkpoint-best.pth").write_bytes(b"best")
     (tmp_path / "checkpoint-last-0.pth.tmp").write_bytes(b"half a file")
     (tmp_path / "checkpoint-99.pth.tmp").write_bytes(b"half of a kept one")  # a save killed in an earlier job
+    (tmp_path / "checkpoint-best.pth.tmp").write_bytes(b"half of a best one")
     seen = []
     for epoch in range(8):
         utils.save_epoch_checkpoint(args, epoch, model, model, optimizer, None)
         seen.append(sorted(p.name for p in tmp_path.glob("checkpoint-*") if p.name != "checkpoint-best.pth"))
     assert seen == [
-        ["checkpoint-99.pth.tmp", "checkpoint-last-0.pth.tmp"],
+        ["checkpoint-99.pth.tmp", "checkpoint-best.pth.tmp", "checkpoint-last-0.pth.tmp"],
         ["checkpoint-last-1.pth"],
         ["checkpoint-2.pth"],
         ["checkpoint-2.pth", "checkpoint-last-3.pth"],
