@@ -37,7 +37,8 @@ LAYER_PARTS = {  # the rest of an HF layer's key -> VideoMAE's; the query/key/va
 HUB_LAYER_PARTS = {ours: theirs for theirs, ours in LAYER_PARTS.items() if not theirs.endswith(("query.bias",
                                                                                                 "value.bias"))}
 QKV = ("attention.attention.query.weight", "attention.attention.key.weight", "attention.attention.value.weight")
-SIZES = {(384, 12, 6): "small", (768, 12, 12): "base", (1024, 24, 16): "large", (1280, 32, 16): "huge"}
+SIZES = {(96, 2, 3): "mini", (384, 12, 6): "small", (768, 12, 12): "base", (1024, 24, 16): "large",
+         (1280, 32, 16): "huge"}  # (width, depth, heads) -> the registered models' size name
 # transformers' convert_videomae_to_pytorch.py gave the Hub's videomae-small configs 16 heads; the weights are
 # VideoMAE's ViT-S, trained with 6 (the head count changes no weight's shape)
 HUB_SMALL = (384, 12, 16)

@@ -178,9 +178,13 @@ def load_pretrain_model(checkpoint: dict, checkpoint_path: str, model_name: str,
                         num_frames: int, device: str) -> torch.nn.Module:
     """The registered model with the checkpoint's ``model`` (or ``module``) weights loaded strictly, in eval mode,
     with the checkpoint's targets (a model with a pixel head and others keeps them all; its pixels are shown)."""
+    state = next(checkpoint[key] for key in ("model", "module") if isinstance(checkpoint.get(key), dict))
+    if "head.weight" in state and not any(key.startswith("decoder.") for key in state):
+        raise VisualizationError(f"{checkpoint_path} is a fine-tuned checkpoint (a classifier, no decoder): the "
+                                 "reconstructions need a pretraining one (run_mofo_gradcam.py explains fine-tuned"
+                                 " ones)")
     if model_name not in list_models("pretrain_videomae_*"):
         raise VisualizationError(f"unknown --model {model_name}; choose one of {', '.join(list_models('pretrain_*'))}")
-    state = next(checkpoint[key] for key in ("model", "module") if isinstance(checkpoint.get(key), dict))
     trained = utils.saved_args(checkpoint)
     targets = modeling_pretrain.parse_targets(trained.get("target", "pixel"))
     if "pixel" not in targets:

@@ -108,6 +108,7 @@ def hf_config(**changes) -> dict:
     ("VideoMAEForVideoClassification", (384, 12, 6), "vit_small_patch16_224"),
     ("VideoMAEForVideoClassification", (384, 12, 16), "vit_small_patch16_224"),  # the Hub's videomae-small configs
     ("VideoMAEForVideoClassification", (384, 12, 8), None),
+    ("VideoMAEForPreTraining", (96, 2, 3), "pretrain_videomae_mini_patch16_224"),  # export_hf.py of a mini run
 ])
 def test_config_names_the_registered_model_of_its_size(tmp_path, architecture, size, expected, capsys):
     hidden, layers, heads = size
@@ -234,7 +235,7 @@ def test_a_pretraining_run_exports_and_reads_back_the_same(tmp_path):
     assert back["model"].keys() == expected.keys()
     assert all(torch.equal(back["model"][key], expected[key]) for key in expected)
     assert back["args"] == {"input_size": 32, "num_frames": 4, "tubelet_size": 2, "use_mean_pooling": False,
-                            "decoder_depth": 1, "normlize_target": False}
+                            "model": "pretrain_videomae_mini_patch16_224", "decoder_depth": 1, "normlize_target": False}
     processor = json.loads((tmp_path / "hf" / "preprocessor_config.json").read_text())
     assert processor["image_mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert processor["crop_size"] == {"height": 32, "width": 32} and processor["size"] == {"shortest_edge": 32}

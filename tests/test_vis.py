@@ -15,6 +15,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import create_model
 
 import make_synthetic_dataset
+import modeling_finetune  # noqa: F401  (registers the fine-tuning models)
 import run_mofo_vis
 from engine_for_pretraining import pixel_targets
 from masking_generator import TubeMaskingGenerator
@@ -185,6 +186,15 @@ def test_bad_inputs_exit_with_a_clear_message(data, tmp_path):
             run_mofo_vis.main(args)
     with pytest.raises(SystemExit, match="--mask_type motion needs --box_file"):
         run_mofo_vis.main(vis_args(data, tmp_path / "vis.png", box_file=False))
+    # a fine-tuned checkpoint (its saved --model a classifier's) is named as one, not as an unknown --model
+    classifier = create_model("vit_mini_patch16_224", num_classes=4, img_size=64, all_frames=4)
+    torch.save({"model": classifier.state_dict(), "args": {"model": "vit_mini_patch16_224"}}, tmp_path / "ft.pth")
+    args = vis_args(data, tmp_path / "vis.png")
+    args[args.index("--model_path") + 1] = str(tmp_path / "ft.pth")
+    model_flag = args.index("--model")
+    del args[model_flag:model_flag + 2]
+    with pytest.raises(SystemExit, match="ft.pth is a fine-tuned checkpoint .*run_mofo_gradcam.py"):
+        run_mofo_vis.main(args)
     assert not (tmp_path / "vis.png").exists()
 
 
