@@ -164,6 +164,25 @@ def decode_size(width: int, height: int, needed_short_side: int) -> tuple[int, i
     return 2 * math.ceil(width * scale / 2), 2 * math.ceil(height * scale / 2)
 
 
+def frame_counts_differ(box_frames: int, video_frames: int) -> bool:
+    """More than decoders differ by (a frame or two at the end, 5% on long videos): another copy or video."""
+    return abs(box_frames - video_frames) > max(2, 0.05 * video_frames)
+
+
+def box_file_doubts(boxes: MotionBoxes, video_path: str, num_video_frames: int, width: int, height: int
+                    ) -> list[str]:
+    """Why a box file given for one video (the visualisers' ``--box_file``) may be another video's: it names a file
+    of another name, counts other frames than the decoder, or was made on a frame of another aspect ratio."""
+    doubts = []
+    if Path(boxes.video).name != Path(video_path).name:
+        doubts.append(f"it was made for {boxes.video}, not {Path(video_path).name}")
+    if frame_counts_differ(boxes.num_frames, num_video_frames):
+        doubts.append(f"it counts {boxes.num_frames} frames, the decoder {num_video_frames}")
+    if abs(boxes.width * height / (boxes.height * width) - 1) > 0.01:
+        doubts.append(f"it was made on a {boxes.width}x{boxes.height} frame, the video's is {width}x{height}")
+    return doubts
+
+
 class BoxMismatches:
     """Names the box files that do not fit their video (of a frame of another aspect ratio, or counting other
     frames than the decoder by more than decoders differ: made from another copy or another video), once per video:
@@ -185,7 +204,7 @@ class BoxMismatches:
             log.warning("more box files of a %s than their video's are not named (this worker)", kind)
 
     def check_frames(self, boxes: MotionBoxes | None, num_video_frames: int, video: str) -> None:
-        if boxes is not None and abs(boxes.num_frames - num_video_frames) > max(2, 0.05 * num_video_frames):
+        if boxes is not None and frame_counts_differ(boxes.num_frames, num_video_frames):
             self.warn("frame count", video, "%s: its box file counts %d frames, the decoder %d; its boxes are "
                       "mapped proportionally", video, boxes.num_frames, num_video_frames)
 

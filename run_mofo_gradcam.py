@@ -48,7 +48,15 @@ from timm import list_models
 from timm.models import create_model
 
 import utils
-from datasets import BOX_SOURCES, VideoDecodeError, clip_box, decode_frames, frame_boxes, tsn_indices
+from datasets import (
+    BOX_SOURCES,
+    VideoDecodeError,
+    box_file_doubts,
+    clip_box,
+    decode_frames,
+    frame_boxes,
+    tsn_indices,
+)
 from modeling_finetune import MCA_SETTINGS, MotionFocusedVisionTransformer
 from motion_detection.boxfile import BoxFileError, load_boxes
 from run_mofo_vis import (
@@ -369,6 +377,9 @@ def gradcam_figure(args: argparse.Namespace) -> GradCamFigure:
         raise GradCamError(str(e)) from None
     frames, frame_indices, num_video_frames = read_frames(args.video, args.num_frames, args.sampling_rate,
                                                           args.start_frame, args.tsn)
+    if boxes is not None:
+        for doubt in box_file_doubts(boxes, args.video, num_video_frames, frames.shape[2], frames.shape[1]):
+            print(f"warning: {args.box_file}: {doubt}: another video's boxes?")
     height, width = frames.shape[1:3]
     if args.box_source == "frame":
         rows = frame_boxes(boxes, frame_indices, num_video_frames)

@@ -33,7 +33,7 @@ from timm.models import create_model
 
 import modeling_pretrain  # also registers the pretrain_videomae_* models
 import utils
-from datasets import VideoDecodeError, clip_box, decode_frames
+from datasets import VideoDecodeError, box_file_doubts, clip_box, decode_frames
 from engine_for_pretraining import pixel_targets
 from masking_generator import MotionFocusedMaskingGenerator, TubeMaskingGenerator, inside_box_tokens
 from motion_detection.boxfile import BoxFileError, load_boxes
@@ -382,6 +382,9 @@ def visualize(args: argparse.Namespace) -> Visualization:
         raise VisualizationError(str(e)) from None
     frames, frame_indices, num_video_frames = read_clip(args.img_path, args.num_frames, args.sampling_rate,
                                                         args.start_frame)
+    if boxes is not None:
+        for doubt in box_file_doubts(boxes, args.img_path, num_video_frames, frames.shape[2], frames.shape[1]):
+            print(f"warning: {args.box_file}: {doubt}: another video's boxes?")
     model = load_pretrain_model(checkpoint, args.model_path, args.model, args.decoder_depth, args.input_size,
                                 args.num_frames, args.device)
     grid_size = model.encoder.patch_embed.grid_size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import modeling_finetune  # noqa: F401  (registers the fine-tuning models)
 import run_mofo_vis
 from engine_for_pretraining import pixel_targets
 from masking_generator import TubeMaskingGenerator
+from motion_detection.boxfile import load_boxes, save_boxes
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "pretrain_videomae_mini_patch16_224"
@@ -281,3 +283,23 @@ def test_settings_from_videomaes_namespace_args_with_unset_entries(data, tmp_pat
     result = run_mofo_vis.visualize(args)
     assert args.normlize_target is True and args.decoder_depth == 1
     assert result.original.shape == (NUM_FRAMES, INPUT_SIZE, INPUT_SIZE, 3)
+
+
+def test_a_box_file_of_another_video_is_named(data, tmp_path, capsys):
+    """A --box_file made for another file name, frame count or frame shape is drawn with a warning naming each
+    doubt (the loaders warn the same way; a frame-count mismatch maps the boxes proportionally)."""
+    boxes = load_boxes(data["boxes"])
+    other = tmp_path / "000007.json"
+    save_boxes(other, replace(boxes, video="000007.mp4", width=boxes.width * 2,
+                              num_frames=2 * boxes.num_frames, frames=np.concatenate([boxes.frames, boxes.frames])))
+    args = vis_args(data, tmp_path / "vis.png")
+    args[args.index("--box_file") + 1] = str(other)
+    run_mofo_vis.visualize(run_mofo_vis.get_args_parser().parse_args(args))
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert [line.split(": ", 2)[2] for line in warnings] == [
+        "it was made for 000007.mp4, not 000000.mp4: another video's boxes?",
+        f"it counts {2 * boxes.num_frames} frames, the decoder {boxes.num_frames}: another video's boxes?",
+        f"it was made on a {2 * boxes.width}x{boxes.height} frame, the video's is {boxes.width}x{boxes.height}: "
+        "another video's boxes?"]
+    visualize(data, tmp_path / "own.png")
+    assert "warning:" not in capsys.readouterr().out
