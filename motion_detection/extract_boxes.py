@@ -203,6 +203,8 @@ def _run_job(job: Job) -> Outcome:
             progress.problem = f"starting over: {progress.path} holds more frame pairs than the video ({e})"
             done = []
             boxes = _detector.detect_video(job.source, job.video, done, progress.update)
+        if progress.key is not None:  # a box file of a video replaced later (re-encoded) is recomputed
+            boxes.extra["video_bytes"] = progress.key["file"]["size"]
         save_boxes(job.output, boxes)
         progress.remove()
         return Outcome(job.video, True, progress.problem, boxes.num_frames, pairs=boxes.num_frames - 1 - len(done),
@@ -283,6 +285,18 @@ def box_file_collisions(videos: list[str], video_root: str) -> dict[str, str]:
     return reasons
 
 
+def video_changed(boxes, source: str) -> str:
+    """Why a box file is not its video's any more ('' if it is): the video has another size in bytes than the one
+    it was made from (re-encoded or replaced; a copy keeps its size, whatever its modification time). Box files
+    without the record (made before it) count as their video's."""
+    recorded = boxes.extra.get("video_bytes")
+    try:
+        size = os.path.getsize(source)
+    except OSError:
+        return ""  # a missing video is named when its job fails
+    return "" if recorded is None or size == recorded else f"its video has {size} bytes, {recorded} when boxed"
+
+
 def plan_jobs(
     videos: list[str], args, config: dict, collisions: dict[str, str] | None = None
 ) -> tuple[list[Job], int, list[Outcome]]:
@@ -302,12 +316,15 @@ def plan_jobs(
             continue
         folders.add(output.parent)
         if output.exists() and not args.overwrite:
+            source = os.path.join(args.video_root, rel)
             try:
-                if load_boxes(output).flow == config:
+                boxes = load_boxes(output)
+                changed = video_changed(boxes, source)
+                if boxes.flow == config and not changed:
                     skipped += 1
                     remove_partial(partial_file_path(output))  # left when killed after the box file
                     continue
-                log.info("recomputing %s: made with other settings", output)
+                log.info("recomputing %s: %s", output, changed or "made with other settings")
             except BoxFileError as e:
                 log.info("recomputing invalid box file: %s", e)
         jobs.append(Job(rel, os.path.join(args.video_root, rel), str(output), args.partial_every, not args.overwrite))

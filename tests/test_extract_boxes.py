@@ -293,6 +293,26 @@ def test_resume_skips_valid_files_and_recomputes_the_rest(data, reference_dir, r
     assert outputs(out) == reference
 
 
+def test_a_replaced_video_is_boxed_again_and_a_copied_one_is_not(data, reference_dir, reference, tmp_path):
+    """A box file records its video's size in bytes: a video re-encoded or replaced since (another size) is
+    recomputed, a copy (same bytes, a new modification time) is not."""
+    _, root = data
+    videos, out = tmp_path / "videos", tmp_path / "out"
+    shutil.copytree(root, videos)
+    shutil.copytree(reference_dir, out)
+    assert all(load_boxes(out / box_name(v)).extra["video_bytes"] == (root / v).stat().st_size for v in GOOD)
+    assert (videos / "000004.mp4").stat().st_size != (videos / "000000.mp4").stat().st_size
+    shutil.copy(videos / "000004.mp4", videos / "000000.mp4")  # replaced
+    os.utime(videos / "000001.mp4", ns=(1, 1))  # copied without its times
+    result = run(write_list(tmp_path / "good.csv", GOOD), videos, out)
+    assert summary(result) == (6, 1, 5, 0)
+    assert f"bytes, {(root / '000000.mp4').stat().st_size} when boxed" in result.stderr
+    redone, source = load_boxes(out / "000000.json"), load_boxes(reference_dir / "000004.json")
+    np.testing.assert_array_equal(redone.frames, source.frames)
+    assert {name: data for name, data in outputs(out).items() if name != "000000.json"} == {
+        name: data for name, data in reference.items() if name != "000000.json"}
+
+
 def test_a_list_that_is_not_utf8_is_named(data, tmp_path):
     _, root = data
     (tmp_path / "latin1.csv").write_bytes("caf\u00e9.mp4 0\n".encode("latin-1"))
