@@ -293,8 +293,9 @@ def grad_cam(model: torch.nn.Module, video: torch.Tensor, box: np.ndarray | torc
             logits = model(video[None].detach().requires_grad_(), *extra_inputs)[0][head]
             target = int(logits.argmax()) if target_class is None else target_class
             if not 0 <= target < logits.numel():
+                which = "" if head == slice(None) else " in this head (EPIC: --head verb or noun)"
                 raise GradCamError(f"target class {target} is out of range: the model has {logits.numel()} "
-                                   "classes")
+                                   f"classes{which}")
             (gradients,) = torch.autograd.grad(logits[target], captured["tokens"])
     finally:
         handle.remove()

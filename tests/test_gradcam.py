@@ -153,8 +153,10 @@ def test_bad_layer_target_or_missing_box_is_a_clear_error():
     for layer in (0, 3):
         with pytest.raises(GradCamError, match=f"layer {layer} is out of range: .* has blocks 1 to 2"):
             grad_cam(model, video, None, layer)
-    with pytest.raises(GradCamError, match="target class 8 is out of range: the model has 8 classes"):
+    with pytest.raises(GradCamError, match="target class 8 is out of range: the model has 8 classes$"):
         grad_cam(model, video, None, 1, target_class=8)
+    with pytest.raises(GradCamError, match=r"target class 5 is out of range: .* 3 classes in this head \(EPIC"):
+        grad_cam(model, video, None, 1, target_class=5, head=slice(0, 3))
     with pytest.raises(GradCamError, match="MOFO model needs the clip's motion box"):
         grad_cam(mofo, video, None, 1)
     cam, _ = grad_cam(mofo, video, np.array([0.25, 0.25, 0.75, 0.75]), 2)
