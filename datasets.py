@@ -289,11 +289,11 @@ def load_with_replacement(load: Callable[[int], Loaded], index: int, num_entries
             return index, load(index), replaced
         except (VideoDecodeError, BoxFileError) as e:
             replaced += 1
-            what = "corrupt video" if isinstance(e, VideoDecodeError) else "video with a malformed box file"
+            what = "unreadable video" if isinstance(e, VideoDecodeError) else "video with a malformed box file"
             log.warning("skipping %s (%s); using another sample", what, e)
             if replaced >= MAX_REPLACEMENTS:
-                raise RuntimeError(f"{replaced} videos in a row failed to decode or had malformed box files; last: "
-                                   f"{e}") from None
+                raise RuntimeError(f"{replaced} videos in a row were missing, failed to decode or had malformed box "
+                                   f"files (a wrong --data_root?); last: {e}") from None
             index = int(rng.integers(num_entries))
 
 

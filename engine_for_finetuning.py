@@ -100,7 +100,8 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch: int, loss_scal
     metric_logger.synchronize_between_processes(device)
     replaced = int(utils.all_reduce_sum(replaced, device))
     if replaced:
-        print(f"epoch {epoch}: {replaced} corrupt videos were skipped and replaced by other samples")
+        print(f"epoch {epoch}: {replaced} unreadable videos (missing, corrupt or with a malformed box file) were"
+              " skipped and replaced by other samples")
     print("Averaged stats:", metric_logger)
     return {k: meter.global_avg for k, meter in metric_logger.meters.items()} | {"replaced_videos": replaced}
 
