@@ -32,6 +32,11 @@ from engine_for_finetuning import final_test, merge_views, train_one_epoch, vali
 from motion_detection.boxfile import atomic_write_text
 from video_transforms import AUGMENT_INTERPOLATIONS
 
+# The flags that make a fine-tuning run what it is: named when a resumed checkpoint's run had others.
+RUN_SETTINGS = ("model", "data_set", "nb_classes", "finetune", "input_size", "num_frames", "sampling_rate",
+                "num_segments", "batch_size", "update_freq", "num_sample", "opt", "lr", "min_lr", "layer_decay",
+                "warmup_epochs", "weight_decay", "drop_path", "mixup", "cutmix", "smoothing", "epochs")
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("MOFO fine-tuning", description=__doc__,
@@ -340,7 +345,10 @@ def main(args) -> None:
     if args.eval:
         args.auto_resume = False  # the checkpoint to test is chosen above
     with utils.setup_errors():
-        trained = utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema) or trained
+        resumed = utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema)
+    if resumed and not args.eval:
+        utils.warn_settings_changed(resumed, args, RUN_SETTINGS)
+    trained = resumed or trained
     if args.use_box and "mca_tokens" in trained:  # a MOFO head of this project's: per-frame boxes before --box_source
         utils.warn_setting_changed(trained, "box_source", args.box_source, "frame")
     if args.eval:

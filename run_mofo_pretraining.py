@@ -34,6 +34,11 @@ from modeling_pretrain import (  # the import registers pretrain_videomae_*
 )
 from trajectory_targets import TRAJECTORY_FLOWS, TRAJECTORY_NORMS, trajectory_dim
 
+# The flags that make a pretraining run what it is: named when a resumed checkpoint's run had others.
+RUN_SETTINGS = ("model", "decoder_depth", "mask_type", "mask_ratio", "motion_mask_ratio", "guided_base", "target",
+                "normlize_target", "input_size", "num_frames", "sampling_rate", "batch_size", "num_sample", "opt",
+                "lr", "min_lr", "warmup_epochs", "weight_decay", "epochs")
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("MOFO pretraining", description=__doc__,
@@ -217,6 +222,7 @@ def main(args) -> None:
     with utils.setup_errors():
         lr_schedule, wd_schedule = utils.build_schedules(args, niter_per_ep)
         trained = utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler)
+    utils.warn_settings_changed(trained, args, RUN_SETTINGS)
     uses_boxes = args.mask_type == "motion" or (args.mask_type == "motion_guided" and args.guided_base == "box")
     if uses_boxes and "mask_type" in trained:  # a run of this project's: clip boxes before --box_source video
         utils.warn_setting_changed(trained, "box_source", args.box_source, "clip")

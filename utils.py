@@ -276,6 +276,23 @@ def warn_setting_changed(trained: dict, name: str, value, unsaved) -> None:
         print(f"warning: the checkpoint's run used --{name} {saved}, this run --{name} {value}")
 
 
+def warn_settings_changed(trained: dict, args, names: tuple[str, ...]) -> None:
+    """Name the flags among ``names`` that the resumed checkpoint's run set otherwise than this run (a
+    resubmitted job whose script was edited since, or a --resume of another recipe): it goes on with this run's."""
+    changed = [name for name in names if trained.get(name) is not None and name in vars(args)
+               and trained[name] != getattr(args, name)]
+    if not changed or not is_main_process():
+        return
+
+    def flags(values) -> str:
+        return " ".join(f"--{name} {value:g}" if isinstance(value, float) else f"--{name} {value}"
+                        for name, value in zip(changed, values, strict=True))
+
+    scaled = " (lrs as scaled by the total batch)" if {"lr", "min_lr", "warmup_lr"} & set(changed) else ""
+    print(f"warning: resuming a run that used {flags(trained[n] for n in changed)}; this run goes on with "
+          f"{flags(getattr(args, n) for n in changed)}{scaled}")
+
+
 def read_log(output_dir) -> list[dict]:
     """The records of a run's ``log.txt``, one JSON object per epoch (a line a killed write cut short is left out)."""
     path = Path(output_dir) / "log.txt"

@@ -231,11 +231,17 @@ def test_a_job_killed_before_its_best_checkpoint_saves_it_when_resumed(data, pre
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     resumed = finetune(args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "warning: resuming a run that used" not in resumed.stdout  # the same settings
     log = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     assert [entry["epoch"] for entry in log] == [0, 1]
     best = max(log, key=lambda entry: (entry["val_acc1"], -entry["epoch"]))
     saved = torch.load(out / "checkpoint-best.pth", map_location="cpu", weights_only=True)
     assert saved["epoch"] == best["epoch"]
+    # resubmitted with an edited recipe: it goes on, naming what changed
+    longer = finetune([*args, "--lr", "0.02", "--epochs", "3", "--no_save_ckpt"])
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert ("warning: resuming a run that used --lr 0.00015625 --epochs 2; this run goes on with --lr 0.0003125 "
+            "--epochs 3 (lrs as scaled by the total batch)" in longer.stdout)
 
 
 def test_mofo_model_without_box_dir_is_refused(data, tmp_path):

@@ -177,6 +177,7 @@ def test_loss_falls_and_a_killed_run_resumes_on_the_same_trajectory(dataset, tmp
     resumed = pretrain(run_args(dataset, killed, *keep_last_only))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Resume checkpoint {killed / 'checkpoint-last-0.pth'}" in resumed.stdout
+    assert "warning: resuming a run that used" not in resumed.stdout  # the same settings
     assert f"Saved {killed / 'checkpoint-last-1.pth'}" in resumed.stdout
     assert epoch_losses(killed) == losses
     assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-2.pth"]
@@ -333,6 +334,8 @@ def test_deepspeed_with_two_processes_and_resume(dataset, tmp_path):
     second = subprocess.run(torchrun + args, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "from epoch 2" in second.stdout
+    # named once (rank 0): the schedule of the resumed run changes with --epochs
+    assert second.stdout.count("warning: resuming a run that used --epochs 2; this run goes on with --epochs 3") == 1
     assert (out / "latest").read_text().strip() == "checkpoint-2"
     assert sorted(epoch_losses(out)) == [0, 1, 2]
 
