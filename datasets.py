@@ -303,6 +303,19 @@ FINETUNING_BOX_REMEDY = ("Run motion_detection.extract_boxes for them: the motio
                          " video.")
 
 
+VIDEO_ROOT_PROBES = 64  # listed videos whose existence is checked at startup, spread over the list
+
+
+def check_data_root(videos: list[str], data_root: str, list_file) -> None:
+    """A ValueError when none of a few listed videos, spread over the list, exists below ``data_root``: a wrong
+    --data_root (or list) fails at startup instead of after a screen of skipped samples. Single missing videos
+    are skipped and replaced at run time, as unreadable ones."""
+    probes = [videos[i] for i in sorted({k * len(videos) // VIDEO_ROOT_PROBES for k in range(VIDEO_ROOT_PROBES)})]
+    if probes and not any(os.path.exists(os.path.join(data_root, video)) for video in probes):
+        raise ValueError(f"{list_file}: none of the {len(probes)} videos checked is found below --data_root "
+                         f"{data_root or '(none)'}, e.g. {os.path.join(data_root, probes[0])}")
+
+
 def box_video_paths(videos: list[str], data_root: str) -> list[str]:
     """The listed videos as paths below ``data_root`` (absolute entries below it included), which the box files
     mirror."""
@@ -453,6 +466,7 @@ class VideoMAEPretrainDataset(Dataset):
                              " --box_dir (the output of motion_detection.extract_boxes)")
         self.entries = read_pretrain_list(list_file)
         self.data_root = data_root
+        check_data_root([entry.video for entry in self.entries], data_root, list_file)
         self.num_frames, self.sampling_rate, self.input_size = num_frames, sampling_rate, input_size
         self.box_source, self.num_sample, self.scales = box_source, num_sample, tuple(scales)
         self.mask_type, self.guided_base = mask_type, guided_base
@@ -877,6 +891,7 @@ def build_dataset(is_train: bool, test_mode: bool, args) -> VideoClassificationD
     heads = ({"nb_verbs": args.nb_verbs, "nb_nouns": args.nb_nouns} if args.data_set == EPIC_KITCHENS
              else {"nb_classes": args.nb_classes})
     check_labels(entries, heads, list_file, unlabelled=test_mode)
+    check_data_root([entry.video for entry in entries], args.data_root, list_file)
     return VideoClassificationDataset(
         entries, data_root=args.data_root, box_dir=args.box_dir, mode=mode,
         sampling="tsn" if args.data_set in TSN_DATA_SETS else "dense", flip=args.data_set not in NO_FLIP_DATA_SETS,

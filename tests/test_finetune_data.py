@@ -808,7 +808,7 @@ def test_epic_rows_that_cannot_be_read_are_named_and_a_bom_is_ignored(tmp_path):
     assert datasets.read_label_list(tmp_path / "list.csv")[0].video == "000000.mp4"
 
 
-def test_a_data_path_of_the_wrong_kind_is_named(tmp_path):
+def test_a_data_path_of_the_wrong_kind_is_named(data, tmp_path):
     """Pretraining's --data_path is a list file, fine-tuning's the folder of its three lists: each mistake is named
     at startup instead of surfacing as IsADirectoryError / NotADirectoryError from deep in the reader."""
     (tmp_path / "train.csv").write_text("a.mp4 0\n")
@@ -816,3 +816,5 @@ def test_a_data_path_of_the_wrong_kind_is_named(tmp_path):
         datasets.read_video_list(tmp_path)
     with pytest.raises(ValueError, match="train.csv is a file: fine-tuning reads the folder holding train.csv"):
         datasets.build_dataset(True, False, SimpleNamespace(data_path=str(tmp_path / "train.csv"), data_set="SSV2"))
+    with pytest.raises(ValueError, match=r"train.csv: none of the \d+ videos checked is found below --data_root"):
+        build_dataset(True, False, make_args(data, data_root=str(data)))  # the videos are in data/videos

@@ -561,10 +561,18 @@ def test_corrupt_videos_do_not_stop_a_two_worker_epoch(data, corrupt_list):
 
 
 def test_only_corrupt_videos_fail_loudly(data, tmp_path):
-    list_file = write_list(tmp_path / "list.csv", ["gone.mp4"])
-    dataset = motion_dataset(data, list_file=list_file, mask_type="tube")
-    with pytest.raises(RuntimeError, match="in a row"):
+    """A list of unreadable videos fails once the replacements run out; one whose videos are not below --data_root
+    at all (a wrong root) fails at startup, while one with a few missing videos starts."""
+    (tmp_path / "broken.mp4").write_bytes(b"not a video" * 200)
+    list_file = write_list(tmp_path / "list.csv", ["broken.mp4"])
+    dataset = motion_dataset(data, list_file=list_file, data_root=tmp_path, mask_type="tube")
+    with pytest.raises(RuntimeError, match="in a row were missing, failed to decode or had malformed box files"):
         dataset[0]
+    with pytest.raises(ValueError, match=f"list.csv: none of the 1 videos checked is found below --data_root "
+                                         f"{data}, e.g. {data}/broken.mp4"):
+        motion_dataset(data, list_file=list_file, data_root=data, mask_type="tube")
+    some_missing = write_list(tmp_path / "some.csv", ["gone.mp4", "broken.mp4"])
+    assert len(motion_dataset(data, list_file=some_missing, data_root=tmp_path, mask_type="tube")) == 2
 
 
 def test_repeated_sampling_crops_one_decoded_window(data, videos):
