@@ -92,19 +92,25 @@ class ClipEntry:
     num_frames: int | None = None
 
 
-def read_video_list(list_file: str | os.PathLike) -> list[tuple[str, list[str]]]:
-    """VideoMAE list: ``path [fields...]`` per line, separated by whitespace."""
+def read_numbered_list(list_file: str | os.PathLike) -> list[tuple[int, str, list[str]]]:
+    """VideoMAE list: ``path [fields...]`` per line, separated by whitespace, with each entry's line number in the
+    file (blank lines skipped), for the readers' errors."""
     if Path(list_file).is_dir():
         raise ValueError(f"{list_file} is a folder, not a list file (pretraining's --data_path names the list itself;"
                          " fine-tuning's, the folder of train.csv, val.csv and test.csv)")
     entries = []
-    for line in Path(list_file).read_text(encoding="utf-8-sig").splitlines():  # -sig: a spreadsheet's BOM
-        parts = line.split()
+    for number, line in enumerate(Path(list_file).read_text(encoding="utf-8-sig").splitlines(), start=1):
+        parts = line.split()  # -sig above: a spreadsheet's BOM
         if parts:
-            entries.append((parts[0], parts[1:]))
+            entries.append((number, parts[0], parts[1:]))
     if not entries:
         raise ValueError(f"{list_file}: no videos listed")
     return entries
+
+
+def read_video_list(list_file: str | os.PathLike) -> list[tuple[str, list[str]]]:
+    """VideoMAE list: ``(path, [fields...])`` per entry (:func:`read_numbered_list` without the line numbers)."""
+    return [(path, fields) for _, path, fields in read_numbered_list(list_file)]
 
 
 def read_pretrain_list(list_file: str | os.PathLike) -> list[ClipEntry]:
@@ -114,7 +120,7 @@ def read_pretrain_list(list_file: str | os.PathLike) -> list[ClipEntry]:
     reads the range for frame folders only; here it selects frames of a video file too, so clips of long videos
     (EPIC's action segments) need no trimming."""
     entries = []
-    for line, (path, fields) in enumerate(read_video_list(list_file), start=1):
+    for line, path, fields in read_numbered_list(list_file):
         try:
             start, total = int(fields[0]), int(fields[1])
         except (IndexError, ValueError):
@@ -616,11 +622,12 @@ def read_label_list(list_file: str | os.PathLike) -> list[ClipEntry]:
     """VideoMAE classification list: ``path label`` per line. The label is the last field, so the MOFO release's
     SSV2 lists (``path "class name" label``) read the same."""
     entries = []
-    for path, fields in read_video_list(list_file):
+    for line, path, fields in read_numbered_list(list_file):
         try:
             entries.append(ClipEntry(path, (int(fields[-1]),)))
         except (IndexError, ValueError):
-            raise ValueError(f"{list_file}: '{path} {' '.join(fields)}' does not end in an integer label") from None
+            raise ValueError(f"{list_file}:{line}: '{path} {' '.join(fields)}' does not end in an integer label"
+                             ) from None
     return entries
 
 

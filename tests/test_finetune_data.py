@@ -818,3 +818,9 @@ def test_a_data_path_of_the_wrong_kind_is_named(data, tmp_path):
         datasets.build_dataset(True, False, SimpleNamespace(data_path=str(tmp_path / "train.csv"), data_set="SSV2"))
     with pytest.raises(ValueError, match=r"train.csv: none of the \d+ videos checked is found below --data_root"):
         build_dataset(True, False, make_args(data, data_root=str(data)))  # the videos are in data/videos
+
+
+def test_a_label_list_row_without_a_label_is_named_by_its_line(tmp_path):
+    (tmp_path / "train.csv").write_text("a.mp4 3\n\nb.mp4 cat\n")
+    with pytest.raises(ValueError, match=r"train.csv:3: 'b.mp4 cat' does not end in an integer label"):
+        datasets.read_label_list(tmp_path / "train.csv")

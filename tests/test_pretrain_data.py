@@ -420,8 +420,8 @@ def test_videomae_v2_lines_draw_windows_inside_their_frames(data, tmp_path, capl
         expected = union / [WIDTH, HEIGHT, WIDTH, HEIGHT]
         np.testing.assert_allclose(dataset.motion_box(entry, gt, np.arange(3), VIDEO_FRAMES), expected, atol=1e-6)
     assert not np.allclose(dataset.motion_box(0, gt, np.arange(3), VIDEO_FRAMES), expected)  # not vacuous
-    (tmp_path / "bad.csv").write_text("000000.mp4 0 -1\n000001.mp4 4 0\n")
-    with pytest.raises(ValueError, match=r"bad.csv:2: need start_index >= 0 and total_frames >= 1"):
+    (tmp_path / "bad.csv").write_text("000000.mp4 0 -1\n\n000001.mp4 4 0\n")  # the file's line, blank lines too
+    with pytest.raises(ValueError, match=r"bad.csv:3: need start_index >= 0 and total_frames >= 1"):
         motion_dataset(data, list_file=tmp_path / "bad.csv")
 
 
