@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tensorboardX.proto import event_pb2
 
 import make_synthetic_dataset
 import run_mofo_pretraining
@@ -221,8 +222,6 @@ def test_resuming_with_deepspeed_switched_is_refused_and_keeps_the_run(deepspeed
 
 def read_events(log_dir: Path) -> list:
     """Every event of a TensorBoard folder's files (TFRecord: length, its crc, the record, its crc)."""
-    from tensorboardX.proto import event_pb2
-
     events = []
     for path in sorted(log_dir.glob("events.*")):
         data, i = path.read_bytes(), 0
@@ -236,8 +235,6 @@ def read_events(log_dir: Path) -> list:
 def test_a_resumed_run_purges_the_tensorboard_steps_it_runs_again(tmp_path):
     """Resumed at epoch 3 of 5 steps each, the writer tells TensorBoard to drop what a killed job wrote from step
     15 on (a SessionLog START at that step), so the epoch run again is not plotted twice; a new run purges nothing."""
-    from tensorboardX.proto import event_pb2
-
     for start_epoch in (0, 3):
         log_dir = tmp_path / f"tb{start_epoch}"
         writer = utils.tensorboard_writer(argparse.Namespace(log_dir=str(log_dir), start_epoch=start_epoch), 5)
