@@ -383,9 +383,10 @@ def main(args) -> None:
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         utils.seed_epoch(args.seed, epoch, rank, train_loader)
-        train_stats = train_one_epoch(model, train_loader, optimizer, device, epoch, loss_scaler, args, lr_schedule,
-                                      wd_schedule, epoch * niter_per_ep, mixup_fn, log_writer, args.enable_deepspeed,
-                                      model_ema)
+        with utils.training_errors():
+            train_stats = train_one_epoch(model, train_loader, optimizer, device, epoch, loss_scaler, args,
+                                          lr_schedule, wd_schedule, epoch * niter_per_ep, mixup_fn, log_writer,
+                                          args.enable_deepspeed, model_ema)
         val_stats, best = {}, False
         if val_loader is not None:
             val_stats = validation_one_epoch(val_loader, model, device, args, args.enable_deepspeed)

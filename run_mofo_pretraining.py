@@ -234,8 +234,9 @@ def main(args) -> None:
     start_time = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         utils.seed_epoch(args.seed, epoch, rank, data_loader)
-        stats = train_one_epoch(model, data_loader, optimizer, device, epoch, loss_scaler, args, lr_schedule,
-                                wd_schedule, epoch * niter_per_ep, log_writer, args.enable_deepspeed)
+        with utils.training_errors():
+            stats = train_one_epoch(model, data_loader, optimizer, device, epoch, loss_scaler, args, lr_schedule,
+                                    wd_schedule, epoch * niter_per_ep, log_writer, args.enable_deepspeed)
         if args.output_dir:
             utils.append_log(args.output_dir, {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}})
             utils.save_epoch_checkpoint(args, epoch, model, model_without_ddp, optimizer, loss_scaler)

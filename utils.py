@@ -61,6 +61,16 @@ def setup_errors():
         raise SystemExit(f"error: {e}") from None
 
 
+@contextlib.contextmanager
+def training_errors():
+    """A loss that stopped being finite (:class:`FiniteCheck`) ends the run with its message on one line, as
+    VideoMAE's "Loss is nan, stopping training", instead of a traceback through the training loop."""
+    try:
+        yield
+    except FloatingPointError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def str2bool(value: str) -> bool:
     """argparse type for VideoMAE's boolean flags given as words (``--normlize_target false``)."""
     if value.lower() in ("1", "true", "yes", "y"):
@@ -708,9 +718,19 @@ def latest_checkpoint(output_dir: str | Path, deepspeed: bool) -> Path | None:
             raise FileNotFoundError(f"{latest} names {name!r}, and {output_dir} has no checkpoint-N folder to resume")
         print(f"{latest} names {name!r}: taking the newest numbered checkpoint, {max(numbered)[1].name}")
         return max(numbered)[1]
-    found = [(int(m.group(1)), p) for p in output_dir.glob("checkpoint-*.pth")
+    newest = checkpoint_files_newest_first(output_dir)
+    return newest[0] if newest else None
+
+
+def checkpoint_files_newest_first(output_dir: str | Path) -> list[Path]:
+    """The ``checkpoint-N.pth`` and ``checkpoint-last-N.pth`` files of a run folder, highest N first."""
+    found = [(int(m.group(1)), p) for p in Path(output_dir).glob("checkpoint-*.pth")
              if (m := CHECKPOINT_PATTERN.match(p.name))]
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint file that torch.load cannot read at all (truncated, emptied, not a torch.save file)."""
 
 
 def load_checkpoint_file(path: str | Path, map_location="cpu", allowed: tuple = ()) -> dict:
@@ -736,8 +756,8 @@ def load_checkpoint_file(path: str | Path, map_location="cpu", allowed: tuple = 
         except OSError:  # not found, a folder, no permission: the error names the file
             raise
         except Exception as e:  # a truncated or empty file, or no torch.save file at all: EOFError, RuntimeError, ...
-            raise ValueError(f"{path}: not a readable checkpoint (truncated or not a torch.save file?): "
-                             f"{type(e).__name__}: {e}") from None
+            raise UnreadableCheckpointError(f"{path}: not a readable checkpoint (truncated or not a torch.save "
+                                            f"file?): {type(e).__name__}: {e}") from None
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: holds a {type(checkpoint).__name__}, not a checkpoint (a dict of weights)")
     if hf_videomae.is_hf_state(checkpoint):
@@ -773,9 +793,10 @@ def check_no_other_kind(output_dir: str | Path, deepspeed: bool) -> None:
 def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema=None) -> dict:
     """Resume from ``--resume`` or, with ``--auto_resume``, from the newest checkpoint in ``--output_dir``; that one
     wins over a ``--resume`` from elsewhere (a released checkpoint to start from), so a resubmitted job continues
-    instead of starting again. Sets ``args.start_epoch``. ``model_ema`` takes the checkpoint's EMA weights, or the
-    model's when it has none (a checkpoint written without ``--model_ema``). Returns the resumed run's saved flags
-    (empty when nothing was resumed)."""
+    instead of starting again; where that file cannot be read (damaged on disk), the next older one of the run's is
+    taken, with a warning (DeepSpeed folders: no fallback). Sets ``args.start_epoch``. ``model_ema`` takes the
+    checkpoint's EMA weights, or the model's when it has none (a checkpoint written without ``--model_ema``).
+    Returns the resumed run's saved flags (empty when nothing was resumed)."""
     deepspeed = getattr(args, "enable_deepspeed", False)
     own = False
     if args.auto_resume and args.output_dir:
@@ -797,11 +818,20 @@ def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, mode
             args.resume, own = str(found), True
     if not args.resume:
         return {}
-    print(f"Resume checkpoint {args.resume}")
-    try:
-        trained = _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scaler, model_ema, deepspeed)
-    except (RuntimeError, KeyError, TypeError, ValueError) as e:  # keys, shapes or parameter groups that do not fit
-        raise ValueError(f"{args.resume}: cannot resume from it: {e}") from e
+    fallbacks = checkpoint_files_newest_first(args.output_dir)[1:] if own and not deepspeed else []
+    while True:
+        print(f"Resume checkpoint {args.resume}")
+        try:  # an unreadable file fails before anything is loaded into the model or optimizer
+            trained = _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scaler, model_ema,
+                                              deepspeed)
+            break
+        except UnreadableCheckpointError as e:
+            if not fallbacks:
+                raise ValueError(f"{args.resume}: cannot resume from it: {e}") from e
+            print(f"warning: {e}; resuming from the run's next older checkpoint, {fallbacks[0].name}")
+            args.resume = str(fallbacks.pop(0))
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:  # keys, shapes or parameter groups that do not fit
+            raise ValueError(f"{args.resume}: cannot resume from it: {e}") from e
     if args.start_epoch >= args.epochs and not getattr(args, "eval", False):
         if not own:
             raise SystemExit(f"{args.resume}: saved after epoch {args.start_epoch - 1}, and --epochs {args.epochs} is "

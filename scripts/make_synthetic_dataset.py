@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -590,6 +591,7 @@ def make_dataset(
             extra=clip.metadata(),
         )
         save_boxes(box_dir / f"{index:06d}.json", record)
+    stale = remove_stale_clips(video_dir, ".mp4", num_videos) + remove_stale_clips(box_dir, ".json", num_videos)
     split_files = {}
     for split, indices in splits.items():
         split_files[split] = out_dir / f"{split}.csv"
@@ -605,7 +607,19 @@ def make_dataset(
         "split_sizes": {split: len(indices) for split, indices in splits.items()},
         "num_videos": num_videos,
         "labels": labels,
+        "stale_removed": stale,
     }
+
+
+def remove_stale_clips(directory: Path, suffix: str, num_videos: int) -> int:
+    """Delete the clips of an earlier, larger dataset written to the same folder (this generator's
+    ``{idx:06d}`` names from ``num_videos`` on), whose videos no list names but whose boxes a reader of the whole
+    folder would still find; other files are left. Returns how many were removed."""
+    stale = [path for path in directory.glob(f"*{suffix}")
+             if re.fullmatch(rf"\d{{6}}{re.escape(suffix)}", path.name) and int(path.stem) >= num_videos]
+    for path in stale:
+        path.unlink()
+    return len(stale)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -676,7 +690,10 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:  # sizes, fractions or scene settings that do not fit
         raise SystemExit(f"make_synthetic_dataset.py: {error}") from None
     sizes = ", ".join(f"{split} {n}" for split, n in summary["split_sizes"].items())
-    print(f"wrote {args.num_videos} videos to {summary['out_dir']} ({sizes}) in {time.perf_counter() - start:.1f}s")
+    removed = summary["stale_removed"]
+    stale = f"; removed {removed} files of a larger earlier dataset" if removed else ""
+    print(f"wrote {args.num_videos} videos to {summary['out_dir']} ({sizes}) in {time.perf_counter() - start:.1f}s"
+          f"{stale}")
 
 
 if __name__ == "__main__":

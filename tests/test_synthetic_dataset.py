@@ -122,6 +122,16 @@ def test_tiny_dataset_keeps_train_non_empty(tmp_path):
         make_dataset(tmp_path / "odd", 1, width=65, height=48)
 
 
+def test_smaller_dataset_into_the_same_folder_removes_the_earlier_clips(tmp_path):
+    make_dataset(tmp_path, 4, num_frames=4, width=64, height=48)
+    (tmp_path / "videos" / "notes.mp4").write_text("not the generator's")
+    summary = make_dataset(tmp_path, 2, num_frames=4, width=64, height=48)
+    assert summary["stale_removed"] == 4
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["000000.mp4", "000001.mp4", "notes.mp4"]
+    assert sorted(p.name for p in (tmp_path / "gt_boxes").iterdir()) == ["000000.json", "000001.json"]
+    assert make_dataset(tmp_path, 2, num_frames=4, width=64, height=48)["stale_removed"] == 0
+
+
 def box_centres(boxes: np.ndarray) -> np.ndarray:
     return np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
 
