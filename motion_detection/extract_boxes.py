@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -183,8 +184,19 @@ def failed_list_text(failures: list[Outcome]) -> str:
 _detector: MotionBoxDetector | None = None
 
 
-def _init_worker(detector_kwargs: dict, single_thread: bool) -> None:
+def _exit_with_parent(parent_pid: int, interval: float = 1.0) -> None:
+    """A pool worker whose run died (SIGKILL, or a SIGTERM to the main process alone, which skips the pool's
+    shutdown) ends itself, as torch's DataLoader workers do, instead of going on with the videos already queued to
+    it: a rerun would do them again, at the same time. Its progress within the current video is kept (``.partial``)."""
+    while os.getppid() == parent_pid:
+        time.sleep(interval)
+    os._exit(1)
+
+
+def _init_worker(detector_kwargs: dict, single_thread: bool, parent_pid: int | None = None) -> None:
     global _detector
+    if parent_pid is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     if single_thread:
         cv2.setNumThreads(1)
     _detector = MotionBoxDetector(**detector_kwargs)
@@ -219,7 +231,7 @@ def _run_pool(jobs: list[Job], detector_kwargs: dict, num_workers: int, progress
     """Run jobs in worker processes; returns the outcomes and the jobs lost when a worker died."""
     outcomes, done = [], set()
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(num_workers, ctx, _init_worker, (detector_kwargs, True)) as pool:
+    with ProcessPoolExecutor(num_workers, ctx, _init_worker, (detector_kwargs, True, os.getpid())) as pool:
         futures = {pool.submit(_run_job, job): job for job in jobs}
         for future in as_completed(futures):
             try:

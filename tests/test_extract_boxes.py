@@ -249,6 +249,46 @@ def test_a_video_that_kills_its_worker_is_recorded_and_every_other_one_written(d
     assert list(reasons) == [VICTIM] and "worker process died" in reasons[VICTIM]
 
 
+def running(pid: int) -> bool:
+    """Whether the process exists and has not exited (an exited orphan may stay a zombie under a PID 1 that
+    does not reap it)."""
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the workers through /proc")
+def test_workers_end_when_their_run_is_terminated(data, tmp_path):
+    """SIGTERM to the main process alone (``timeout``, a wrapper signalling its child) ends it without the pool's
+    shutdown; its workers must not go on with the videos in progress and those queued to them (minutes of TV-L1
+    here), or a rerun would do the same videos at the same time."""
+    _, root = data
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    names = [f"long{i}.mp4" for i in range(4)]
+    for name in names:
+        shutil.copy(root / VICTIM, videos / name)
+    command = cli(write_list(tmp_path / "list.csv", names), videos, tmp_path / "out", "--flow", "tvl1", workers=2)
+    proc = subprocess.Popen(command, cwd=REPO, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := [pid for pid in children(proc.pid)
+                              if any(has_open(pid, (videos / name).resolve()) for name in names)]) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "two workers did not start on a video"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(running(pid) for pid in workers), "workers went on after their run was terminated"
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the workers too: they stay in the run's process group
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not list((tmp_path / "out").rglob("*.json")), "a video of minutes was finished"
+
+
 def test_entries_that_would_share_a_box_file_are_both_rejected(data, reference, tmp_path):
     """a.mp4 and a.MP4 (two files on Linux) map to one a.json: both go to failed.tsv naming each other, also when
     they fall into different shards, and the rest of the list is written."""
