@@ -7,8 +7,10 @@ every time slice; the motion-guided one moves them along the clip's motion.
 
 Motion-focused masking takes the motion box of the augmented clip, normalised xyxy in [0, 1] (x right, y down).
 The box is clipped to [0, 1]; a patch (row i, column j) is *inside* when its centre ((j+0.5)/W', (i+0.5)/H') lies in
-the box (bounds included), and a non-empty box always holds the patch under its own centre, so a box smaller than a
-patch still counts. The inside set is therefore a rectangle of patches. Per slice ``motion_mask_ratio*|inside|``
+the box (bounds included, to 1e-4 of a patch: a float32 box edge on a centre stays on it). On an axis where a
+non-empty box holds no centre (it is thinner than a patch there), the column or row under the box's own centre is
+taken instead, so a box smaller than a patch holds the patch under its centre, and a strip one patch thin (a box cut
+by the crop's edge) holds its line of patches. The inside set is therefore a rectangle of patches. Per slice ``motion_mask_ratio*|inside|``
 inside patches are masked (to the nearest whole patch, halves up; at most the per-slice total), the rest of the
 per-slice total is drawn from outside, and from inside again if outside runs out. A missing, NaN, empty or
 degenerate box gives plain random tube masking. :func:`inside_box_tokens` is the single implementation of the
@@ -66,26 +68,24 @@ def inside_box_tokens(boxes: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Te
     if boxes.shape[-1:] != (4,):
         raise ValueError(f"boxes must have shape (..., 4), got {tuple(boxes.shape)}")
     grid_h, grid_w = grid_hw
-    clipped = boxes.to(torch.float64).clamp(0.0, 1.0)  # clamp keeps NaN
-    x1, y1, x2, y2 = clipped.unbind(-1)
-    valid = ~torch.isnan(clipped).any(-1) & (x2 > x1) & (y2 > y1)
-
-    col_index = torch.arange(grid_w, device=boxes.device)
-    row_index = torch.arange(grid_h, device=boxes.device)
-    col_centres = (col_index.to(torch.float64) + 0.5) / grid_w
-    row_centres = (row_index.to(torch.float64) + 0.5) / grid_h
-    cols_inside = (x1[..., None] <= col_centres) & (col_centres <= x2[..., None])
-    rows_inside = (y1[..., None] <= row_centres) & (row_centres <= y2[..., None])
-    inside = rows_inside[..., :, None] & cols_inside[..., None, :]
-
-    centre_col = torch.floor((x1 + x2) / 2 * grid_w).nan_to_num(0.0).clamp(0, grid_w - 1).long()
-    centre_row = torch.floor((y1 + y2) / 2 * grid_h).nan_to_num(0.0).clamp(0, grid_h - 1).long()
-    is_centre_row = row_index == centre_row[..., None]
-    is_centre_col = col_index == centre_col[..., None]
-    centre_patch = is_centre_row[..., :, None] & is_centre_col[..., None, :]
-
-    inside = (inside | centre_patch) & valid[..., None, None]
+    scale = torch.tensor([grid_w, grid_h, grid_w, grid_h], dtype=torch.float64, device=boxes.device)
+    edges = boxes.to(torch.float64).clamp(0.0, 1.0) * scale  # in patches; clamp keeps NaN
+    x1, y1, x2, y2 = edges.unbind(-1)
+    valid = ~torch.isnan(edges).any(-1) & (x2 > x1) & (y2 > y1)
+    cols_inside = _axis_inside(x1, x2, grid_w)
+    rows_inside = _axis_inside(y1, y2, grid_h)
+    inside = rows_inside[..., :, None] & cols_inside[..., None, :] & valid[..., None, None]
     return inside.reshape(*boxes.shape[:-1], grid_h * grid_w)
+
+
+def _axis_inside(low: torch.Tensor, high: torch.Tensor, size: int) -> torch.Tensor:
+    """(..., size) bool: the patch centres ``k + 0.5`` within [low, high] (in patches, to 1e-4), or, where there is
+    none, the patch under ``(low + high) / 2``."""
+    index = torch.arange(size, device=low.device)
+    centres = index.to(torch.float64) + 0.5
+    within = (low[..., None] - 1e-4 <= centres) & (centres <= high[..., None] + 1e-4)
+    middle = torch.floor((low + high) / 2).nan_to_num(0.0).clamp(0, size - 1).long()
+    return within | (~within.any(-1, keepdim=True) & (index == middle[..., None]))
 
 
 def overlapping_box_tokens(boxes: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:

@@ -483,6 +483,20 @@ def test_multi_view_test_and_validation(data, videos):
     np.testing.assert_allclose(item["box"].numpy(), boxes, atol=1e-4)
 
 
+def test_test_views_of_frames_decoded_at_full_size_scale_their_boxes(data, videos, monkeypatch):
+    """A video decord cannot decode at a reduced size is decoded whole: the short-side resize then shrinks 160x120
+    to 85x64, and the boxes must shrink with it (the decode above already has the test's size)."""
+    monkeypatch.setattr(datasets, "decode_size", lambda width, height, short_side: (width, height))
+    dataset = build_dataset(False, True, make_args(data))
+    for view in (0, 2):
+        item = dataset[3 * 6 + view]
+        indices = np.arange(NUM_FRAMES) * SAMPLING_RATE
+        frames, boxes = expected_eval_view(videos[3].frames, videos[3].gt, indices, view / 2)
+        assert item["video"].shape[-2:] == (INPUT, INPUT)
+        assert (unnormalize(item["video"]) - frames).abs().mean() < 1
+        np.testing.assert_allclose(item["box"].numpy(), boxes, atol=1e-4)
+
+
 def write_epic_csv(path: Path, rows=EPIC_ROWS, labelled: bool = True) -> None:
     header = EPIC_HEADER if labelled else [c for c in EPIC_HEADER if not c.endswith(("_class", "_classes"))]
     with open(path, "w", newline="", encoding="utf-8") as f:

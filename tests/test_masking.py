@@ -25,20 +25,18 @@ DEVICES = [
 
 
 def reference_inside(box, grid_h: int, grid_w: int) -> set[int]:
-    """Brute force: flat row-major indices of the patches whose centre is in the clipped box, plus its centre patch."""
+    """Brute force: flat row-major indices of the patches whose centre is in the clipped box; on an axis without a
+    centre in the box, its centre column (row) stands in."""
     if box is None or any(math.isnan(value) for value in box):
         return set()
     x1, y1, x2, y2 = (min(max(float(value), 0.0), 1.0) for value in box)
     if not (x2 > x1 and y2 > y1):
         return set()
-    inside = set()
-    for row in range(grid_h):
-        for col in range(grid_w):
-            if x1 <= (col + 0.5) / grid_w <= x2 and y1 <= (row + 0.5) / grid_h <= y2:
-                inside.add(row * grid_w + col)
-    centre_row = min(int((y1 + y2) / 2 * grid_h), grid_h - 1)
-    centre_col = min(int((x1 + x2) / 2 * grid_w), grid_w - 1)
-    return inside | {centre_row * grid_w + centre_col}
+    cols = [col for col in range(grid_w) if x1 <= (col + 0.5) / grid_w <= x2] or [
+        min(int((x1 + x2) / 2 * grid_w), grid_w - 1)]
+    rows = [row for row in range(grid_h) if y1 <= (row + 0.5) / grid_h <= y2] or [
+        min(int((y1 + y2) / 2 * grid_h), grid_h - 1)]
+    return {row * grid_w + col for row in rows for col in cols}
 
 
 def sweep_boxes(count: int = 500, seed: int = 0, grid_w: int = 14) -> list:
@@ -156,11 +154,32 @@ def test_wider_edge_strips_give_leading_columns_and_rows():
         ([0.2, 0.3, 0.21, 0.31], 4, 2),  # between centres 0.179/0.25 (x) and 0.25/0.321 (y)
         ([0.0, 0.0, 1 / 224, 1 / 224], 0, 0),  # the release's one-pixel "box lost" fallback
         ([0.999, 0.999, 1.0, 1.0], 13, 13),
-        ([0.5, 0.2, 1.3, 0.205], 2, 10),  # clipped to x in [0.5, 1]: a strip between row centres gives one patch
     ],
 )
 def test_box_without_patch_centre_holds_exactly_its_centre_patch(box, row, col):
     assert flat_set(inside_box_tokens(torch.tensor(box), (14, 14))) == {row * 14 + col}
+
+
+@pytest.mark.parametrize(
+    ("box", "rows", "cols"),
+    [
+        ([0.5, 0.2, 1.3, 0.205], [2], range(7, 14)),  # clipped to x in [0.5, 1], between row centres 0.179/0.25
+        ([0.0, 0.0, 7 / 224, 1.0], range(14), [0]),  # 7 px of a box the crop cut: its column of 14 patches
+        ([0.4, 0.1, 0.41, 0.6], range(1, 8), [5]),
+    ],
+)
+def test_a_strip_thinner_than_a_patch_holds_its_line_of_patches(box, rows, cols):
+    """Not the single patch under its centre: 75% of a strip's 14 patches are masked, not of 1."""
+    assert flat_set(inside_box_tokens(torch.tensor(box), (14, 14))) == {r * 14 + c for r in rows for c in cols}
+
+
+@pytest.mark.parametrize("pixel", [8 + 16 * k for k in range(14)])
+def test_a_float32_box_edge_on_a_patch_centre_holds_that_patch(pixel):
+    """Boxes reach the masks as float32, whose pixel/224 falls on either side of the centre (k + 0.5) / 14."""
+    for box in ([pixel / 224, 0.0, 1.0, 1.0], [0.0, 0.0, pixel / 224, 1.0]):
+        for dtype in (torch.float32, torch.float64):
+            inside = inside_box_tokens(torch.tensor(box, dtype=dtype), (14, 14)).reshape(14, 14)
+            assert inside[0].tolist() == [box[0] <= (col + 0.5) / 14 <= box[2] for col in range(14)], (box, dtype)
 
 
 @pytest.mark.parametrize(
