@@ -78,8 +78,9 @@ PARAM_HELP = {
     "max_box_area": "frame boxes covering more than this fraction of the frame are rejected (camera shake, shot "
     "cuts, global motion)",
     "min_box_area": "frame boxes covering less than this fraction of the frame are rejected",
-    "temporal_window": "running median of the frame boxes over this many frames (odd; 1 = off); isolated outliers "
-    "do not survive it",
+    "temporal_window": "running median of the frame boxes over this many frames (odd; 1 = off): a box alone in its "
+    "window is dropped as an outlier, and where the window holds two boxes that do not overlap, the frame keeps its "
+    "own (their median would lie between them)",
 }
 
 
@@ -150,7 +151,9 @@ def box_from_map(smoothed: np.ndarray, params: DetectionParams) -> np.ndarray:
 
 
 def clean_boxes(boxes: np.ndarray, width: int, height: int, params: DetectionParams) -> np.ndarray:
-    """Reject implausible frame boxes (by area), then a running median over time of the rest."""
+    """Reject implausible frame boxes (by area), then a running median over time of the rest, per coordinate over
+    the window's boxes (``PARAM_HELP["temporal_window"]``: a box with no other in its window is dropped, and of two
+    that do not overlap the frame keeps its own)."""
     boxes = np.array(boxes, dtype=np.float32, copy=True)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / float(width * height)
     with np.errstate(invalid="ignore"):
@@ -160,8 +163,16 @@ def clean_boxes(boxes: np.ndarray, width: int, height: int, params: DetectionPar
     valid = np.flatnonzero(plausible)
     if r > 0 and valid.size:
         padded = np.pad(boxes, ((r, r), (0, 0)), constant_values=np.nan)
-        windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * r + 1, axis=0)[valid]
-        boxes[valid] = np.nanmedian(windows, axis=-1)
+        windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * r + 1, axis=0)[valid]  # (V, 4, window)
+        median = np.nanmedian(windows, axis=-1)
+        count = (~np.isnan(windows[:, 0])).sum(-1)
+        own = boxes[valid]
+        other = 2 * median - own  # the window's other box, where it holds two
+        apart = (np.minimum(own[:, 2:], other[:, 2:]) <= np.maximum(own[:, :2], other[:, :2])).any(-1)
+        keep_own = (count == 2) & apart
+        median[keep_own] = own[keep_own]
+        median[count == 1] = np.nan
+        boxes[valid] = median
     return boxes
 
 
