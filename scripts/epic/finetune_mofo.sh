@@ -3,7 +3,8 @@
 # both right; action segments trimmed from the long videos by the official csvs (train.csv, val.csv, test.csv:
 # copies of EPIC_100_train.csv / EPIC_100_validation.csv), 16 frames (TSN), 2 clips x 3 crops at test (FINETUNE.md).
 #   PRETRAINED from MOFO pretraining (scripts/epic/pretrain.sh, the default)   -> row MOFO†  (action 54.5, paper)
-#   PRETRAINED from VideoMAE pretraining (MASK_TYPE=tube, or VideoMAE's file)  -> row MOFO** (54.5, release README)
+#   PRETRAINED from VideoMAE pretraining (VideoMAE's file, or out/epic/pretrain_tube_vitb: pretrain.sh run with
+#     MASK_TYPE=tube)                                                           -> row MOFO** (54.5, release README)
 # MODEL=vit_base_patch16_224 gives the plain head: scripts/epic/finetune_plain.sh. Pre-trimmed clips:
 # EPIC_VIDEO_TEMPLATE="clips/{narration_id}.mp4" (relative to DATA_ROOT), as for boxes.sh and pretrain.sh.
 # Recipe: the MOFO release's EPIC fine-tuning script (lr 5e-4, batch 8 per GPU, 100 epochs, and NUM_SAMPLE=2:

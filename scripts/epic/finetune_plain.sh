@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fine-tuning of ViT-B with VideoMAE's plain head on EPIC-KITCHENS-100 (verb and noun heads):
-#   PRETRAINED from VideoMAE pretraining (MASK_TYPE=tube, or VideoMAE's file) -> row VideoMAE, the baseline
+#   PRETRAINED from VideoMAE pretraining (VideoMAE's file, or out/epic/pretrain_tube_vitb: pretrain.sh run with
+#     MASK_TYPE=tube)                                                          -> row VideoMAE, the baseline
 #   PRETRAINED from MOFO pretraining (scripts/epic/pretrain.sh, the default)  -> row MOFO*
 # Same settings and variables as scripts/epic/finetune_mofo.sh, which it runs with MODEL=vit_base_patch16_224.
 #

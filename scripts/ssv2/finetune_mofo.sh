@@ -2,7 +2,8 @@
 # Fine-tuning of ViT-B with MOFO's motion-box head (multi-cross-attention between the tokens inside and outside
 # the motion box) on Something-Something V2: 174 classes, 16 frames (TSN), 2 clips x 3 crops at test (FINETUNE.md).
 #   PRETRAINED from MOFO pretraining (scripts/ssv2/pretrain.sh, the default)   -> row MOFO†  (75.5 in the paper)
-#   PRETRAINED from VideoMAE pretraining (MASK_TYPE=tube, or VideoMAE's file)  -> row MOFO** (74.7, release README)
+#   PRETRAINED from VideoMAE pretraining (VideoMAE's file, or out/ssv2/pretrain_tube_vitb: pretrain.sh run with
+#     MASK_TYPE=tube)                                                            -> row MOFO** (74.7, release README)
 # MODEL=vit_base_patch16_224 gives the plain head: scripts/ssv2/finetune_plain.sh.
 # Recipe: VideoMAE's for its 800-epoch SSV2 checkpoint (lr 5e-4, 50 epochs, no repeated augmentation, total batch
 # 512 = 8 clips x 64 GPUs: on fewer GPUs by accumulating gradients over UPDATE_FREQ steps); for its 2400-epoch

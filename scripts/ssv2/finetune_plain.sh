@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fine-tuning of ViT-B with VideoMAE's plain head (mean of all tokens, linear classifier) on Something-Something V2:
-#   PRETRAINED from VideoMAE pretraining (MASK_TYPE=tube, or VideoMAE's file) -> row VideoMAE, the baseline (70.8 in
-#     the paper: VideoMAE's 2400-epoch figure; VideoMAE reports 69.6 for the 800-epoch recipe these scripts run)
+#   PRETRAINED from VideoMAE pretraining (VideoMAE's file, or out/ssv2/pretrain_tube_vitb: pretrain.sh run with
+#     MASK_TYPE=tube) -> row VideoMAE, the baseline (70.8 in the paper: VideoMAE's 2400-epoch figure; VideoMAE
+#     reports 69.6 for the 800-epoch recipe these scripts run)
 #   PRETRAINED from MOFO pretraining (scripts/ssv2/pretrain.sh, the default)  -> row MOFO* (72.7, release README)
 # Same settings and variables as scripts/ssv2/finetune_mofo.sh, which it runs with MODEL=vit_base_patch16_224.
 #
