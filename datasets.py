@@ -284,6 +284,10 @@ def decode_frames(path: str, pick_indices: Callable[[int], np.ndarray],
     return frames, indices, num_video_frames
 
 
+class UnusableDataError(RuntimeError):
+    """MAX_REPLACEMENTS entries in a row could not be loaded: the data, not one video, is broken."""
+
+
 def load_with_replacement(load: Callable[[int], Loaded], index: int, num_entries: int,
                           rng: np.random.Generator) -> tuple[int, Loaded, int]:
     """``load(index)``, replacing an entry whose video fails to decode or whose box file is malformed by a random
@@ -298,8 +302,9 @@ def load_with_replacement(load: Callable[[int], Loaded], index: int, num_entries
             what = "unreadable video" if isinstance(e, VideoDecodeError) else "video with a malformed box file"
             log.warning("skipping %s (%s); using another sample", what, e)
             if replaced >= MAX_REPLACEMENTS:
-                raise RuntimeError(f"{replaced} videos in a row were missing, failed to decode or had malformed box "
-                                   f"files (a wrong --data_root?); last: {e}") from None
+                raise UnusableDataError(f"{replaced} videos in a row were missing, failed to decode or had malformed "
+                                        "box files (a wrong --data_root, corrupt or truncated files, or list ranges "
+                                        f"past the videos' ends?); last: {e}") from None
             index = int(rng.integers(num_entries))
 
 

@@ -10,11 +10,11 @@ The box is clipped to [0, 1]; a patch (row i, column j) is *inside* when its cen
 the box (bounds included, to 1e-4 of a patch: a float32 box edge on a centre stays on it). On an axis where a
 non-empty box holds no centre (it is thinner than a patch there), the column or row under the box's own centre is
 taken instead, so a box smaller than a patch holds the patch under its centre, and a strip one patch thin (a box cut
-by the crop's edge) holds its line of patches. The inside set is therefore a rectangle of patches. Per slice ``motion_mask_ratio*|inside|``
-inside patches are masked (to the nearest whole patch, halves up; at most the per-slice total), the rest of the
-per-slice total is drawn from outside, and from inside again if outside runs out. A missing, NaN, empty or
-degenerate box gives plain random tube masking. :func:`inside_box_tokens` is the single implementation of the
-inside rule; the fine-tuning model splits its tokens with it as well.
+by the crop's edge) holds its line of patches. The inside set is therefore a rectangle of patches. Per slice
+``motion_mask_ratio*|inside|`` inside patches are masked (to the nearest whole patch, halves up; at most the per-slice
+total), the rest of the per-slice total is drawn from outside, and from inside again if outside runs out. A missing,
+NaN, empty or degenerate box gives plain random tube masking. :func:`inside_box_tokens` is the single implementation
+of the inside rule; the fine-tuning model splits its tokens with it as well.
 
 The released MOFO generator differed in four ways, all fixed here:
 

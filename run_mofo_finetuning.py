@@ -30,7 +30,7 @@ import utils
 from datasets import BOX_SOURCES, DATA_SET_CLASSES, TSN_DATA_SETS, build_dataset, multiple_samples_collate
 from engine_for_finetuning import final_test, merge_views, train_one_epoch, validation_one_epoch
 from motion_detection.boxfile import atomic_write_text
-from video_transforms import AUGMENT_INTERPOLATIONS
+from video_transforms import AUGMENT_INTERPOLATIONS, rand_augment_policy
 
 # The flags that make a fine-tuning run what it is: named when a resumed checkpoint's run had others.
 RUN_SETTINGS = ("model", "data_set", "nb_classes", "finetune", "input_size", "num_frames", "sampling_rate",
@@ -41,21 +41,22 @@ RUN_SETTINGS = ("model", "data_set", "nb_classes", "finetune", "input_size", "nu
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("MOFO fine-tuning", description=__doc__,
                                      formatter_class=utils.HelpFormatter)
-    parser.add_argument("--batch_size", default=64, type=int, help="clips per GPU per step (before --num_sample)")
+    parser.add_argument("--batch_size", default=64, type=utils.positive_int,
+                        help="clips per GPU per step (before --num_sample)")
     parser.add_argument("--epochs", default=30, type=int)
-    parser.add_argument("--update_freq", default=1, type=int, help="gradient accumulation steps")
+    parser.add_argument("--update_freq", default=1, type=utils.positive_int, help="gradient accumulation steps")
     parser.add_argument("--save_ckpt_freq", default=100, type=int)
     parser.add_argument("--last_ckpt_freq", default=1, type=int,
                         help="also a rolling checkpoint-last-N every N epochs, replaced by the next: what a killed"
                              " job resumes from (0: none)")
-    parser.add_argument("--print_freq", default=10, type=int)
+    parser.add_argument("--print_freq", default=10, type=utils.positive_int)
 
     # model
     parser.add_argument("--model", default="vit_base_patch16_224", type=str, metavar="NAME",
                         choices=list_models(module="modeling_finetune"),
                         help="vit_*_patch16_224 (plain head) or vit_*_patch16_224_mofo (motion-box MCA head)")
     parser.add_argument("--tubelet_size", default=2, type=int)
-    parser.add_argument("--input_size", default=224, type=int)
+    parser.add_argument("--input_size", default=224, type=utils.positive_int)
     parser.add_argument("--fc_drop_rate", default=0.0, type=float, help="dropout before the classifier")
     parser.add_argument("--drop", default=0.0, type=float, help="dropout rate")
     parser.add_argument("--attn_drop_rate", default=0.0, type=float)
@@ -106,8 +107,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup_steps", default=-1, type=int)
 
     # augmentation
-    parser.add_argument("--aa", default="rand-m7-n4-mstd0.5-inc1", type=str,
-                        help='RandAugment policy (timm syntax), "" for none')
+    parser.add_argument("--aa", default="rand-m7-n4-mstd0.5-inc1", type=rand_augment_policy,
+                        help="RandAugment policy (timm syntax), none for no RandAugment")
     parser.add_argument("--train_interpolation", default="bicubic", choices=sorted(AUGMENT_INTERPOLATIONS),
                         help="resampling of RandAugment's geometric ops (random: bilinear or bicubic per op and clip)")
     parser.add_argument("--crop_scale", default=[0.08, 1.0], type=float, nargs=2, metavar=("MIN", "MAX"),
@@ -151,13 +152,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--nb_verbs", default=97, type=int, help="EPIC-KITCHENS-100 verb classes")
     parser.add_argument("--nb_nouns", default=300, type=int, help="EPIC-KITCHENS-100 noun classes")
     parser.add_argument("--num_segments", default=1, type=int)
-    parser.add_argument("--num_frames", default=16, type=int)
-    parser.add_argument("--sampling_rate", default=4, type=int)
-    parser.add_argument("--num_sample", default=2, type=int, help="repeated augmentation: clips per decoded video")
-    parser.add_argument("--short_side_size", default=224, type=int,
+    parser.add_argument("--num_frames", default=16, type=utils.positive_int)
+    parser.add_argument("--sampling_rate", default=4, type=utils.positive_int)
+    parser.add_argument("--num_sample", default=2, type=utils.positive_int,
+                        help="repeated augmentation: clips per decoded video")
+    parser.add_argument("--short_side_size", default=224, type=utils.positive_int,
                         help="validation and test: frames resized to this short side before the crops")
-    parser.add_argument("--test_num_segment", default=5, type=int, help="test: temporal clips per video")
-    parser.add_argument("--test_num_crop", default=3, type=int, help="test: spatial crops per clip")
+    parser.add_argument("--test_num_segment", default=5, type=utils.positive_int, help="test: temporal clips per video")
+    parser.add_argument("--test_num_crop", default=3, type=utils.positive_int, help="test: spatial crops per clip")
     parser.add_argument("--save_ckpt", action="store_true", default=True)
     parser.add_argument("--no_save_ckpt", action="store_false", dest="save_ckpt")
     parser.add_argument("--eval", action="store_true",
@@ -261,7 +263,7 @@ def unused_flag_rules(args) -> list[tuple[bool, tuple[str, ...], str]]:
          f"--data_set {args.data_set} samples TSN segments over the whole clip, with no stride"),
         (args.eval, ("model_ema", "model_ema_decay", "model_ema_force_cpu"),
          "--eval tests the given weights (an EMA's: --eval --finetune CHECKPOINT --model_key model_ema)"),
-        (not args.aa, ("train_interpolation",), "no RandAugment (--aa '')"),
+        (not args.aa, ("train_interpolation",), "no RandAugment (--aa none)"),
         (not args.enable_deepspeed, ("zero_stage",), "DeepSpeed is off (--enable_deepspeed)"),
         *utils.optimizer_flag_rules(args),
     ]

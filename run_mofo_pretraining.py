@@ -43,13 +43,14 @@ RUN_SETTINGS = ("model", "decoder_depth", "mask_type", "mask_ratio", "motion_mas
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("MOFO pretraining", description=__doc__,
                                      formatter_class=utils.HelpFormatter)
-    parser.add_argument("--batch_size", default=64, type=int, help="clips per GPU per step (before --num_sample)")
+    parser.add_argument("--batch_size", default=64, type=utils.positive_int,
+                        help="clips per GPU per step (before --num_sample)")
     parser.add_argument("--epochs", default=800, type=int)
     parser.add_argument("--save_ckpt_freq", default=50, type=int, help="save a checkpoint every N epochs")
     parser.add_argument("--last_ckpt_freq", default=1, type=int,
                         help="also a rolling checkpoint-last-N every N epochs, replaced by the next: what a killed"
                              " job resumes from (0: none)")
-    parser.add_argument("--print_freq", default=10, type=int, help="console log every N steps")
+    parser.add_argument("--print_freq", default=10, type=utils.positive_int, help="console log every N steps")
 
     # model
     parser.add_argument("--model", default="pretrain_videomae_base_patch16_224", type=str, metavar="NAME",
@@ -67,7 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--motion_mask_ratio", default=0.75, type=float,
                         help="share of the tubes inside the motion box that are always masked (MOFO; rounded, and at"
                              " most the --mask_ratio count; motion_guided: at the base slice)")
-    parser.add_argument("--input_size", default=224, type=int, help="frame side after cropping")
+    parser.add_argument("--input_size", default=224, type=utils.positive_int, help="frame side after cropping")
     parser.add_argument("--drop_path", default=0.0, type=float, help="stochastic depth rate")
     parser.add_argument("--normlize_target", default=True, type=utils.str2bool,
                         help="predict per-tube normalised pixels (VideoMAE's spelling)")
@@ -137,9 +138,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--missing_box", default="error", choices=["error", "random"],
                         help="videos without a box file: fail before training, or mask them as clips without motion"
                              " (tube masking; motion_guided: a random base slice)")
-    parser.add_argument("--num_frames", default=16, type=int)
-    parser.add_argument("--sampling_rate", default=4, type=int)
-    parser.add_argument("--num_sample", default=1, type=int,
+    parser.add_argument("--num_frames", default=16, type=utils.positive_int)
+    parser.add_argument("--sampling_rate", default=4, type=utils.positive_int)
+    parser.add_argument("--num_sample", default=1, type=utils.positive_int,
                         help="repeated sampling: clips cut from one decoded video, each with its own crop and mask")
     utils.add_run_args(parser)
     return parser
@@ -184,6 +185,11 @@ def build_model(args):
     args.tubelet_size = patch_embed.tubelet_size
     args.window_size = (args.num_frames // args.tubelet_size, args.input_size // args.patch_size[0],
                         args.input_size // args.patch_size[1])
+    per_slice = args.window_size[1] * args.window_size[2]
+    masked = int(args.mask_ratio * per_slice)
+    if not 0 < masked < per_slice:
+        raise ValueError(f"--mask_ratio {args.mask_ratio} masks {masked} of the {per_slice} tubes of a slice: the loss "
+                         "needs masked tubes and the encoder visible ones")
     return model
 
 

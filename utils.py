@@ -63,12 +63,28 @@ def setup_errors():
 
 @contextlib.contextmanager
 def training_errors():
-    """A loss that stopped being finite (:class:`FiniteCheck`) ends the run with its message on one line, as
-    VideoMAE's "Loss is nan, stopping training", instead of a traceback through the training loop."""
+    """A loss that stopped being finite (:class:`FiniteCheck`, as VideoMAE's "Loss is nan, stopping training") or
+    data of which nothing loads (``datasets.UnusableDataError``, raised in a loader worker, whose message the loader
+    wraps in the worker's traceback) ends the run with its message on one line."""
+    from datasets import UnusableDataError
+
     try:
         yield
     except FloatingPointError as e:
         raise SystemExit(f"error: {e}") from None
+    except UnusableDataError as e:
+        raise SystemExit(f"error: {str(e).strip().splitlines()[-1].split('UnusableDataError: ', 1)[-1]}") from None
+
+
+def positive_int(value: str) -> int:
+    """argparse type of counts and sizes that must be at least 1 (batch, frames, stride, views, steps)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
 
 
 def str2bool(value: str) -> bool:
@@ -171,6 +187,10 @@ def init_distributed_mode(args) -> None:
     args.distributed = True
     use_cuda = args.device.startswith("cuda") and torch.cuda.is_available()
     if use_cuda:
+        if args.gpu >= torch.cuda.device_count():
+            raise SystemExit(f"local rank {args.gpu}, and this node shows {torch.cuda.device_count()} GPUs: start one "
+                             f"process per GPU (GPUS={torch.cuda.device_count()}, or torchrun --nproc_per_node "
+                             f"{torch.cuda.device_count()})")
         torch.cuda.set_device(args.gpu)
     args.dist_backend = "nccl" if use_cuda else "gloo"
     print(f"| distributed init (rank {args.rank}/{args.world_size}, {args.dist_backend})", flush=True)

@@ -17,6 +17,7 @@ decoded frames, random resized crop, horizontal flip (not for SSV2), ImageNet no
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import math
@@ -213,6 +214,20 @@ def pil_affine_inverse(name: str, level_args: tuple, width: int, height: int) ->
     shear_x = value if name == "ShearX" else 0.0
     shear_y = value if name == "ShearY" else 0.0
     return np.array([[1, shear_x, shift_x], [shear_y, 1, shift_y], [0, 0, 1]], dtype=np.float64)
+
+
+def rand_augment_policy(value: str) -> str:
+    """argparse type of ``--aa``: a timm RandAugment policy, checked by building it, or ``none`` (also ``""``): no
+    RandAugment, returned as ``""``."""
+    if value.strip().lower() in ("", "none"):
+        return ""
+    try:
+        rand_augment_transform(value, {})
+    except (AssertionError, ValueError, KeyError, IndexError) as e:
+        reason = f" ({e})" if str(e) else ""
+        raise argparse.ArgumentTypeError(f"{value!r} is not a timm RandAugment policy such as rand-m7-n4-mstd0.5-inc1"
+                                         f"{reason}; none turns RandAugment off") from None
+    return value
 
 
 class ClipRandAugment:

@@ -155,6 +155,31 @@ def test_videomae_switches_use_cls_and_no_eval_during_finetuning(data, tmp_path)
     assert json.loads((out / "test_results.json").read_text())["videos"] > 0
 
 
+@pytest.mark.parametrize("flag", ["--batch_size", "--update_freq", "--num_sample", "--sampling_rate", "--num_frames",
+                                  "--test_num_segment", "--test_num_crop", "--short_side_size", "--print_freq"])
+def test_counts_below_one_are_refused_when_parsed(flag, capsys):
+    """Else a zero would fail as a traceback (a division, an empty batch) or, for the test views, after training."""
+    from run_mofo_finetuning import get_args_parser
+
+    with pytest.raises(SystemExit):
+        get_args_parser().parse_args([flag, "0"])
+    assert f"argument {flag}: must be at least 1, got 0" in capsys.readouterr().err
+    assert getattr(get_args_parser().parse_args([flag, "3"]), flag[2:]) == 3
+
+
+def test_rand_augment_policy_is_checked_when_parsed_and_none_turns_it_off(capsys):
+    """``--aa none`` (an EXTRA_ARGS word; ``--aa ''`` there would pass two quote characters) and ``--aa ""``."""
+    from run_mofo_finetuning import get_args_parser
+
+    parse = get_args_parser().parse_args
+    assert parse([]).aa == "rand-m7-n4-mstd0.5-inc1" and parse(["--aa", "rand-m9-n2"]).aa == "rand-m9-n2"
+    assert parse(["--aa", "none"]).aa == "" and parse(["--aa", ""]).aa == ""
+    for bad in ("''", "rand-m7-x3", "autoaug"):
+        with pytest.raises(SystemExit):
+            parse(["--aa", bad])
+        assert f"argument --aa: {bad!r} is not a timm RandAugment policy" in capsys.readouterr().err
+
+
 def test_model_ema_is_updated_saved_and_testable(data, pretrained, tmp_path):
     """``--model_ema``: decay 1 keeps the starting (--finetune) weights, decay 0 follows the model; the average is
     saved as ``model_ema`` and tested with ``--model_key model_ema``. DeepSpeed in bf16 is refused."""

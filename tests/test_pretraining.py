@@ -392,6 +392,22 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint(dataset, tm
     assert not (out / "checkpoint-1.pth").exists()
 
 
+def test_data_of_which_no_video_decodes_ends_the_run_on_one_line(dataset, tmp_path):
+    """Every listed file exists (the startup check passes) but is cut short: the loader worker gives up after
+    MAX_REPLACEMENTS in a row, and the run ends with that message, not the loader's wrapped traceback."""
+    corrupt = tmp_path / "videos"
+    corrupt.mkdir()
+    for video in (dataset / "videos").glob("*.mp4"):
+        (corrupt / video.name).write_bytes(video.read_bytes()[:3000])
+    args = run_args(dataset, tmp_path / "out")
+    args[args.index("--data_root") + 1] = str(corrupt)
+    result = pretrain(args)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: 20 videos in a row were missing, failed to decode"), errors
+    assert f"; last: {corrupt}" in errors[0]
+
+
 def test_missing_box_files_fail_before_training(dataset, tmp_path):
     empty = tmp_path / "no_boxes"
     empty.mkdir()
@@ -519,6 +535,15 @@ def test_flags_a_mode_does_not_read_are_named(argv, expected):
     args = parser.parse_args(argv)
     lines = utils.warn_unused_flags(args, parser, run_mofo_pretraining.unused_flag_rules(args))
     assert lines == ([] if expected is None else [f"warning: {expected}"])
+
+
+@pytest.mark.parametrize("ratio, masked", [("0.0", 0), ("1.0", 16), ("0.05", 0)])
+def test_a_mask_ratio_that_leaves_nothing_masked_or_visible_is_refused(dataset, tmp_path, ratio, masked):
+    args = run_args(dataset, tmp_path / "out")
+    args[args.index("--mask_ratio") + 1] = ratio
+    result = pretrain(args + ["--mask_type", "tube"])
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"--mask_ratio {ratio} masks {masked} of the 16 tubes of a slice" in result.stderr, result.stderr[-2000:]
 
 
 def test_save_ckpt_freq_zero_is_refused_at_the_start(tmp_path):
