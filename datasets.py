@@ -625,9 +625,15 @@ EPIC_LABEL_COLUMNS = ("verb_class", "noun_class")
 
 def read_label_list(list_file: str | os.PathLike) -> list[ClipEntry]:
     """VideoMAE classification list: ``path label`` per line. The label is the last field, so the MOFO release's
-    SSV2 lists (``path "class name" label``) read the same."""
+    SSV2 lists (``path "class name" label``) read the same. A row whose first two fields after the path are both
+    numbers (VideoMAE V2's ``path start total label``, which pretraining reads as a frame range) is refused rather
+    than trained on whole videos."""
     entries = []
     for line, path, fields in read_numbered_list(list_file):
+        if len(fields) >= 3 and all(field.lstrip("-").isdigit() for field in fields[:2]):
+            raise ValueError(f"{list_file}:{line}: '{path} {' '.join(fields)}' looks like a frame range "
+                             "('path start total label', a pretraining list's); fine-tuning lists are 'path label', "
+                             "one trimmed clip per row")
         try:
             entries.append(ClipEntry(path, (int(fields[-1]),)))
         except (IndexError, ValueError):

@@ -838,3 +838,13 @@ def test_a_label_list_row_without_a_label_is_named_by_its_line(tmp_path):
     (tmp_path / "train.csv").write_text("a.mp4 3\n\nb.mp4 cat\n")
     with pytest.raises(ValueError, match=r"train.csv:3: 'b.mp4 cat' does not end in an integer label"):
         datasets.read_label_list(tmp_path / "train.csv")
+
+
+def test_a_label_list_row_with_a_frame_range_is_refused(tmp_path):
+    """Pretraining's V2 rows (path start total label) would otherwise train on the whole video, range ignored; the
+    MOFO release's rows with a quoted class name still read."""
+    (tmp_path / "train.csv").write_text('a.mp4 "Pushing 2 things" 5\nb.mp4 100 5 3\n')
+    with pytest.raises(ValueError, match=r"train.csv:2: 'b.mp4 100 5 3' looks like a frame range"):
+        datasets.read_label_list(tmp_path / "train.csv")
+    (tmp_path / "train.csv").write_text('a.mp4 "Pushing 2 things" 5\nb.mp4 3\n')
+    assert [entry.target for entry in datasets.read_label_list(tmp_path / "train.csv")] == [(5,), (3,)]
