@@ -43,6 +43,7 @@ from masking_generator import (
 )
 from motion_detection.boxfile import BoxFileError, MotionBoxes, box_file_path, load_boxes, relative_video_path
 from motion_detection.detect import union_box
+from motion_detection.video import check_video_root
 from trajectory_targets import TrajectoryTargets, worker_targets
 from video_transforms import (
     NO_BOX,
@@ -314,17 +315,10 @@ FINETUNING_BOX_REMEDY = ("Run motion_detection.extract_boxes for them: the motio
                          " video.")
 
 
-VIDEO_ROOT_PROBES = 64  # listed videos whose existence is checked at startup, spread over the list
-
-
 def check_data_root(videos: list[str], data_root: str, list_file) -> None:
-    """A ValueError when none of a few listed videos, spread over the list, exists below ``data_root``: a wrong
-    --data_root (or list) fails at startup instead of after a screen of skipped samples. Single missing videos
-    are skipped and replaced at run time, as unreadable ones."""
-    probes = [videos[i] for i in sorted({k * len(videos) // VIDEO_ROOT_PROBES for k in range(VIDEO_ROOT_PROBES)})]
-    if probes and not any(os.path.exists(os.path.join(data_root, video)) for video in probes):
-        raise ValueError(f"{list_file}: none of the {len(probes)} videos checked is found below --data_root "
-                         f"{data_root or '(none)'}, e.g. {os.path.join(data_root, probes[0])}")
+    """A wrong --data_root (or list) fails at startup (:func:`check_video_root`); single missing videos are skipped
+    and replaced at run time, as unreadable ones."""
+    check_video_root(videos, data_root, list_file, "--data_root")
 
 
 def box_video_paths(videos: list[str], data_root: str) -> list[str]:

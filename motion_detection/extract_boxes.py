@@ -50,7 +50,7 @@ from .boxfile import (
 )
 from .detect import MotionBoxDetector, add_detection_args, params_from_args
 from .flow import available_flows
-from .video import StartPastEndError, VideoReadError
+from .video import StartPastEndError, VideoReadError, check_video_root
 
 log = logging.getLogger("extract_boxes")
 PROGRESS_SECONDS = 60  # between progress lines when stderr is not a terminal
@@ -424,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     if absolute and not args.video_root:
         parser.error(f"{args.video_list}: {len(absolute)} absolute paths ({absolute[0]}, ...); pass --video_root, a "
                      "folder above them: box files mirror the paths below it")
+    try:
+        check_video_root(entries, args.video_root, args.video_list, "--video_root")
+    except ValueError as e:
+        parser.error(str(e))
     try:  # before hours of flow: a box folder that takes no files would lose every video's boxes
         check_writable(args.output_dir)
     except OSError as e:

@@ -361,6 +361,14 @@ def test_a_list_that_is_not_utf8_is_named(data, tmp_path):
     assert result.returncode != 0 and "latin1.csv is not UTF-8 text" in result.stderr, result.stderr
 
 
+def test_a_wrong_video_root_stops_the_run_first(data, tmp_path):
+    """Not one "file not found" per video (220k lines for SSV2), each named by its relative path only."""
+    result = run(write_list(tmp_path / "list.csv", GOOD), tmp_path / "typo", tmp_path / "out", rc=2)
+    assert f"list.csv: none of the {len(GOOD)} videos checked is found below --video_root {tmp_path / 'typo'}" in (
+        result.stderr) and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_box_folder_that_takes_no_files_stops_the_run_first(data, tmp_path):
     """An --output_dir that cannot be written is named before any flow (a spreadsheet's byte-order mark in the
     list is no problem)."""
