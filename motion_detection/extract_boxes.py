@@ -132,9 +132,9 @@ def read_video_list(path: str | os.PathLike) -> list[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # -sig: a spreadsheet's byte-order mark
     except OSError as e:
-        raise SystemExit(f"cannot read --video_list {path}: {e}") from None
+        raise ValueError(f"cannot read --video_list {path}: {e}") from None
     except UnicodeDecodeError as e:
-        raise SystemExit(f"--video_list {path} is not UTF-8 text: {e}") from None
+        raise ValueError(f"--video_list {path} is not UTF-8 text: {e}") from None
     return [line.split()[0] for line in lines if line.strip()]
 
 
@@ -419,15 +419,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     config = detector.config()
-    entries = read_video_list(args.video_list)
+    try:
+        entries = read_video_list(args.video_list)
+        check_video_root(entries, args.video_root, args.video_list, "--video_root")
+    except ValueError as e:
+        parser.error(str(e))
     absolute = [entry for entry in entries if Path(entry).is_absolute()]
     if absolute and not args.video_root:
         parser.error(f"{args.video_list}: {len(absolute)} absolute paths ({absolute[0]}, ...); pass --video_root, a "
                      "folder above them: box files mirror the paths below it")
-    try:
-        check_video_root(entries, args.video_root, args.video_list, "--video_root")
-    except ValueError as e:
-        parser.error(str(e))
     try:  # before hours of flow: a box folder that takes no files would lose every video's boxes
         check_writable(args.output_dir)
     except OSError as e:

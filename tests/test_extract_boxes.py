@@ -358,7 +358,9 @@ def test_a_list_that_is_not_utf8_is_named(data, tmp_path):
     (tmp_path / "latin1.csv").write_bytes("caf\u00e9.mp4 0\n".encode("latin-1"))
     result = subprocess.run(cli(tmp_path / "latin1.csv", root, tmp_path / "out"), cwd=REPO, env=clean_env(),
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "latin1.csv is not UTF-8 text" in result.stderr, result.stderr
+    assert result.returncode == 2 and "latin1.csv is not UTF-8 text" in result.stderr, result.stderr
+    missing = run(tmp_path / "no_such.csv", root, tmp_path / "out", rc=2)  # invalid arguments: exit status 2
+    assert f"cannot read --video_list {tmp_path / 'no_such.csv'}" in missing.stderr
 
 
 def test_a_wrong_video_root_stops_the_run_first(data, tmp_path):
