@@ -111,6 +111,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="RandAugment policy (timm syntax), none for no RandAugment")
     parser.add_argument("--train_interpolation", default="bicubic", choices=sorted(AUGMENT_INTERPOLATIONS),
                         help="resampling of RandAugment's geometric ops (random: bilinear or bicubic per op and clip)")
+    parser.add_argument("--flip", action="store_true", default=True,
+                        help="random horizontal flip in training, boxes flipped too (default; never for SSV2, whose "
+                             "labels say left and right)")
+    parser.add_argument("--no_flip", action="store_false", dest="flip",
+                        help="no flip for any data set (the MOFO release's EPIC-KITCHENS-100 loader)")
     parser.add_argument("--crop_scale", default=[0.08, 1.0], type=float, nargs=2, metavar=("MIN", "MAX"),
                         help="area range of the training random resized crop (VideoMAE: 0.08 1.0)")
     parser.add_argument("--smoothing", default=0.1, type=float, help="label smoothing")

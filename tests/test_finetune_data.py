@@ -91,7 +91,7 @@ def make_args(data: Path, **overrides) -> SimpleNamespace:
                 box_dir=str(data / "gt_boxes"), num_frames=NUM_FRAMES, sampling_rate=SAMPLING_RATE, num_segments=1,
                 input_size=INPUT, short_side_size=INPUT, test_num_segment=2, test_num_crop=3, num_sample=1, aa="",
                 reprob=0.0, remode="pixel", recount=1, seed=0, tubelet_size=2, nb_classes=len(CLASSES), nb_verbs=97,
-                nb_nouns=300, box_source="frame")  # each frame's own box: what the geometry tests follow
+                nb_nouns=300, box_source="frame", flip=True)  # each frame's own box: what the geometry tests follow
     args.update(overrides)
     return SimpleNamespace(**args)
 
@@ -339,6 +339,11 @@ def test_ssv2_never_flips_and_kinetics_flips_with_the_box(data, videos, tmp_path
                 directions[name].append(moved_right)
     assert len(directions["SSV2"]) >= 30 and not any(directions["SSV2"])
     assert 5 <= sum(directions["Kinetics-400"]) <= len(directions["Kinetics-400"]) - 5
+    unflipped = build_dataset(True, False, make_args(data, data_path=str(lists), aa=POLICY, flip=False))  # --no_flip
+    for seed in range(20):
+        unflipped.reseed(seed)
+        centres = box_centres_x(unflipped[0]["box"])
+        assert len(centres) < 2 or centres[-1] < centres[0], seed
 
 
 def test_tsn_indices():
