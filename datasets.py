@@ -906,7 +906,8 @@ def build_dataset(is_train: bool, test_mode: bool, args) -> VideoClassificationD
     check_data_root([entry.video for entry in entries], args.data_root, list_file)
     return VideoClassificationDataset(
         entries, data_root=args.data_root, box_dir=args.box_dir, mode=mode,
-        sampling="tsn" if args.data_set in TSN_DATA_SETS else "dense", flip=args.flip and args.data_set not in NO_FLIP_DATA_SETS,
+        sampling="tsn" if args.data_set in TSN_DATA_SETS else "dense",
+        flip=args.flip and args.data_set not in NO_FLIP_DATA_SETS,
         num_frames=args.num_frames, sampling_rate=args.sampling_rate, num_segments=args.num_segments,
         input_size=args.input_size, short_side_size=args.short_side_size, test_num_segment=args.test_num_segment,
         test_num_crop=args.test_num_crop, num_sample=args.num_sample, rand_augment=args.aa, reprob=args.reprob,
