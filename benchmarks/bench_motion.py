@@ -39,6 +39,8 @@ import make_synthetic_dataset as synthetic  # noqa: E402
 from motion_detection import MotionBoxDetector, available_flows, create_flow, union_box  # noqa: E402
 from motion_detection.evaluate import agreement  # noqa: E402
 
+COMPILE_GRAPH_LIMIT = 64  # graphs per compiled function torch.compile may build before it falls back to eager
+
 
 def gray_frames(num_frames: int, short_side: int, aspect: float = 4 / 3) -> list[np.ndarray]:
     width = int(round(short_side * aspect / 2)) * 2
@@ -89,6 +91,9 @@ def speed_table(flows: list[str], pairs: int, short_side: int, all_threads: int,
                 torch_devices: list[str], torch_modes: list[str], aspect: float = 4 / 3) -> None:
     frames = gray_frames(pairs + 1, short_side, aspect)
     print(f"speed: {frames.shape[2]}x{frames.shape[1]}, {pairs} pairs, OpenCV {cv2.__version__}, {all_threads} CPUs")
+    compiling = "tvl1_torch" in flows and "compile" in torch_modes
+    if compiling:  # every batch size and device gets its graphs: past dynamo's default of 8 a row would run eager
+        torch._dynamo.config.recompile_limit = COMPILE_GRAPH_LIMIT
     rows = [(flow, *config) for flow in flows
             for config in speed_configs(flow, batch_sizes, all_threads, torch_devices, torch_modes)]
     width = max(8, *(len(label) for _, label, *_ in rows))
@@ -97,6 +102,10 @@ def speed_table(flows: list[str], pairs: int, short_side: int, all_threads: int,
         for threads in thread_counts:
             flow_rate, detect_rate = time_backend(flow, frames, threads, flow_params, batch)
             print(f"{label:<{width}} {threads:>7} {flow_rate:>12.2f} {detect_rate:>14.2f} {1000 / detect_rate:>8.1f}")
+    if compiling:
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        fallback = "so none fell back to eager" if graphs < COMPILE_GRAPH_LIMIT else "SOME MAY HAVE RUN EAGER"
+        print(f"torch.compile: {graphs} graphs in all, under a limit of {COMPILE_GRAPH_LIMIT} per function, {fallback}")
 
 
 def agreement_table(flows: list[str], num_videos: int, num_frames: int) -> dict[str, dict[str, float]]:

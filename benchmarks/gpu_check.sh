@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Every GPU figure of BENCHMARKS.md and the CUDA-only tests, for a session lent a GPU machine, in two runs that each
-# fit well inside one device call (a session has 15 minutes of device time, the machine's start included):
+# Every GPU figure of BENCHMARKS.md and the CUDA-only tests, for a session lent a GPU machine, in one device call (a
+# session has 15 minutes of device time, the machine's start included; a warm machine goes back 30 s after a call,
+# so a second call would likely pay a second start):
 #
 #   here, once:  bash benchmarks/gpu_check.sh --fetch-wheels   # decord + tensorboardX wheels -> .whl/ (14 MB)
-#   device:      command "bash benchmarks/gpu_check.sh cuda_tests motion", carry [".whl"], timeout_s 330
-#   device:      command "bash benchmarks/gpu_check.sh pretrain_step finetune_step", carry [".whl"], timeout_s 330
+#   device:      command "bash benchmarks/gpu_check.sh", carry [".whl"], timeout_s 590
 #
-# Without step names it runs all four (8 min 30 s of step limits). The GPU image has PyTorch, timm, einops and
+# Without step names it runs all four (8 min 30 s of step limits, at most 9 min 10 s with their kill margins and the
+# wheel install); named steps rerun only those (e.g. "bash benchmarks/gpu_check.sh motion" on a still-warm machine). The GPU image has PyTorch, timm, einops and
 # OpenCV without its contrib modules; decord and tensorboardX come as wheels (installed under /tmp/site).
 # OpenCV-contrib's wheel is over the device's 64 MiB transfer limit and PyAV is not needed, so the motion table
 # there times dis and tvl1_torch (eager and compiled, 64 and 256 pairs per call), and the OpenCV TV-L1 rate per core

@@ -171,9 +171,9 @@ def warp(images: torch.Tensor, flow: torch.Tensor, base: torch.Tensor) -> torch.
     rounded to 1/``REMAP_SUBPIXELS`` pixel (its fixed-point maps). The rounding also keeps the float error of
     grid_sample's coordinates off the border pixels, where a 1e-5 px offset would blend in the zero border."""
     h, w = flow.shape[-2:]
-    to_unit = torch.tensor([2 / max(w - 1, 1), 2 / max(h - 1, 1)], dtype=flow.dtype, device=flow.device)
     pos = torch.round((base + flow) * REMAP_SUBPIXELS) / REMAP_SUBPIXELS
-    grid = (pos * to_unit.view(1, 2, 1, 1) - 1).permute(0, 2, 3, 1)
+    # Python scalars: no host-to-device copy (and stream sync) per warp
+    grid = torch.stack((pos[:, 0] * (2 / max(w - 1, 1)) - 1, pos[:, 1] * (2 / max(h - 1, 1)) - 1), dim=-1)
     return F.grid_sample(images, grid, mode="bicubic", padding_mode="zeros", align_corners=True)
 
 
