@@ -78,9 +78,9 @@ PARAM_HELP = {
     "max_box_area": "frame boxes covering more than this fraction of the frame are rejected (camera shake, shot "
     "cuts, global motion)",
     "min_box_area": "frame boxes covering less than this fraction of the frame are rejected",
-    "temporal_window": "running median of the frame boxes over this many frames (odd; 1 = off): a box alone in its "
-    "window is dropped as an outlier, and where the window holds two boxes that do not overlap, the frame keeps its "
-    "own (their median would lie between them)",
+    "temporal_window": "running median of the frame boxes over this many frames (odd; 1 = off), which smooths their "
+    "jitter; where the window holds two boxes that do not overlap, the frame keeps its own (their median would lie "
+    "between them), and a box alone in its window stays (sparse detections of slow motion are mostly real)",
 }
 
 
@@ -152,8 +152,7 @@ def box_from_map(smoothed: np.ndarray, params: DetectionParams) -> np.ndarray:
 
 def clean_boxes(boxes: np.ndarray, width: int, height: int, params: DetectionParams) -> np.ndarray:
     """Reject implausible frame boxes (by area), then a running median over time of the rest, per coordinate over
-    the window's boxes (``PARAM_HELP["temporal_window"]``: a box with no other in its window is dropped, and of two
-    that do not overlap the frame keeps its own)."""
+    the window's boxes (``PARAM_HELP["temporal_window"]``: of two that do not overlap, the frame keeps its own)."""
     boxes = np.array(boxes, dtype=np.float32, copy=True)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / float(width * height)
     with np.errstate(invalid="ignore"):
@@ -171,7 +170,6 @@ def clean_boxes(boxes: np.ndarray, width: int, height: int, params: DetectionPar
         apart = (np.minimum(own[:, 2:], other[:, 2:]) <= np.maximum(own[:, :2], other[:, :2])).any(-1)
         keep_own = (count == 2) & apart
         median[keep_own] = own[keep_own]
-        median[count == 1] = np.nan
         boxes[valid] = median
     return boxes
 

@@ -124,16 +124,17 @@ def test_clean_boxes_rejects_implausible_boxes_and_outliers():
     boxes[4] = [50, 50, 51, 51]  # speck
     boxes[5] = [11, 12, 31, 32]
     cleaned = clean_boxes(boxes, 100, 100, params)
-    assert np.isnan(cleaned[[2, 3, 4]]).all()  # 3: alone in its window once 2 and 4 are rejected
-    np.testing.assert_allclose(cleaned[[0, 1]], boxes[[0, 1]])  # their valid windows agree
+    assert np.isnan(cleaned[[2, 4]]).all()
+    np.testing.assert_allclose(cleaned[[0, 1, 3]], boxes[[0, 1, 3]])  # their valid windows agree
     np.testing.assert_allclose(cleaned[[5, 6]], [[10.5, 11, 30.5, 31]] * 2)  # median over valid rows 5 and 6
     with pytest.raises(ValueError, match="odd"):  # a centred median has an odd window
         DetectionParams(temporal_window=4)
 
 
-def test_the_temporal_median_drops_lone_boxes_and_never_invents_one_between_two():
-    """Noise in a still video: boxes in opposite corners two frames apart, and a lone box among empty frames. Their
-    per-coordinate median would be a box in the middle of the frame, where neither frame saw motion."""
+def test_the_temporal_median_never_invents_a_box_between_two():
+    """Boxes in opposite corners two frames apart (noise in a still video): their per-coordinate median would be a
+    box in the middle of the frame, where neither frame saw motion. A lone box stays (the demo set's sparse
+    detections of a slow object are real)."""
     params = DetectionParams()
     nan = [np.nan] * 4
     corners = np.array([[0, 0, 20, 20], nan, [180, 130, 200, 150], nan, nan, nan], np.float32)
@@ -142,7 +143,8 @@ def test_the_temporal_median_drops_lone_boxes_and_never_invents_one_between_two(
     assert np.isnan(cleaned[[1, 3, 4, 5]]).all()
     lone = np.array([nan, nan, [0, 0, 30, 30], nan, nan, [100, 100, 130, 130], [102, 100, 132, 130]], np.float32)
     cleaned = clean_boxes(lone, 200, 150, params)
-    assert np.isnan(cleaned[:5]).all()
+    assert np.isnan(cleaned[[0, 1, 3, 4]]).all()
+    np.testing.assert_array_equal(cleaned[2], lone[2])
     np.testing.assert_allclose(cleaned[5:], [[101, 100, 131, 130]] * 2)  # two that overlap: their median
 
 
