@@ -168,6 +168,16 @@ def unused_flag_rules(args) -> list[tuple[bool, tuple[str, ...], str]]:
     ]
 
 
+def masking_warnings(args) -> list[str]:
+    """Settings that run but undo what the mode is for: with equal ratios motion-focused masking masks the box's
+    tubes at the rate of the rest, i.e. tube masking (both defaults are VideoMAE's 0.75; the paper: 0.9 and 0.75)."""
+    if args.mask_type == "motion" and args.motion_mask_ratio == args.mask_ratio:
+        return [f"warning: --mask_type motion with --motion_mask_ratio equal to --mask_ratio ({args.mask_ratio}) masks "
+                "the tubes inside the motion box at the rate of the others: tube masking (the paper: --mask_ratio 0.9 "
+                "--motion_mask_ratio 0.75)"]
+    return []
+
+
 def build_model(args):
     args.targets = parse_targets(args.target)
     traj_dim = head_hog_dim = 0
@@ -198,8 +208,11 @@ def main(args) -> None:
     print(args)
     utils.check_checkpoint_flags(args)
     utils.warn_unused_flags(args, get_args_parser(), unused_flag_rules(args))
-    if not args.output_dir and utils.is_main_process():
-        print("warning: no --output_dir: no checkpoint and no log.txt are written")
+    if utils.is_main_process():
+        for line in masking_warnings(args):
+            print(line)
+        if not args.output_dir:
+            print("warning: no --output_dir: no checkpoint and no log.txt are written")
     rank, world = utils.get_rank(), utils.get_world_size()
     utils.seed_everything(args.seed + rank)
     if args.output_dir:

@@ -537,6 +537,18 @@ def test_flags_a_mode_does_not_read_are_named(argv, expected):
     assert lines == ([] if expected is None else [f"warning: {expected}"])
 
 
+@pytest.mark.parametrize("argv, warned", [
+    (["--mask_type", "motion"], True), (["--mask_type", "motion", "--mask_ratio", "0.9"], False),
+    (["--mask_type", "motion", "--mask_ratio", "0.9", "--motion_mask_ratio", "0.9"], True),
+    (["--mask_type", "motion", "--motion_mask_ratio", "0.9"], False), (["--mask_type", "tube"], False),
+])
+def test_motion_masking_with_equal_ratios_is_named_as_tube_masking(argv, warned):
+    """Both ratios default to VideoMAE's 0.75: --mask_type motion without --mask_ratio 0.9 would silently be tube
+    masking."""
+    lines = run_mofo_pretraining.masking_warnings(run_mofo_pretraining.get_args_parser().parse_args(argv))
+    assert bool(lines) == warned and all("tube masking (the paper: --mask_ratio 0.9" in line for line in lines)
+
+
 @pytest.mark.parametrize("ratio, masked", [("0.0", 0), ("1.0", 16), ("0.05", 0)])
 def test_a_mask_ratio_that_leaves_nothing_masked_or_visible_is_refused(dataset, tmp_path, ratio, masked):
     args = run_args(dataset, tmp_path / "out")
