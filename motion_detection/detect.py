@@ -135,8 +135,11 @@ def box_from_map(smoothed: np.ndarray, params: DetectionParams) -> np.ndarray:
     binary = (smoothed > background + params.rel_threshold * (peak - background)).astype(np.uint8)
     radius = int(round(params.close_size * min(h, w)))
     if radius > 0:
+        # Closed inside a margin of background: OpenCV's default border counts pixels outside the image as
+        # foreground when eroding, so a region near the edge would stay dilated up to it.
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-        binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, kernel)
+        padded = cv2.copyMakeBorder(binary, radius, radius, radius, radius, cv2.BORDER_CONSTANT, value=0)
+        binary = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, kernel)[radius:-radius, radius:-radius]
     contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return none

@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import av
 import cv2
 import numpy as np
 
@@ -19,8 +20,8 @@ import numpy as np
 # OPENCV_FFMPEG_LOGLEVEL to see FFmpeg's own messages (it is read when the first video is opened).
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
-# Decoding may end this many frames (or this fraction of them) short of the container's frame count: the count is
-# sometimes estimated from duration and frame rate. Clearly fewer frames means a truncated or corrupt file, whose
+# Decoding may end this many frames (or this fraction of them) short of the frame count the container stores (an
+# encoder's count can be off by a frame or two). Clearly fewer frames means a truncated or corrupt file, whose
 # decoding ends early without an error.
 FRAME_COUNT_SLACK = 2
 FRAME_COUNT_TOLERANCE = 0.05
@@ -55,6 +56,18 @@ class VideoInfo:
     reported_frames: int
 
 
+def stored_frame_count(path: str) -> int:
+    """The frame count the container stores (mp4, mov, avi: their index); 0 when it stores none or cannot be read.
+    Matroska / WebM store none, and OpenCV's CAP_PROP_FRAME_COUNT then estimates duration x nominal frame rate,
+    which for a variable frame rate can be twice the frames there are: that is no ground to call a video truncated."""
+    try:
+        with av.open(path) as container:
+            streams = container.streams.video
+            return max(int(streams[0].frames), 0) if streams else 0
+    except (av.FFmpegError, OSError, ValueError):
+        return 0
+
+
 def open_video(path: str | os.PathLike) -> tuple[cv2.VideoCapture, VideoInfo]:
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -69,7 +82,7 @@ def open_video(path: str | os.PathLike) -> tuple[cv2.VideoCapture, VideoInfo]:
         width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
         height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
         fps=float(cap.get(cv2.CAP_PROP_FPS) or 0.0),
-        reported_frames=int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0),
+        reported_frames=stored_frame_count(path),
     )
     if info.width <= 0 or info.height <= 0:
         cap.release()

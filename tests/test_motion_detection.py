@@ -1,9 +1,12 @@
 """Motion-boundary maps, per-frame boxes, per-video clean-up and box files (paper section 2.1)."""
 
+import fractions
 import json
 from importlib.util import find_spec
 from pathlib import Path
 
+import av
+import cv2
 import numpy as np
 import pytest
 
@@ -101,6 +104,16 @@ def test_box_from_map_keeps_the_two_largest_regions():
     assert x1 < 8 and y1 < 8 and x2 > 72 and y2 > 55  # both large regions
     one = DetectionParams(border=0.0, close_size=0.0, num_contours=1)
     assert box_iou(box_from_map(m, one), [55, 40, 75, 58]) > 0.5 or box_iou(box_from_map(m, one), [5, 5, 20, 20]) > 0.5
+
+
+def test_closing_does_not_stretch_a_region_near_the_edge_to_it():
+    """OpenCV's default border counts outside pixels as foreground when eroding: a square 8 px from the left edge,
+    closed with a 7 px radius, would come out with x1 = 0."""
+    flow = np.zeros((224, 298, 2), np.float32)
+    flow[80:120, 8:38, 0] = 2.0
+    params = DetectionParams()
+    x1, y1, x2, y2 = box_from_map(smooth_map(motion_boundaries(flow), params), params)
+    assert 5 <= x1 <= 10 and 75 <= y1 <= 80 and 38 <= x2 <= 45 and 120 <= y2 <= 125
 
 
 def test_no_motion_gives_no_box():
@@ -356,6 +369,27 @@ def test_a_video_decoding_to_fewer_frames_than_it_reports_is_an_error(tmp_path):
         detector.detect_video(tmp_path / "corrupt.mp4", "corrupt.mp4")
     with pytest.raises(VideoReadError, match=r"only \d+ of the 60 frames the container reports"):
         read_video(tmp_path / "corrupt.mp4")
+
+
+def test_a_variable_frame_rate_webm_is_not_taken_for_a_truncated_video(tmp_path):
+    """WebM stores no frame count; OpenCV estimates duration x nominal rate (78 for these 40 frames of 33 and 100 ms):
+    the video decodes whole and gets a box per frame."""
+    frames, _ = make_synthetic_dataset.render_clip(0, 40, 160, 120, seed=3)
+    path = tmp_path / "vfr.webm"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libvpx", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = fractions.Fraction(1, 1000)
+        pts = 0
+        for index, frame in enumerate(frames):
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            video_frame.pts, video_frame.time_base = pts, stream.time_base
+            pts += 33 if index % 2 == 0 else 100
+            container.mux(stream.encode(video_frame))
+        container.mux(stream.encode())
+    assert cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT) > 60
+    assert len(read_video(path)[0]) == 40
+    assert MotionBoxDetector("dis", short_side=56).detect_video(path, "vfr.webm").num_frames == 40
 
 
 @pytest.mark.parametrize("flow", ["dis", "codec_mv"])
