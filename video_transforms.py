@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from timm.data.auto_augment import AugmentOp, rand_augment_transform
+from timm.data.auto_augment import posterize as timm_posterize
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.random_erasing import RandomErasing
 
@@ -216,6 +217,14 @@ def pil_affine_inverse(name: str, level_args: tuple, width: int, height: int) ->
     return np.array([[1, shear_x, shift_x], [shear_y, 1, shift_y], [0, 0, 1]], dtype=np.float64)
 
 
+def posterize(image: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    """timm's posterize, where keeping 0 bits gives a black frame as Pillow before 13 did (timm's PosterizeIncreasing
+    asks for 0 bits at magnitude 10, plain Posterize below 2.5; Pillow 13 refuses them, ending the run)."""
+    if bits_to_keep <= 0:
+        return Image.new(image.mode, image.size)
+    return timm_posterize(image, bits_to_keep, **kwargs)
+
+
 def rand_augment_policy(value: str) -> str:
     """argparse type of ``--aa``: a timm RandAugment policy, checked by building it, or ``none`` (also ``""``): no
     RandAugment, returned as ``""``."""
@@ -248,6 +257,9 @@ class ClipRandAugment:
                    "interpolation": AUGMENT_INTERPOLATIONS[interpolation]}
         policy = rand_augment_transform(config_str, hparams, transforms=transforms)
         self.ops: list[AugmentOp] = list(policy.ops)
+        for op in self.ops:
+            if op.aug_fn is timm_posterize:
+                op.aug_fn = posterize
         self.num_layers, self.choice_weights = policy.num_layers, policy.choice_weights
 
     def draw(self, rng: np.random.Generator) -> list[tuple[AugmentOp, tuple]]:

@@ -247,6 +247,20 @@ def test_train_boxes_follow_crop_flip_and_rand_augment(data, videos, data_set):
     assert flips >= 5 if data_set == "Kinetics-400" else flips == 0
 
 
+@pytest.mark.parametrize("policy, name", [("rand-m10-n1-mstd0-p1.0-inc1", "PosterizeIncreasing"),
+                                          ("rand-m1-n1-mstd0-p1.0", "Posterize")])
+def test_posterize_keeping_no_bits_gives_black_frames(policy, name):
+    """timm asks for 0 bits at these magnitudes, which Pillow 13 refuses with a ValueError (a worker's, so the run
+    ended): the frames come out black, as before Pillow 13."""
+    augmenter = ClipRandAugment(policy, INPUT, transforms=[name])
+    [(op, (bits,))] = augmenter.draw(np.random.default_rng(0))
+    assert op.name == name and bits == 0
+    frames = torch.randint(1, 256, (2, 3, INPUT, INPUT), dtype=torch.uint8)
+    assert not ClipRandAugment.apply(frames, np.zeros((2, 4), np.float32), [(op, (bits,))])[0].any()
+    kept = ClipRandAugment.apply(frames, np.zeros((2, 4), np.float32), [(op, (2,))])[0]
+    assert torch.equal(kept, frames & 0b11000000)
+
+
 @pytest.mark.parametrize("name", AFFINE_OPS)
 def test_each_geometric_op_moves_the_box_with_the_pixels(videos, name):
     """Each geometric op forced by a one-op policy at magnitude 9, both signs, on real frames and masks."""
