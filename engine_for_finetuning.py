@@ -91,7 +91,8 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch: int, loss_scal
                                             update_freq)
         if update and model_ema is not None:
             model_ema.update(getattr(model, "module", model))  # DDP / DeepSpeed: the wrapped model
-        metric_logger.update(loss=loss, lr=lr_schedule[step], grad_norm=grad_norm)
+        metric_logger.update(loss=loss, lr=lr_schedule[step], grad_norm=grad_norm,
+                             loss_scale=utils.current_loss_scale(model, loss_scaler, deepspeed, args.precision))
         if it % args.print_freq == 0 or it == num_batches - 1:
             finite.check(step)
             if log_writer is not None:

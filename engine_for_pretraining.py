@@ -99,7 +99,7 @@ def train_one_epoch(model, data_loader, optimizer, device: torch.device, epoch: 
         loss, losses = pretrain_loss(model, batch, device, args, deepspeed)
         finite.update(loss)
         grad_norm = utils.backward_step(model, loss, optimizer, loss_scaler, args.clip_grad, deepspeed)
-        loss_scale = getattr(model.optimizer, "cur_scale", None) if deepspeed else loss_scaler.scale_tensor()
+        loss_scale = utils.current_loss_scale(model, loss_scaler, deepspeed, args.precision)
         metric_logger.update(loss=loss, lr=lr, weight_decay=wd, grad_norm=grad_norm, loss_scale=loss_scale,
                              **({f"loss_{name}": value for name, value in losses.items()} if len(losses) > 1 else {}))
 

@@ -810,6 +810,21 @@ def check_no_other_kind(output_dir: str | Path, deepspeed: bool) -> None:
                          f"{now} it: resume it as it was saved, or start in another --output_dir")
 
 
+def check_fresh_start(output_dir: str | Path) -> None:
+    """A fresh start (``--no_auto_resume``, no ``--resume``) in a folder holding an earlier run's checkpoints is
+    refused: the new run would overwrite only some of them, and its next resume would go on from the earlier run's
+    newest instead of its own."""
+    for deepspeed in (False, True):
+        try:
+            found = latest_checkpoint(output_dir, deepspeed)
+        except FileNotFoundError:
+            continue
+        if found is not None:
+            raise SystemExit(f"{output_dir} holds {found.name} of an earlier run and --no_auto_resume starts afresh: a "
+                             "resumed job would go on from the earlier run's checkpoints; remove them or start in "
+                             "another --output_dir")
+
+
 def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema=None) -> dict:
     """Resume from ``--resume`` or, with ``--auto_resume``, from the newest checkpoint in ``--output_dir``; that one
     wins over a ``--resume`` from elsewhere (a released checkpoint to start from), so a resubmitted job continues
@@ -837,6 +852,8 @@ def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, mode
                       "(--no_auto_resume takes --resume)")
             args.resume, own = str(found), True
     if not args.resume:
+        if args.output_dir and not args.auto_resume and not getattr(args, "eval", False):
+            check_fresh_start(args.output_dir)
         return {}
     fallbacks = checkpoint_files_newest_first(args.output_dir)[1:] if own and not deepspeed else []
     while True:
@@ -1184,6 +1201,14 @@ class NativeScalerWithGradNormCount:
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._scaler.load_state_dict(state_dict)
+
+
+def current_loss_scale(model, loss_scaler, deepspeed: bool, precision: str):
+    """The fp16 loss scale to log (a falling one shows overflowing steps, which are skipped), None otherwise; under
+    DeepSpeed its optimizer's ``loss_scale`` (FP16_Optimizer has no ``cur_scale``, ZeRO's has both)."""
+    if precision != "fp16":
+        return None
+    return model.optimizer.loss_scale if deepspeed else loss_scaler.scale_tensor()
 
 
 def backward_step(model, loss: torch.Tensor, optimizer, loss_scaler, clip_grad: float | None, deepspeed: bool,

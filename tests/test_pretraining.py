@@ -477,6 +477,31 @@ def test_checkpoints_are_atomic_and_loaded_without_pickled_code(tmp_path):
         utils.load_checkpoint_file(tmp_path / "evil.pth")
 
 
+@pytest.mark.parametrize("saved", ["checkpoint-2.pth", "checkpoint-last-4.pth", "deepspeed"])
+def test_a_fresh_start_in_a_folder_of_an_earlier_run_is_refused(tmp_path, saved):
+    """--no_auto_resume would overwrite checkpoint-0 and log.txt but keep the earlier run's newer checkpoints, from
+    which the next (auto-)resume would go on."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    args = argparse.Namespace(output_dir=str(tmp_path), resume="", auto_resume=False, start_epoch=0, epochs=9,
+                              enable_deepspeed=False)
+    assert utils.auto_load_model(args, model, model, optimizer, None) == {}  # an empty folder: a fresh start
+    (tmp_path / "log.txt").write_text("")
+    assert utils.auto_load_model(args, model, model, optimizer, None) == {}
+    if saved == "deepspeed":
+        (tmp_path / "checkpoint-3").mkdir()
+        (tmp_path / "latest").write_text("checkpoint-3")
+    else:
+        utils.save_on_master(utils.checkpoint_state(model, optimizer, None, 2, args), tmp_path / saved)
+    name = "checkpoint-3" if saved == "deepspeed" else saved
+    with pytest.raises(SystemExit, match=f"holds {name} of an earlier run and --no_auto_resume starts afresh"):
+        utils.auto_load_model(args, model, model, optimizer, None)
+    args.auto_resume = True
+    if saved != "deepspeed":
+        utils.auto_load_model(args, model, model, optimizer, None)
+        assert args.start_epoch == 3
+
+
 def test_auto_resume_falls_back_past_a_damaged_newest_checkpoint(tmp_path, capsys):
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

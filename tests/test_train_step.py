@@ -155,8 +155,10 @@ def test_logged_loss_scales_keep_each_steps_value():
     for value in (float("inf"), float("inf"), 1.0):
         optimizer.zero_grad()
         scaler((weight * value).sum(), optimizer, parameters=[weight])
-        logged.append(scaler.scale_tensor())
+        logged.append(utils.current_loss_scale(None, scaler, deepspeed=False, precision="fp16"))
     assert [float(scale) for scale in logged] == [2.0**15, 2.0**14, 2.0**14]  # halved by each overflow
+    for precision in ("bf16", "fp32"):  # no loss scale to log (DeepSpeed's fp16 needs a GPU: not tested here)
+        assert utils.current_loss_scale(None, scaler, deepspeed=False, precision=precision) is None
 
 
 def test_a_weight_decay_schedule_from_zero_reaches_the_decayed_groups():
