@@ -621,13 +621,17 @@ def read_label_list(list_file: str | os.PathLike) -> list[ClipEntry]:
     """VideoMAE classification list: ``path label`` per line. The label is the last field, so the MOFO release's
     SSV2 lists (``path "class name" label``) read the same. A row whose first two fields after the path are both
     numbers (VideoMAE V2's ``path start total label``, which pretraining reads as a frame range) is refused rather
-    than trained on whole videos."""
+    than trained on whole videos, and so is ``path number label`` (a frame count? which is the label?)."""
     entries = []
     for line, path, fields in read_numbered_list(list_file):
-        if len(fields) >= 3 and all(field.lstrip("-").isdigit() for field in fields[:2]):
+        numbers = [field.lstrip("-").isdigit() for field in fields]
+        if len(fields) >= 3 and all(numbers[:2]):
             raise ValueError(f"{list_file}:{line}: '{path} {' '.join(fields)}' looks like a frame range "
                              "('path start total label', a pretraining list's); fine-tuning lists are 'path label', "
                              "one trimmed clip per row")
+        if len(fields) == 2 and all(numbers):
+            raise ValueError(f"{list_file}:{line}: '{path} {' '.join(fields)}' has two numbers after the path; "
+                             "fine-tuning lists are 'path label' (or the MOFO release's 'path \"class name\" label')")
         try:
             entries.append(ClipEntry(path, (int(fields[-1]),)))
         except (IndexError, ValueError):

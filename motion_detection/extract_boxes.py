@@ -135,7 +135,10 @@ def read_video_list(path: str | os.PathLike) -> list[str]:
         raise ValueError(f"cannot read --video_list {path}: {e}") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"--video_list {path} is not UTF-8 text: {e}") from None
-    return [line.split()[0] for line in lines if line.strip()]
+    videos = [line.split()[0] for line in lines if line.strip()]
+    if not videos:
+        raise ValueError(f"--video_list {path} lists no videos (empty, or blank lines only)")
+    return videos
 
 
 def distinct_videos(entries: list[str], video_root: str) -> list[str]:

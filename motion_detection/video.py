@@ -33,7 +33,9 @@ ROOT_PROBES = 64  # listed videos whose existence is checked at startup, spread 
 def check_video_root(videos: list[str], root: str, list_file, flag: str) -> None:
     """A ValueError when none of a few listed videos, spread over the list, exists below ``root`` (the folder
     ``flag`` names): a wrong root (or list) fails at startup instead of after a screen of missing videos. Single
-    missing videos are the callers' to skip."""
+    missing videos are the callers' to skip, and so is an empty list."""
+    if not videos:
+        return
     probes = [videos[i] for i in sorted({k * len(videos) // ROOT_PROBES for k in range(ROOT_PROBES)})]
     if probes and not any(os.path.exists(os.path.join(root, video)) for video in probes):
         raise ValueError(f"{list_file}: none of the {len(probes)} videos checked is found below {flag} "

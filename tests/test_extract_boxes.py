@@ -361,6 +361,9 @@ def test_a_list_that_is_not_utf8_is_named(data, tmp_path):
     assert result.returncode == 2 and "latin1.csv is not UTF-8 text" in result.stderr, result.stderr
     missing = run(tmp_path / "no_such.csv", root, tmp_path / "out", rc=2)  # invalid arguments: exit status 2
     assert f"cannot read --video_list {tmp_path / 'no_such.csv'}" in missing.stderr
+    (tmp_path / "blank.csv").write_text("\n  \n")
+    blank = run(tmp_path / "blank.csv", root, tmp_path / "out", rc=2)
+    assert f"--video_list {tmp_path / 'blank.csv'} lists no videos" in blank.stderr and "Traceback" not in blank.stderr
 
 
 def test_a_wrong_video_root_stops_the_run_first(data, tmp_path):

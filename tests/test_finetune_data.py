@@ -865,5 +865,8 @@ def test_a_label_list_row_with_a_frame_range_is_refused(tmp_path):
     (tmp_path / "train.csv").write_text('a.mp4 "Pushing 2 things" 5\nb.mp4 100 5 3\n')
     with pytest.raises(ValueError, match=r"train.csv:2: 'b.mp4 100 5 3' looks like a frame range"):
         datasets.read_label_list(tmp_path / "train.csv")
-    (tmp_path / "train.csv").write_text('a.mp4 "Pushing 2 things" 5\nb.mp4 3\n')
-    assert [entry.target for entry in datasets.read_label_list(tmp_path / "train.csv")] == [(5,), (3,)]
+    (tmp_path / "train.csv").write_text('a.mp4 "Pushing 2 things" 5\nb.mp4 3\nc.mp4 Pushing 4\n')
+    assert [entry.target for entry in datasets.read_label_list(tmp_path / "train.csv")] == [(5,), (3,), (4,)]
+    (tmp_path / "train.csv").write_text("a.mp4 5\nb.mp4 30 3\n")  # a frame count, or which is the label?
+    with pytest.raises(ValueError, match=r"train.csv:2: 'b.mp4 30 3' has two numbers after the path"):
+        datasets.read_label_list(tmp_path / "train.csv")
