@@ -18,6 +18,9 @@
 #   EXTRA           the words of $EXTRA_ARGS (split on whitespace, no globbing), for the scripts to append last:
 #                   argparse keeps the last value of a flag, so EXTRA_ARGS overrides the script's settings. Scripts
 #                   expand it as ${EXTRA[@]+"${EXTRA[@]}"}: bash before 4.4 takes an empty array as unset (set -u).
+#   refuse_extra FLAG=VAR...   exits 2 where EXTRA_ARGS sets one of these flags (or a prefix argparse would take
+#                   for it): the script derives other settings from VAR (the output folder's name and its tb/ log
+#                   folder, the accumulation steps), which the flag would leave behind; the message names VAR.
 #   epic_videos CSV...   "<participant>/videos/<video>.MP4 START LENGTH" for every row of EPIC-KITCHENS-100
 #                   annotation csvs: a VideoMAE V2 list of the action segments in the long videos; with
 #                   EPIC_VIDEO_TEMPLATE set (e.g. clips/{narration_id}.mp4, pre-trimmed clips), the files it names.
@@ -69,6 +72,20 @@ launch() {
     else  # also a batch job without srun: one node
         requeueable torchrun --standalone --nproc_per_node "${GPUS:?set GPUS to the number of GPUs}" "$@"
     fi
+}
+
+refuse_extra() {
+    local word pair
+    for word in ${EXTRA[@]+"${EXTRA[@]}"}; do
+        word=${word%%=*}
+        [[ $word == --?* ]] || continue
+        for pair in "$@"; do
+            if [[ ${pair%%=*} == "$word"* ]]; then
+                echo "$0: EXTRA_ARGS sets $word: set ${pair#*=} instead (the script derives other settings from it)" >&2
+                exit 2
+            fi
+        done
+    done
 }
 
 epic_videos() {

@@ -323,6 +323,23 @@ def test_ssv2_finetuning_keeps_videomaes_total_batch_on_any_number_of_gpus(dry_r
     assert refused.returncode == 2 and "TOTAL_BATCH 512 is not BATCH_SIZE 8 x 3 tasks" in refused.stderr
 
 
+@pytest.mark.parametrize("script, extra, variable", [
+    ("ssv2/finetune_mofo.sh", "--seed 1 --output_dir=elsewhere", "OUTPUT_DIR"),
+    ("epic/finetune_plain.sh", "--finetune other.pth", "PRETRAINED"),
+    ("ssv2/finetune_plain.sh", "--batch_size 4", "BATCH_SIZE"),
+    ("epic/finetune_mofo.sh", "--mod vit_base_patch16_224", "MODEL"),  # a prefix argparse would take
+    ("ssv2/pretrain.sh", "--mask_type tube", "MASK_TYPE"),
+    ("epic/pretrain.sh", "--output_dir x", "OUTPUT_DIR"),
+])
+def test_extra_args_may_not_set_what_other_settings_derive_from(script, extra, variable, dry_run, tmp_path):
+    """--output_dir in EXTRA_ARGS would leave the tb/ logs in the script's folder; --finetune, --model or --mask_type
+    a folder named after another source, which the next run resumes; --batch_size the accumulation steps of another
+    total batch. The variable is named instead; other flags pass (test_default_command_is_the_papers_recipe)."""
+    result = run_script(REPO / "scripts" / script, tmp_path, EXTRA_ARGS=extra, PATH=f"{tmp_path}/bin:/usr/bin:/bin")
+    assert result.returncode == 2 and f"set {variable} instead" in result.stderr, result.stderr
+    assert options(dry_run(REPO / "scripts" / script, EXTRA_ARGS="--model_ema --output_dirs"))["--model_ema"] == ""
+
+
 def test_under_slurm_srun_runs_python_from_the_submission_directory(dry_run, tmp_path):
     spool = tmp_path / "spool" / "job42"  # sbatch runs a copy of the script from its spool folder
     spool.mkdir(parents=True)

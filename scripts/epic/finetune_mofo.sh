@@ -36,6 +36,7 @@ PRETRAINED=${PRETRAINED:-out/epic/pretrain_motion_vitb}  # a checkpoint, or a ru
 FROM=${PRETRAINED%/} FROM=${FROM%.pth} FROM=${FROM#/}  # one output folder per source: auto-resume stays in it
 OUTPUT_DIR=${OUTPUT_DIR:-out/epic/finetune_${MODEL}_from_${FROM//\//_}}
 GPUS=${GPUS:-8} EPOCHS=${EPOCHS:-100} BATCH_SIZE=${BATCH_SIZE:-8} NUM_SAMPLE=${NUM_SAMPLE:-2}
+refuse_extra --output_dir=OUTPUT_DIR --finetune=PRETRAINED --model=MODEL --batch_size=BATCH_SIZE
 VIDEOS=(${EPIC_VIDEO_TEMPLATE:+--epic_video_template "$EPIC_VIDEO_TEMPLATE"})  # unset: the long videos
 BOXES=()
 if [[ $MODEL == *_mofo ]]; then BOXES=(--box_dir "$BOX_DIR"); fi

@@ -30,10 +30,11 @@ source scripts/launch.sh
 DATA_PATH=${DATA_PATH:-data/epic}          # train.csv (EPIC_100_train.csv)
 DATA_ROOT=${DATA_ROOT:-data/epic/videos}
 BOX_DIR=${BOX_DIR:-data/epic/boxes}
-MASK_TYPE=${MASK_TYPE:-motion}             # motion (MOFO) or tube (VideoMAE)
+MASK_TYPE=${MASK_TYPE:-motion}             # motion (MOFO), tube (VideoMAE) or motion_guided (MGMAE)
 OUTPUT_DIR=${OUTPUT_DIR:-out/epic/pretrain_${MASK_TYPE}_vitb}
 MODEL=${MODEL:-pretrain_videomae_base_patch16_224}
 GPUS=${GPUS:-8} EPOCHS=${EPOCHS:-800} BATCH_SIZE=${BATCH_SIZE:-32}
+refuse_extra --output_dir=OUTPUT_DIR --mask_type=MASK_TYPE
 if [[ -z ${VIDEO_LIST:-} ]]; then
     mkdir -p "$OUTPUT_DIR"
     VIDEO_LIST=$OUTPUT_DIR/train_videos.csv   # on the shared file system: every node reads it
@@ -41,7 +42,7 @@ if [[ -z ${VIDEO_LIST:-} ]]; then
 fi
 
 BOXES=(--box_dir "$BOX_DIR")
-if [[ $MASK_TYPE == tube ]]; then BOXES=(); fi   # random tubes read no box file
+if [[ $MASK_TYPE != motion ]]; then BOXES=(); fi  # tube, motion_guided (random base) read no box file
 
 launch run_mofo_pretraining.py \
     --data_path "$VIDEO_LIST" --data_root "$DATA_ROOT" ${BOXES[@]+"${BOXES[@]}"} \

@@ -35,6 +35,7 @@ PRETRAINED=${PRETRAINED:-out/ssv2/pretrain_motion_vitb}  # a checkpoint, or a ru
 FROM=${PRETRAINED%/} FROM=${FROM%.pth} FROM=${FROM#/}  # one output folder per source: auto-resume stays in it
 OUTPUT_DIR=${OUTPUT_DIR:-out/ssv2/finetune_${MODEL}_from_${FROM//\//_}}
 GPUS=${GPUS:-8} EPOCHS=${EPOCHS:-50} BATCH_SIZE=${BATCH_SIZE:-8} NUM_SAMPLE=${NUM_SAMPLE:-1}
+refuse_extra --output_dir=OUTPUT_DIR --finetune=PRETRAINED --model=MODEL --batch_size=BATCH_SIZE
 TOTAL_BATCH=${TOTAL_BATCH:-512}            # videos per optimiser step, over all GPUs
 if [[ -z ${UPDATE_FREQ:-} ]]; then         # the accumulation steps that reach TOTAL_BATCH with these tasks
     TASKS=$(launch_tasks)

@@ -27,13 +27,14 @@ source scripts/launch.sh
 DATA_PATH=${DATA_PATH:-data/ssv2}          # pretrains on $DATA_PATH/train.csv
 DATA_ROOT=${DATA_ROOT:-data/ssv2/videos}
 BOX_DIR=${BOX_DIR:-data/ssv2/boxes}
-MASK_TYPE=${MASK_TYPE:-motion}             # motion (MOFO) or tube (VideoMAE)
+MASK_TYPE=${MASK_TYPE:-motion}             # motion (MOFO), tube (VideoMAE) or motion_guided (MGMAE)
 OUTPUT_DIR=${OUTPUT_DIR:-out/ssv2/pretrain_${MASK_TYPE}_vitb}
 MODEL=${MODEL:-pretrain_videomae_base_patch16_224}
 GPUS=${GPUS:-8} EPOCHS=${EPOCHS:-800} BATCH_SIZE=${BATCH_SIZE:-32}
+refuse_extra --output_dir=OUTPUT_DIR --mask_type=MASK_TYPE
 
 BOXES=(--box_dir "$BOX_DIR")
-if [[ $MASK_TYPE == tube ]]; then BOXES=(); fi   # random tubes read no box file
+if [[ $MASK_TYPE != motion ]]; then BOXES=(); fi  # tube, motion_guided (random base) read no box file
 
 launch run_mofo_pretraining.py \
     --data_path "$DATA_PATH/train.csv" --data_root "$DATA_ROOT" ${BOXES[@]+"${BOXES[@]}"} \
