@@ -895,6 +895,9 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
             args.start_epoch = resumed_epoch(client_state, path) + 1
         return saved_args(client_state)
     checkpoint = load_checkpoint_file(resolve_checkpoint(args.resume))
+    other_stage = other_stage_checkpoint(model_without_ddp.state_dict(), checkpoint.get("model", {}))
+    if other_stage:
+        raise ValueError(other_stage)
     model_without_ddp.load_state_dict(checkpoint["model"])
     if model_ema is not None:
         model_ema.module.load_state_dict(checkpoint.get("model_ema") or checkpoint["model"])
@@ -909,6 +912,19 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
     if loss_scaler is not None and checkpoint.get("scaler"):
         loss_scaler.load_state_dict(checkpoint["scaler"])
     return saved_args(checkpoint)
+
+
+def other_stage_checkpoint(model_state: dict, state: dict) -> str | None:
+    """Why ``state`` cannot resume this model where it is the other stage's (a pretraining checkpoint has a decoder,
+    a fine-tuning one has none), instead of a hundred missing and unexpected keys; None otherwise."""
+    def has_decoder(keys) -> bool:
+        return any(key.removeprefix("module.").startswith("decoder.") for key in keys)
+
+    if not state or has_decoder(model_state) == has_decoder(state):
+        return None
+    if has_decoder(state):
+        return "a pretraining checkpoint (encoder and decoder): fine-tuning starts from one with --finetune"
+    return "a fine-tuning checkpoint (no decoder): pretraining resumes only from a pretraining run's checkpoint"
 
 
 def resumed_epoch(checkpoint: dict, path) -> int:

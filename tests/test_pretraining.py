@@ -477,6 +477,33 @@ def test_checkpoints_are_atomic_and_loaded_without_pickled_code(tmp_path):
         utils.load_checkpoint_file(tmp_path / "evil.pth")
 
 
+def test_resuming_from_the_other_stages_checkpoint_says_so(tmp_path):
+    """--resume with a pretraining checkpoint in fine-tuning (or the reverse) names the stage and --finetune, not the
+    hundred keys that do not fit."""
+    from timm.models import create_model
+
+    import modeling_finetune  # noqa: F401  (registers the fine-tuning models)
+    import modeling_pretrain  # noqa: F401
+
+    pretraining = create_model("pretrain_videomae_mini_patch16_224", img_size=32, num_frames=4)
+    finetuning = create_model("vit_mini_patch16_224", img_size=32, all_frames=4, num_classes=3)
+    for saved, loading, message in [(pretraining, finetuning, "a pretraining checkpoint .*with --finetune"),
+                                    (finetuning, pretraining, "a fine-tuning checkpoint .*pretraining resumes only")]:
+        args = argparse.Namespace(output_dir="", resume=str(tmp_path / "other.pth"), auto_resume=True, start_epoch=0,
+                                  epochs=9, enable_deepspeed=False)
+        optimizer = torch.optim.SGD(saved.parameters(), lr=0.1)
+        utils.save_on_master(utils.checkpoint_state(saved, optimizer, None, 2, args), args.resume)
+        optimizer = torch.optim.SGD(loading.parameters(), lr=0.1)
+        with pytest.raises(ValueError, match=f"other.pth: cannot resume from it: {message}"):
+            utils.auto_load_model(args, loading, loading, optimizer, None)
+    own = argparse.Namespace(output_dir="", resume=str(tmp_path / "own.pth"), auto_resume=True, start_epoch=0,
+                             epochs=9, enable_deepspeed=False)
+    optimizer = torch.optim.SGD(finetuning.parameters(), lr=0.1)
+    utils.save_on_master(utils.checkpoint_state(finetuning, optimizer, None, 2, own), own.resume)
+    utils.auto_load_model(own, finetuning, finetuning, optimizer, None)
+    assert own.start_epoch == 3
+
+
 @pytest.mark.parametrize("saved", ["checkpoint-2.pth", "checkpoint-last-4.pth", "deepspeed"])
 def test_a_fresh_start_in_a_folder_of_an_earlier_run_is_refused(tmp_path, saved):
     """--no_auto_resume would overwrite checkpoint-0 and log.txt but keep the earlier run's newer checkpoints, from
