@@ -340,6 +340,9 @@ class MotionBoxIndex:
                  remedy: str = PRETRAINING_BOX_REMEDY):
         if missing_box not in ("error", "random"):
             raise ValueError(f"missing_box must be 'error' or 'random', got {missing_box!r}")
+        if not box_dir or not os.path.isdir(box_dir):  # a typo, not videos without boxes (--missing_box random)
+            raise FileNotFoundError(f"--box_dir {box_dir or '(none)'}: no such folder (the box files of "
+                                    "motion_detection.extract_boxes)")
         self.box_dir, self.missing_box = box_dir, missing_box
         self.paths = [box_file_path(box_dir, v) for v in videos]
         distinct = list(dict.fromkeys(self.paths))
@@ -897,7 +900,12 @@ def build_dataset(is_train: bool, test_mode: bool, args) -> VideoClassificationD
     if Path(args.data_path).is_file():
         raise ValueError(f"--data_path {args.data_path} is a file: fine-tuning reads the folder holding train.csv, "
                          "val.csv and test.csv")
+    if not Path(args.data_path).is_dir():
+        raise ValueError(f"--data_path {args.data_path}: no such folder (the one holding train.csv, val.csv and "
+                         "test.csv)")
     list_file = Path(args.data_path) / f"{split}.csv"
+    if not list_file.is_file():
+        raise ValueError(f"--data_path {args.data_path} has no {split}.csv (the {mode} list)")
     if args.data_set == EPIC_KITCHENS:
         entries = read_epic_list(list_file, getattr(args, "epic_video_template", EPIC_VIDEO_TEMPLATE))
     elif args.data_set in LABEL_LIST_DATA_SETS:

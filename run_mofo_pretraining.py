@@ -225,7 +225,8 @@ def main(args) -> None:
     data_loader = utils.train_loader(dataset, sampler, args, device,
                                      multiple_samples_collate if args.num_sample > 1 else None)
     if len(data_loader) == 0:
-        raise SystemExit(f"{args.data_path}: {len(dataset)} videos make no full batch of {args.batch_size} x {world}")
+        raise SystemExit(f"error: {args.data_path}: {len(dataset)} listed clips make no full batch of --batch_size "
+                         f"{args.batch_size} x {world} processes (the last, partial batch is dropped)")
     print(f"Model: {args.model}, params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
     print(f"Dataset: {len(dataset)} videos, masking: {dataset.mask_generator}")
 

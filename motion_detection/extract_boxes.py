@@ -413,7 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not 0 <= args.shard_id < args.num_shards:
-        parser.error(f"--shard_id {args.shard_id} is outside [0, --num_shards {args.num_shards})")
+        resubmitted = (" (pass --num_shards with --shard_id: a SLURM array task resubmitted alone, --array=N, is an "
+                       "array of one)") if "SLURM_ARRAY_TASK_ID" in os.environ else ""
+        parser.error(f"--shard_id {args.shard_id} is outside [0, --num_shards {args.num_shards}){resubmitted}")
     for name, low in (("num_workers", 0), ("batch_size", 1), ("partial_every", 0)):
         if getattr(args, name) is not None and not getattr(args, name) >= low:
             parser.error(f"--{name} must be >= {low}, got {getattr(args, name)}")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import make_synthetic_dataset
-from motion_detection import MotionBoxDetector, load_boxes
+from motion_detection import MotionBoxDetector, extract_boxes, load_boxes
 from motion_detection.boxfile import STALE_TEMP_AGE, save_partial, video_identity
 from motion_detection.extract_boxes import Outcome, default_shard, failed_list_text
 from motion_detection.video import read_video, write_mp4
@@ -351,6 +351,16 @@ def test_a_replaced_video_is_boxed_again_and_a_copied_one_is_not(data, reference
     np.testing.assert_array_equal(redone.frames, source.frames)
     assert {name: data for name, data in outputs(out).items() if name != "000000.json"} == {
         name: data for name, data in reference.items() if name != "000000.json"}
+
+
+def test_a_shard_outside_the_shards_is_refused_with_a_hint_in_an_array(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "17")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "17")
+    with pytest.raises(SystemExit) as exit_info:
+        extract_boxes.main(["--video_list", "x.csv", "--output_dir", str(tmp_path), "--shard_id", "17"])
+    assert exit_info.value.code == 2
+    assert "--shard_id 17 is outside [0, --num_shards 1) (pass --num_shards with --shard_id" in capsys.readouterr().err
 
 
 def test_a_list_that_is_not_utf8_is_named(data, tmp_path):

@@ -417,6 +417,18 @@ def test_missing_box_files_fail_before_training(dataset, tmp_path):
     assert result.returncode != 0
     assert "have no box file" in result.stderr and "000000.json" in result.stderr
     assert "Start training" not in result.stdout and "Traceback" not in result.stderr  # one message, no traceback
+    args[args.index("--box_dir") + 1] = str(tmp_path / "no_such_dir")  # a typo: not 'videos without boxes'
+    result = pretrain(args + ["--missing_box", "random"])
+    assert result.returncode != 0 and f"--box_dir {tmp_path / 'no_such_dir'}: no such folder" in result.stderr
+
+
+def test_a_list_too_short_for_one_batch_is_named(dataset, tmp_path):
+    args = run_args(dataset, tmp_path / "out")
+    args[args.index("--batch_size") + 1] = "9"
+    result = pretrain(args)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert ("error: " + str(dataset / "all.csv") + ": 8 listed clips make no full batch of --batch_size 9 x 1 "
+            "processes") in result.stderr, result.stderr[-2000:]
 
 
 def test_motion_masking_without_box_dir_is_refused(dataset, tmp_path):
