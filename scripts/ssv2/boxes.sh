@@ -8,8 +8,8 @@
 #
 # Array task N does shard N of NUM_SHARDS (64, as --array=0-63 below) and uses all its CPUs (one video per process).
 # Resumable: resubmit to finish what a timed-out task left; bad videos go to $BOX_DIR/failed*.tsv (exit status 1).
-# TV-L1 costs about 52 core-seconds per video on the CI machine's cores (~3,200 core-hours for SSV2; about a
-# third of that on fast server cores); FLOW=dis is ~100x faster.
+# TV-L1 costs about 52 core-seconds per video on the CI machine's cores (~3,200 core-hours for SSV2; less on
+# smaller or smoother frames, DATASET.md); FLOW=dis is ~100x faster.
 # Under sbatch, five minutes before its time limit the job requeues itself and then resumes (scripts/launch.sh).
 #SBATCH --job-name=mofo-boxes-ssv2
 #SBATCH --array=0-63
