@@ -646,11 +646,28 @@ def save_on_master(state: dict, path: str | Path) -> None:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
+    fsync_path(path.parent)
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's data, or a folder's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(directory)
+        os.fsync(fd)
     finally:
-        os.close(directory)
+        os.close(fd)
+
+
+def fsync_checkpoint_folder(folder: Path) -> None:
+    """Every rank flushes the DeepSpeed checkpoint folder's files to disk (each its own dirty pages: the shards
+    of a multi-node run are written on several machines), then waits for the others: only then may ``latest`` name
+    it, and the previous rolling folder go."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fsync_path(path)
+    fsync_path(folder)
+    if is_dist_avail_and_initialized():
+        torch.distributed.barrier()
 
 
 def plain_args(args) -> dict:
@@ -684,8 +701,10 @@ def save_model(args, epoch: int, model, model_without_ddp, optimizer, loss_scale
         if model_ema is not None:
             client_state["model_ema"] = model_ema.module.state_dict()
         model.save_checkpoint(args.output_dir, tag=name, client_state=client_state, save_latest=False)
-        if CHECKPOINT_PATTERN.match(name) and is_main_process():  # save_checkpoint ends on a barrier: every rank's
-            atomic_write_text(Path(args.output_dir) / "latest", name)  # files are written
+        fsync_checkpoint_folder(Path(args.output_dir) / name)
+        if CHECKPOINT_PATTERN.match(name) and is_main_process():
+            atomic_write_text(Path(args.output_dir) / "latest", name)
+            fsync_path(args.output_dir)
     else:
         save_on_master(checkpoint_state(model_without_ddp, optimizer, loss_scaler, epoch, args, model_ema),
                        Path(args.output_dir) / f"{name}.pth")
@@ -883,10 +902,16 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
     ``args.start_epoch`` from it; returns the run's saved flags."""
     testing = getattr(args, "eval", False)
     if deepspeed:
+        from deepspeed.runtime.zero.utils import ZeRORuntimeException
+
         path = Path(args.resume)
-        loaded, client_state = model.load_checkpoint(str(path.parent), tag=path.name,
-                                                     load_optimizer_states=not testing,
-                                                     load_lr_scheduler_states=not testing)
+        try:
+            loaded, client_state = model.load_checkpoint(str(path.parent), tag=path.name,
+                                                         load_optimizer_states=not testing,
+                                                         load_lr_scheduler_states=not testing)
+        except ZeRORuntimeException as e:  # ZeRO's optimizer shards are per rank: another world size cannot read them
+            raise ValueError(f"{e} Resume it with as many processes as saved it (ZeRO stage 0's checkpoints resume "
+                             "with any number)") from None
         if loaded is None:
             raise FileNotFoundError(f"{path}: not a DeepSpeed checkpoint folder (expected {path}/mp_rank_00_*.pt)")
         if model_ema is not None:
@@ -1123,8 +1148,8 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
     low_precision = sorted({str(v.dtype) for v in state.values() if v.is_floating_point() and v.dtype != torch.float32})
     if low_precision:
         print(f"Warning: {path} holds {', '.join(low_precision)} weights (e.g. a DeepSpeed bf16/fp16 run); the model "
-              "starts from these rounded values. A ZeRO run's fp32 master weights come from DeepSpeed's "
-              "zero_to_fp32.py on its folder.")
+              "starts from these rounded values. A ZeRO run's (--zero_stage 1 or 2) fp32 master weights come from "
+              "DeepSpeed's zero_to_fp32.py on its folder; --zero_stage 0 saves none apart from its optimizer's.")
     own = model.state_dict()
     removed = []
     for key in ("head.weight", "head.bias"):

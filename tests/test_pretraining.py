@@ -335,6 +335,12 @@ def test_deepspeed_with_two_processes_and_resume(dataset, tmp_path):
     assert second.stdout.count("warning: resuming a run that used --epochs 2; this run goes on with --epochs 3") == 1
     assert (out / "latest").read_text().strip() == "checkpoint-2"
     assert sorted(epoch_losses(out)) == [0, 1, 2]
+    args = run_args(dataset, out, "--enable_deepspeed", "--zero_stage", "1", "--epochs", "4")
+    alone = subprocess.run([sys.executable, "run_mofo_pretraining.py", *args], cwd=REPO, env=clean_env(),
+                           capture_output=True, text=True, timeout=300)  # ZeRO shards of 2 ranks, read by one
+    assert alone.returncode != 0 and "Traceback" not in alone.stderr, alone.stderr[-3000:]
+    assert "used a DP world size of 2 but the current world size is 1" in alone.stderr
+    assert "Resume it with as many processes as saved it" in alone.stderr
 
 
 class OpensAFile:
