@@ -78,6 +78,8 @@ def build_model(args, state: dict, trained: dict):
         head = state.get("head.weight")
         if head is None:
             raise ValueError(f"{args.checkpoint}: no classifier head (head.weight) and no decoder")
+        if args.num_frames is None:  # a fine-tuning run's model sees --num_frames x --num_segments frames
+            frames *= trained.get("num_segments") or 1
         model = create_model(name, pretrained=False, all_frames=frames, num_classes=head.shape[0],
                              use_mean_pooling="fc_norm.weight" in state, **size)
     try:

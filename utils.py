@@ -1088,12 +1088,13 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int, int],
 
 
 def saved_token_grid(trained: dict, state: dict) -> tuple[int, int, int] | None:
-    """The token grid a checkpoint was trained on, from its saved ``num_frames``/``input_size`` and its patch
-    embedding's kernel (None when it does not say)."""
+    """The token grid a checkpoint was trained on, from its saved ``num_frames`` (times a fine-tuning run's
+    ``num_segments``)/``input_size`` and its patch embedding's kernel (None when it does not say)."""
     kernel = state.get("patch_embed.proj.weight")
     frames, size = trained.get("num_frames"), trained.get("input_size")
     if kernel is None or not isinstance(frames, int) or not isinstance(size, int):
         return None
+    frames *= trained.get("num_segments") or 1
     tubelet, patch = kernel.shape[2], kernel.shape[3]
     return frames // tubelet, size // patch, size // patch
 

@@ -272,6 +272,20 @@ def test_a_finetuned_run_exports_with_its_class_names(tmp_path, use_mean_pooling
         torch.testing.assert_close(reread(clip), model.eval()(clip), rtol=0, atol=0)
 
 
+def test_a_finetuned_run_of_two_segments_exports_all_its_frames(tmp_path):
+    """--num_frames 2 --num_segments 2 trains a 4-frame model: HF's config says 4 (its sinusoid table has no weights,
+    so a 2-frame export would load strictly and then fail on the 4-frame clips)."""
+    import export_hf
+
+    model = modeling_finetune.vit_mini_patch16_224(img_size=32, all_frames=4, num_classes=3)
+    checkpoint = save_run_checkpoint(tmp_path / "ft.pth", model, model="vit_mini_patch16_224", data_set="SSV2",
+                                     num_frames=2, num_segments=2)
+    config = export_hf.export(export_hf.get_args_parser().parse_args([str(checkpoint), str(tmp_path / "hf")]))
+    assert config["num_frames"] == 4
+    assert utils.saved_token_grid({"num_frames": 2, "num_segments": 2, "input_size": 32},
+                                  model.state_dict()) == (2, 2, 2)
+
+
 def run_export(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "export_hf.py", *argv], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
