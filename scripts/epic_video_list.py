@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -30,8 +31,12 @@ def main() -> None:
         entries = [entry for csv in args.csv for entry in read_epic_list(csv, args.epic_video_template)]
     except (OSError, ValueError) as e:
         raise SystemExit(f"epic_video_list: {e}") from None
-    for entry in entries:
-        print(entry.video if entry.num_frames is None else f"{entry.video} {entry.first_frame} {entry.num_frames}")
+    try:
+        for entry in entries:
+            print(entry.video if entry.num_frames is None else f"{entry.video} {entry.first_frame} {entry.num_frames}")
+        sys.stdout.flush()
+    except BrokenPipeError:  # a reader that stopped early (| head): not an error of this script
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush would raise again
 
 
 if __name__ == "__main__":

@@ -340,6 +340,15 @@ def test_extra_args_may_not_set_what_other_settings_derive_from(script, extra, v
     assert options(dry_run(REPO / "scripts" / script, EXTRA_ARGS="--model_ema --output_dirs"))["--model_ema"] == ""
 
 
+def test_epic_video_list_into_a_reader_that_stops_early_is_quiet(tmp_path):
+    """`python scripts/epic_video_list.py CSV | head -1`: no BrokenPipeError traceback, exit status 0."""
+    write_epic_csv(tmp_path / "train.csv", [(EPIC_VIDEOS[k % 4], 1 + k, 30 + k, 0, 0) for k in range(5000)])
+    result = subprocess.run(["bash", "-c", f"{sys.executable} scripts/epic_video_list.py {tmp_path / 'train.csv'} "
+                             "| head -1; exit ${PIPESTATUS[0]}"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == "P01/videos/P01_01.MP4 0 30\n", result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_under_slurm_srun_runs_python_from_the_submission_directory(dry_run, tmp_path):
     spool = tmp_path / "spool" / "job42"  # sbatch runs a copy of the script from its spool folder
     spool.mkdir(parents=True)
