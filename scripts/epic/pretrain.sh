@@ -11,7 +11,8 @@
 #   sbatch scripts/epic/pretrain.sh                       # submit from the repository root
 #   GPUS=8 bash scripts/epic/pretrain.sh                  # one node, torchrun
 #
-# Needs the box files of scripts/epic/boxes.sh (MASK_TYPE=tube does not). Resubmitted with the same OUTPUT_DIR, a
+# Needs the box files of scripts/epic/boxes.sh (MASK_TYPE=tube and motion_guided do not; motion_guided with
+# EXTRA_ARGS="--guided_base box --box_dir DIR" does). Resubmitted with the same OUTPUT_DIR, a
 # job resumes.
 # Under sbatch, five minutes before its time limit the job requeues itself and then resumes (scripts/launch.sh).
 #SBATCH --job-name=mofo-pretrain-epic

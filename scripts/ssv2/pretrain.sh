@@ -8,7 +8,8 @@
 #   GPUS=8 bash scripts/ssv2/pretrain.sh                  # one node, torchrun
 #   sbatch --nodes=4 scripts/ssv2/pretrain.sh             # other sizes: the lr follows the total batch
 #
-# Needs the box files of scripts/ssv2/boxes.sh (MASK_TYPE=tube does not). Resubmitted with the same OUTPUT_DIR, a
+# Needs the box files of scripts/ssv2/boxes.sh (MASK_TYPE=tube and motion_guided do not; motion_guided with
+# EXTRA_ARGS="--guided_base box --box_dir DIR" does). Resubmitted with the same OUTPUT_DIR, a
 # job resumes from its newest checkpoint. EXTRA_ARGS is appended to the command (e.g. "--precision fp16" on V100s).
 # Under sbatch, five minutes before its time limit the job requeues itself and then resumes (scripts/launch.sh).
 #SBATCH --job-name=mofo-pretrain-ssv2
