@@ -174,8 +174,10 @@ def final_test(data_loader, model, device, args, output_file: str | Path, deepsp
 
 
 def merge_views(view_files: list[str | Path], head_sizes: list[int]) -> dict[str, float]:
-    """Per video: the mean over its views of each head's softmax; then accuracies over videos. Views written by
-    several ranks (and duplicated by a distributed sampler's padding) are merged by (id, view)."""
+    """Per video: the mean over its views of each head's softmax; then accuracies over the labelled videos (a
+    test list without labels, EPIC's test csv, has targets -1: it gets no accuracies, and ``unlabelled`` counts
+    them). Views written by several ranks (and duplicated by a distributed sampler's padding) are merged by (id,
+    view)."""
     views: dict[int, dict[int, np.ndarray]] = {}
     targets: dict[int, list[int]] = {}
     for path in view_files:
@@ -191,5 +193,12 @@ def merge_views(view_files: list[str | Path], head_sizes: list[int]) -> dict[str
         logits = torch.tensor(np.stack(list(views[sample].values())))
         probabilities = [torch.softmax(h, dim=-1).mean(0) for h in split_heads(logits, head_sizes)]
         merged.append(torch.cat(probabilities))
-    return accuracies(torch.stack(merged), torch.tensor([targets[i] for i in ids]), head_sizes) | {
-        "videos": len(ids), "views": sum(len(v) for v in views.values())}
+    labelled = [k for k, sample in enumerate(ids) if min(targets[sample]) >= 0]
+    results = {}
+    if labelled:
+        results = accuracies(torch.stack(merged)[labelled], torch.tensor([targets[ids[k]] for k in labelled]),
+                             head_sizes)
+    results |= {"videos": len(ids), "views": sum(len(v) for v in views.values())}
+    if len(labelled) < len(ids):
+        results["unlabelled"] = len(ids) - len(labelled)
+    return results

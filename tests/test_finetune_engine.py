@@ -61,6 +61,20 @@ def test_multi_view_merge_averages_softmaxes_per_video_across_ranks(tmp_path):
     result = merge_views([tmp_path / "r0.jsonl", tmp_path / "r1.jsonl"], [2])
     assert result["videos"] == 2 and result["views"] == 5
     assert result["acc1"] == pytest.approx(100.0)  # video 1: mean of softmax([2,0]) and softmax([0,.5]) -> class 0
+    assert "unlabelled" not in result
+
+
+def test_unlabelled_test_videos_get_no_accuracy(tmp_path):
+    """EPIC's test csv has no labels (targets -1): 0% would read as a result; the accuracies are those of the
+    labelled videos only, and none without any."""
+    write_views(tmp_path / "r0.jsonl", [
+        {"id": 0, "view": 0, "target": [1, 0], "logits": [0.0, 3.0, 3.0, 0.0]},
+        {"id": 1, "view": 0, "target": [-1, -1], "logits": [3.0, 0.0, 0.0, 3.0]},
+    ])
+    result = merge_views([tmp_path / "r0.jsonl"], [2, 2])
+    assert result["action_acc1"] == pytest.approx(100.0) and result["videos"] == 2 and result["unlabelled"] == 1
+    write_views(tmp_path / "r0.jsonl", [{"id": 1, "view": 0, "target": [-1, -1], "logits": [3.0, 0.0, 0.0, 3.0]}])
+    assert merge_views([tmp_path / "r0.jsonl"], [2, 2]) == {"videos": 1, "views": 1, "unlabelled": 1}
 
 
 def test_cutmix_on_clips_cuts_the_same_patch_from_every_frame_and_mixes_both_heads_alike():
