@@ -414,14 +414,12 @@ def tubelet_boxes(boxes: torch.Tensor, num_slices: int) -> torch.Tensor:
     return torch.where(missing.all(2), torch.nan, union)
 
 
-def cross_set_attention_mask(query_set: torch.Tensor) -> torch.Tensor:
-    """(B, 1, N, N) mask letting tokens of ``query_set`` (B, N) attend to the tokens outside it (to their own set
-    when the other set is empty); the other rows attend to themselves only, and their output is discarded."""
-    keys = ~query_set
-    keys = torch.where(keys.any(dim=1, keepdim=True), keys, query_set)
-    allowed = query_set[:, :, None] & keys[:, None, :]
-    self_only = ~query_set[:, :, None] & torch.eye(query_set.shape[1], dtype=torch.bool, device=query_set.device)
-    return (allowed | self_only)[:, None]
+def cross_set_attention_mask(inside: torch.Tensor) -> torch.Tensor:
+    """(B, 1, N, N) mask letting every token of ``inside``'s two sets (B, N) attend to the tokens of the other set,
+    or to all tokens where a sample has one set only (its own set is then all of them). One comparison: the mask is
+    the largest tensor of the head (N x N per clip)."""
+    one_set = (inside.all(dim=1) | ~inside.any(dim=1))[:, None, None]
+    return ((inside[:, :, None] != inside[:, None, :]) | one_set)[:, None]
 
 
 def masked_mean(tokens: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
@@ -503,9 +501,7 @@ class MultiCrossAttention(nn.Module):
             values.append((key_rows, F.linear(hidden, weight[2 * width:], block.attn.v_bias)))
         q, k, v = (_scatter_rows(batch * num_tokens, parts, x).reshape(batch, num_tokens, attn.num_heads, -1)
                    .transpose(1, 2) for parts in (queries, keys, values))
-        mask = torch.where(inside[:, None, :, None], cross_set_attention_mask(inside),
-                           cross_set_attention_mask(~inside))
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale,
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=cross_set_attention_mask(inside), scale=attn.scale,
                                                   dropout_p=attn.attn_drop_p if self.training else 0.0)
         attended = attended.transpose(1, 2).reshape(batch * num_tokens, width)
         updated = x
