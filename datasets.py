@@ -905,7 +905,7 @@ def build_dataset(is_train: bool, test_mode: bool, args) -> VideoClassificationD
                          "test.csv)")
     list_file = Path(args.data_path) / f"{split}.csv"
     if not list_file.is_file():
-        raise ValueError(f"--data_path {args.data_path} has no {split}.csv (the {mode} list)")
+        raise ValueError(f"{list_file}: no such file (the {mode} list, in the --data_path folder)")
     if args.data_set == EPIC_KITCHENS:
         entries = read_epic_list(list_file, getattr(args, "epic_video_template", EPIC_VIDEO_TEMPLATE))
     elif args.data_set in LABEL_LIST_DATA_SETS:

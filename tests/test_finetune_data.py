@@ -851,7 +851,7 @@ def test_a_data_path_of_the_wrong_kind_is_named(data, tmp_path):
         datasets.build_dataset(True, False, SimpleNamespace(data_path=str(tmp_path / "train.csv"), data_set="SSV2"))
     with pytest.raises(ValueError, match="no_such: no such folder"):
         datasets.build_dataset(True, False, SimpleNamespace(data_path=str(tmp_path / "no_such"), data_set="SSV2"))
-    with pytest.raises(ValueError, match=r"has no test.csv \(the test list\)"):
+    with pytest.raises(ValueError, match=r"test.csv: no such file \(the test list, in the --data_path folder\)"):
         datasets.build_dataset(False, True, SimpleNamespace(data_path=str(tmp_path), data_set="SSV2"))
     with pytest.raises(ValueError, match=r"train.csv: none of the \d+ videos checked is found below --data_root"):
         build_dataset(True, False, make_args(data, data_root=str(data)))  # the videos are in data/videos
