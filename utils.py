@@ -659,9 +659,10 @@ def fsync_path(path: str | Path) -> None:
 
 
 def fsync_checkpoint_folder(folder: Path) -> None:
-    """Every rank flushes the DeepSpeed checkpoint folder's files to disk (each its own dirty pages: the shards
-    of a multi-node run are written on several machines), then waits for the others: only then may ``latest`` name
-    it, and the previous rolling folder go."""
+    """Every rank flushes all the DeepSpeed checkpoint folder's files to disk (an fsync writes out the dirty pages
+    of the machine that calls it, and the shards of a multi-node run are written on several; one with none to
+    write returns at once), then waits for the others: only then may ``latest`` name it, and the previous rolling
+    folder go."""
     for path in folder.rglob("*"):
         if path.is_file():
             fsync_path(path)

@@ -25,7 +25,7 @@ import numpy as np
 
 from .boxfile import MotionBoxes
 from .flow import create_flow
-from .video import StartPastEndError, VideoReadError, check_frame_count, iter_frames, open_video
+from .video import StartPastEndError, VideoReadError, check_complete, iter_frames, open_video
 
 MOTION_MAPS = ("boundary", "magnitude")
 
@@ -335,13 +335,13 @@ class MotionBoxDetector:
                 if next(flows, None) is None:
                     raise StartPastEndError(f"the video ends at frame pair {index}, before pair {len(pairs)}")
         else:
-            flows = self.iter_flows(iter_frames(cap, start=len(pairs)))
+            flows = self.iter_flows(iter_frames(cap, start=len(pairs), info=info))
         for box in self.pair_boxes(flows, info.width, info.height):
             pairs.append(box)
             if on_pair is not None:
                 on_pair(pairs)
         boxes = self.video_boxes(pairs, info.width, info.height)
-        check_frame_count(len(boxes), info.reported_frames)
+        check_complete(len(boxes), info)
         return MotionBoxes(
             video=video_name, width=info.width, height=info.height, num_frames=len(boxes), fps=info.fps,
             flow=self.config(), frames=boxes, union=union_box(boxes),

@@ -55,19 +55,28 @@ class VideoInfo:
     width: int
     height: int
     fps: float
-    reported_frames: int
+    reported_frames: int  # the count the container stores, 0 when it stores none
+    duration_ms: float = 0.0  # the container's duration where it stores no count (Matroska, WebM), else 0
+    decoded_ms: float = -1.0  # the position of the last frame decoded so far (iter_frames)
 
 
-def stored_frame_count(path: str) -> int:
-    """The frame count the container stores (mp4, mov, avi: their index); 0 when it stores none or cannot be read.
-    Matroska / WebM store none, and OpenCV's CAP_PROP_FRAME_COUNT then estimates duration x nominal frame rate,
-    which for a variable frame rate can be twice the frames there are: that is no ground to call a video truncated."""
+def stored_length(path: str) -> tuple[int, float]:
+    """(the frame count the container stores, 0 when it stores none; the video's duration in ms, 0 when unknown),
+    (0, 0) when it cannot be read. Matroska / WebM store no count, and OpenCV's CAP_PROP_FRAME_COUNT then estimates
+    duration x nominal frame rate, which for a variable frame rate can be twice the frames there are; their
+    duration still shows a truncated file."""
     try:
         with av.open(path) as container:
-            streams = container.streams.video
-            return max(int(streams[0].frames), 0) if streams else 0
+            if not container.streams.video:
+                return 0, 0.0
+            stream = container.streams.video[0]
+            if stream.duration and stream.time_base:
+                duration = float(stream.duration * stream.time_base) * 1000
+            else:
+                duration = container.duration / 1000 if container.duration else 0.0  # in microseconds
+            return max(int(stream.frames), 0), duration
     except (av.FFmpegError, OSError, ValueError):
-        return 0
+        return 0, 0.0
 
 
 def open_video(path: str | os.PathLike) -> tuple[cv2.VideoCapture, VideoInfo]:
@@ -80,11 +89,13 @@ def open_video(path: str | os.PathLike) -> tuple[cv2.VideoCapture, VideoInfo]:
     if not cap.isOpened():
         cap.release()
         raise VideoReadError("cannot be opened as a video (corrupt or unsupported container)")
+    stored_frames, duration_ms = stored_length(path)
     info = VideoInfo(
         width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
         height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
         fps=float(cap.get(cv2.CAP_PROP_FPS) or 0.0),
-        reported_frames=stored_frame_count(path),
+        reported_frames=stored_frames,
+        duration_ms=0.0 if stored_frames else duration_ms,
     )
     if info.width <= 0 or info.height <= 0:
         cap.release()
@@ -100,10 +111,24 @@ def check_frame_count(decoded: int, reported: int) -> None:
                              "(truncated or corrupt file)")
 
 
-def iter_frames(cap: cv2.VideoCapture, start: int = 0) -> Iterator[np.ndarray]:
+def check_complete(decoded: int, info: VideoInfo) -> None:
+    """VideoReadError when a whole video decoded to clearly less than its container holds: fewer frames than it
+    stores (:func:`check_frame_count`) or, where it stores no count, a last frame clearly before its duration's end
+    (the same slack: a few nominal frame intervals, or 5%)."""
+    check_frame_count(decoded, info.reported_frames)
+    if info.reported_frames or info.duration_ms <= 0 or info.decoded_ms < 0:
+        return
+    interval = 1000 / info.fps if info.fps > 0 else 0.0
+    slack = max((FRAME_COUNT_SLACK + 1) * interval, FRAME_COUNT_TOLERANCE * info.duration_ms)
+    if info.duration_ms - info.decoded_ms > slack:
+        raise VideoReadError(f"decoding ends at {info.decoded_ms / 1000:.2f} s of the {info.duration_ms / 1000:.2f} s "
+                             "the container reports (truncated or corrupt file)")
+
+
+def iter_frames(cap: cv2.VideoCapture, start: int = 0, info: VideoInfo | None = None) -> Iterator[np.ndarray]:
     """Yield RGB uint8 frames from frame ``start`` on (the ones before it are decoded and dropped: no seeking, so
     frame numbers are those of a sequential decode) until the stream ends; releases the capture. VideoReadError
-    (StartPastEndError) when the stream has no frame ``start``."""
+    (StartPastEndError) when the stream has no frame ``start``. ``info.decoded_ms`` follows the decoded frames."""
     try:
         for index in range(start):
             if not cap.grab():
@@ -116,6 +141,8 @@ def iter_frames(cap: cv2.VideoCapture, start: int = 0) -> Iterator[np.ndarray]:
                     raise StartPastEndError(f"the video ends at frame {start}: it has no frame {start} to go on from")
                 return
             first = False
+            if info is not None:
+                info.decoded_ms = float(cap.get(cv2.CAP_PROP_POS_MSEC))
             yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     finally:
         cap.release()
@@ -126,16 +153,16 @@ def read_video(path: str | os.PathLike, start_frame: int = 0,
     """Decode a (short) video to (T, H, W, 3) RGB uint8; for clips, tests and visualisation. With ``start_frame``
     / ``num_frames`` only that range is kept: the frames before it are decoded and dropped, so frame numbers are
     those of a sequential decode, as ``extract_boxes`` counts them. A whole video that decodes to clearly fewer
-    frames than its container reports raises VideoReadError (:func:`check_frame_count`)."""
+    frames (or a shorter time) than its container reports raises VideoReadError (:func:`check_complete`)."""
     cap, info = open_video(path)
-    decoded = iter_frames(cap)
+    decoded = iter_frames(cap, info=info)
     end = None if num_frames is None else start_frame + num_frames
     frames = list(itertools.islice(decoded, start_frame, end))
     decoded.close()
     if not frames:
         raise VideoReadError("no decodable frames" + (f" from frame {start_frame} on" if start_frame else ""))
     if start_frame == 0 and num_frames is None:
-        check_frame_count(len(frames), info.reported_frames)
+        check_complete(len(frames), info)
     return np.stack(frames), info
 
 

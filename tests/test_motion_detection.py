@@ -371,25 +371,38 @@ def test_a_video_decoding_to_fewer_frames_than_it_reports_is_an_error(tmp_path):
         read_video(tmp_path / "corrupt.mp4")
 
 
-def test_a_variable_frame_rate_webm_is_not_taken_for_a_truncated_video(tmp_path):
-    """WebM stores no frame count; OpenCV estimates duration x nominal rate (78 for these 40 frames of 33 and 100 ms):
-    the video decodes whole and gets a box per frame."""
-    frames, _ = make_synthetic_dataset.render_clip(0, 40, 160, 120, seed=3)
-    path = tmp_path / "vfr.webm"
+def write_webm(path: Path, frames: np.ndarray, gaps_ms: list[int]) -> None:
+    """VP8 WebM through PyAV, frame k shown for gaps_ms[k % len(gaps_ms)] ms (WebM stores no frame count)."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libvpx", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.codec_context.time_base = stream.time_base = fractions.Fraction(1, 1000)
         pts = 0
         for index, frame in enumerate(frames):
             video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
             video_frame.pts, video_frame.time_base = pts, stream.time_base
-            pts += 33 if index % 2 == 0 else 100
+            pts += gaps_ms[index % len(gaps_ms)]
             container.mux(stream.encode(video_frame))
         container.mux(stream.encode())
-    assert cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT) > 60
-    assert len(read_video(path)[0]) == 40
-    assert MotionBoxDetector("dis", short_side=56).detect_video(path, "vfr.webm").num_frames == 40
+
+
+def test_a_webm_is_checked_by_its_duration_not_an_estimated_frame_count(tmp_path):
+    """WebM stores no frame count; OpenCV estimates duration x nominal rate (78 for these 40 frames of 33 and 100
+    ms), which is no ground to call the file truncated: it decodes whole and gets a box per frame. Its duration
+    still shows a truncated one (cut to half its bytes: decoding ends early)."""
+    frames, _ = make_synthetic_dataset.render_clip(0, 40, 160, 120, seed=3)
+    write_webm(tmp_path / "vfr.webm", frames, [33, 100])
+    assert cv2.VideoCapture(str(tmp_path / "vfr.webm")).get(cv2.CAP_PROP_FRAME_COUNT) > 60
+    assert len(read_video(tmp_path / "vfr.webm")[0]) == 40
+    detector = MotionBoxDetector("dis", short_side=56)
+    assert detector.detect_video(tmp_path / "vfr.webm", "vfr.webm").num_frames == 40
+    write_webm(tmp_path / "whole.webm", frames, [33])
+    data = (tmp_path / "whole.webm").read_bytes()
+    (tmp_path / "cut.webm").write_bytes(data[: len(data) // 2])
+    assert 5 < len(read_video(tmp_path / "cut.webm", num_frames=40)[0]) < 35  # a range: no whole-file check
+    for check in (lambda p: read_video(p), lambda p: detector.detect_video(p, "cut.webm")):
+        with pytest.raises(VideoReadError, match=r"decoding ends at [\d.]+ s of the 1.3\d s the container reports"):
+            check(tmp_path / "cut.webm")
 
 
 @pytest.mark.parametrize("flow", ["dis", "codec_mv"])

@@ -327,7 +327,8 @@ def test_ssv2_finetuning_keeps_videomaes_total_batch_on_any_number_of_gpus(dry_r
     ("ssv2/finetune_mofo.sh", "--seed 1 --output_dir=elsewhere", "OUTPUT_DIR"),
     ("epic/finetune_plain.sh", "--finetune other.pth", "PRETRAINED"),
     ("ssv2/finetune_plain.sh", "--batch_size 4", "BATCH_SIZE"),
-    ("epic/finetune_mofo.sh", "--mod vit_base_patch16_224", "MODEL"),  # a prefix argparse would take
+    ("epic/finetune_mofo.sh", "--model vit_base_patch16_224", "MODEL"),
+    ("ssv2/finetune_mofo.sh", "--finetun other.pth", "PRETRAINED"),  # a prefix argparse takes for --finetune
     ("ssv2/pretrain.sh", "--mask_type tube", "MASK_TYPE"),
     ("epic/pretrain.sh", "--output_dir x", "OUTPUT_DIR"),
 ])
