@@ -672,8 +672,9 @@ def fsync_checkpoint_folder(folder: Path) -> None:
 
 
 def plain_args(args) -> dict:
-    """The run's flags as a plain dict, which ``torch.load(weights_only=True)`` reads back."""
-    return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, tuple))}
+    """The run's flags as a plain dict, which ``torch.load(weights_only=True)`` reads back (unset flags as None, so
+    a reader tells "not set" from "not saved")."""
+    return {k: v for k, v in vars(args).items() if v is None or isinstance(v, (int, float, str, bool, list, tuple))}
 
 
 def checkpoint_state(model_without_ddp, optimizer, loss_scaler, epoch: int, args, model_ema=None) -> dict:
@@ -701,14 +702,42 @@ def save_model(args, epoch: int, model, model_without_ddp, optimizer, loss_scale
         client_state = {"epoch": epoch, "args": plain_args(args)}
         if model_ema is not None:
             client_state["model_ema"] = model_ema.module.state_dict()
-        model.save_checkpoint(args.output_dir, tag=name, client_state=client_state, save_latest=False)
-        fsync_checkpoint_folder(Path(args.output_dir) / name)
+        save_deepspeed_folder(model, Path(args.output_dir), name, client_state)
         if CHECKPOINT_PATTERN.match(name) and is_main_process():
             atomic_write_text(Path(args.output_dir) / "latest", name)
             fsync_path(args.output_dir)
     else:
         save_on_master(checkpoint_state(model_without_ddp, optimizer, loss_scaler, epoch, args, model_ema),
                        Path(args.output_dir) / f"{name}.pth")
+
+
+def save_deepspeed_folder(engine, output_dir: Path, name: str, client_state: dict) -> None:
+    """DeepSpeed's ``name/`` folder, complete on every rank when this returns. One that exists already (
+    ``checkpoint-best`` after a better epoch) is replaced only once the new one is complete: DeepSpeed writes its
+    files in place, so the new one is written as ``name.tmp/`` and renamed over it; a job killed meanwhile keeps
+    the old one. Rank 0 decides and renames (the folder is on a shared file system, as DeepSpeed's ``latest``)."""
+    folder, staging = output_dir / name, output_dir / f"{name}.tmp"
+    replacing = [folder.exists()]
+    if is_dist_avail_and_initialized():
+        torch.distributed.broadcast_object_list(replacing, src=0)
+    if replacing[0] and is_main_process():
+        shutil.rmtree(staging, ignore_errors=True)  # what a killed save left
+    if replacing[0] and is_dist_avail_and_initialized():
+        torch.distributed.barrier()
+    written = staging if replacing[0] else folder
+    engine.save_checkpoint(str(output_dir), tag=written.name, client_state=client_state, save_latest=False)
+    fsync_checkpoint_folder(written)
+    if not replacing[0]:
+        return
+    if is_main_process():
+        old = output_dir / f"{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+        os.replace(staging, folder)
+        fsync_path(output_dir)
+        shutil.rmtree(old)
+    if is_dist_avail_and_initialized():
+        torch.distributed.barrier()
 
 
 def save_epoch_checkpoint(args, epoch: int, model, model_without_ddp, optimizer, loss_scaler,
@@ -920,7 +949,16 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
         if not testing:
             args.start_epoch = resumed_epoch(client_state, path) + 1
         return saved_args(client_state)
-    checkpoint = load_checkpoint_file(resolve_checkpoint(args.resume))
+    resolved = resolve_checkpoint(args.resume)
+    checkpoint = load_checkpoint_file(resolved)
+    if not isinstance(checkpoint.get("model"), dict):
+        if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+            checkpoint = {"model": checkpoint}  # a bare state dict (zero_to_fp32.py's): weights only
+        elif isinstance(checkpoint.get("module"), dict):
+            raise ValueError(f"{resolved} is a DeepSpeed checkpoint (its weights under 'module'): resume it with "
+                             "--enable_deepspeed, or start from its weights with --finetune")
+        else:
+            raise ValueError(f"{resolved}: no 'model' weights to resume (its keys: {sorted(checkpoint)[:8]})")
     other_stage = other_stage_checkpoint(model_without_ddp.state_dict(), checkpoint.get("model", {}))
     if other_stage:
         raise ValueError(other_stage)
@@ -1147,6 +1185,11 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
         state = encoder_state({k[len(model_prefix):]: v for k, v in state.items() if k.startswith(model_prefix)})
         if not state.keys() & model.state_dict().keys():
             raise ValueError(f"{path}: no weights of {type(model).__name__} under --model_prefix {model_prefix!r}")
+    grid, own_grid = saved_token_grid(trained, state), tuple(model.patch_embed.grid_size)
+    if require_all and grid is not None and grid != own_grid:  # fixed sinusoid tables fit any grid: it runs
+        print(f"warning: {path} was trained on clips of {grid[0]} x {grid[1]} x {grid[2]} tokens (its --num_frames "
+              f"{trained['num_frames']} --input_size {trained['input_size']}), tested here on {own_grid[0]} x "
+              f"{own_grid[1]} x {own_grid[2]}")
     low_precision = sorted({str(v.dtype) for v in state.values() if v.is_floating_point() and v.dtype != torch.float32})
     if low_precision:
         print(f"Warning: {path} holds {', '.join(low_precision)} weights (e.g. a DeepSpeed bf16/fp16 run); the model "
@@ -1172,7 +1215,7 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
                   if k in own and v.shape != own[k].shape]
     if mismatched:
         raise ValueError(f"{path}: {len(mismatched)} weights are another shape than {name}'s ({mismatched[0]}): a "
-                         "checkpoint of another model size, patch or tubelet size (--model)")
+                         "checkpoint of another model size or patch size (--model), or tubelet size (--tubelet_size)")
     if not any(k.startswith(("patch_embed.", "blocks.")) for k in state.keys() & own.keys()):
         raise ValueError(f"{path}: none of its weights is one of {name}'s encoder weights (it has "
                          f"{', '.join(sorted(state)[:4]) or 'none'}, ...): another --model_key or --model_prefix?")

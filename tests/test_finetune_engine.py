@@ -3,6 +3,9 @@ across ranks, mixup on clips, layer-wise lr decay and checkpoint loading for ``-
 
 import json
 import pickle
+import signal
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -15,7 +18,7 @@ import modeling_pretrain
 import run_mofo_finetuning
 import utils
 from engine_for_finetuning import accuracies, merge_views, mixed_targets
-from test_pretraining import OpensAFile
+from test_pretraining import REPO, OpensAFile, clean_env
 
 
 def test_top1_top5_single_head():
@@ -231,6 +234,19 @@ def test_a_saved_clip_size_gives_the_old_grid_of_a_learned_table(tmp_path, capsy
     torch.testing.assert_close(small.pos_embed.detach(), expected)
 
 
+def test_testing_on_other_clips_than_the_checkpoints_is_named(tmp_path, capsys):
+    """--eval (require_all) of a checkpoint trained on another clip size: fixed tables run on any grid, so it is
+    tested, with a warning naming both grids; the same grid gives none."""
+    trained = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4)
+    torch.save({"model": trained.state_dict(), "args": {"num_frames": 8, "input_size": 32}}, tmp_path / "f8.pth")
+    torch.save({"model": trained.state_dict(), "args": {"num_frames": 4, "input_size": 32}}, tmp_path / "f4.pth")
+    utils.load_finetune_checkpoint(trained, tmp_path / "f8.pth", require_all=True)
+    assert "trained on clips of 4 x 2 x 2 tokens (its --num_frames 8 --input_size 32), tested here on 2 x 2 x 2" in (
+        capsys.readouterr().out)
+    utils.load_finetune_checkpoint(trained, tmp_path / "f4.pth", require_all=True)
+    assert "warning" not in capsys.readouterr().out
+
+
 def test_a_learned_table_for_a_fixed_table_model_is_dropped_with_a_message(tmp_path, capsys):
     learned = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4,
                                 use_learnable_pos_emb=True)
@@ -294,9 +310,10 @@ def test_checkpoints_have_a_scaler_only_with_a_loss_scale_and_resume_names_a_bes
     bf16/fp32 checkpoints have none. VideoMAE's ``checkpoint-best`` (epoch "best") is named, not added to."""
     model = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4)
     optimizer = torch.optim.AdamW(model.parameters())
-    args = SimpleNamespace(epochs=2)
+    args = SimpleNamespace(epochs=2, resume=None, device=torch.device("cpu"))
     plain = utils.checkpoint_state(model, optimizer, utils.NativeScalerWithGradNormCount(False, "cpu"), 0, args)
     assert "scaler" not in plain and {"model", "optimizer", "epoch", "args"} <= set(plain)
+    assert plain["args"] == {"epochs": 2, "resume": None}  # unset flags kept, objects dropped
     if torch.cuda.is_available():
         scaled = utils.checkpoint_state(model, optimizer, utils.NativeScalerWithGradNormCount(True, "cuda"), 0, args)
         assert scaled["scaler"]["scale"] > 0
@@ -306,7 +323,28 @@ def test_checkpoints_have_a_scaler_only_with_a_loss_scale_and_resume_names_a_bes
     with pytest.raises(ValueError, match="its epoch is 'best', not a number"):
         utils.auto_load_model(resume, model, model, optimizer, None)
     resume.eval = True  # testing it needs no epoch
-    assert utils.auto_load_model(resume, model, model, optimizer, None) == {"epochs": 2}
+    assert utils.auto_load_model(resume, model, model, optimizer, None) == {"epochs": 2, "resume": None}
+
+
+def test_resume_names_a_deepspeed_file_and_takes_a_bare_state_dict_as_weights(tmp_path, capsys):
+    """Without --enable_deepspeed a DeepSpeed file (weights under ``module``) is named as such; a bare state dict
+    (zero_to_fp32.py's pytorch_model.bin) resumes as weights only."""
+    model = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4)
+    trained = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    torch.save({"module": trained.state_dict(), "epoch": 3}, tmp_path / "mp_rank_00_model_states.pt")
+    torch.save(trained.state_dict(), tmp_path / "pytorch_model.bin")
+    for name, message in [("mp_rank_00_model_states.pt", "is a DeepSpeed checkpoint .* --enable_deepspeed"),
+                          ("pytorch_model.bin", None)]:
+        args = SimpleNamespace(resume=str(tmp_path / name), auto_resume=False, output_dir="", start_epoch=0,
+                               epochs=2)
+        if message:
+            with pytest.raises(ValueError, match=message):
+                utils.auto_load_model(args, model, model, optimizer, None)
+            continue
+        assert utils.auto_load_model(args, model, model, optimizer, None) == {}
+        assert "weights only" in capsys.readouterr().out and args.start_epoch == 0
+        torch.testing.assert_close(model.state_dict(), trained.state_dict())
 
 
 def test_a_setting_the_checkpoint_was_trained_with_otherwise_is_named(capsys):
@@ -340,3 +378,49 @@ def test_validation_and_test_give_every_video_to_one_rank_once(videos, world):
     seen = [int(index) for rank in range(world)
             for batch in run_mofo_finetuning.eval_loader(list(range(videos)), args, rank, world) for index in batch]
     assert sorted(seen) == list(range(videos))
+
+
+DEEPSPEED_SAVES = """import io, os, signal, sys
+import torch
+import modeling_finetune, utils
+from types import SimpleNamespace
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(utils.free_port()), RANK="0", WORLD_SIZE="1",
+                  LOCAL_RANK="0")
+args = SimpleNamespace(enable_deepspeed=True, compile=False, batch_size=2, num_sample=1, update_freq=1, zero_stage=0,
+                       clip_grad=None, precision="fp32", output_dir=sys.argv[1], epochs=5, distributed=False)
+model = modeling_finetune.vit_mini_patch16_224(img_size=32, all_frames=4, num_classes=5)
+engine, without_ddp, optimizer, scaler = utils.wrap_model(args, model, torch.optim.AdamW(model.parameters()),
+                                                         torch.device("cpu"))
+save = torch.save
+def half_written_then_killed(obj, f, *rest, **kwargs):
+    data = io.BytesIO()
+    save(obj, data)
+    with open(f, "wb") if isinstance(f, (str, os.PathLike)) else f as out:
+        out.write(data.getvalue()[:len(data.getvalue()) // 2])
+    os.kill(os.getpid(), signal.SIGKILL)
+for epoch in map(int, sys.argv[2:]):
+    if epoch < 0:
+        torch.save = half_written_then_killed
+    utils.save_model(args, abs(epoch), engine, without_ddp, optimizer, scaler, tag="checkpoint-best")
+"""
+
+
+def test_a_deepspeed_best_checkpoint_survives_a_job_killed_while_replacing_it(tmp_path):
+    """DeepSpeed writes its files in place: a better epoch's checkpoint-best is written beside the old one and
+    renamed over it, so a kill half-way through the write keeps the old one readable."""
+    def saves(*epochs: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", DEEPSPEED_SAVES, str(tmp_path), *map(str, epochs)], cwd=REPO,
+                              env=clean_env(), capture_output=True, text=True, timeout=300)
+
+    def best_epoch() -> int:
+        return torch.load(tmp_path / "checkpoint-best" / "mp_rank_00_model_states.pt", weights_only=True)["epoch"]
+
+    first = saves(0, 1)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert best_epoch() == 1 and {p.name for p in tmp_path.iterdir()} == {"checkpoint-best"}
+    killed = saves(-2)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert best_epoch() == 1
+    again = saves(3)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert best_epoch() == 3 and {p.name for p in tmp_path.iterdir()} == {"checkpoint-best"}
