@@ -236,6 +236,16 @@ def load_initial_weights(args, model) -> dict:
         return {}
     if args.eval and args.resume:
         return {}
+    try:  # the file a run folder names now: recorded, as the folder's newest changes while its pretraining goes on
+        args.finetune_file = str(utils.resolve_checkpoint(args.finetune).resolve())
+    except FileNotFoundError:
+        args.finetune_file = None
+    resuming = None if args.eval else args.resume or (
+        utils.latest_checkpoint(args.output_dir, args.enable_deepspeed) if args.auto_resume and args.output_dir
+        else None)
+    if resuming:  # its weights replace these: --finetune need not even exist any more
+        print(f"--finetune {args.finetune} not loaded: resuming from {resuming}")
+        return {}
     try:
         return utils.load_finetune_checkpoint(model, args.finetune, args.model_key, args.model_prefix,
                                               require_all=args.eval)
@@ -355,6 +365,11 @@ def main(args) -> None:
         resumed = utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema)
     if resumed and not args.eval:
         utils.warn_settings_changed(resumed, args, RUN_SETTINGS)
+        started, now = resumed.get("finetune_file"), getattr(args, "finetune_file", None)
+        if started and now and started != now and utils.is_main_process():
+            print(f"warning: this run was fine-tuned from {started}; --finetune {args.finetune} is now {now}, which "
+                  f"it does not start from: it goes on from {args.resume} (a new --output_dir starts afresh)")
+        args.finetune_file = started or now
     trained = resumed or trained
     if args.use_box and "mca_tokens" in trained:  # a MOFO head of this project's: per-frame boxes before --box_source
         utils.warn_setting_changed(trained, "box_source", args.box_source, "frame")

@@ -358,3 +358,33 @@ def test_a_plain_model_reads_no_box_file_and_startup_errors_come_first(data, tmp
     assert result.returncode != 0 and f"{lists / 'test.csv'}" in result.stderr, result.stderr[-2000:]
     assert "Epoch: [0]" not in result.stdout
     assert "warning: --nb_classes 200, but SSV2 has 174 classes" in result.stdout
+
+
+def test_a_resumed_run_needs_no_finetune_source_and_names_a_newer_one(data, pretrained, tmp_path):
+    """--finetune a pretraining run's folder: the file it named is recorded. Resubmitted, the run resumes from its own
+    checkpoint without reading --finetune (moved away meanwhile: still resumes), and names the folder's newer
+    checkpoint it does not start from (a run that went on pretraining)."""
+    source = tmp_path / "pretraining"
+    source.mkdir()
+    shutil.copy(pretrained, source / "checkpoint-0.pth")
+    out = tmp_path / "from_folder"
+    args = finetune_args(data, out, "vit_mini_patch16_224", "--finetune", str(source), "--test_num_segment", "1",
+                         "--test_num_crop", "1", "--disable_eval_during_finetuning")
+    first = finetune(args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    recorded = torch.load(out / "checkpoint-0.pth", weights_only=True)["args"]["finetune_file"]
+    assert recorded == str((source / "checkpoint-0.pth").resolve())
+    shutil.copy(pretrained, source / "checkpoint-3.pth")
+    longer = args[:]
+    longer[longer.index("--epochs") + 1] = "2"
+    second = finetune(longer)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"--finetune {source} not loaded: resuming from {out / 'checkpoint-0.pth'}" in second.stdout
+    assert (f"warning: this run was fine-tuned from {recorded}; --finetune {source} is now "
+            f"{(source / 'checkpoint-3.pth').resolve()}") in second.stdout
+    assert torch.load(out / "checkpoint-1.pth", weights_only=True)["args"]["finetune_file"] == recorded
+    shutil.move(source, tmp_path / "moved")
+    longer[longer.index("--epochs") + 1] = "3"
+    third = finetune(longer)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"Resume checkpoint {out / 'checkpoint-1.pth'}" in third.stdout and "warning: this run" not in third.stdout
