@@ -258,7 +258,7 @@ class MotionGuidedMaskingGenerator(_BoxMasking):
         a tube mask for None); ``rng`` overrides the generator's own stream."""
         rng = self.rng if rng is None else rng
         base = self.base_positions(box, rng=rng)
-        if displacement is None:
+        if displacement is None or self.frames == 1:  # one time slice: no motion to follow
             return self._tube(base)
         field = np.asarray(displacement, dtype=np.float64)
         expected = (self.frames - 1, self.height, self.width, 2)

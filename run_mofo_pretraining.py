@@ -36,7 +36,9 @@ from trajectory_targets import TRAJECTORY_FLOWS, TRAJECTORY_NORMS, trajectory_di
 
 # The flags that make a pretraining run what it is: named when a resumed checkpoint's run had others.
 RUN_SETTINGS = ("model", "decoder_depth", "mask_type", "mask_ratio", "motion_mask_ratio", "guided_base", "target",
-                "normlize_target", "input_size", "num_frames", "sampling_rate", "batch_size", "num_sample", "opt",
+                "normlize_target", "trajectory_points", "trajectory_flow", "trajectory_norm", "hog_sampling",
+                "hog_bins", "hog_cell_size", "hog_norm", "pixel_loss_weight", "trajectory_loss_weight",
+                "hog_loss_weight", "input_size", "num_frames", "sampling_rate", "batch_size", "num_sample", "opt",
                 "lr", "min_lr", "warmup_epochs", "weight_decay", "epochs")
 
 
@@ -170,12 +172,17 @@ def unused_flag_rules(args) -> list[tuple[bool, tuple[str, ...], str]]:
 
 def masking_warnings(args) -> list[str]:
     """Settings that run but undo what the mode is for: with equal ratios motion-focused masking masks the box's
-    tubes at the rate of the rest, i.e. tube masking (both defaults are VideoMAE's 0.75; the paper: 0.9 and 0.75)."""
+    tubes at the rate of the rest, i.e. tube masking (both defaults are VideoMAE's 0.75; the paper: 0.9 and 0.75);
+    motion-guided masking of a clip one tubelet long has no motion to follow, so its mask is the base slice's."""
+    warnings = []
     if args.mask_type == "motion" and args.motion_mask_ratio == args.mask_ratio:
-        return [f"warning: --mask_type motion with --motion_mask_ratio equal to --mask_ratio ({args.mask_ratio}) masks "
-                "the tubes inside the motion box at the rate of the others: tube masking (the paper: --mask_ratio 0.9 "
-                "--motion_mask_ratio 0.75)"]
-    return []
+        warnings.append(f"warning: --mask_type motion with --motion_mask_ratio equal to --mask_ratio "
+                        f"({args.mask_ratio}) masks the tubes inside the motion box at the rate of the others: tube "
+                        "masking (the paper: --mask_ratio 0.9 --motion_mask_ratio 0.75)")
+    if args.mask_type == "motion_guided" and args.num_frames <= DEFAULT_TUBELET_SIZE:
+        warnings.append(f"warning: --mask_type motion_guided with --num_frames {args.num_frames} (one tubelet): no "
+                        "motion to follow, every clip gets its base slice's mask")
+    return warnings
 
 
 def build_model(args):

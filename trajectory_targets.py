@@ -23,7 +23,8 @@ The flow is computed on the augmented frames (after the crop and resize), so the
 coordinates of the clip the model sees; OpenCV's DIS (its medium preset, which estimates at half the resolution and
 upsamples) costs a few ms per 224x224 frame pair on one core. The pretraining loss compares predictions and targets
 on the masked tokens only. Scales: with ``mean`` a patch's moves sum to a unit path, so the mean square of its target
-is at most ``1 / (2 * steps^2)`` (0.031 at 4 steps), against about 1 for VideoMAE's normalised pixels.
+is at least ``1 / (2 * steps^2)`` for a moving patch (0.031 at 4 steps, reached at constant speed; up to ``steps``
+times that for a stop-and-go patch), against about 1 for VideoMAE's normalised pixels.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from masking_generator import (
 from test_pretraining import clean_env, pretrain, pretraining_set, run_args
 from video_transforms import resize_frames
 
-GRIDS = [(8, 14, 14), (4, 7, 10), (3, 5, 6)]  # non-square and odd grids catch swapped axes and off-by-ones
+GRIDS = [(8, 14, 14), (4, 7, 10), (3, 5, 6), (1, 5, 6)]  # non-square, odd grids and one slice (no motion to follow)
 
 
 def slices(mask: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:

@@ -75,6 +75,14 @@ class NoStrayFiles:
             (self.scratch / name).mkdir(parents=True)
         self.env = clean_env(TMPDIR=str(self.scratch / "tmp"), HOME=str(self.scratch / "home"))
         self.before = self.listing(data)
+        self.repo_before = self.repo_images()
+
+    @staticmethod
+    def repo_images() -> set[str]:
+        """Images in the repository that git does not track (a debug folder next to the code), .venv aside."""
+        listed = subprocess.run(["git", "ls-files", "--others", "--", ":!.venv"], cwd=REPO, capture_output=True,
+                                text=True, check=True).stdout.split()
+        return {name for name in listed if Path(name).suffix.lower() in (".png", ".jpg", ".jpeg", ".gif")}
 
     @staticmethod
     def listing(folder: Path) -> dict[str, int]:
@@ -84,6 +92,7 @@ class NoStrayFiles:
         images = [p for p in self.scratch.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".gif")]
         assert not images, images
         assert self.listing(self.data) == self.before
+        assert self.repo_images() <= self.repo_before, sorted(self.repo_images() - self.repo_before)
 
 
 def pretrain(args: list[str], env: dict | None = None, timeout: int = 240, cwd: Path = REPO
@@ -619,6 +628,15 @@ def test_motion_masking_with_equal_ratios_is_named_as_tube_masking(argv, warned)
     assert bool(lines) == warned and all("tube masking (the paper: --mask_ratio 0.9" in line for line in lines)
 
 
+def test_motion_guided_masking_of_one_tubelet_is_named():
+    parser = run_mofo_pretraining.get_args_parser()
+    lines = run_mofo_pretraining.masking_warnings(parser.parse_args(["--mask_type", "motion_guided", "--num_frames",
+                                                                     "2"]))
+    assert lines == ["warning: --mask_type motion_guided with --num_frames 2 (one tubelet): no motion to follow, "
+                     "every clip gets its base slice's mask"]
+    assert run_mofo_pretraining.masking_warnings(parser.parse_args(["--mask_type", "motion_guided"])) == []
+
+
 @pytest.mark.parametrize("ratio, masked", [("0.0", 0), ("1.0", 16), ("0.05", 0)])
 def test_a_mask_ratio_that_leaves_nothing_masked_or_visible_is_refused(dataset, tmp_path, ratio, masked):
     args = run_args(dataset, tmp_path / "out")
@@ -647,3 +665,19 @@ def test_a_resumed_run_keeps_the_log_lines_of_the_epochs_it_does_not_run_again(t
     assert utils.trim_log(tmp_path, 5) == [{"epoch": 0, "train_loss": 1.0}]
     assert (tmp_path / "log.txt").stat().st_mtime_ns == before  # nothing to drop: not rewritten
     assert utils.trim_log(tmp_path / "new", 0) == [] and not (tmp_path / "new").exists()
+
+
+def test_a_run_without_deepspeed_installed(dataset, tmp_path):
+    """DeepSpeed is only needed with --enable_deepspeed (the release could not run without it): with its import
+    blocked, a plain run trains and saves, and the fine-tuning entry point parses its flags."""
+    out = tmp_path / "no_deepspeed"
+    blocked = ("import runpy, sys; sys.modules['deepspeed'] = None; sys.path.insert(0, '.'); "
+               "script = sys.argv[1]; sys.argv = sys.argv[1:]; runpy.run_path(script, run_name='__main__')")
+    args = run_args(dataset, out, "--epochs", "1", "--warmup_epochs", "0", "--num_workers", "0")
+    result = subprocess.run([sys.executable, "-c", blocked, "run_mofo_pretraining.py", *args], cwd=REPO,
+                            env=clean_env(), capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "checkpoint-0.pth").exists()
+    help_text = subprocess.run([sys.executable, "-c", blocked, "run_mofo_finetuning.py", "--help"], cwd=REPO,
+                               env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert help_text.returncode == 0, help_text.stderr[-3000:]
