@@ -12,6 +12,7 @@ NUM_FRAMES=${NUM_FRAMES:-24}
 LEARN_VIDEOS=${LEARN_VIDEOS:-384}
 EPOCHS=${EPOCHS:-10}
 FT_EPOCHS=${FT_EPOCHS:-20}
+FT_WARMUP=$(( FT_EPOCHS > 2 ? 2 : 0 ))  # lr warmup epochs: none in a run too short for it
 WORKERS=${WORKERS:-2}
 DATA=$OUT/data
 
@@ -70,7 +71,7 @@ echo "== 7. fine-tuning on the synthetic classes: the rows of the paper and its 
 echo "   (top-1, test split; chance 12.5%)"
 FINETUNE_ARGS=(--data_set SSV2 --nb_classes 8 --data_path "$LEARN" --data_root "$LEARN"/videos
     --input_size 64 --short_side_size 64 --num_frames 4 --batch_size 8 --num_sample 1
-    --epochs "$FT_EPOCHS" --warmup_epochs 2 --lr 0.064 --layer_decay 1.0 --weight_decay 0.05 --init_scale 1.0
+    --epochs "$FT_EPOCHS" --warmup_epochs "$FT_WARMUP" --lr 0.064 --layer_decay 1.0 --weight_decay 0.05 --init_scale 1.0
     --drop_path 0 --aa none --reprob 0 --mixup 0 --cutmix 0 --smoothing 0.1 --crop_scale 0.5 1
     --test_num_segment 2 --test_num_crop 3 --device cpu --precision fp32 --num_workers "$WORKERS" --print_freq 1000
     --no_save_ckpt)
