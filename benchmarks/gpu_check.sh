@@ -8,7 +8,7 @@
 #
 # Without step names it runs all four (8 min 30 s of step limits, at most 9 min 10 s with their kill margins and the
 # wheel install); named steps rerun only those (e.g. "bash benchmarks/gpu_check.sh motion" on a still-warm machine). The GPU image has PyTorch, timm, einops and
-# OpenCV without its contrib modules; decord and tensorboardX come as wheels (installed under /tmp/site).
+# OpenCV without its contrib modules; decord and tensorboardX come as wheels (installed under $TMPDIR/mofo_site).
 # OpenCV-contrib's wheel is over the device's 64 MiB transfer limit and PyAV is not needed, so the motion table
 # there times dis and tvl1_torch (eager and compiled, 64 and 256 pairs per call), and the OpenCV TV-L1 rate per core
 # to compare with is the CPU table's. The data-pipeline goals are per CPU worker and measured on the CPU
@@ -36,10 +36,11 @@ done
 OUT=${OUT:-.device/gpu_check}
 mkdir -p "$OUT"
 : > "$OUT/summary.txt"
+SITE=${TMPDIR:-/tmp}/mofo_site
 if compgen -G ".whl/*.whl" > /dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
         .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 elif ! python3 -c "import decord, tensorboardX" 2> /dev/null; then
     echo "decord or tensorboardX is missing: run 'bash benchmarks/gpu_check.sh --fetch-wheels' here and carry .whl" >&2
     exit 1

@@ -42,6 +42,7 @@ class Command:
     words: list[str]
     entry: str | None = None  # "run_x.py" or "-m package.module"
     flags: list[str] = field(default_factory=list)
+    argv: list[str] = field(default_factory=list)  # the words after the entry point
 
 
 def shell_texts(path: Path) -> list[str]:
@@ -113,13 +114,13 @@ def parse_commands(text: str, source: str) -> list[Command]:
                 continue
             elif word.endswith(".py") and not word.startswith("-"):
                 command.entry = word.removeprefix("./")
-                command.flags = words[i + 1:]
+                command.argv = words[i + 1:]
             elif word == "-m" and i + 1 < len(words) and is_project_module(words[i + 1]):
                 command.entry = f"-m {words[i + 1]}"
-                command.flags = words[i + 2:]
+                command.argv = words[i + 2:]
             elif word == "-m" and i + 1 < len(words) and words[i + 1] not in MODULE_LAUNCHERS:
                 external = True  # another package's module (pytest, pip): its arguments are not ours to check
-        command.flags = [f.split("=")[0] for f in command.flags if re.match(r"^--?[A-Za-z]", f)]
+        command.flags = [f.split("=")[0] for f in command.argv if re.match(r"^--?[A-Za-z]", f)]
     return found
 
 
@@ -235,6 +236,63 @@ def test_commands_use_only_existing_flags(source, entry_flags):
     assert check(COMMANDS[source], entry_flags) == []
 
 
+# Parses each [entry, argv] of a JSON list with the entry point's own parser, stopping right after it parsed:
+# prints the argparse error of each command that does not parse (None for those that do).
+PARSE_RUNNER = """
+import argparse, contextlib, io, json, runpy, sys
+class Parsed(Exception):
+    pass
+def stop_after(parse):
+    def parse_and_stop(self, *args, **kwargs):
+        parse(self, *args, **kwargs)
+        raise Parsed
+    return parse_and_stop
+argparse.ArgumentParser.parse_args = stop_after(argparse.ArgumentParser.parse_args)
+errors = []
+for entry, argv in json.loads(sys.stdin.read()):
+    sys.argv, err = [entry.removeprefix("-m "), *argv], io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            if entry.startswith("-m "):
+                runpy.run_module(entry[3:], run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(entry, run_name="__main__")
+        errors.append(f"ran without parsing its arguments")
+    except Parsed:
+        errors.append(None)
+    except SystemExit:
+        errors.append(err.getvalue().strip().splitlines()[-1])
+print(json.dumps(errors))
+"""
+PLACEHOLDERS = ("$", "...", "*", "<")  # marks of words that stand for a value the reader fills in
+PLACEHOLDER_WORDS = {"N", "DIR", "CSV", "VIDEO", "BOXES", "GT", "CHECKPOINT", "OUT_DIR"}  # and these, in the docs
+
+
+def fills_in(word: str) -> bool:
+    return any(mark in word for mark in PLACEHOLDERS) or word.split("/")[0] in PLACEHOLDER_WORDS
+
+
+def test_documented_commands_parse_with_their_values():
+    """Flag values too, not only names: a typo'd choice (--mask_type motoin) or a malformed number (0,9) in a
+    documented command fails here, as it would for the reader who copies it. Commands with shell variables or
+    placeholders, and bare entry points (named in a table), are left to the flag-name check."""
+    commands = [c for source in DOCS for c in COMMANDS[source] if c.entry and c.argv and "--help" not in c.argv
+                and (c.entry.startswith("-m ") or (REPO / c.entry).is_file()) and not any(map(fills_in, c.argv))]
+    assert len(commands) >= 20, len(commands)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    result = subprocess.run([sys.executable, "-c", PARSE_RUNNER], cwd=REPO, env=env, capture_output=True, text=True,
+                            input=json.dumps([[c.entry, c.argv] for c in commands]), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    errors = json.loads(result.stdout.splitlines()[-1])
+    failed = [f"{c.source}: {c.entry} {' '.join(c.argv)[:160]}: {error}" for c, error in zip(commands, errors,
+                                                                                            strict=True) if error]
+    assert not failed, failed
+    typo = Command("typo", [], "run_mofo_pretraining.py", argv=["--mask_type", "motoin", "--mask_ratio", "0,9"])
+    result = subprocess.run([sys.executable, "-c", PARSE_RUNNER], cwd=REPO, env=env, capture_output=True, text=True,
+                            input=json.dumps([[typo.entry, typo.argv]]), timeout=300)
+    assert "invalid choice: 'motoin'" in json.loads(result.stdout.splitlines()[-1])[0]
+
+
 def test_every_doc_and_stage_script_runs_entry_points():
     """Guards against a parser that silently finds nothing."""
     stage_scripts = {str(s.relative_to(REPO)) for s in STAGE_SCRIPTS}
@@ -293,11 +351,12 @@ def test_help_shows_the_usage_example_as_written_and_every_default():
     assert re.search(r"--no_auto_resume\n", result.stdout) and "(default) (default" not in result.stdout
 
 
-# A machine's folder: absolute, or reached from a home (~/) or by climbing out of the repository (../../mnt/...: the
-# release's own form).
+# A machine's folder: any absolute one but the system's (/dev/null, /proc/...), or a data folder reached from a home
+# (~/) or by climbing out of the repository (../../mnt/...: the release's own form).
 ABSOLUTE_PATH = re.compile(
-    r"""(?:["'=\s]/|\.\./|~/)(?:home|mnt|scratch|data|datasets|nfs|gpfs|work|users|storage|cluster|raid|lustre|"""
-    r"""fsx|beegfs|ceph|projects|project|group|shared|media|opt|srv|root|local)/""", re.IGNORECASE)
+    r"""(?:^|[\s=(\[,:])["']?/(?!(?:dev|proc|sys|usr|bin|etc)/)[\w.-]+/|(?:\.\./|~/)(?:home|mnt|scratch|data|"""
+    r"""datasets|nfs|gpfs|work|users|storage|cluster|raid|lustre|fsx|beegfs|ceph|projects|project|group|shared|"""
+    r"""media|opt|srv|root|local)/""", re.IGNORECASE)
 FIXED_DEVICE = re.compile(r"""set_device\(\s*\d|["']cuda:\d""")  # the release's torch.cuda.set_device(3)
 
 
@@ -312,8 +371,11 @@ def test_no_hard_coded_absolute_paths():
     assert not found, found
     for release_kind in ('default="/scratch/ssv2/videos"', 'root = "../../mnt/welles/scratch/ssv2"',
                          "DATA=~/datasets/ssv2", "torch.cuda.set_device(3)", 'device = "cuda:1"',
-                         'BOX_JSON = "/raid/mona/EPIC_100_BB_smooth_train.json"', "root='/Users/me/ssv2'"):
+                         'BOX_JSON = "/raid/mona/EPIC_100_BB_smooth_train.json"', "root='/Users/me/ssv2'",
+                         'FLOW = "/data1/mona/flow"', "out='/tmp/mona/out'"):
         assert ABSOLUTE_PATH.search(release_kind) or FIXED_DEVICE.search(release_kind), release_kind
+    for system_or_relative in ('open("/proc/cpuinfo")', "2> /dev/null", '"$DATA"/videos/0.mp4', 'cd "$0"/../..'):
+        assert not ABSOLUTE_PATH.search(system_or_relative), system_or_relative
     import export_hf
     import run_mofo_finetuning
     import run_mofo_gradcam
