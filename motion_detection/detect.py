@@ -340,6 +340,8 @@ class MotionBoxDetector:
             pairs.append(box)
             if on_pair is not None:
                 on_pair(pairs)
+        if not pairs:  # a file whose frames do not decode is truncated or corrupt, not a video of one frame
+            check_complete(0 if info.decoded_ms < 0 else 1, info)
         boxes = self.video_boxes(pairs, info.width, info.height)
         check_complete(len(boxes), info)
         return MotionBoxes(

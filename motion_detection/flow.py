@@ -112,10 +112,16 @@ class DISFlow(FlowBackend):
             raise ValueError(f"unknown DIS preset {preset!r}; choose from {sorted(self.PRESETS)}")
         self.preset = preset
         self._impl = cv2.DISOpticalFlow_create(self.PRESETS[preset])
+        # OpenCV re-derives its pyramid from the width alone when the short side is below this (patch size at the
+        # finest scale) and then reads outside the image: a segfault (e.g. a 56x14 frame with "medium").
+        self.min_side = self._impl.getPatchSize() << self._impl.getFinestScale()
 
     def params(self) -> dict:
         return {"preset": self.preset}
 
     def pair(self, prev, nxt):
+        if min(prev.shape[:2]) < self.min_side:
+            raise ValueError(f"DIS ({self.preset}) needs frames of at least {self.min_side} pixels a side, got "
+                             f"{prev.shape[1]}x{prev.shape[0]} (use --flow tvl1 for such small videos)")
         return self._impl.calc(prev, nxt, None)
 

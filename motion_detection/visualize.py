@@ -167,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             flows = itertools.islice(detector.backend.flows_from_video(args.video, size), args.start_frame, end)
             maps = [detector.motion_map(f) for f in flows]
         else:
-            maps = list(detector.iter_maps(frames))
+            try:
+                maps = list(detector.iter_maps(frames))
+            except ValueError as e:  # e.g. frames too small for DIS
+                raise SystemExit(f"{args.video}: --show_map cannot compute the motion map: {e}") from None
     write_output(render(frames, boxes, gt, maps), Path(args.out), info.fps, args.strip_frames)
     print(f"wrote {args.out}")
     return 0

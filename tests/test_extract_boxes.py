@@ -36,6 +36,7 @@ BAD = {  # list entry -> part of the reason the CLI must give
     "bad/missing.mp4": "not found",
     "bad/truncated_faststart.mp4": "of the 60 frames the container reports could be decoded",
     "bad/corrupt_middle.mp4": "of the 60 frames the container reports could be decoded",
+    "bad/cut_in_first_frame.mp4": "only 1 of the 60 frames the container reports could be decoded",
 }
 INTACT = ["sixty/faststart.mp4", "sixty/mp4v.mp4"]  # the 60-frame videos the two above are cut from
 VICTIM = "long/victim.mp4"  # 400 frames: open long enough for a test to kill the worker decoding it
@@ -77,11 +78,14 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
     write_faststart_mp4(root / INTACT[0], frames, 12)
     whole = (root / INTACT[0]).read_bytes()
     (bad / "truncated_faststart.mp4").write_bytes(whole[: len(whole) // 2])
+    with av.open(str(root / INTACT[0])) as container:  # cut in its first frame: no frame pair
+        first = next(packet.pos for packet in container.demux(video=0) if packet.pos is not None)
+    (bad / "cut_in_first_frame.mp4").write_bytes(whole[: first + 100])
     write_mp4(root / INTACT[1], frames, 12)
     corrupt = bytearray((root / INTACT[1]).read_bytes())
     corrupt[len(corrupt) // 2 : len(corrupt) // 2 + 2000] = bytes(2000)  # index intact, frames zeroed
     (bad / "corrupt_middle.mp4").write_bytes(corrupt)
-    for name in ("truncated_faststart.mp4", "corrupt_middle.mp4"):  # the container still reports 60 frames
+    for name in ("truncated_faststart.mp4", "cut_in_first_frame.mp4", "corrupt_middle.mp4"):  # all report 60 frames
         capture = cv2.VideoCapture(str(bad / name))
         assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 60
         capture.release()

@@ -32,6 +32,7 @@ from motion_detection.boxfile import (
     video_identity,
 )
 from motion_detection.detect import DetectionParams, box_from_map, clean_boxes, flow_magnitude, smooth_map
+from motion_detection.flow import DISFlow
 from motion_detection.video import VideoReadError, check_frame_count, read_video, write_mp4
 
 H, W = 64, 80
@@ -114,6 +115,18 @@ def test_closing_does_not_stretch_a_region_near_the_edge_to_it():
     params = DetectionParams()
     x1, y1, x2, y2 = box_from_map(smooth_map(motion_boundaries(flow), params), params)
     assert 5 <= x1 <= 10 and 75 <= y1 <= 80 and 38 <= x2 <= 45 and 120 <= y2 <= 125
+
+
+@pytest.mark.parametrize(("preset", "side"), [("medium", 16), ("fast", 32), ("ultrafast", 32)])
+def test_dis_refuses_frames_below_its_patch_size_and_takes_those_at_it(preset, side):
+    """OpenCV's DIS reads outside a frame whose short side is below its finest patch (a segfault that took the whole
+    extraction down): such frames are an error naming the size; frames at the limit compute."""
+    flow = DISFlow(preset)
+    thin = np.zeros((side - 2, 56), np.uint8)
+    with pytest.raises(ValueError, match=f"at least {side} pixels a side, got 56x{side - 2}"):
+        flow.pair(thin, thin)
+    frame = np.random.default_rng(0).integers(0, 255, (side, 56), dtype=np.uint8)
+    assert flow.pair(frame, frame).shape == (side, 56, 2)
 
 
 def test_no_motion_gives_no_box():
