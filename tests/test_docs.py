@@ -241,7 +241,7 @@ def test_commands_use_only_existing_flags(source, entry_flags):
 PARSE_RUNNER = """
 import argparse, contextlib, io, json, runpy, sys
 class Parsed(Exception):
-    pass
+    "Raised once the entry point's parser has parsed: nothing runs."
 def stop_after(parse):
     def parse_and_stop(self, *args, **kwargs):
         parse(self, *args, **kwargs)
@@ -257,7 +257,7 @@ for entry, argv in json.loads(sys.stdin.read()):
                 runpy.run_module(entry[3:], run_name="__main__", alter_sys=True)
             else:
                 runpy.run_path(entry, run_name="__main__")
-        errors.append(f"ran without parsing its arguments")
+        errors.append("ran without parsing its arguments")
     except Parsed:
         errors.append(None)
     except SystemExit:
