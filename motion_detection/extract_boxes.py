@@ -354,7 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
         shard_id, num_shards = default_shard()
     except ValueError as e:
         parser.error(str(e))
-    parser.add_argument("--video_list", required=True, help="VideoMAE-style list; the first column is the video path")
+    parser.add_argument("--video_list", required=True, nargs="+",
+                        help="VideoMAE-style list(s); the first column is the video path. Several lists are read as "
+                        "one, each line by line (SSV2: train.csv val.csv test.csv), so a list without a final "
+                        "newline loses no video as it would to `cat`; a video in two lists gets one box file")
     parser.add_argument("--video_root", default="", help="folder the list's paths are relative to")
     parser.add_argument("--output_dir", required=True, help="box files go here, mirroring the video paths")
     parser.add_argument("--flow", default="tvl1", choices=available_flows(), help="optical flow (default: tvl1)")
@@ -424,14 +427,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     config = detector.config()
+    lists = " ".join(args.video_list)
     try:
-        entries = read_video_list(args.video_list)
-        check_video_root(entries, args.video_root, args.video_list, "--video_root")
+        entries = [video for list_file in args.video_list for video in read_video_list(list_file)]
+        check_video_root(entries, args.video_root, lists, "--video_root")
     except ValueError as e:
         parser.error(str(e))
     absolute = [entry for entry in entries if Path(entry).is_absolute()]
     if absolute and not args.video_root:
-        parser.error(f"{args.video_list}: {len(absolute)} absolute paths ({absolute[0]}, ...); pass --video_root, a "
+        parser.error(f"{lists}: {len(absolute)} absolute paths ({absolute[0]}, ...); pass --video_root, a "
                      "folder above them: box files mirror the paths below it")
     try:  # before hours of flow: a box folder that takes no files would lose every video's boxes
         check_writable(args.output_dir)

@@ -107,7 +107,9 @@ def clean_env(**extra: str) -> dict:
 
 
 def cli(video_list, video_root, output_dir, *extra, workers: int = 0) -> list[str]:
-    return [sys.executable, "-m", "motion_detection.extract_boxes", "--video_list", str(video_list),
+    """The command line for one list file, or for several (a list of them)."""
+    lists = video_list if isinstance(video_list, list) else [video_list]
+    return [sys.executable, "-m", "motion_detection.extract_boxes", "--video_list", *map(str, lists),
             "--video_root", str(video_root), "--output_dir", str(output_dir), "--flow", "dis",
             "--short_side", "112", "--num_workers", str(workers), *map(str, extra)]
 
@@ -365,6 +367,20 @@ def test_a_shard_outside_the_shards_is_refused_with_a_hint_in_an_array(tmp_path,
         extract_boxes.main(["--video_list", "x.csv", "--output_dir", str(tmp_path), "--shard_id", "17"])
     assert exit_info.value.code == 2
     assert "--shard_id 17 is outside [0, --num_shards 1) (pass --num_shards with --shard_id" in capsys.readouterr().err
+
+
+def test_several_lists_are_read_as_one(data, reference_dir, reference, tmp_path):
+    """``--video_list train.csv val.csv test.csv`` (scripts/ssv2/boxes.sh): a list without a final newline loses
+    no video, as the first video of the next list would be lost to ``cat``; a video in two lists is boxed once."""
+    _, root = data
+    out = tmp_path / "out"
+    shutil.copytree(reference_dir, out)
+    (out / box_name(GOOD[3])).unlink()
+    (tmp_path / "train.csv").write_text("\n".join(f"{video} 0" for video in GOOD[:3]))
+    lists = [tmp_path / "train.csv", write_list(tmp_path / "val.csv", GOOD[3:] + GOOD[:1])]
+    result = run(lists, root, out)
+    assert summary(result) == (len(GOOD), 1, len(GOOD) - 1, 0)
+    assert outputs(out) == reference
 
 
 def test_a_list_that_is_not_utf8_is_named(data, tmp_path):
@@ -698,9 +714,12 @@ def test_box_scripts_expand_possibly_empty_arrays_safely(script):
 
 
 def test_ssv2_box_script_stops_on_a_missing_list(tmp_path):
-    """A missing csv would be an empty stream inside <(cat ...), silently leaving its videos out: the script names
-    it and stops before running the extraction."""
-    dry_run_script(REPO / "scripts/ssv2/boxes.sh", tmp_path)
+    """A missing csv would fail the extraction at the start of the job, after its wait in the queue: the script names
+    it and stops before running the extraction. The lists go to --video_list as they are, not through ``cat``."""
+    result, words = dry_run_script(REPO / "scripts/ssv2/boxes.sh", tmp_path)
+    at = words.index("--video_list") + 1
+    assert words[at : at + 4] == [*(str(tmp_path / "lists" / f"{s}.csv") for s in ("train", "val", "test")),
+                                  "--video_root"], words
     (tmp_path / "lists" / "val.csv").unlink()
     result, words = dry_run_script(REPO / "scripts/ssv2/boxes.sh", tmp_path)
     assert result.returncode == 2 and words == []

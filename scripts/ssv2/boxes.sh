@@ -35,12 +35,12 @@ if [[ -n ${SLURM_ARRAY_TASK_ID:-} ]]; then
     SHARD=(--num_shards "${NUM_SHARDS:-64}" --shard_id "$SLURM_ARRAY_TASK_ID")
 fi
 
-for list in "$DATA_PATH"/{train,val,test}.csv; do  # cat in <(...) would fail unseen: the run would miss a list
+for list in "$DATA_PATH"/{train,val,test}.csv; do  # before the job waits in the queue and fails at its start
     if [[ ! -f $list ]]; then
         echo "$0: $list not found (DATA_PATH must hold train.csv, val.csv and test.csv)" >&2
         exit 2
     fi
 done
-# One list of all videos (the same in every array task, so the shards split it alike); repeats are skipped.
-requeueable python -m motion_detection.extract_boxes --video_list <(cat "$DATA_PATH"/{train,val,test}.csv) \
+# The three lists read as one (the same in every array task, so the shards split it alike); repeats are skipped.
+requeueable python -m motion_detection.extract_boxes --video_list "$DATA_PATH"/{train,val,test}.csv \
     --video_root "$DATA_ROOT" --output_dir "$BOX_DIR" --flow "$FLOW" ${SHARD[@]+"${SHARD[@]}"} ${EXTRA[@]+"${EXTRA[@]}"}
