@@ -58,13 +58,24 @@ class VideoInfo:
     reported_frames: int  # the count the container stores, 0 when it stores none
     duration_ms: float = 0.0  # the container's duration where it stores no count (Matroska, WebM), else 0
     decoded_ms: float = -1.0  # the position of the last frame decoded so far (iter_frames)
+    path: str = ""  # the file, read again only to explain a short decode (hidden_frames)
+
+
+def matroska_duration_ms(tag: str) -> float:
+    """A Matroska / WebM track's DURATION tag (``HH:MM:SS.fraction``, written by FFmpeg) in ms; 0 when malformed."""
+    try:
+        hours, minutes, seconds = tag.split(":")
+        return (int(hours) * 3600 + int(minutes) * 60 + float(seconds)) * 1000
+    except ValueError:
+        return 0.0
 
 
 def stored_length(path: str) -> tuple[int, float]:
     """(the frame count the container stores, 0 when it stores none; the video's duration in ms, 0 when unknown),
     (0, 0) when it cannot be read. Matroska / WebM store no count, and OpenCV's CAP_PROP_FRAME_COUNT then estimates
     duration x nominal frame rate, which for a variable frame rate can be twice the frames there are; their
-    duration still shows a truncated file."""
+    duration still shows a truncated file: the video track's own (its DURATION tag), not the file's, which is
+    that of the longest track (an audio track may outlast the video)."""
     try:
         with av.open(path) as container:
             if not container.streams.video:
@@ -72,8 +83,12 @@ def stored_length(path: str) -> tuple[int, float]:
             stream = container.streams.video[0]
             if stream.duration and stream.time_base:
                 duration = float(stream.duration * stream.time_base) * 1000
+            elif tag_duration := matroska_duration_ms(stream.metadata.get("DURATION", "")):
+                duration = tag_duration
+            elif len(container.streams) == 1 and container.duration:  # else the longest stream's, audio's perhaps
+                duration = container.duration / 1000  # in microseconds
             else:
-                duration = container.duration / 1000 if container.duration else 0.0  # in microseconds
+                duration = 0.0
             return max(int(stream.frames), 0), duration
     except (av.FFmpegError, OSError, ValueError):
         return 0, 0.0
@@ -96,6 +111,7 @@ def open_video(path: str | os.PathLike) -> tuple[cv2.VideoCapture, VideoInfo]:
         fps=float(cap.get(cv2.CAP_PROP_FPS) or 0.0),
         reported_frames=stored_frames,
         duration_ms=0.0 if stored_frames else duration_ms,
+        path=path,
     )
     if info.width <= 0 or info.height <= 0:
         cap.release()
@@ -111,11 +127,36 @@ def check_frame_count(decoded: int, reported: int) -> None:
                              "(truncated or corrupt file)")
 
 
+def hidden_frames(path: str) -> int:
+    """Frames the container stores but hides by an edit list (packets marked discard: the frames from the keyframe
+    before the cut that a cut by stream copy, ``ffmpeg -ss T -c copy``, keeps); 0 when it cannot be read."""
+    try:
+        with av.open(path) as container:
+            return sum(packet.is_discard for packet in container.demux(video=0) if packet.size)
+    except (av.FFmpegError, OSError, ValueError):
+        return 0
+
+
 def check_complete(decoded: int, info: VideoInfo) -> None:
     """VideoReadError when a whole video decoded to clearly less than its container holds: fewer frames than it
     stores (:func:`check_frame_count`) or, where it stores no count, a last frame clearly before its duration's end
-    (the same slack: a few nominal frame intervals, or 5%)."""
-    check_frame_count(decoded, info.reported_frames)
+    (the same slack: a few nominal frame intervals, or 5%). Frames hidden by an edit list are named as such: the
+    file is whole, but OpenCV skips them and decord (training) decodes them, so its boxes would be off by them."""
+    try:
+        check_frame_count(decoded, info.reported_frames)
+    except VideoReadError:
+        hidden = hidden_frames(info.path) if info.path else 0
+        if not hidden:
+            raise
+        try:
+            check_frame_count(decoded, info.reported_frames - hidden)
+        except VideoReadError:
+            raise VideoReadError(f"only {decoded} of the {info.reported_frames - hidden} frames the container shows "
+                                 "could be decoded (truncated or corrupt file)") from None
+        raise VideoReadError(f"an edit list hides its first {hidden} of {info.reported_frames} frames (a cut by stream "
+                             "copy, ffmpeg -ss ... -c copy): OpenCV skips them and decord decodes them, so boxes and "
+                             "training frames would not line up; re-encode it (ffmpeg -i IN -c:v libx264 OUT)"
+                             ) from None
     if info.reported_frames or info.duration_ms <= 0 or info.decoded_ms < 0:
         return
     interval = 1000 / info.fps if info.fps > 0 else 0.0

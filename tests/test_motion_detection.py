@@ -7,6 +7,7 @@ from pathlib import Path
 
 import av
 import cv2
+import decord
 import numpy as np
 import pytest
 
@@ -384,12 +385,14 @@ def test_a_video_decoding_to_fewer_frames_than_it_reports_is_an_error(tmp_path):
         read_video(tmp_path / "corrupt.mp4")
 
 
-def write_webm(path: Path, frames: np.ndarray, gaps_ms: list[int]) -> None:
-    """VP8 WebM through PyAV, frame k shown for gaps_ms[k % len(gaps_ms)] ms (WebM stores no frame count)."""
+def write_webm(path: Path, frames: np.ndarray, gaps_ms: list[int], audio_s: float = 0.0) -> None:
+    """VP8 WebM through PyAV, frame k shown for gaps_ms[k % len(gaps_ms)] ms (WebM stores no frame count), with
+    ``audio_s`` seconds of silent Opus audio when set."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libvpx", rate=30)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.codec_context.time_base = stream.time_base = fractions.Fraction(1, 1000)
+        audio = container.add_stream("libopus", rate=48000) if audio_s else None
         pts = 0
         for index, frame in enumerate(frames):
             video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
@@ -397,6 +400,12 @@ def write_webm(path: Path, frames: np.ndarray, gaps_ms: list[int]) -> None:
             pts += gaps_ms[index % len(gaps_ms)]
             container.mux(stream.encode(video_frame))
         container.mux(stream.encode())
+        for start in range(0, int(audio_s * 48000), 960) if audio else ():
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.int16), format="s16", layout="mono")
+            samples.sample_rate, samples.pts = 48000, start
+            container.mux(audio.encode(samples))
+        if audio:
+            container.mux(audio.encode())
 
 
 def test_a_webm_is_checked_by_its_duration_not_an_estimated_frame_count(tmp_path):
@@ -416,6 +425,45 @@ def test_a_webm_is_checked_by_its_duration_not_an_estimated_frame_count(tmp_path
     for check in (lambda p: read_video(p), lambda p: detector.detect_video(p, "cut.webm")):
         with pytest.raises(VideoReadError, match=r"decoding ends at [\d.]+ s of the 1.3\d s the container reports"):
             check(tmp_path / "cut.webm")
+
+
+def test_a_cut_by_stream_copy_is_named_not_called_truncated(tmp_path):
+    """``ffmpeg -ss T -c copy`` keeps the frames from the keyframe before T and hides them by an edit list: OpenCV
+    skips them, decord decodes them, so boxes would be off by them. The error says so (and how to re-encode)."""
+    frames, _ = make_synthetic_dataset.render_clip(0, 60, 160, 120, seed=3)
+    with av.open(str(tmp_path / "whole.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=25, options={"g": "30", "sc_threshold": "0", "bf": "0"})
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    with av.open(str(tmp_path / "whole.mp4")) as source, av.open(str(tmp_path / "cut.mp4"), "w") as cut:
+        stream = source.streams.video[0]
+        copy = cut.add_stream_from_template(stream)
+        shift = round(40 / 25 / stream.time_base)  # the cut at frame 40; its keyframe is frame 30
+        for packet in source.demux(stream):
+            if packet.dts is not None and packet.pts * stream.time_base * 25 >= 29.5:
+                packet.pts, packet.dts, packet.stream = packet.pts - shift, packet.dts - shift, copy
+                cut.mux(packet)
+    assert len(decord.VideoReader(str(tmp_path / "cut.mp4"))) == 30
+    for check in (lambda p: read_video(p), lambda p: MotionBoxDetector("dis", short_side=56).detect_video(p, "cut")):
+        with pytest.raises(VideoReadError, match=r"an edit list hides its first 10 of 30 frames .* re-encode it"):
+            check(tmp_path / "cut.mp4")
+
+
+def test_a_webm_is_checked_by_its_video_track_not_a_longer_audio_track(tmp_path):
+    """The file's duration is its longest track's: 3 s of audio beside 1.3 s of video is no truncated video. The
+    video track's own duration (its DURATION tag) still shows a cut one."""
+    frames, _ = make_synthetic_dataset.render_clip(0, 40, 160, 120, seed=3)
+    write_webm(tmp_path / "with_audio.webm", frames, [33], audio_s=3.0)
+    with av.open(str(tmp_path / "with_audio.webm")) as container:
+        assert container.duration > 2_900_000  # microseconds
+    assert len(read_video(tmp_path / "with_audio.webm")[0]) == 40
+    assert MotionBoxDetector("dis", short_side=56).detect_video(tmp_path / "with_audio.webm", "a").num_frames == 40
+    data = (tmp_path / "with_audio.webm").read_bytes()
+    (tmp_path / "cut.webm").write_bytes(data[: len(data) // 3])
+    with pytest.raises(VideoReadError, match=r"decoding ends at [\d.]+ s of the 1.3\d s the container reports"):
+        read_video(tmp_path / "cut.webm")
 
 
 @pytest.mark.parametrize("flow", ["dis", "codec_mv"])
