@@ -121,8 +121,8 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", default=0, type=int)
     parser.add_argument("--resume", default="", help="checkpoint to resume from")
     parser.add_argument("--auto_resume", action="store_true", default=True,
-                        help="resume from the newest checkpoint in --output_dir, also over a --resume from elsewhere"
-                             " (default)")
+                        help="resume from the newest checkpoint in --output_dir, also over another --resume (a "
+                             "released checkpoint, or an older one of the run's; --eval tests --resume) (default)")
     parser.add_argument("--no_auto_resume", action="store_false", dest="auto_resume")
     parser.add_argument("--start_epoch", default=0, type=int)
     parser.add_argument("--num_workers", default=10, type=int)
@@ -874,13 +874,28 @@ def check_fresh_start(output_dir: str | Path) -> None:
                              "another --output_dir")
 
 
+def warn_going_back(resume: str, output_dir: str, deepspeed: bool) -> None:
+    """``--no_auto_resume --resume`` of an older checkpoint of the run's own folder goes back to it: say what that
+    overwrites and that a requeued job with the same command goes back again."""
+    try:
+        found = latest_checkpoint(output_dir, deepspeed)
+    except FileNotFoundError:
+        return
+    if found is not None and Path(output_dir).resolve() in Path(resume).resolve().parents and (
+            Path(resume).resolve() != found.resolve()):
+        print(f"warning: --no_auto_resume --resume {resume} goes back from {found.name}, the newest checkpoint in "
+              f"{output_dir}: the newer ones are overwritten as the run reaches their epochs, and a requeued job "
+              "with this command goes back to it again")
+
+
 def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema=None) -> dict:
     """Resume from ``--resume`` or, with ``--auto_resume``, from the newest checkpoint in ``--output_dir``; that one
-    wins over a ``--resume`` from elsewhere (a released checkpoint to start from), so a resubmitted job continues
-    instead of starting again; where that file cannot be read (damaged on disk), the next older one of the run's is
-    taken, with a warning (DeepSpeed folders: no fallback). Sets ``args.start_epoch``. ``model_ema`` takes the
-    checkpoint's EMA weights, or the model's when it has none (a checkpoint written without ``--model_ema``).
-    Returns the resumed run's saved flags (empty when nothing was resumed)."""
+    wins over any other ``--resume`` (a released checkpoint to start from, or an older one of the run's), so a
+    resubmitted or requeued job continues instead of starting again or going back (``--eval`` tests its
+    ``--resume``; ``--no_auto_resume`` trains from it); where that file cannot be read (damaged on disk), the next
+    older one of the run's is taken, with a warning (DeepSpeed folders: no fallback). Sets ``args.start_epoch``.
+    ``model_ema`` takes the checkpoint's EMA weights, or the model's when it has none (a checkpoint written without
+    ``--model_ema``). Returns the resumed run's saved flags (empty when nothing was resumed)."""
     deepspeed = getattr(args, "enable_deepspeed", False)
     own = False
     if args.auto_resume and args.output_dir:
@@ -893,13 +908,15 @@ def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, mode
             found = None
         if found is None and not args.resume:
             check_no_other_kind(args.output_dir, deepspeed)
-        output_dir = Path(args.output_dir).resolve()
-        outside = args.resume and output_dir not in Path(args.resume).resolve().parents
-        if found and (not args.resume or outside):
+        testing = getattr(args, "eval", False) and args.resume  # --eval --resume OUT/checkpoint-best.pth
+        if found and not testing and (not args.resume or Path(args.resume).resolve() != found.resolve()):
             if args.resume:
-                print(f"--resume {args.resume} not taken: {args.output_dir} holds this run's own {found.name} "
-                      "(--no_auto_resume takes --resume)")
+                print(f"--resume {args.resume} not taken: {args.output_dir} holds this run's own newest checkpoint, "
+                      f"{found.name}, and a requeued job must go on from there, not back (--no_auto_resume takes "
+                      "--resume)")
             args.resume, own = str(found), True
+    elif args.resume and args.output_dir and not getattr(args, "eval", False):
+        warn_going_back(args.resume, args.output_dir, deepspeed)
     if not args.resume:
         if args.output_dir and not args.auto_resume and not getattr(args, "eval", False):
             check_fresh_start(args.output_dir)

@@ -347,6 +347,31 @@ def test_resume_names_a_deepspeed_file_and_takes_a_bare_state_dict_as_weights(tm
         torch.testing.assert_close(model.state_dict(), trained.state_dict())
 
 
+def test_a_requeued_job_goes_on_from_its_newest_checkpoint_not_back_to_its_resume(tmp_path, capsys):
+    """A job resubmitted or requeued with ``--resume OUT/checkpoint-1.pth`` in its command goes on from the run's
+    newest checkpoint, not back to epoch 1 in every requeue; ``--eval`` tests the named one (checkpoint-best),
+    and ``--no_auto_resume`` goes back to it, with a warning that a requeued job goes back again."""
+    model = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    for epoch in (1, 3):
+        state = utils.checkpoint_state(model, optimizer, None, epoch, SimpleNamespace(epochs=6))
+        torch.save(state, tmp_path / f"checkpoint-{epoch}.pth")
+    torch.save({**state, "epoch": 2}, tmp_path / "checkpoint-best.pth")
+
+    def resume(name: str, **flags) -> tuple[str, int]:
+        args = SimpleNamespace(**{"resume": str(tmp_path / name), "auto_resume": True, "output_dir": str(tmp_path),
+                                  "start_epoch": 0, "epochs": 6, **flags})
+        utils.auto_load_model(args, model, model, optimizer, None)
+        return args.resume.rsplit("/", 1)[-1], args.start_epoch
+
+    assert resume("checkpoint-1.pth") == ("checkpoint-3.pth", 4)
+    assert "not taken: " in capsys.readouterr().out
+    assert resume("checkpoint-3.pth") == ("checkpoint-3.pth", 4) and "not taken" not in capsys.readouterr().out
+    assert resume("checkpoint-best.pth", eval=True)[0] == "checkpoint-best.pth"
+    assert resume("checkpoint-1.pth", auto_resume=False) == ("checkpoint-1.pth", 2)
+    assert "goes back from checkpoint-3.pth" in capsys.readouterr().out
+
+
 def test_a_setting_the_checkpoint_was_trained_with_otherwise_is_named(capsys):
     """A resubmitted job after a default changed: the checkpoint's saved value (or, unsaved, the old default)
     against this run's."""
