@@ -1164,6 +1164,20 @@ class IncompleteCheckpointError(ValueError):
         self.has_classifier = has_classifier
 
 
+def check_head_settings(model: torch.nn.Module, trained: dict, path: str | Path) -> None:
+    """ValueError when the checkpoint's saved MOFO head settings are not the model's: ``mca_heads`` and
+    ``mca_tokens`` leave no trace in the weights, so a strict load would test another head without a word."""
+    settings = model.mca_settings() if hasattr(model, "mca_settings") else None
+    if settings is None:
+        return
+    if "mca_heads" in trained and trained["mca_heads"] is None:  # the encoder's head count
+        trained = {**trained, "mca_heads": model.blocks[0].attn.num_heads}
+    differing = {key: trained[key] for key in settings if trained.get(key) not in (None, settings[key])}
+    if differing:
+        raise ValueError(f"{path} was trained with " + " ".join(f"--{k} {v}" for k, v in differing.items())
+                         + ": --eval it with the same head")
+
+
 def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key: str = "model|module",
                              model_prefix: str = "", require_all: bool = False) -> dict:
     """Initialise a fine-tuning model from a pretraining, fine-tuned, DeepSpeed, MOFO release or own checkpoint
@@ -1180,13 +1194,8 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
     raw, trained = read_model_and_args(path, model_key)
     state = encoder_state(raw)
     settings = model.mca_settings() if hasattr(model, "mca_settings") else None
-    if require_all and settings is not None:
-        if "mca_heads" in trained and trained["mca_heads"] is None:  # the encoder's head count
-            trained = {**trained, "mca_heads": model.blocks[0].attn.num_heads}
-        differing = {key: trained[key] for key in settings if trained.get(key) not in (None, settings[key])}
-        if differing:
-            raise ValueError(f"{path} was trained with " + " ".join(f"--{k} {v}" for k, v in differing.items())
-                             + ": --eval it with the same head")
+    if require_all:
+        check_head_settings(model, trained, path)
     if is_release_mca_state(raw):
         flags = " ".join(f"--{key} {value}" for key, value in RELEASE_MCA_SETTINGS.items())
         if settings == RELEASE_MCA_SETTINGS:

@@ -125,6 +125,10 @@ def test_finetune_from_a_pretraining_run_then_eval(data, pretrained, tmp_path, m
         assert other_boxes.returncode == 0, other_boxes.stderr[-3000:]
         assert ("warning: the checkpoint's run used --box_source video, this run --box_source frame"
                 in other_boxes.stdout)
+        for how in ([], ["--resume", str(out / "checkpoint-0.pth")]):  # as --finetune: a head of other settings
+            other_head = finetune(finetune_args(data, out, model, "--eval", "--mca_tokens", "overlap", *how))
+            assert other_head.returncode != 0 and "trained with --mca_tokens centre: --eval it with the same head" in (
+                other_head.stderr), other_head.stderr[-2000:]
     # a classifier of another size is an error, not a reason to test another checkpoint
     state = torch.load(out / "checkpoint-0.pth", map_location="cpu", weights_only=True)["model"]
     torch.save({"model": {**state, "head.weight": state["head.weight"][:3], "head.bias": state["head.bias"][:3]}},
