@@ -15,8 +15,9 @@
 #                   to it as TERM); its exit status is returned. From a terminal (an salloc shell) CMD runs in the
 #                   foreground: Ctrl-C reaches it.
 #   launch_tasks    prints how many processes `launch` starts (for scripts that size the batch by it).
-#   EXTRA           the words of $EXTRA_ARGS (split on whitespace, no globbing), for the scripts to append last:
-#                   argparse keeps the last value of a flag, so EXTRA_ARGS overrides the script's settings. Scripts
+#   EXTRA           the words of $EXTRA_ARGS (split on whitespace, over all its lines, no globbing), for the
+#                   scripts to append last: argparse keeps the last value of a flag, so EXTRA_ARGS overrides the
+#                   script's settings. Scripts
 #                   expand it as ${EXTRA[@]+"${EXTRA[@]}"}: bash before 4.4 takes an empty array as unset (set -u).
 #   refuse_extra FLAG=VAR...   exits 2 where EXTRA_ARGS sets one of these flags (or a prefix argparse would take
 #                   for it): the script derives other settings from VAR (the output folder's name and its tb/ log
@@ -26,7 +27,7 @@
 #                   EPIC_VIDEO_TEMPLATE set (e.g. clips/{narration_id}.mp4, pre-trimmed clips), the files it names.
 
 # shellcheck disable=SC2034  # used by the scripts that source this file
-read -ra EXTRA <<< "${EXTRA_ARGS:-}"
+read -r -d "" -a EXTRA <<< "${EXTRA_ARGS:-}" || true  # -d "": every line (read stops at its delimiter)
 
 under_srun() { [[ -n "${SLURM_JOB_ID:-}" ]] && command -v srun > /dev/null; }
 

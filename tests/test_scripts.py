@@ -339,6 +339,11 @@ def test_extra_args_may_not_set_what_other_settings_derive_from(script, extra, v
     result = run_script(REPO / "scripts" / script, tmp_path, EXTRA_ARGS=extra, PATH=f"{tmp_path}/bin:/usr/bin:/bin")
     assert result.returncode == 2 and f"set {variable} instead" in result.stderr, result.stderr
     assert options(dry_run(REPO / "scripts" / script, EXTRA_ARGS="--model_ema --output_dirs"))["--model_ema"] == ""
+    several_lines = options(dry_run(REPO / "scripts" / script, EXTRA_ARGS="--seed 7\n    --num_workers 3\n"))
+    assert (several_lines["--seed"], several_lines["--num_workers"]) == ("7", "3")  # not the first line's only
+    late = run_script(REPO / "scripts" / script, tmp_path, EXTRA_ARGS=f"--seed 1\n{extra}",
+                      PATH=f"{tmp_path}/bin:/usr/bin:/bin")
+    assert late.returncode == 2 and f"set {variable} instead" in late.stderr, late.stderr
 
 
 def test_epic_video_list_into_a_reader_that_stops_early_is_quiet(tmp_path):
