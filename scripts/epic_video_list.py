@@ -31,6 +31,10 @@ def main() -> None:
         entries = [entry for csv in args.csv for entry in read_epic_list(csv, args.epic_video_template)]
     except (OSError, ValueError) as e:
         raise SystemExit(f"epic_video_list: {e}") from None
+    spaced = next((entry.video for entry in entries if len(entry.video.split()) != 1), None)
+    if spaced is not None:  # the list's readers split a line on whitespace: they would look for its first word
+        raise SystemExit(f"epic_video_list: --epic_video_template {args.epic_video_template} names {spaced!r}, "
+                         "with whitespace, which a VideoMAE list cannot hold: name the clips without it")
     try:
         for entry in entries:
             print(entry.video if entry.num_frames is None else f"{entry.video} {entry.first_frame} {entry.num_frames}")

@@ -283,7 +283,8 @@ def test_finetuning_starts_from_the_pretraining_scripts_newest_checkpoint(datase
 def test_epic_lists_follow_the_video_template(dry_run, tmp_path):
     """The EPIC scripts list the action segments as fine-tuning reads the csvs: the long videos' frame ranges, or
     with EPIC_VIDEO_TEMPLATE the pre-trimmed clips it names, whole; fine-tuning gets the same template. A csv the
-    reader refuses stops the script, naming the file."""
+    reader refuses stops the script, naming the file, and so does a clip name with a space, which the list's readers
+    would cut at it."""
     listed_csv = tmp_path / "train.csv"
     write_epic_csv(listed_csv, [(EPIC_VIDEOS[0], 3, 10, 0, 0), (EPIC_VIDEOS[1], 1, 5, 1, 1)])
 
@@ -294,8 +295,10 @@ def test_epic_lists_follow_the_video_template(dry_run, tmp_path):
 
     assert epic_videos(listed_csv).returncode == 0
     assert (tmp_path / "list").read_text().splitlines() == [f"{EPIC_VIDEOS[0]} 2 8", f"{EPIC_VIDEOS[1]} 0 5"]
-    assert epic_videos(listed_csv, EPIC_VIDEO_TEMPLATE="trimmed clips/{narration_id}.mp4").returncode == 0
-    assert (tmp_path / "list").read_text().splitlines() == ["trimmed clips/P01_01_0.mp4", "trimmed clips/P01_02_1.mp4"]
+    assert epic_videos(listed_csv, EPIC_VIDEO_TEMPLATE="clips/{narration_id}.mp4").returncode == 0
+    assert (tmp_path / "list").read_text().splitlines() == ["clips/P01_01_0.mp4", "clips/P01_02_1.mp4"]
+    spaced = epic_videos(listed_csv, EPIC_VIDEO_TEMPLATE="trimmed clips/{narration_id}.mp4")  # read as "trimmed"
+    assert spaced.returncode != 0 and "names 'trimmed clips/P01_01_0.mp4', with whitespace" in spaced.stderr
     broken = tmp_path / "broken.csv"
     broken.write_text(listed_csv.read_text().replace("stop_frame", "end_frame"))
     refused = epic_videos(broken)
