@@ -438,7 +438,8 @@ class VideoMAEPretrainDataset(Dataset):
     :func:`video_transforms.normalize_video`: a quarter of float32's bytes through worker memory, pinning and the
     host-to-device copy, and no normalisation in the worker), ``mask`` (N,) bool (True = masked), ``box`` (4,) the
     clip's motion box in [0, 1] of the augmented frames (NaN: none), ``replaced`` (corrupt videos, or videos with a
-    malformed box file, skipped to produce this item) and ``missing_box`` (0/1).
+    malformed box file, skipped to produce this item: counted on the first clip of a decode) and ``missing_box``
+    (0/1: this clip had no box file, and was masked as a clip without motion).
 
     ``mask_type``: ``tube`` (VideoMAE), ``motion`` (MOFO: needs ``box_dir``) or ``motion_guided`` (the mask is
     drawn at the middle time slice and follows the per-token motion of each augmented clip, computed here by
@@ -581,7 +582,7 @@ class VideoMAEPretrainDataset(Dataset):
                 "mask": torch.from_numpy(np.asarray(mask, dtype=bool)),
                 "box": torch.from_numpy(box_out.astype(np.float32)),
                 "replaced": 0 if items else replaced,  # counted once per decode
-                "missing_box": 0 if items else missing_box,
+                "missing_box": missing_box,  # per clip: each is masked without a box
             })
             items.append(item)
         return items[0] if self.num_sample == 1 else items

@@ -468,6 +468,9 @@ def test_missing_box_random_gives_plain_tube_masks(data, tmp_path, caplog):
                 assert torch.isnan(item["box"]).all()
     loader = DataLoader(dataset, batch_size=4, num_workers=0)
     assert sum(int(batch["missing_box"].sum()) for batch in loader) == 2
+    repeated = motion_dataset(data, list_file=tmp_path / "list.csv", data_root=video_dir, missing_box="random",
+                              num_sample=2)  # every clip of a video without a box is counted, not its first
+    assert [[clip["missing_box"] for clip in repeated[index]] for index in (0, 1)] == [[0, 0], [1, 1]]
 
 
 def test_box_files_that_do_not_fit_their_video(data, tmp_path, caplog):
