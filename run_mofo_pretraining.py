@@ -251,8 +251,8 @@ def main(args) -> None:
         trained = utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler)
     utils.warn_settings_changed(trained, args, RUN_SETTINGS)
     uses_boxes = args.mask_type == "motion" or (args.mask_type == "motion_guided" and args.guided_base == "box")
-    if uses_boxes and "mask_type" in trained:  # a run of this project's: clip boxes before --box_source video
-        utils.warn_setting_changed(trained, "box_source", args.box_source, "clip")
+    if uses_boxes and (saved_box_source := utils.saved_box_source(trained)):  # None: a run without boxes
+        utils.warn_setting_changed(trained, "box_source", args.box_source, saved_box_source)
     log_writer = utils.tensorboard_writer(args, niter_per_ep)
     if args.output_dir:
         utils.trim_log(args.output_dir, args.start_epoch)

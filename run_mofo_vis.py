@@ -164,9 +164,7 @@ def fill_settings(args: argparse.Namespace, trained: dict) -> None:
     box``, random tubes otherwise."""
     for name, default in TRAINED_DEFAULTS.items():
         if getattr(args, name) is None:
-            saved = trained.get(name)
-            if name == "box_source" and saved is None and "mask_type" in trained:
-                saved = "clip"  # this project's runs from before --box_source video, the default since
+            saved = utils.saved_box_source(trained) if name == "box_source" else trained.get(name)
             if name == "mask_type" and saved == "motion_guided":
                 saved = "motion" if trained.get("guided_base") == "box" else "tube"
                 print(f"note: the checkpoint's --mask_type motion_guided is drawn as --mask_type {saved}")

@@ -306,6 +306,17 @@ def warn_setting_changed(trained: dict, name: str, value, unsaved) -> None:
         print(f"warning: the checkpoint's run used --{name} {saved}, this run --{name} {value}")
 
 
+def saved_box_source(trained: dict) -> str | None:
+    """The ``--box_source`` a pretraining checkpoint's run drew its masks with: the saved one, ``clip`` for this
+    project's box-masked runs from before the flag (its default since is ``video``), None for a run that used no
+    boxes (VideoMAE's and the MOFO release's ``--mask_type tube``)."""
+    if trained.get("box_source") is not None:
+        return trained["box_source"]
+    used_boxes = trained.get("mask_type") == "motion" or (
+        trained.get("mask_type") == "motion_guided" and trained.get("guided_base") == "box")
+    return "clip" if used_boxes else None
+
+
 def warn_settings_changed(trained: dict, args, names: tuple[str, ...]) -> None:
     """Name the flags among ``names`` that the resumed checkpoint's run set otherwise than this run (a
     resubmitted job whose script was edited since, or a --resume of another recipe): it goes on with this run's."""

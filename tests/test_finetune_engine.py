@@ -381,6 +381,12 @@ def test_a_setting_the_checkpoint_was_trained_with_otherwise_is_named(capsys):
     utils.warn_setting_changed({}, "box_source", "video", "clip")
     expected = "warning: the checkpoint's run used --box_source clip, this run --box_source video\n"
     assert capsys.readouterr().out == expected
+    # the box source a pretraining checkpoint's masks used: VideoMAE's tube masking (no boxes) has none
+    assert utils.saved_box_source({"mask_type": "tube"}) is None and utils.saved_box_source({}) is None
+    assert utils.saved_box_source({"mask_type": "motion"}) == "clip"
+    assert utils.saved_box_source({"mask_type": "motion_guided", "guided_base": "box"}) == "clip"
+    assert utils.saved_box_source({"mask_type": "motion_guided", "guided_base": "random"}) is None
+    assert utils.saved_box_source({"mask_type": "motion", "box_source": "video"}) == "video"
 
 
 def test_defaults_are_the_papers_box_and_bf16_only_where_it_runs():

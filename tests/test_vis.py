@@ -262,6 +262,8 @@ def test_mask_and_box_settings_come_from_the_checkpoint(data, tmp_path):
     # no box_source saved: the video's (the default), or the clip's for this project's runs from before it
     np.testing.assert_allclose(vis(data["checkpoint"]).box, motion.box, atol=1e-6)
     np.testing.assert_allclose(vis(saved("old", mask_type="motion")).box, clip.box, atol=1e-6)
+    videomae = saved("videomae", mask_type="tube")  # VideoMAE's and the MOFO release's runs: no boxes, no clip's
+    np.testing.assert_allclose(vis(videomae, "--mask_type", "motion").box, motion.box, atol=1e-6)
     assert not np.allclose(clip.box, motion.box), "the sampled frames' boxes cover all of the video's"
     for result in (motion, clip):
         per_slice = result.mask.reshape(grid_t, grid_h * grid_w)
