@@ -959,10 +959,11 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
     """Load ``args.resume`` into the model and EMA and, unless ``--eval``, the optimizer and scaler, setting
     ``args.start_epoch`` from it; returns the run's saved flags."""
     testing = getattr(args, "eval", False)
-    if deepspeed:
+    resolved = resolve_checkpoint(args.resume)
+    if deepspeed and resolved.name.startswith("mp_rank_"):  # a DeepSpeed tag folder, or a run folder's newest
         from deepspeed.runtime.zero.utils import ZeRORuntimeException
 
-        path = Path(args.resume)
+        path = resolved.parent
         try:
             loaded, client_state = model.load_checkpoint(str(path.parent), tag=path.name,
                                                          load_optimizer_states=not testing,
@@ -977,7 +978,6 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
         if not testing:
             args.start_epoch = resumed_epoch(client_state, path) + 1
         return saved_args(client_state)
-    resolved = resolve_checkpoint(args.resume)
     checkpoint = load_checkpoint_file(resolved)
     if not isinstance(checkpoint.get("model"), dict):
         if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
@@ -991,9 +991,16 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
     if other_stage:
         raise ValueError(other_stage)
     model_without_ddp.load_state_dict(checkpoint["model"])
+    refresh_master_weights = getattr(getattr(model, "optimizer", None), "refresh_fp32_params", None)
+    if deepspeed and refresh_master_weights is not None:  # its fp32 copies (ZeRO, bf16) were made from the old ones
+        refresh_master_weights()
     if model_ema is not None:
         model_ema.module.load_state_dict(checkpoint.get("model_ema") or checkpoint["model"])
     if testing:  # VideoMAE's checkpoint-best (epoch "best") is tested as any other
+        return saved_args(checkpoint)
+    if deepspeed and "optimizer" in checkpoint:  # a DDP run's: its optimizer state is not DeepSpeed's
+        print(f"{args.resume}: not a DeepSpeed checkpoint: only its weights are loaded, and training starts at "
+              f"epoch {args.start_epoch} with a fresh optimizer")
         return saved_args(checkpoint)
     if "optimizer" not in checkpoint or "epoch" not in checkpoint:
         print(f"{args.resume}: weights only (no optimizer state or epoch): training starts at epoch "

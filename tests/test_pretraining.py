@@ -495,6 +495,22 @@ def test_resume_from_a_videomae_style_checkpoint_loads_strictly(dataset, tmp_pat
     assert result.returncode != 0 and "encoder.extra.weight" in result.stderr
 
 
+def test_deepspeed_resumes_from_a_released_file_as_weights(dataset, tmp_path):
+    """``--enable_deepspeed --resume released.pth`` (no DeepSpeed folder) starts from its weights: in ZeRO's fp32
+    copies too, which were made before they were loaded (at lr 0 the weights saved after an epoch are the file's)."""
+    import modeling_pretrain
+
+    model = modeling_pretrain.pretrain_videomae_mini_patch16_224(img_size=64, num_frames=8, decoder_depth=1)
+    torch.save({"model": model.state_dict()}, tmp_path / "released.pth")
+    out = tmp_path / "out"
+    result = pretrain(run_args(dataset, out, "--enable_deepspeed", "--zero_stage", "1", "--epochs", "1", "--lr", "0",
+                               "--warmup_lr", "0", "--min_lr", "0", "--resume", str(tmp_path / "released.pth")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "weights only (no optimizer state or epoch)" in result.stdout
+    saved = torch.load(out / "checkpoint-0" / "mp_rank_00_model_states.pt", weights_only=True)["module"]
+    torch.testing.assert_close(saved, model.state_dict())
+
+
 def test_checkpoints_are_atomic_and_loaded_without_pickled_code(tmp_path):
     for epoch in (0, 4):
         utils.save_on_master({"epoch": epoch, "model": {"w": torch.ones(2)}}, tmp_path / f"checkpoint-{epoch}.pth")
