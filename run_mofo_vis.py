@@ -152,6 +152,8 @@ def read_checkpoint(checkpoint_path: str) -> dict:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise VisualizationError(f"{checkpoint_path}: cannot load checkpoint ({type(e).__name__}: {first_line})"
                                  ) from None
+    if isinstance(checkpoint, dict) and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return {"model": checkpoint}  # a bare state dict (zero_to_fp32.py's pytorch_model.bin)
     if not isinstance(checkpoint, dict) or not any(isinstance(checkpoint.get(k), dict) for k in ("model", "module")):
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise VisualizationError(f"{checkpoint_path}: no 'model' or 'module' weights in the checkpoint (found {found})")
@@ -175,7 +177,8 @@ def fill_settings(args: argparse.Namespace, trained: dict) -> None:
 def load_pretrain_model(checkpoint: dict, checkpoint_path: str, model_name: str, decoder_depth: int, input_size: int,
                         num_frames: int, device: str) -> torch.nn.Module:
     """The registered model with the checkpoint's ``model`` (or ``module``) weights loaded strictly, in eval mode,
-    with the checkpoint's targets (a model with a pixel head and others keeps them all; its pixels are shown)."""
+    with the checkpoint's targets (a model with a pixel head and others keeps them all; its pixels are shown) and
+    tubelet size (its patch embedding's)."""
     state = next(checkpoint[key] for key in ("model", "module") if isinstance(checkpoint.get(key), dict))
     if "head.weight" in state and not any(key.startswith("decoder.") for key in state):
         raise VisualizationError(f"{checkpoint_path} is a fine-tuned checkpoint (a classifier, no decoder): the "
@@ -190,9 +193,11 @@ def load_pretrain_model(checkpoint: dict, checkpoint_path: str, model_name: str,
                                  "show a reconstruction with")
     head_dims = {f"{name}_dim": state[f"decoder.{name}_head.weight"].shape[0] for name in ("trajectory", "hog")
                  if f"decoder.{name}_head.weight" in state}
+    embedding = state.get("encoder.patch_embed.proj.weight")  # (dim, 3, tubelet, patch, patch)
+    tubelet = {"tubelet_size": embedding.shape[2]} if embedding is not None and embedding.dim() == 5 else {}
     try:
         model = create_model(model_name, pretrained=False, decoder_depth=decoder_depth, img_size=input_size,
-                             num_frames=num_frames, targets=targets, **head_dims)
+                             num_frames=num_frames, targets=targets, **head_dims, **tubelet)
     except ValueError as e:
         raise VisualizationError(f"--input_size {input_size} / --num_frames {num_frames}: {e}") from None
     problems = state_dict_mismatch(model.state_dict(), state)

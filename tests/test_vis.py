@@ -231,6 +231,16 @@ def test_settings_come_from_the_checkpoint_and_other_heads_are_kept(data, tmp_pa
         assert np.isfinite(result.pixel_mse)
 
 
+def test_a_tubelet_1_model_and_a_bare_state_dict_are_drawn(data, tmp_path):
+    """The tubelet size is the checkpoint's patch embedding's (export_hf.py writes tubelet-1 models too); a bare
+    state dict (DeepSpeed's zero_to_fp32.py output) is read as the weights."""
+    model = create_model(MODEL, img_size=INPUT_SIZE, num_frames=NUM_FRAMES, decoder_depth=1, tubelet_size=1)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    result = run_mofo_vis.visualize(run_mofo_vis.get_args_parser().parse_args(vis_args(
+        {**data, "checkpoint": tmp_path / "pytorch_model.bin"}, tmp_path / "vis.png", "--mask_type", "tube")))
+    assert result.grid_size == (NUM_FRAMES, INPUT_SIZE // 16, INPUT_SIZE // 16) and np.isfinite(result.pixel_mse)
+
+
 def test_mask_and_box_settings_come_from_the_checkpoint(data, tmp_path):
     """A run's --mask_type, --mask_ratio, --motion_mask_ratio and --box_source are the visualiser's defaults (a
     motion-guided run is drawn with its base slice's masking); flags given win."""
