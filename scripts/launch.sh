@@ -22,6 +22,8 @@
 #   refuse_extra FLAG=VAR...   exits 2 where EXTRA_ARGS sets one of these flags (or a prefix argparse would take
 #                   for it): the script derives other settings from VAR (the output folder's name and its tb/ log
 #                   folder, the accumulation steps), which the flag would leave behind; the message names VAR.
+#   model_tag MODEL   the model's size in default folder names: vitb for pretrain_videomae_base_patch16_224 (vits,
+#                   vitl, vith, vitg; vitmini for the mini test model).
 #   epic_videos CSV...   "<participant>/videos/<video>.MP4 START LENGTH" for every row of EPIC-KITCHENS-100
 #                   annotation csvs: a VideoMAE V2 list of the action segments in the long videos; with
 #                   EPIC_VIDEO_TEMPLATE set (e.g. clips/{narration_id}.mp4, pre-trimmed clips), the files it names.
@@ -73,6 +75,16 @@ launch() {
     else  # also a batch job without srun: one node
         requeueable torchrun --standalone --nproc_per_node "${GPUS:?set GPUS to the number of GPUs}" "$@"
     fi
+}
+
+model_tag() {
+    local size=${1#pretrain_videomae_}
+    size=${size#vit_}
+    size=${size%%_*}
+    case $size in
+        small | base | large | huge | giant) echo "vit${size:0:1}" ;;
+        *) echo "vit${size}" ;;
+    esac
 }
 
 refuse_extra() {

@@ -278,6 +278,9 @@ def test_finetuning_starts_from_the_pretraining_scripts_newest_checkpoint(datase
             assert finetune["--finetune"] == (source or pretrain["--output_dir"])
             outputs.add(finetune["--output_dir"])
     assert len(outputs) == 6
+    large = options(dry_run(REPO / "scripts" / dataset / "pretrain.sh", MODEL="pretrain_videomae_large_patch16_224"))
+    assert (pretrain["--output_dir"], large["--output_dir"]) == (f"out/{dataset}/pretrain_motion_vitb",
+                                                                  f"out/{dataset}/pretrain_motion_vitl")
 
 
 def test_epic_lists_follow_the_video_template(dry_run, tmp_path):
@@ -334,6 +337,7 @@ def test_ssv2_finetuning_keeps_videomaes_total_batch_on_any_number_of_gpus(dry_r
     ("ssv2/finetune_mofo.sh", "--finetun other.pth", "PRETRAINED"),  # a prefix argparse takes for --finetune
     ("ssv2/pretrain.sh", "--mask_type tube", "MASK_TYPE"),
     ("epic/pretrain.sh", "--output_dir x", "OUTPUT_DIR"),
+    ("ssv2/pretrain.sh", "--model pretrain_videomae_large_patch16_224", "MODEL"),  # the folder's name follows it
 ])
 def test_extra_args_may_not_set_what_other_settings_derive_from(script, extra, variable, dry_run, tmp_path):
     """--output_dir in EXTRA_ARGS would leave the tb/ logs in the script's folder; --finetune, --model or --mask_type

@@ -13,7 +13,8 @@
 #
 # Needs the box files of scripts/epic/boxes.sh (MASK_TYPE=tube and motion_guided do not; motion_guided with
 # EXTRA_ARGS="--guided_base box --box_dir DIR" does). Resubmitted with the same OUTPUT_DIR, a
-# job resumes.
+# job resumes. The default OUTPUT_DIR is named after MASK_TYPE and MODEL only: give an ablation in EXTRA_ARGS
+# (--guided_base, --motion_mask_ratio, --target, ...) an OUTPUT_DIR of its own, or it resumes the other run's.
 # Under sbatch, five minutes before its time limit the job requeues itself and then resumes (scripts/launch.sh).
 #SBATCH --job-name=mofo-pretrain-epic
 #SBATCH --nodes=8
@@ -32,10 +33,10 @@ DATA_PATH=${DATA_PATH:-data/epic}          # train.csv (EPIC_100_train.csv)
 DATA_ROOT=${DATA_ROOT:-data/epic/videos}
 BOX_DIR=${BOX_DIR:-data/epic/boxes}
 MASK_TYPE=${MASK_TYPE:-motion}             # motion (MOFO), tube (VideoMAE) or motion_guided (MGMAE)
-OUTPUT_DIR=${OUTPUT_DIR:-out/epic/pretrain_${MASK_TYPE}_vitb}
 MODEL=${MODEL:-pretrain_videomae_base_patch16_224}
+OUTPUT_DIR=${OUTPUT_DIR:-out/epic/pretrain_${MASK_TYPE}_$(model_tag "$MODEL")}  # an ablation in EXTRA_ARGS: set it
 GPUS=${GPUS:-8} EPOCHS=${EPOCHS:-800} BATCH_SIZE=${BATCH_SIZE:-32}
-refuse_extra --output_dir=OUTPUT_DIR --mask_type=MASK_TYPE
+refuse_extra --output_dir=OUTPUT_DIR --mask_type=MASK_TYPE --model=MODEL
 if [[ -z ${VIDEO_LIST:-} ]]; then
     mkdir -p "$OUTPUT_DIR"
     VIDEO_LIST=$OUTPUT_DIR/train_videos.csv   # on the shared file system: every node reads it

@@ -11,6 +11,8 @@
 # Needs the box files of scripts/ssv2/boxes.sh (MASK_TYPE=tube and motion_guided do not; motion_guided with
 # EXTRA_ARGS="--guided_base box --box_dir DIR" does). Resubmitted with the same OUTPUT_DIR, a
 # job resumes from its newest checkpoint. EXTRA_ARGS is appended to the command (e.g. "--precision fp16" on V100s).
+# The default OUTPUT_DIR is named after MASK_TYPE and MODEL only: give an ablation in EXTRA_ARGS (--guided_base,
+# --motion_mask_ratio, --target, ...) an OUTPUT_DIR of its own, or it resumes the other run's checkpoints.
 # Under sbatch, five minutes before its time limit the job requeues itself and then resumes (scripts/launch.sh).
 #SBATCH --job-name=mofo-pretrain-ssv2
 #SBATCH --nodes=8
@@ -29,10 +31,10 @@ DATA_PATH=${DATA_PATH:-data/ssv2}          # pretrains on $DATA_PATH/train.csv
 DATA_ROOT=${DATA_ROOT:-data/ssv2/videos}
 BOX_DIR=${BOX_DIR:-data/ssv2/boxes}
 MASK_TYPE=${MASK_TYPE:-motion}             # motion (MOFO), tube (VideoMAE) or motion_guided (MGMAE)
-OUTPUT_DIR=${OUTPUT_DIR:-out/ssv2/pretrain_${MASK_TYPE}_vitb}
 MODEL=${MODEL:-pretrain_videomae_base_patch16_224}
+OUTPUT_DIR=${OUTPUT_DIR:-out/ssv2/pretrain_${MASK_TYPE}_$(model_tag "$MODEL")}  # an ablation in EXTRA_ARGS: set it
 GPUS=${GPUS:-8} EPOCHS=${EPOCHS:-800} BATCH_SIZE=${BATCH_SIZE:-32}
-refuse_extra --output_dir=OUTPUT_DIR --mask_type=MASK_TYPE
+refuse_extra --output_dir=OUTPUT_DIR --mask_type=MASK_TYPE --model=MODEL
 
 BOXES=(--box_dir "$BOX_DIR")
 if [[ $MASK_TYPE != motion ]]; then BOXES=(); fi  # tube, motion_guided (random base) read no box file
