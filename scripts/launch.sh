@@ -17,8 +17,8 @@
 #   launch_tasks    prints how many processes `launch` starts (for scripts that size the batch by it).
 #   EXTRA           the words of $EXTRA_ARGS (split on whitespace, over all its lines, no globbing), for the
 #                   scripts to append last: argparse keeps the last value of a flag, so EXTRA_ARGS overrides the
-#                   script's settings. Scripts
-#                   expand it as ${EXTRA[@]+"${EXTRA[@]}"}: bash before 4.4 takes an empty array as unset (set -u).
+#                   script's settings. Scripts expand it as ${EXTRA[@]+"${EXTRA[@]}"}: bash before 4.4 takes an
+#                   empty array as unset (set -u).
 #   refuse_extra FLAG=VAR...   exits 2 where EXTRA_ARGS sets one of these flags (or a prefix argparse would take
 #                   for it): the script derives other settings from VAR (the output folder's name and its tb/ log
 #                   folder, the accumulation steps), which the flag would leave behind; the message names VAR.
