@@ -86,8 +86,8 @@ def sample_flow(flow: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 def track_points(flows: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Positions (K, S + 1, Q, 2) of K independent tracks: ``flows`` (K, S, H, W, 2) holds S consecutive flow
-    fields per track, ``starts`` (K, Q, 2) the starting points. Positions are kept inside the frame (a point
-    leaving it stops at the edge instead of drifting on with the border's flow)."""
+    fields per track, ``starts`` (K, Q, 2) the starting points. Positions are clipped to the frame: a point
+    leaving it stops at the edge across it, and moves on along it with the flow there."""
     upper = np.array([flows.shape[3] - 1, flows.shape[2] - 1], dtype=np.float32)
     positions = [np.asarray(starts, dtype=np.float32)]
     for step in range(flows.shape[1]):
