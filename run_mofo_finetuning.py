@@ -408,7 +408,7 @@ def main(args) -> None:
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         utils.seed_epoch(args.seed, epoch, rank, train_loader)
-        with utils.training_errors():
+        with utils.training_errors(train_loader):
             train_stats = train_one_epoch(model, train_loader, optimizer, device, epoch, loss_scaler, args,
                                           lr_schedule, wd_schedule, epoch * niter_per_ep, mixup_fn, log_writer,
                                           args.enable_deepspeed, model_ema)

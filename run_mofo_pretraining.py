@@ -261,7 +261,7 @@ def main(args) -> None:
     start_time = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         utils.seed_epoch(args.seed, epoch, rank, data_loader)
-        with utils.training_errors():
+        with utils.training_errors(data_loader):
             stats = train_one_epoch(model, data_loader, optimizer, device, epoch, loss_scaler, args, lr_schedule,
                                     wd_schedule, epoch * niter_per_ep, log_writer, args.enable_deepspeed)
         if args.output_dir:

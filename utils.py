@@ -62,10 +62,12 @@ def setup_errors():
 
 
 @contextlib.contextmanager
-def training_errors():
+def training_errors(data_loader: torch.utils.data.DataLoader):
     """A loss that stopped being finite (:class:`FiniteCheck`, as VideoMAE's "Loss is nan, stopping training") or
     data of which nothing loads (``datasets.UnusableDataError``, raised in a loader worker, whose message the loader
-    wraps in the worker's traceback) ends the run with its message on one line."""
+    wraps in the worker's traceback) ends the run with its message on one line. The loader's workers are stopped
+    first: the others go on decoding (and logging their skipped videos, decord in several writes) and would cut
+    into that line."""
     from datasets import UnusableDataError
 
     try:
@@ -73,7 +75,16 @@ def training_errors():
     except FloatingPointError as e:
         raise SystemExit(f"error: {e}") from None
     except UnusableDataError as e:
+        stop_workers(data_loader)
         raise SystemExit(f"error: {str(e).strip().splitlines()[-1].split('UnusableDataError: ', 1)[-1]}") from None
+
+
+def stop_workers(data_loader: torch.utils.data.DataLoader) -> None:
+    """Ends the persistent workers of ``data_loader`` now, each after the sample it is loading, as the loader does
+    when it is deleted."""
+    iterator = getattr(data_loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
 
 
 def positive_int(value: str) -> int:

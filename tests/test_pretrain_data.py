@@ -13,6 +13,8 @@ import json
 import logging
 import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -576,6 +578,44 @@ def test_only_corrupt_videos_fail_loudly(data, tmp_path):
         motion_dataset(data, list_file=list_file, data_root=data, mask_type="tube")
     some_missing = write_list(tmp_path / "some.csv", ["gone.mp4", "broken.mp4"])
     assert len(motion_dataset(data, list_file=some_missing, data_root=tmp_path, mask_type="tube")) == 2
+
+
+LOGGING_WORKERS = """
+import os, sys, time
+import torch
+sys.path.insert(0, {repo!r})
+import utils
+from datasets import UnusableDataError
+
+
+class Unusable(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        if index == 0:
+            raise UnusableDataError("20 videos in a row were missing")
+        os.write(2, b"[")  # a line written in pieces, as decord logs an unreadable file
+        time.sleep(0.5)
+        os.write(2, b"noise]\\n")
+        return index
+
+
+loader = torch.utils.data.DataLoader(Unusable(), num_workers=2, persistent_workers=True)
+with utils.training_errors(loader):
+    for _ in loader:
+        pass
+"""
+
+
+def test_the_run_ending_error_line_is_not_cut_by_the_other_workers(tmp_path):
+    """When one worker gives up, another is still loading and logging; its half-written line must not swallow the
+    run's last message (it did, now and then, on a loaded CI machine)."""
+    script = tmp_path / "run.py"
+    script.write_text(LOGGING_WORKERS.format(repo=str(Path(utils.__file__).parent)))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == "error: 20 videos in a row were missing", result.stderr
 
 
 def test_repeated_sampling_crops_one_decoded_window(data, videos):
