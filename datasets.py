@@ -40,10 +40,11 @@ from masking_generator import (
     MotionFocusedMaskingGenerator,
     MotionGuidedMaskingGenerator,
     TubeMaskingGenerator,
+    crop_token_motion,
 )
 from motion_detection.boxfile import BoxFileError, MotionBoxes, box_file_path, load_boxes, relative_video_path
 from motion_detection.detect import union_box
-from motion_detection.video import check_video_root
+from motion_detection.video import VideoReadError, check_video_root
 from trajectory_targets import TrajectoryTargets, worker_targets
 from video_transforms import (
     NO_BOX,
@@ -135,17 +136,18 @@ def read_pretrain_list(list_file: str | os.PathLike) -> list[ClipEntry]:
 
 
 def listed_length(entry: ClipEntry, num_file_frames: int, warned: set[str]) -> int:
-    """The frame count a list entry names (to the end of the file when it names none). ValueError when it starts
-    after the file's last frame; a clip that ends past it is logged once per video and worker (``warned``)."""
+    """The frames of a list entry that the file holds: the count it names (to the end of the file when it names
+    none), cut at the file's last frame. ValueError when it starts after that frame; a clip that ends past it is
+    logged once per video and worker (``warned``) and sampled over the frames there are."""
     if entry.first_frame >= num_file_frames:
         raise ValueError(f"clip starts at frame {entry.first_frame + 1} but the video has {num_file_frames} frames")
     length = entry.num_frames if entry.num_frames is not None else num_file_frames - entry.first_frame
     if entry.first_frame + length > num_file_frames and entry.video not in warned:
         warned.add(entry.video)
         log.warning("%s: a listed clip ends at frame %d of a video of %d frames (re-encoded at another frame rate "
-                    "than the annotations?); it is sampled up to the video's last frame", entry.video,
+                    "than the annotations?); it is sampled over its frames up to the video's last", entry.video,
                     entry.first_frame + length, num_file_frames)
-    return length
+    return min(length, num_file_frames - entry.first_frame)
 
 
 def sample_window_indices(num_video_frames: int, num_frames: int, sampling_rate: int,
@@ -428,6 +430,7 @@ def frame_boxes(boxes: MotionBoxes | None, frame_indices: np.ndarray, num_video_
 
 MASK_TYPES = ("tube", "motion", "motion_guided")
 GUIDED_BASES = ("random", "box")
+GUIDED_MOTIONS = ("dis", "codec_mv")
 
 
 class VideoMAEPretrainDataset(Dataset):
@@ -447,7 +450,10 @@ class VideoMAEPretrainDataset(Dataset):
     ``box``, MOFO's inside-box rule on the motion box of the base slice's own frames (needs ``box_dir``; a clip
     without a box there gets a random base). ``motion_source`` maps the (T, 3, S, S) uint8 clip to the
     (T'-1, H', W', 2) forward token displacement field, or a (2, T'-1, H', W', 2) forward/backward pair (see
-    :class:`MotionGuidedMaskingGenerator`).
+    :class:`MotionGuidedMaskingGenerator`). ``guided_motion="codec_mv"`` takes the motion from the file's codec
+    motion vectors instead (MGM): summed over each sampling interval at the decoded size, once per decode
+    (:func:`motion_detection.codec_mv.sampled_frame_motion`), then cut and scaled with each clip's crop
+    (:func:`crop_token_motion`); a video whose codec stores none (VP9, HEVC, ...) is skipped as unreadable.
 
     ``trajectory`` (a :class:`TrajectoryTargets`): every source frame of the window is decoded and cropped alike,
     and each item also holds its outputs, each (N, dim): ``trajectory``, the motion-trajectory target of every
@@ -459,7 +465,7 @@ class VideoMAEPretrainDataset(Dataset):
                  mask_type: str = "tube", mask_ratio: float = 0.9, motion_mask_ratio: float = 0.75,
                  box_source: str = "video", missing_box: str = "error", num_sample: int = 1,
                  scales=(1, 0.875, 0.75, 0.66), seed: int | None = None, guided_base: str = "random",
-                 motion_source: Callable[[torch.Tensor], np.ndarray] | None = None,
+                 motion_source: Callable[[torch.Tensor], np.ndarray] | None = None, guided_motion: str = "dis",
                  trajectory: TrajectoryTargets | None = None):
         if mask_type not in MASK_TYPES:
             raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
@@ -469,6 +475,11 @@ class VideoMAEPretrainDataset(Dataset):
             raise ValueError(f"guided_base must be one of {GUIDED_BASES}, got {guided_base!r}")
         if guided_base == "box" and mask_type != "motion_guided":
             raise ValueError("--guided_base box only applies to --mask_type motion_guided")
+        if guided_motion not in GUIDED_MOTIONS:
+            raise ValueError(f"guided_motion must be one of {GUIDED_MOTIONS}, got {guided_motion!r}")
+        if guided_motion != "dis" and (mask_type != "motion_guided" or motion_source is not None):
+            raise ValueError(f"--guided_motion {guided_motion} only applies to --mask_type motion_guided (and "
+                             "replaces a motion_source)")
         uses_boxes = mask_type == "motion" or guided_base == "box"
         if uses_boxes and not box_dir:
             raise ValueError(f"--mask_type {mask_type}{' --guided_base box' if guided_base == 'box' else ''} needs"
@@ -478,18 +489,20 @@ class VideoMAEPretrainDataset(Dataset):
         check_data_root([entry.video for entry in self.entries], data_root, list_file)
         self.num_frames, self.sampling_rate, self.input_size = num_frames, sampling_rate, input_size
         self.box_source, self.num_sample, self.scales = box_source, num_sample, tuple(scales)
-        self.mask_type, self.guided_base = mask_type, guided_base
+        self.mask_type, self.guided_base, self.guided_motion = mask_type, guided_base, guided_motion
         self.trajectory = trajectory
         if trajectory is not None and (trajectory.sampling_rate, trajectory.tubelet_size) != (sampling_rate,
                                                                                             tubelet_size):
             raise ValueError(f"{trajectory} was built for another sampling rate or tubelet size")
         self.window_size = (num_frames // tubelet_size, input_size // patch_size, input_size // patch_size)
+        self.tubelet_size = tubelet_size
         self.motion_source, self.base_frames = None, None
         if mask_type == "motion":
             self.mask_generator = MotionFocusedMaskingGenerator(self.window_size, mask_ratio, motion_mask_ratio)
         elif mask_type == "motion_guided":
             self.mask_generator = MotionGuidedMaskingGenerator(self.window_size, mask_ratio, motion_mask_ratio)
-            self.motion_source = motion_source or DISTokenMotion(self.window_size[1:], tubelet_size)
+            if guided_motion == "dis":
+                self.motion_source = motion_source or DISTokenMotion(self.window_size[1:], tubelet_size)
             base = self.mask_generator.base_slice
             self.base_frames = slice(base * tubelet_size, (base + 1) * tubelet_size)  # sampled frames of the base
         else:
@@ -517,7 +530,8 @@ class VideoMAEPretrainDataset(Dataset):
 
     def _load(self, index: int):
         """Decoded frames, the clip's box and the base slice's box (NaN unless ``guided_base`` is ``box``) in [0, 1]
-        of the decoded frames, replacing corrupt videos by random others (logged, counted)."""
+        of the decoded frames, the box file, the number of corrupt videos replaced by random others (logged) and,
+        with ``guided_motion="codec_mv"``, the codec motion between the sampled frames (else None)."""
         dense = self.trajectory is not None
 
         def load(entry: int):
@@ -531,10 +545,19 @@ class VideoMAEPretrainDataset(Dataset):
             box = self.motion_box(entry, boxes, indices, num_video_frames)
             base_box = (self.motion_box(entry, boxes, indices[self.base_frames], num_video_frames)
                         if self.guided_base == "box" else NO_BOX.copy())
-            return frames, np.stack([box, base_box]), boxes
+            motion = None
+            if self.guided_motion == "codec_mv":
+                from motion_detection.codec_mv import sampled_frame_motion  # PyAV only where it is used
 
-        _, (frames, boxes01, boxes), replaced = load_with_replacement(load, index, len(self), self.rng)
-        return frames, boxes01, boxes, replaced
+                try:
+                    motion = sampled_frame_motion(path, indices, (frames.shape[2], frames.shape[1]))
+                except VideoReadError as e:
+                    raise VideoDecodeError(f"{path}: --guided_motion codec_mv: {e}") from None
+            return frames, np.stack([box, base_box]), boxes, motion
+
+        _, loaded, replaced = load_with_replacement(load, index, len(self), self.rng)
+        frames, boxes01, boxes, motion = loaded
+        return frames, boxes01, boxes, replaced, motion
 
     def motion_box(self, entry: int, boxes: MotionBoxes | None, frame_indices: np.ndarray,
                    num_video_frames: int) -> np.ndarray:
@@ -544,7 +567,7 @@ class VideoMAEPretrainDataset(Dataset):
         """A random window's frame indices in the file, inside the entry's frames; ValueError when those start
         after the file's last frame."""
         clip = self.entries[entry]
-        length = min(listed_length(clip, num_video_frames, self._overrun_warned), num_video_frames - clip.first_frame)
+        length = listed_length(clip, num_video_frames, self._overrun_warned)
         return clip.first_frame + sample_window_indices(length, self.num_frames, self.sampling_rate, self.rng, dense)
 
     @property
@@ -554,29 +577,35 @@ class VideoMAEPretrainDataset(Dataset):
             return slice(None)
         return slice(0, self.num_frames * self.sampling_rate, self.sampling_rate)
 
-    def _mask(self, clip: torch.Tensor, box: np.ndarray, base_box: np.ndarray) -> np.ndarray:
-        """The clip's mask from its generator: boxes in [0, 1] of the augmented clip (NaN: none)."""
+    def _mask(self, clip: torch.Tensor, box: np.ndarray, base_box: np.ndarray, motion: np.ndarray | None,
+              crop: tuple[int, int, int, int]) -> np.ndarray:
+        """The clip's mask from its generator: boxes in [0, 1] of the augmented clip (NaN: none); ``motion``, the
+        decode's codec motion, cut as the clip was (``crop`` of the decoded frames)."""
         if self.mask_type == "motion_guided":
             base = None if np.isnan(base_box).any() else base_box
-            return self.mask_generator(self.motion_source(clip), base)
+            if motion is not None:
+                field = crop_token_motion(motion, crop, self.window_size[1:], self.tubelet_size)
+            else:
+                field = self.motion_source(clip)
+            return self.mask_generator(field, base)
         if self.mask_type == "motion":
             return self.mask_generator(None if np.isnan(box).any() else box)
         return self.mask_generator()
 
     def __getitem__(self, index: int):
-        frames, boxes01, boxes, replaced = self._load(index)
+        frames, boxes01, boxes, replaced, motion = self._load(index)
         height, width = frames.shape[1:3]
         missing_box = int(self.boxes is not None and boxes is None)
         items = []
         for _ in range(self.num_sample):
-            clip, crop_boxes = multiscale_crop(frames, scale_box(boxes01, width, height), self.input_size,
-                                               self.rng, self.scales)
+            clip, crop_boxes, crop = multiscale_crop(frames, scale_box(boxes01, width, height), self.input_size,
+                                                     self.rng, self.scales)
             box_out, base_box = crop_boxes / self.input_size
             item = {}
             if self.trajectory is not None:
                 item.update({name: torch.from_numpy(value) for name, value in self.trajectory(clip).items()})
                 clip = clip[self.sampled_frames]
-            mask = self._mask(clip, box_out, base_box)
+            mask = self._mask(clip, box_out, base_box, motion, crop)
             item.update({
                 "frames": clip.permute(0, 2, 3, 1).contiguous(),  # a copy only if the resize was skipped or T sliced
                 "mask": torch.from_numpy(np.asarray(mask, dtype=bool)),
@@ -606,7 +635,8 @@ def build_pretraining_dataset(args) -> VideoMAEPretrainDataset:
         sampling_rate=args.sampling_rate, input_size=args.input_size, patch_size=args.patch_size[0],
         tubelet_size=args.tubelet_size, mask_type=args.mask_type, mask_ratio=args.mask_ratio,
         motion_mask_ratio=args.motion_mask_ratio, box_source=args.box_source, missing_box=args.missing_box,
-        num_sample=args.num_sample, seed=args.seed, guided_base=args.guided_base, trajectory=trajectory,
+        num_sample=args.num_sample, seed=args.seed, guided_base=args.guided_base, guided_motion=args.guided_motion,
+        trajectory=trajectory,
     )
 
 
@@ -806,7 +836,7 @@ class VideoClassificationDataset(Dataset):
         (validation: the middle). TSN test view ``k`` of ``n > 1`` takes every segment's frame at ``k / n`` of it:
         VideoMAE's SSV2 2-view test (segment starts, then segment middles); one view takes the middles, as
         validation. ValueError when the clip starts after the file's last frame."""
-        length = listed_length(entry, num_file_frames, self._overrun_warned)  # past the end: the last frame
+        length = listed_length(entry, num_file_frames, self._overrun_warned)
         rng = self.rng if self.mode == "train" else None
         if self.sampling == "tsn":
             position = segment / self.test_num_segment if self.mode == "test" and self.test_num_segment > 1 else 0.5

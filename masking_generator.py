@@ -33,8 +33,8 @@ al. ICCV 2023) drops the "same positions in every slice" constraint: the mask is
 along per-token motion, still exactly ``int(mask_ratio*H'*W')`` per slice. Motion comes in as per-slice token
 displacement fields, forward and optionally backward, so any motion source fits: :class:`DISTokenMotion` estimates
 both from the augmented clip with OpenCV's DIS optical flow (MGMAE uses RAFT); a dense flow of the crop, such as
-codec motion vectors (MGM) shifted and scaled to it, gives the fields through :func:`pool_to_tokens` and
-:func:`tubelet_displacement`.
+codec motion vectors (MGM) shifted and scaled to it, gives the fields through :func:`crop_token_motion`
+(:func:`pool_to_tokens` and :func:`tubelet_displacement` of the crop).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ __all__ = [
     "MotionFocusedMaskingGenerator",
     "MotionGuidedMaskingGenerator",
     "TubeMaskingGenerator",
+    "crop_token_motion",
     "inside_box_tokens",
     "overlapping_box_tokens",
     "pool_to_tokens",
@@ -345,6 +346,20 @@ def pool_to_tokens(flow: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"flow of {height}x{width} pixels does not tile a {grid_h}x{grid_w} token grid")
     tiles = flow.reshape(*flow.shape[:-3], grid_h, height // grid_h, grid_w, width // grid_w, 2)
     return tiles.mean(axis=(-4, -2)) / np.array([width / grid_w, height / grid_h], dtype=flow.dtype)
+
+
+def crop_token_motion(frame_motion: np.ndarray, crop: tuple[int, int, int, int], grid_hw: tuple[int, int],
+                      tubelet_size: int, pixels_per_token: int = 4) -> np.ndarray:
+    """Per-token motion between time slices (T'-1, H', W', 2) float32 of a clip cut as ``crop`` = (x0, y0, w, h)
+    from frames whose forward motion between consecutive sampled frames is ``frame_motion`` (T-1, H, W, 2), in
+    pixels of the uncropped frames (e.g. codec motion vectors): the crop area-resized to ``pixels_per_token`` per
+    token side with its vectors scaled alike, :func:`pool_to_tokens`, then :func:`tubelet_displacement`."""
+    x0, y0, width, height = crop
+    size = (grid_hw[1] * pixels_per_token, grid_hw[0] * pixels_per_token)
+    scale = np.array([size[0] / width, size[1] / height], dtype=np.float32)
+    resized = np.stack([cv2.resize(np.ascontiguousarray(frame[y0:y0 + height, x0:x0 + width]), size,
+                                   interpolation=cv2.INTER_AREA) for frame in frame_motion]) * scale
+    return tubelet_displacement(pool_to_tokens(resized, grid_hw), tubelet_size).astype(np.float32)
 
 
 def tubelet_displacement(frame_motion: np.ndarray, tubelet_size: int) -> np.ndarray:

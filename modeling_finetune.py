@@ -669,3 +669,8 @@ def vit_base_patch16_224_mofo(pretrained: bool = False, **kwargs) -> MotionFocus
 @register_model
 def vit_large_patch16_224_mofo(pretrained: bool = False, **kwargs) -> MotionFocusedVisionTransformer:
     return _build_vision_transformer(1024, 24, 16, pretrained, kwargs, MotionFocusedVisionTransformer)
+
+
+@register_model
+def vit_huge_patch16_224_mofo(pretrained: bool = False, **kwargs) -> MotionFocusedVisionTransformer:
+    return _build_vision_transformer(1280, 32, 16, pretrained, kwargs, MotionFocusedVisionTransformer)

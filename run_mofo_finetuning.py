@@ -34,8 +34,9 @@ from video_transforms import AUGMENT_INTERPOLATIONS, rand_augment_policy
 
 # The flags that make a fine-tuning run what it is: named when a resumed checkpoint's run had others.
 RUN_SETTINGS = ("model", "data_set", "nb_classes", "finetune", "input_size", "num_frames", "sampling_rate",
-                "num_segments", "batch_size", "update_freq", "num_sample", "opt", "lr", "min_lr", "layer_decay",
-                "warmup_epochs", "weight_decay", "drop_path", "mixup", "cutmix", "smoothing", "epochs",
+                "num_segments", "batch_size", "update_freq", "num_sample", "opt", "opt_eps", "opt_betas", "momentum",
+                "lr", "min_lr", "layer_decay", "warmup_epochs", "weight_decay", "drop_path", "mixup", "cutmix",
+                "smoothing", "epochs",
                 *modeling_finetune.MCA_SETTINGS)
 
 
@@ -366,6 +367,8 @@ def main(args) -> None:
         resumed = utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema)
         if args.eval:  # --eval --resume, or the run's newest: as strict as --eval --finetune
             utils.check_head_settings(model_without_ddp, resumed, args.resume)
+    if args.resume and not args.eval:
+        utils.set_aside_abandoned_best(args.output_dir, args.start_epoch)
     if resumed and not args.eval:
         utils.warn_settings_changed(resumed, args, RUN_SETTINGS)
         started, now = resumed.get("finetune_file"), getattr(args, "finetune_file", None)

@@ -241,7 +241,12 @@ def load_classifier(name: str, checkpoint: str, nb_classes: int | None, input_si
             raise GradCamError(f"{checkpoint} has no classifier head: Grad-CAM needs a fine-tuned checkpoint")
         nb_classes = head.shape[0]
     kwargs = {key: trained[key] for key in ("use_mean_pooling", "tubelet_size") if key in trained}
-    if name.endswith("_mofo"):
+    kernel = state.get("patch_embed.proj.weight")  # no saved flags (a VideoMAE file): the weights say
+    if kernel is not None:
+        kwargs.setdefault("tubelet_size", kernel.shape[2])
+    if not name.endswith("_mofo"):  # the MOFO head always pools
+        kwargs.setdefault("use_mean_pooling", "fc_norm.weight" in state)
+    else:
         kwargs.update({key: trained[key] for key in MCA_SETTINGS if key in trained})
         if utils.is_release_mca_state(raw):
             kwargs.update(utils.RELEASE_MCA_SETTINGS)
@@ -252,8 +257,13 @@ def load_classifier(name: str, checkpoint: str, nb_classes: int | None, input_si
         raise GradCamError(f"cannot build {name} with --input_size {input_size}, --num_frames {num_frames} and the "
                            f"checkpoint's {kwargs}: {e}") from None
     own = model.state_dict()
-    if head is not None and head.shape != own["head.weight"].shape:
+    if head is not None and head.shape[0] != own["head.weight"].shape[0]:
         raise GradCamError(f"{checkpoint}: its head has {head.shape[0]} classes; pass --nb_classes {head.shape[0]}")
+    mismatched = [f"{key} is {tuple(value.shape)}, the model's {tuple(own[key].shape)}" for key, value in state.items()
+                  if key in own and value.shape != own[key].shape]
+    if mismatched:
+        raise GradCamError(f"{checkpoint}: {len(mismatched)} weights are another shape than {name}'s ({mismatched[0]}):"
+                           " a checkpoint of another model size, patch or tubelet size, or --num_frames/--input_size")
     missing = [key for key in own if key not in state]
     unexpected = [key for key in state if key not in own and key != "pos_embed"]
     for problem, keys in (("lacks weights of", missing), ("holds weights not in", unexpected)):

@@ -35,11 +35,12 @@ from modeling_pretrain import (  # the import registers pretrain_videomae_*
 from trajectory_targets import TRAJECTORY_FLOWS, TRAJECTORY_NORMS, trajectory_dim
 
 # The flags that make a pretraining run what it is: named when a resumed checkpoint's run had others.
-RUN_SETTINGS = ("model", "decoder_depth", "mask_type", "mask_ratio", "motion_mask_ratio", "guided_base", "target",
-                "normlize_target", "trajectory_points", "trajectory_flow", "trajectory_norm", "hog_sampling",
-                "hog_bins", "hog_cell_size", "hog_norm", "pixel_loss_weight", "trajectory_loss_weight",
-                "hog_loss_weight", "input_size", "num_frames", "sampling_rate", "batch_size", "num_sample", "opt",
-                "lr", "min_lr", "warmup_epochs", "weight_decay", "epochs")
+RUN_SETTINGS = ("model", "decoder_depth", "mask_type", "mask_ratio", "motion_mask_ratio", "guided_base",
+                "guided_motion", "target", "normlize_target", "trajectory_points", "trajectory_flow",
+                "trajectory_norm", "hog_sampling", "hog_bins", "hog_cell_size", "hog_norm", "pixel_loss_weight",
+                "trajectory_loss_weight", "hog_loss_weight", "input_size", "num_frames", "sampling_rate",
+                "batch_size", "num_sample", "opt", "opt_eps", "opt_betas", "momentum", "lr", "min_lr",
+                "warmup_epochs", "weight_decay", "epochs")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -66,6 +67,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guided_base", default="random", choices=["random", "box"],
                         help="--mask_type motion_guided: draw the middle slice's mask at random, or with MOFO's"
                              " inside-box rule on that slice's motion box (box: needs --box_dir)")
+    parser.add_argument("--guided_motion", default="dis", choices=["dis", "codec_mv"],
+                        help="--mask_type motion_guided: the motion the mask follows: dis, OpenCV's DIS flow of each"
+                             " augmented clip (MGMAE's idea, RAFT there); codec_mv, the motion vectors stored in the"
+                             " video file (MGM; MPEG-4 part 2 / H.264 files)")
     parser.add_argument("--mask_ratio", default=0.75, type=float, help="share of tubes masked (VideoMAE default)")
     parser.add_argument("--motion_mask_ratio", default=0.75, type=float,
                         help="share of the tubes inside the motion box that are always masked (MOFO; rounded, and at"
@@ -235,7 +240,8 @@ def main(args) -> None:
         raise SystemExit(f"error: {args.data_path}: {len(dataset)} listed clips make no full batch of --batch_size "
                          f"{args.batch_size} x {world} processes (the last, partial batch is dropped)")
     print(f"Model: {args.model}, params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M")
-    print(f"Dataset: {len(dataset)} videos, masking: {dataset.mask_generator}")
+    guided = f", following {args.guided_motion} motion" if args.mask_type == "motion_guided" else ""
+    print(f"Dataset: {len(dataset)} videos, masking: {dataset.mask_generator}{guided}")
 
     model.to(device)
     total_batch = args.batch_size * world

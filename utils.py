@@ -133,7 +133,8 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", default="", help="checkpoint to resume from")
     parser.add_argument("--auto_resume", action="store_true", default=True,
                         help="resume from the newest checkpoint in --output_dir, also over another --resume (a "
-                             "released checkpoint, or an older one of the run's; --eval tests --resume) (default)")
+                             "released checkpoint, or an older one of the run's; fine-tuning's --eval tests --resume)"
+                             " (default)")
     parser.add_argument("--no_auto_resume", action="store_false", dest="auto_resume")
     parser.add_argument("--start_epoch", default=0, type=int)
     parser.add_argument("--num_workers", default=10, type=int)
@@ -824,7 +825,7 @@ class UnreadableCheckpointError(ValueError):
     """A checkpoint file that torch.load cannot read at all (truncated, emptied, not a torch.save file)."""
 
 
-def load_checkpoint_file(path: str | Path, map_location="cpu", allowed: tuple = ()) -> dict:
+def load_checkpoint_file(path: str | Path, map_location="cpu", allowed: tuple = (), mmap: bool = False) -> dict:
     """Checkpoints from anywhere are read with weights_only=True (no arbitrary code from pickles). The one class
     allowed besides tensors and plain containers (and ``allowed``) is ``argparse.Namespace``: VideoMAE's and the
     MOFO release's ``save_model`` store their ``args`` as one, so their released checkpoints load as they are.
@@ -837,7 +838,7 @@ def load_checkpoint_file(path: str | Path, map_location="cpu", allowed: tuple = 
         return hf_videomae.read_checkpoint(hf_videomae.read_safetensors(path), path)
     with torch.serialization.safe_globals([argparse.Namespace, *allowed]):
         try:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as e:
             found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please|\n\n|$)", str(e), re.S)
             reason = " ".join((found.group(1) if found else str(e)).split())
@@ -976,9 +977,10 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
 
         path = resolved.parent
         try:
-            loaded, client_state = model.load_checkpoint(str(path.parent), tag=path.name,
-                                                         load_optimizer_states=not testing,
-                                                         load_lr_scheduler_states=not testing)
+            with this_runs_group_settings(None if testing else optimizer):
+                loaded, client_state = model.load_checkpoint(str(path.parent), tag=path.name,
+                                                             load_optimizer_states=not testing,
+                                                             load_lr_scheduler_states=not testing)
         except ZeRORuntimeException as e:  # ZeRO's optimizer shards are per rank: another world size cannot read them
             raise ValueError(f"{e} Resume it with as many processes as saved it (ZeRO stage 0's checkpoints resume "
                              "with any number)") from None
@@ -987,6 +989,7 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
         if model_ema is not None:
             model_ema.module.load_state_dict(client_state.get("model_ema") or model_without_ddp.state_dict())
         if not testing:
+            check_same_optimizer(saved_args(client_state), args)
             args.start_epoch = resumed_epoch(client_state, path) + 1
         return saved_args(client_state)
     checkpoint = load_checkpoint_file(resolved)
@@ -1017,11 +1020,62 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
         print(f"{args.resume}: weights only (no optimizer state or epoch): training starts at epoch "
               f"{args.start_epoch} with a fresh optimizer")
         return saved_args(checkpoint)
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    check_same_optimizer(saved_args(checkpoint), args)
+    with this_runs_group_settings(optimizer):
+        optimizer.load_state_dict(checkpoint["optimizer"])
     args.start_epoch = resumed_epoch(checkpoint, args.resume) + 1
     if loss_scaler is not None and checkpoint.get("scaler"):
         loss_scaler.load_state_dict(checkpoint["scaler"])
     return saved_args(checkpoint)
+
+
+@contextlib.contextmanager
+def this_runs_group_settings(optimizer):
+    """Load optimizer state inside this block and keep this run's parameter-group settings: torch replaces them with
+    the saved ones, so a resumed run would go on with the old ``--layer_decay`` scales, ``--opt_betas``,
+    ``--opt_eps`` and ``--momentum`` whatever its flags say (lr and weight decay are set again every step). A
+    group's ``step`` (timm's Lamb counts there) is state, and stays the loaded one."""
+    if optimizer is None:
+        yield
+        return
+    settings = [{key: value for key, value in group.items() if key not in ("params", "step")}
+                for group in optimizer.param_groups]
+    yield
+    for group, own in zip(optimizer.param_groups, settings, strict=True):
+        group.update(own)
+
+
+def set_aside_abandoned_best(output_dir: str | Path, start_epoch: int) -> None:
+    """A ``checkpoint-best`` saved in an epoch that this resume trains again (the job was killed after it, before
+    that epoch's own checkpoint) holds weights the rerun throws away, and its accuracy has left log.txt: kept, it
+    would stay the best whenever the rerun scores lower. It is renamed ``abandoned-best-epoch{N}``, with a warning,
+    so the rerun writes a new one."""
+    if not output_dir or not is_main_process():
+        return
+    for best in (Path(output_dir) / "checkpoint-best.pth", Path(output_dir) / "checkpoint-best"):
+        if not best.exists():
+            continue
+        try:
+            epoch = load_checkpoint_file(resolve_checkpoint(best), mmap=True).get("epoch")
+        except (OSError, ValueError, pickle.UnpicklingError) as e:
+            print(f"warning: {best}: cannot read its epoch ({e}); kept as it is")
+            continue
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < start_epoch:
+            continue
+        aside = best.with_name(f"abandoned-best-epoch{epoch}{best.suffix}")
+        if aside.is_dir():
+            shutil.rmtree(aside)
+        os.replace(best, aside)
+        print(f"warning: {best.name} is from epoch {epoch}, which this run trains again: moved to {aside} (its "
+              "accuracy is no longer in log.txt); the rerun writes a new one")
+
+
+def check_same_optimizer(trained: dict, args) -> None:
+    """ValueError when the checkpoint's run used another ``--opt``: its moments are not this optimizer's state."""
+    saved, now = trained.get("opt"), getattr(args, "opt", None)
+    if saved and now and saved.lower() != now.lower():
+        raise ValueError(f"its run used --opt {saved}, this one --opt {now}, whose state it does not hold: resume with "
+                         f"--opt {saved}, or start a new run from its weights with --finetune")
 
 
 def other_stage_checkpoint(model_state: dict, state: dict) -> str | None:
@@ -1236,8 +1290,12 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
             state = {k: v for k, v in state.items() if not k.startswith("mca.")}
             print(f"{path}: the MOFO release's head does not fit this model's ({settings or 'none'}; it needs "
                   f"{flags}): only its encoder and classifier are loaded")
-    if model_prefix:  # after the wrapper prefixes, as VideoMAE applies it; a prefix may hold an encoder. part
-        state = encoder_state({k[len(model_prefix):]: v for k, v in state.items() if k.startswith(model_prefix)})
+    if model_prefix:  # after the wrapper prefixes, as VideoMAE applies it, else on the file's own keys
+        # (--model_prefix module. on a DDP file); what is under it may itself be wrapped (teacher.encoder.)
+        under = {k[len(model_prefix):]: v for k, v in state.items() if k.startswith(model_prefix)}
+        if not under:
+            under = {k[len(model_prefix):]: v for k, v in raw.items() if k.startswith(model_prefix)}
+        state = encoder_state(under)
         if not state.keys() & model.state_dict().keys():
             raise ValueError(f"{path}: no weights of {type(model).__name__} under --model_prefix {model_prefix!r}")
     grid, own_grid = saved_token_grid(trained, state), tuple(model.patch_embed.grid_size)

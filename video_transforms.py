@@ -122,13 +122,13 @@ def multiscale_crop_params(width: int, height: int, input_size: int, rng: np.ran
 
 
 def multiscale_crop(frames: torch.Tensor, box: np.ndarray, input_size: int, rng: np.random.Generator,
-                    scales=(1, 0.875, 0.75, 0.66)) -> tuple[torch.Tensor, np.ndarray]:
+                    scales=(1, 0.875, 0.75, 0.66)) -> tuple[torch.Tensor, np.ndarray, tuple[int, int, int, int]]:
     """Multi-scale crop + resize to input_size^2 (VideoMAE pretraining); the box follows.
-    Returns frames (T, 3, S, S) uint8 and the box in pixels of the output."""
+    Returns frames (T, 3, S, S) uint8, the box in pixels of the output and the crop (x0, y0, w, h) in the input's
+    pixels (for motion fields that follow the frames)."""
     height, width = frames.shape[1:3]
-    x0, y0, cw, ch = multiscale_crop_params(width, height, input_size, rng, scales)
-    out = resize_frames(frames[:, y0:y0 + ch, x0:x0 + cw], (input_size, input_size))
-    return out, scale_box(crop_box(box, x0, y0, cw, ch), input_size / cw, input_size / ch)
+    crop = multiscale_crop_params(width, height, input_size, rng, scales)
+    return *resized_crop(frames, box, *crop, input_size), crop
 
 
 def random_resized_crop_params(width: int, height: int, rng: np.random.Generator, scale=RESIZED_CROP_SCALE,

@@ -179,13 +179,36 @@ class CodecMotionVectors(FlowBackend):
         raise TypeError("codec_mv reads motion vectors from the compressed file, not from decoded frames: "
                         "use MotionBoxDetector.detect_video or flows_from_video")
 
-    def flows_from_video(self, path: str | os.PathLike, working_size: tuple[int, int]) -> Iterator[np.ndarray]:
+    def flows_from_video(self, path: str | os.PathLike, working_size: tuple[int, int], start: int = 0,
+                         stop: int | None = None) -> Iterator[np.ndarray]:
         """Forward flow (h, w, 2) at ``working_size`` = (w, h) for each of the video's T - 1 frame pairs, in the
-        picture as shown (a display rotation applied, as OpenCV and decord apply it to the frames)."""
+        picture as shown (a display rotation applied, as OpenCV and decord apply it to the frames); with ``start``
+        and ``stop``, only pairs ``start .. stop - 1`` (decoding stops after them; earlier ones are not drawn)."""
         frames = _with_reference_distances(_decoded_vectors(os.fspath(path)), self.reference)
         next(frames, None)  # frame 0's vectors point before the clip; flow i comes from frame i + 1
-        for vectors, size, turns, past, future in frames:
+        for pair, (vectors, size, turns, past, future) in enumerate(frames):
+            if stop is not None and pair >= stop:
+                return
+            if pair < start:
+                continue
             if vectors is not None and future is None:
                 vectors = vectors[vectors["source"] < 0]
             coded_size = working_size[::-1] if turns % 2 else working_size
             yield rotate_flow(rasterise(vectors, size, coded_size, past, future or 1), turns)
+
+
+def sampled_frame_motion(path: str | os.PathLike, frame_indices, working_size: tuple[int, int],
+                         reference: str = "anchor") -> np.ndarray:
+    """Forward motion (T - 1, h, w, 2) between consecutive sampled frames (``frame_indices``, ascending indices in
+    the file) at ``working_size`` = (w, h): the codec flows of the frame pairs in between, summed at fixed pixels
+    (MGM's accumulation of the vectors over the sampling interval). Repeated indices (a short video's last frame)
+    give zero motion; pairs past the last one FFmpeg decodes add none. Errors: VideoReadError."""
+    indices = np.asarray(frame_indices, dtype=np.int64)
+    width, height = working_size
+    motion = np.zeros((len(indices) - 1, height, width, 2), dtype=np.float32)
+    first, last = int(indices[0]), int(indices[-1])
+    if last > first:
+        flows = CodecMotionVectors(reference).flows_from_video(path, working_size, first, last)
+        for pair, flow in enumerate(flows, start=first):
+            motion[np.searchsorted(indices, pair, side="right") - 1] += flow
+    return motion

@@ -600,8 +600,13 @@ def test_epic_segments_targets_frame_ranges_and_boxes(epic, videos, caplog):
     overrun = epic_args(epic, data_path=str(write_lists(epic / "overrun", [])))
     write_epic_csv(Path(overrun.data_path) / "val.csv", [("P01_01_9", "P01", "P01_01", 20, 30, 1, 2)])
     with caplog.at_level(logging.WARNING, logger="datasets"):
-        build_dataset(False, False, overrun)[0]
+        overrun_dataset = build_dataset(False, False, overrun)
+        overrun_dataset[0]
     assert [r.getMessage() for r in caplog.records if "ends at frame 30 of a video of 24 frames" in r.getMessage()]
+    # sampled over the frames the file holds (19..23), as if listed to its end, not stuck on its last frame
+    listed = overrun_dataset.entries[0]
+    np.testing.assert_array_equal(overrun_dataset.frame_indices(listed, VIDEO_FRAMES, 0),
+                                  19 + tsn_indices(VIDEO_FRAMES - 19, NUM_FRAMES))
 
     test = build_dataset(False, True, epic_args(epic, test_num_segment=2, test_num_crop=1))
     first, second = test[2], test[3]  # row 2 (frames 1..12), both temporal clips

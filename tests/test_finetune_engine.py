@@ -165,6 +165,59 @@ def test_model_ema_resumes_from_the_checkpoint(tmp_path):
     torch.testing.assert_close(resumed_ema.module.head.weight, model.head.weight)
 
 
+def test_a_resumed_run_goes_on_with_its_own_optimizer_settings(tmp_path):
+    """torch's optimizer load puts back the saved group settings: a resumed run keeps this run's --layer_decay scales
+    and --opt_betas (the saved moments are still taken), and another --opt is refused, not a KeyError mid-step."""
+    def run(*flags):
+        torch.manual_seed(0)
+        model = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4)
+        args = run_mofo_finetuning.get_args_parser().parse_args(["--output_dir", str(tmp_path), *flags])
+        return args, model, run_mofo_finetuning.build_optimizer(args, model)[0]
+
+    args, model, optimizer = run("--layer_decay", "0.75")
+    model(torch.randn(2, 3, 4, 32, 32)).sum().backward()
+    optimizer.step()
+    utils.save_model(args, 2, model, model, optimizer, None)
+    args, model, resumed = run("--layer_decay", "0.5", "--opt_betas", "0.9", "0.95")
+    utils.auto_load_model(args, model, model, resumed, None)
+    assert args.start_epoch == 3
+    assert sorted({g["lr_scale"] for g in resumed.param_groups}) == [0.5 ** 3, 0.5 ** 2, 0.5, 1.0]
+    assert {tuple(g["betas"]) for g in resumed.param_groups} == {(0.9, 0.95)}
+    torch.testing.assert_close(resumed.state_dict()["state"], optimizer.state_dict()["state"])
+    args, model, lamb = run("--opt", "lamb")  # Lamb counts its steps in the group: that is state, and is loaded
+    model(torch.randn(2, 3, 4, 32, 32)).sum().backward()
+    lamb.step()
+    utils.save_model(args, 7, model, model, lamb, None)
+    args, model, resumed = run("--opt", "lamb")
+    utils.auto_load_model(args, model, model, resumed, None)
+    assert {int(g["step"]) for g in resumed.param_groups} == {1}
+    args, model, sgd = run("--opt", "sgd")
+    with pytest.raises(ValueError, match=r"checkpoint-7\.pth: cannot resume from it: its run used --opt lamb, "
+                                         "this one --opt sgd"):
+        utils.auto_load_model(args, model, model, sgd, None)
+
+
+def test_a_best_checkpoint_of_an_epoch_trained_again_is_set_aside(tmp_path, capsys):
+    """A job killed after saving checkpoint-best but before that epoch's checkpoint: the resume trains the epoch
+    again, so that best (a file, or a DeepSpeed folder) is moved aside, and one of an earlier epoch is kept."""
+    weights = {"w": torch.ones(2)}
+    torch.save({"model": weights, "epoch": 5}, tmp_path / "checkpoint-best.pth")
+    utils.set_aside_abandoned_best(tmp_path, 6)
+    assert {p.name for p in tmp_path.iterdir()} == {"checkpoint-best.pth"} and capsys.readouterr().out == ""
+    utils.set_aside_abandoned_best(tmp_path, 5)
+    assert {p.name for p in tmp_path.iterdir()} == {"abandoned-best-epoch5.pth"}
+    assert (f"warning: checkpoint-best.pth is from epoch 5, which this run trains again: moved to "
+            f"{tmp_path / 'abandoned-best-epoch5.pth'}") in capsys.readouterr().out
+    (tmp_path / "checkpoint-best").mkdir()
+    torch.save({"module": weights, "epoch": 4}, tmp_path / "checkpoint-best" / "mp_rank_00_model_states.pt")
+    utils.set_aside_abandoned_best(tmp_path, 3)
+    assert (tmp_path / "abandoned-best-epoch4" / "mp_rank_00_model_states.pt").is_file()
+    assert not (tmp_path / "checkpoint-best").exists()
+    torch.save({"model": weights, "epoch": "best"}, tmp_path / "checkpoint-best.pth")  # VideoMAE's: no epoch to say
+    utils.set_aside_abandoned_best(tmp_path, 0)
+    assert (tmp_path / "checkpoint-best.pth").exists()
+
+
 def test_finetune_model_prefix_picks_the_weights_under_it(tmp_path):
     """VideoMAE's ``--model_prefix``: a checkpoint holding several models (a student and a teacher, say) loads the
     one under the prefix; a prefix with no weights is an error naming the file."""
@@ -178,6 +231,11 @@ def test_finetune_model_prefix_picks_the_weights_under_it(tmp_path):
         utils.load_finetune_checkpoint(model, tmp_path / "both.pth", model_prefix="teacher.")
         torch.testing.assert_close(model.blocks[0].attn.qkv.weight, teacher.blocks[0].attn.qkv.weight)
         torch.testing.assert_close(model.head.weight, teacher.head.weight)
+    for prefix in ("module.", "encoder."):  # the wrapper's own prefix, as VideoMAE's users give it
+        torch.save({"model": {prefix + k: v for k, v in teacher.state_dict().items()}}, tmp_path / "wrapped.pth")
+        model = timm.create_model("vit_mini_patch16_224", num_classes=4, img_size=32, all_frames=4)
+        utils.load_finetune_checkpoint(model, tmp_path / "wrapped.pth", model_prefix=prefix)
+        torch.testing.assert_close(model.blocks[0].attn.qkv.weight, teacher.blocks[0].attn.qkv.weight)
     for prefix in ("ema.", "teacher"):  # none there; without its dot nothing matches the model's keys
         with pytest.raises(ValueError, match=r"both\.pth: no weights of VisionTransformer under --model_prefix"):
             utils.load_finetune_checkpoint(model, tmp_path / "both.pth", model_prefix=prefix)

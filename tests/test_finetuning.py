@@ -268,9 +268,13 @@ def test_a_job_killed_before_its_best_checkpoint_saves_it_when_resumed(data, pre
     best = max(log, key=lambda entry: (entry["val_acc1"], -entry["epoch"]))
     saved = torch.load(out / "checkpoint-best.pth", map_location="cpu", weights_only=True)
     assert saved["epoch"] == best["epoch"]
+    # a best saved in an epoch the resume trains again (here: epoch 2, as if killed before checkpoint-2) is set aside
+    torch.save({**saved, "epoch": 2}, out / "checkpoint-best.pth")
     # resubmitted with an edited recipe: it goes on, naming what changed
     longer = finetune([*args, "--lr", "0.02", "--epochs", "3", "--no_save_ckpt"])
     assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "warning: checkpoint-best.pth is from epoch 2, which this run trains again" in longer.stdout
+    assert (out / "abandoned-best-epoch2.pth").exists() and not (out / "checkpoint-best.pth").exists()
     assert ("warning: resuming a run that used --lr 0.00015625 --epochs 2; this run goes on with --lr 0.0003125 "
             "--epochs 3 (lrs as scaled by the total batch)" in longer.stdout)
 

@@ -319,6 +319,24 @@ def test_a_checkpoint_of_another_architecture_is_refused(data, tmp_path):
                                        str(data["checkpoints"][PLAIN])))
 
 
+def test_a_videomae_checkpoint_without_flags_is_built_as_its_weights_say(tmp_path):
+    """A VideoMAE fine-tuned file (DeepSpeed 'module', no args): --use_cls (no fc_norm) and its tubelet size come from
+    the weights; a file of another model size is a clear error."""
+    clip = torch.randn(1, 3, NUM_FRAMES, INPUT_SIZE, INPUT_SIZE)
+    for settings in (dict(use_mean_pooling=False), dict(tubelet_size=4)):
+        torch.manual_seed(2)
+        trained = create_model(PLAIN, num_classes=5, img_size=INPUT_SIZE, all_frames=NUM_FRAMES, **settings).eval()
+        torch.save({"module": trained.state_dict()}, tmp_path / "videomae.pth")
+        model = run_mofo_gradcam.load_classifier(PLAIN, str(tmp_path / "videomae.pth"), None, INPUT_SIZE,
+                                                 NUM_FRAMES, "cpu")
+        with torch.no_grad():
+            torch.testing.assert_close(model(clip), trained(clip))
+    torch.save({"module": create_model("vit_small_patch16_224", num_classes=5, img_size=INPUT_SIZE,
+                                       all_frames=NUM_FRAMES).state_dict()}, tmp_path / "small.pth")
+    with pytest.raises(GradCamError, match=r"small\.pth: .* weights are another shape than vit_mini_patch16_224's"):
+        run_mofo_gradcam.load_classifier(PLAIN, str(tmp_path / "small.pth"), None, INPUT_SIZE, NUM_FRAMES, "cpu")
+
+
 def test_head_settings_and_classes_come_from_the_checkpoint(data, tmp_path):
     """A MOFO head fine-tuned with --mca_depth 2 --mca_mode inner (saved in the checkpoint's args) loads without
     repeating those flags or --nb_classes, and gives the same logits as the model itself."""

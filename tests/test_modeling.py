@@ -467,6 +467,9 @@ def test_create_model_builds_finetune_sizes(name, embed_dim, depth, num_heads):
     assert model.blocks[0].attn.q_bias is not None and model.fc_norm.eps == 1e-6
     assert model.head.out_features == 174
     assert model.blocks[-1].drop_path.drop_prob == pytest.approx(0.1)
+    with torch.device("meta"):  # every encoder size pretraining offers also comes with the MOFO head
+        mofo = timm.create_model(f"{name}_mofo", num_classes=174, img_size=112, all_frames=8)
+    assert (mofo.embed_dim, len(mofo.blocks), mofo.blocks[0].attn.num_heads) == (embed_dim, depth, num_heads)
 
 
 @pytest.mark.parametrize(

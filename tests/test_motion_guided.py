@@ -5,6 +5,7 @@ object on a synthetic clip better than a straight tube, the pretraining dataset'
 from __future__ import annotations
 
 import json
+import logging
 
 import cv2
 import numpy as np
@@ -18,12 +19,15 @@ from masking_generator import (
     MotionFocusedMaskingGenerator,
     MotionGuidedMaskingGenerator,
     TubeMaskingGenerator,
+    crop_token_motion,
     inside_box_tokens,
     pool_to_tokens,
     tubelet_displacement,
 )
+from motion_detection.codec_mv import sampled_frame_motion
+from test_codec_mv import HEIGHT, VELOCITY, WIDTH, encode, interior, translating_clip
 from test_pretraining import clean_env, pretrain, pretraining_set, run_args
-from video_transforms import resize_frames
+from video_transforms import multiscale_crop, resize_frames, scale_box
 
 GRIDS = [(8, 14, 14), (4, 7, 10), (3, 5, 6), (1, 5, 6)]  # non-square, odd grids and one slice (no motion to follow)
 
@@ -240,7 +244,7 @@ def test_base_box_is_the_base_slices_own_box(dataset_root):
                              box_source="clip")
     smaller = 0
     for index in range(len(dataset)):
-        _, (clip_box, base_box), _, _ = dataset._load(index)
+        _, (clip_box, base_box), *_ = dataset._load(index)
         assert not np.isnan(base_box).any()  # the synthetic object is always in view
         assert (base_box[:2] >= clip_box[:2] - 1e-6).all() and (base_box[2:] <= clip_box[2:] + 1e-6).all()
         smaller += not np.allclose(base_box, clip_box)
@@ -249,10 +253,78 @@ def test_base_box_is_the_base_slices_own_box(dataset_root):
     dataset = guided_dataset(dataset_root, guided_base="box", box_dir=str(dataset_root / "gt_boxes"),
                              box_source="video")
     for index in range(len(dataset)):
-        _, (clip_box, base_box), boxes, _ = dataset._load(index)
+        _, (clip_box, base_box), boxes, *_ = dataset._load(index)
         union = boxes.union / np.array([boxes.width, boxes.height] * 2, np.float32)
         np.testing.assert_allclose(base_box, union, atol=1e-6)
         np.testing.assert_allclose(clip_box, union, atol=1e-6)
+
+
+def test_a_crop_of_a_motion_field_is_in_its_own_token_units():
+    """8 px right and 4 px up per frame, cut 128 x 64 px at (10, 6) onto 8 x 4 tokens (16 px per token): half a
+    token right and a quarter up per frame, one and a half per two-frame slice; a crop of the still half is still."""
+    motion = np.zeros((3, 80, 300, 2), dtype=np.float32)
+    motion[:, :, :150] = [8, -4]
+    field = crop_token_motion(motion, (10, 6, 128, 64), (4, 8), tubelet_size=2)
+    assert field.shape == (1, 4, 8, 2) and field.dtype == np.float32
+    np.testing.assert_allclose(field, np.broadcast_to([1.0, -0.5], field.shape), atol=1e-5)
+    np.testing.assert_array_equal(crop_token_motion(motion, (160, 0, 128, 64), (4, 8), tubelet_size=2), 0)
+
+
+def test_codec_motion_between_sampled_frames_sums_the_interval(tmp_path):
+    """Every second frame of an mp4v clip whose object moves VELOCITY px per frame: the object moves twice that
+    between sampled frames; a repeated last index (a short video's) adds no motion."""
+    path = tmp_path / "translate.mp4"
+    synthetic.write_mp4(path, translating_clip(10), fps=25)
+    motion = sampled_frame_motion(path, [0, 2, 4, 6, 6], (WIDTH, HEIGHT))
+    assert motion.shape == (4, HEIGHT, WIDTH, 2) and motion.dtype == np.float32
+    for k in range(3):
+        rows, cols = interior(2 * k, margin=14)
+        np.testing.assert_allclose(np.median(motion[k, rows, cols].reshape(-1, 2), axis=0), 2 * VELOCITY, atol=1.0)
+    assert not motion[3].any()
+    background = motion[:3, :, WIDTH - 20:]  # the object never gets there (a half-pel vector here and there)
+    assert np.abs(background).mean() < 0.1
+
+
+def test_dataset_masks_follow_the_codec_motion_as_they_follow_the_optical_flow(dataset_root):
+    """--guided_motion codec_mv (MGM): the file's motion vectors cut with each clip's crop give the per-token motion
+    the clip's own DIS flow gives (same direction, same size to a tenth of a token), and masks that move."""
+    dataset = guided_dataset(dataset_root, guided_motion="codec_mv")
+    rng = np.random.default_rng(0)
+    cosines, errors = [], []
+    for index in range(len(dataset)):
+        frames, boxes01, _, _, motion = dataset._load(index)
+        clip, _, crop = multiscale_crop(frames, scale_box(boxes01, frames.shape[2], frames.shape[1]), 64, rng)
+        codec = crop_token_motion(motion, crop, (8, 8), tubelet_size=2)
+        dis = DISTokenMotion((8, 8), tubelet_size=2)(clip)[0]
+        moving = np.linalg.norm(dis, axis=-1) > 0.2
+        cosines.append(((codec * dis).sum(-1) / (np.linalg.norm(codec, axis=-1) * np.linalg.norm(dis, axis=-1)
+                                                  + 1e-9))[moving].mean())
+        errors.append(np.abs(codec.reshape(-1, 2).mean(0) - dis.reshape(-1, 2).mean(0)).max())
+    assert min(cosines) > 0.9 and max(errors) < 0.1, (cosines, errors)
+    moved = 0
+    for index in range(len(dataset)):
+        mask = slices(dataset[index]["mask"].numpy(), (4, 8, 8))
+        assert (mask.sum(axis=(1, 2)) == int(0.9 * 64)).all()
+        moved += not (mask == mask[0]).all()
+    assert moved >= len(dataset) // 2
+    dataset.reseed(7)
+    first = dataset[2]["mask"]
+    dataset.reseed(7)
+    assert torch.equal(first, dataset[2]["mask"])
+
+
+def test_a_video_without_codec_motion_vectors_is_skipped_with_its_reason(dataset_root, tmp_path, caplog):
+    """VP8 stores motion FFmpeg does not export: with --guided_motion codec_mv that video is replaced, named."""
+    encode(tmp_path / "clip.webm", translating_clip(12), "libvpx")
+    (tmp_path / "list.csv").write_text(f"{tmp_path / 'clip.webm'}\n{dataset_root / 'videos' / '000000.mp4'}\n")
+    dataset = VideoMAEPretrainDataset(str(tmp_path / "list.csv"), "", num_frames=8, sampling_rate=1, input_size=64,
+                                      patch_size=8, mask_type="motion_guided", seed=0, guided_motion="codec_mv")
+    with caplog.at_level(logging.WARNING, logger="datasets"):
+        assert dataset[0]["replaced"] >= 1
+    assert any("clip.webm: --guided_motion codec_mv: codec 'vp8' exports no motion vectors" in r.getMessage()
+               for r in caplog.records)
+    with pytest.raises(ValueError, match="--guided_motion codec_mv only applies to --mask_type motion_guided"):
+        guided_dataset(dataset_root, mask_type="tube", guided_motion="codec_mv")
 
 
 def test_invalid_combinations_fail_early(dataset_root):
@@ -266,9 +338,10 @@ def test_invalid_combinations_fail_early(dataset_root):
 
 def test_pretraining_runs_with_motion_guided_masks(dataset_root, tmp_path):
     out = tmp_path / "guided"
-    args = run_args(dataset_root, out, "--mask_type", "motion_guided", "--guided_base", "box", "--epochs", "1")
+    args = run_args(dataset_root, out, "--mask_type", "motion_guided", "--guided_base", "box", "--guided_motion",
+                    "codec_mv", "--epochs", "1")
     result = pretrain(args, env=clean_env())
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "MotionGuidedMaskingGenerator" in result.stdout
+    assert "MotionGuidedMaskingGenerator" in result.stdout and "following codec_mv motion" in result.stdout
     record = json.loads((out / "log.txt").read_text().splitlines()[-1])
     assert record["epoch"] == 0 and np.isfinite(record["train_loss"])

@@ -413,7 +413,7 @@ def test_videomae_v2_lines_draw_windows_inside_their_frames(data, tmp_path, capl
     assert all(w.min() >= 20 and w.max() <= VIDEO_FRAMES - 1 for w in windows)
     assert [r.getMessage() for r in caplog.records] == [
         "000000.mp4: a listed clip ends at frame 30 of a video of 24 frames (re-encoded at another frame rate than "
-        "the annotations?); it is sampled up to the video's last frame"]
+        "the annotations?); it is sampled over its frames up to the video's last"]
     # --box_source video: the union box of the listed frames (the whole file's for whole-video lines)
     dataset = motion_dataset(data, list_file=tmp_path / "list.csv", box_source="video")
     for entry, frames in ((0, slice(5, 23)), (1, slice(None))):
