@@ -11,17 +11,21 @@ with the motion box (the video's, as the paper; or the clip's, or each frame's: 
 frame carried through every geometric augmentation.
 
 Box files mirror the list's video paths below ``data_root`` (absolute list paths must lie below it). Only the
-sampled frames are decoded, at a reduced size when that loses nothing. Corrupt or missing videos, and videos with
-a malformed box file, are logged and replaced by another sample; missing box files fail before training starts.
+sampled frames are decoded, at a reduced size when that loses nothing. Corrupt or missing videos, videos with a
+malformed box file and videos box extraction failed on (its ``failed.tsv``) are logged and replaced by another
+sample; a box file missing for any other reason (extraction not run) fails before training starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
 import os
 import string
+import sys
+import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +46,15 @@ from masking_generator import (
     TubeMaskingGenerator,
     crop_token_motion,
 )
-from motion_detection.boxfile import BoxFileError, MotionBoxes, box_file_path, load_boxes, relative_video_path
+from motion_detection.boxfile import (
+    FAILED_LIST_GLOB,
+    BoxFileError,
+    MotionBoxes,
+    box_file_path,
+    load_boxes,
+    read_failed_list,
+    relative_video_path,
+)
 from motion_detection.detect import union_box
 from motion_detection.video import VideoReadError, check_video_root
 from trajectory_targets import TrajectoryTargets, worker_targets
@@ -249,6 +261,28 @@ def reduced_decode_size(native_size: tuple[int, int] | None, needed_short_side: 
     return None if size == tuple(native_size) else size
 
 
+@contextlib.contextmanager
+def native_stderr_captured():
+    """Collect the lines native code writes to file descriptor 2 meanwhile (decord's C++ log prints "ERROR opening"
+    for every unreadable file, past decord.logging, and the decode error would then be logged twice). The list
+    yielded gets them on exit; lines of other writers are written to stderr again."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as spool:
+        os.dup2(spool.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            spool.seek(0)
+            lines += spool.read().decode(errors="replace").splitlines()
+            others = [line for line in lines if "ERROR opening: " not in line]
+            if others:
+                os.write(2, ("\n".join(others) + "\n").encode())
+
+
 def decode_frames(path: str, pick_indices: Callable[[int], np.ndarray],
                   size: tuple[int, int] | None = None) -> tuple[torch.Tensor, np.ndarray, int]:
     """Decode only the frames ``pick_indices(num_video_frames)`` selects (one decord ``get_batch``), at ``size``
@@ -263,10 +297,13 @@ def decode_frames(path: str, pick_indices: Callable[[int], np.ndarray],
         size = None
     kwargs = {} if size is None else {"width": size[0], "height": size[1]}
     try:
-        reader = decord.VideoReader(path, num_threads=1, **kwargs)
+        with native_stderr_captured() as decord_log:
+            reader = decord.VideoReader(path, num_threads=1, **kwargs)
         num_video_frames = len(reader)
     except Exception as e:  # decord raises its own error types for corrupt streams
-        raise VideoDecodeError(f"{path}: cannot decode ({type(e).__name__}: {e})") from None
+        opening = [line.partition(f"ERROR opening: {path}, ")[2] for line in decord_log]
+        reason = next((r for r in opening if r), f"{type(e).__name__}: {e}")
+        raise VideoDecodeError(f"{path}: cannot decode ({reason})") from None
     if num_video_frames == 0:
         raise VideoDecodeError(f"{path}: no frames")
     try:
@@ -291,22 +328,27 @@ class UnusableDataError(RuntimeError):
     """MAX_REPLACEMENTS entries in a row could not be loaded: the data, not one video, is broken."""
 
 
-def load_with_replacement(load: Callable[[int], Loaded], index: int, num_entries: int,
-                          rng: np.random.Generator) -> tuple[int, Loaded, int]:
-    """``load(index)``, replacing an entry whose video fails to decode or whose box file is malformed by a random
-    other one (logged). Returns the entry actually loaded, its result and how many were skipped; gives up after
-    MAX_REPLACEMENTS in a row."""
+def load_with_replacement(load: Callable[[int], Loaded], index: int, num_entries: int, rng: np.random.Generator,
+                          reported: set[int] | None = None, left_out: bool = False) -> tuple[int, Loaded, int]:
+    """``load(index)``, replacing an entry whose video fails to decode or has no usable box file by a random other
+    one. The failure is logged once per entry in ``reported`` (a worker's set: a bad video's every view or epoch
+    would log it again), as a sample ``left_out`` (evaluation drops replaced items) or replaced. Returns the entry
+    actually loaded, its result and how many were skipped; gives up after MAX_REPLACEMENTS in a row."""
     replaced = 0
     while True:
         try:
             return index, load(index), replaced
         except (VideoDecodeError, BoxFileError) as e:
             replaced += 1
-            what = "unreadable video" if isinstance(e, VideoDecodeError) else "video with a malformed box file"
-            log.warning("skipping %s (%s); using another sample", what, e)
+            if reported is None or index not in reported:
+                what = "unreadable video" if isinstance(e, VideoDecodeError) else "video without a usable box file"
+                log.warning("skipping %s (%s); %s", what, e,
+                            "it is left out of the evaluation" if left_out else "using another sample")
+                if reported is not None:
+                    reported.add(index)
             if replaced >= MAX_REPLACEMENTS:
-                raise UnusableDataError(f"{replaced} videos in a row were missing, failed to decode or had malformed "
-                                        "box files (a wrong --data_root, corrupt or truncated files, or list ranges "
+                raise UnusableDataError(f"{replaced} videos in a row were missing, failed to decode or had no usable "
+                                        "box file (a wrong --data_root, corrupt or truncated files, or list ranges "
                                         f"past the videos' ends?); last: {e}") from None
             index = int(rng.integers(num_entries))
 
@@ -332,6 +374,32 @@ def box_video_paths(videos: list[str], data_root: str) -> list[str]:
         raise ValueError(f"{e} (box files mirror the paths below it)") from None
 
 
+def unusable_videos(box_dir: str, data_root: str, missing: dict[Path, str]) -> dict[Path, str]:
+    """Of the videos without a box file (box file -> path below ``data_root``), those extraction could not box,
+    which the run skips as it skips unreadable videos: the ones in the box folder's failed lists and the ones not on
+    disk (box file -> the message naming the video and the reason). Box extraction not run for the others is an
+    error at startup."""
+    failed = {}
+    for failed_list in sorted(Path(box_dir).glob(FAILED_LIST_GLOB)):
+        try:
+            rows = read_failed_list(failed_list)
+        except (OSError, UnicodeDecodeError) as e:
+            log.warning("cannot read %s: %s", failed_list, e)
+            continue
+        for video, reason in rows.items():
+            with contextlib.suppress(ValueError):
+                failed[box_file_path(box_dir, relative_video_path(video, data_root))] = (
+                    f"box extraction failed on it, {failed_list.name}: {reason}")
+    unusable = {}
+    for box_path, video in missing.items():
+        video_path = os.path.join(data_root, video)
+        if box_path in failed:
+            unusable[box_path] = f"{video_path}: no box file ({failed[box_path]})"
+        elif not os.path.exists(video_path):
+            unusable[box_path] = f"{video_path}: no box file (video file not found)"
+    return unusable
+
+
 class MotionBoxIndex:
     """Box files of a video list under ``box_dir`` (mirroring the list's relative paths; a video may be listed many
     times, as EPIC's long videos are, once per action segment). Parsed files are kept per worker up to
@@ -339,7 +407,7 @@ class MotionBoxIndex:
     milliseconds to parse."""
 
     def __init__(self, box_dir: str, videos: list[str], missing_box: str = "error",
-                 remedy: str = PRETRAINING_BOX_REMEDY):
+                 remedy: str = PRETRAINING_BOX_REMEDY, data_root: str = ""):
         if missing_box not in ("error", "random"):
             raise ValueError(f"missing_box must be 'error' or 'random', got {missing_box!r}")
         if not box_dir or not os.path.isdir(box_dir):  # a typo, not videos without boxes (--missing_box random)
@@ -347,15 +415,27 @@ class MotionBoxIndex:
                                     "motion_detection.extract_boxes)")
         self.box_dir, self.missing_box = box_dir, missing_box
         self.paths = [box_file_path(box_dir, v) for v in videos]
-        distinct = list(dict.fromkeys(self.paths))
-        missing = [str(p) for p in distinct if not p.exists()]
+        distinct = dict(zip(self.paths, videos, strict=True))
+        missing = [p for p in distinct if not p.exists()]
         self.num_missing = len(missing)
+        self.unusable: dict[Path, str] = {}  # box file -> why its video has none (--missing_box error)
         if missing and missing_box == "error":
-            shown = "\n  ".join(missing[:10])
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(distinct)} videos have no box file under {box_dir} (first: \n  {shown}\n)."
-                f" {remedy}")
-        if missing:
+            self.unusable = unusable_videos(box_dir, data_root, {p: distinct[p] for p in missing})
+            unexplained = [str(p) for p in missing if p not in self.unusable]
+            if unexplained:
+                shown = "\n  ".join(unexplained[:10])
+                raise FileNotFoundError(
+                    f"{len(unexplained)} of {len(distinct)} videos have no box file under {box_dir}, and box "
+                    f"extraction did not list them as failed ({FAILED_LIST_GLOB} there); the first "
+                    f"{min(len(unexplained), 10)}:\n  {shown}\n{remedy}")
+            if len(self.unusable) == len(distinct):
+                raise FileNotFoundError(f"none of the {len(distinct)} videos has a box file under {box_dir}: box "
+                                        f"extraction failed on all of them or they are not on disk (first: "
+                                        f"{next(iter(self.unusable.values()))})")
+            log.warning("%d of %d videos have no box file under %s because box extraction failed on them (listed "
+                        "in its %s) or they are not on disk; each is skipped and replaced by another sample",
+                        len(self.unusable), len(distinct), box_dir, FAILED_LIST_GLOB)
+        elif missing:
             log.warning("%d of %d videos have no box file under %s; they are masked as clips without motion",
                         len(missing), len(distinct), box_dir)
         self._cache: OrderedDict[Path, MotionBoxes] = OrderedDict()
@@ -367,6 +447,8 @@ class MotionBoxIndex:
         when ``missing_box`` is ``random`` (a malformed one logged once per worker); else BoxFileError naming the
         file (the sample is then replaced, as a corrupt video's)."""
         path = self.paths[index]
+        if path in self.unusable:
+            raise BoxFileError(self.unusable[path])
         if path not in self._cache:
             try:
                 boxes = load_boxes(path)
@@ -508,9 +590,10 @@ class VideoMAEPretrainDataset(Dataset):
         else:
             self.mask_generator = TubeMaskingGenerator(self.window_size, mask_ratio)
         videos = box_video_paths([entry.video for entry in self.entries], data_root) if uses_boxes else []
-        self.boxes = MotionBoxIndex(box_dir, videos, missing_box) if uses_boxes else None
+        self.boxes = MotionBoxIndex(box_dir, videos, missing_box, data_root=data_root) if uses_boxes else None
         self._stored_sizes: dict[str, tuple[int, int]] = {}
         self._box_mismatches = BoxMismatches()
+        self._reported_unusable: set[int] = set()  # entries whose failure this worker has logged
         self.reseed(seed)
 
     def reseed(self, seed: int | None) -> None:
@@ -555,7 +638,7 @@ class VideoMAEPretrainDataset(Dataset):
                     raise VideoDecodeError(f"{path}: --guided_motion codec_mv: {e}") from None
             return frames, np.stack([box, base_box]), boxes, motion
 
-        _, loaded, replaced = load_with_replacement(load, index, len(self), self.rng)
+        _, loaded, replaced = load_with_replacement(load, index, len(self), self.rng, self._reported_unusable)
         frames, boxes01, boxes, motion = loaded
         return frames, boxes01, boxes, replaced, motion
 
@@ -766,7 +849,7 @@ class VideoClassificationDataset(Dataset):
     (num_frames x num_segments segments over the clip) or ``dense`` (num_segments windows of num_frames frames at
     sampling_rate). Items are dicts: ``video`` (3, T, S, S) normalised, ``target`` (heads,) long, ``box`` (T, 4)
     float32 in [0, 1] of the output frames (NaN rows: none), ``replaced`` (videos skipped because they failed to
-    decode or had a malformed box file), and in test mode ``sample_id`` (the entry) and ``view`` (segment *
+    decode or had no usable box file), and in test mode ``sample_id`` (the entry) and ``view`` (segment *
     test_num_crop + crop).
     """
 
@@ -811,9 +894,10 @@ class VideoClassificationDataset(Dataset):
         self.box_index = None
         if box_dir:
             relative = box_video_paths([entry.video for entry in entries], data_root)
-            self.box_index = MotionBoxIndex(box_dir, relative, "error", FINETUNING_BOX_REMEDY)
+            self.box_index = MotionBoxIndex(box_dir, relative, "error", FINETUNING_BOX_REMEDY, data_root)
         self._stored_sizes: dict[str, tuple[int, int]] = {}
         self._box_mismatches = BoxMismatches()
+        self._reported_unusable: set[int] = set()  # entries whose failure this worker has logged
         self._overrun_warned: set[str] = set()
         self.reseed(seed)
 
@@ -891,7 +975,8 @@ class VideoClassificationDataset(Dataset):
         entry_index, view = divmod(index, self.num_views)
         segment, crop = divmod(view, self.test_num_crop) if self.mode == "test" else (0, 0)
         entry_index, (frames, boxes), replaced = load_with_replacement(
-            lambda i: self._decode(i, segment), entry_index, len(self.entries), self.rng)
+            lambda i: self._decode(i, segment), entry_index, len(self.entries), self.rng, self._reported_unusable,
+            left_out=self.mode != "train")
         target = torch.tensor(self.entries[entry_index].target, dtype=torch.long)
         items = []
         for _ in range(self.num_sample):

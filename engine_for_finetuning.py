@@ -101,7 +101,7 @@ def train_one_epoch(model, data_loader, optimizer, device, epoch: int, loss_scal
     metric_logger.synchronize_between_processes(device)
     replaced = int(utils.all_reduce_sum(replaced, device))
     if replaced:
-        print(f"epoch {epoch}: {replaced} unreadable videos (missing, corrupt or with a malformed box file) were"
+        print(f"epoch {epoch}: {replaced} unusable videos (missing, corrupt, or without a usable box file) were"
               " skipped and replaced by other samples")
     print("Averaged stats:", metric_logger)
     return {k: meter.global_avg for k, meter in metric_logger.meters.items()} | {"replaced_videos": replaced}
@@ -135,7 +135,8 @@ def accuracies(logits: torch.Tensor, targets: torch.Tensor, head_sizes: list[int
 @torch.no_grad()
 def validation_one_epoch(data_loader, model, device, args, deepspeed: bool = False) -> dict:
     """Loss and accuracy on one view per video; averaged over ranks weighted by batch size. A video that fails to
-    decode is left out (the loader hands another video in its place, which would count that one twice)."""
+    decode or has no usable box file is left out (the loader hands another video in its place, which would count that
+    one twice)."""
     model.eval()
     metric_logger = utils.MetricLogger()
     for key in ["loss", *accuracy_keys(args.head_sizes)]:
@@ -155,7 +156,8 @@ def validation_one_epoch(data_loader, model, device, args, deepspeed: bool = Fal
     metric_logger.synchronize_between_processes(device)
     skipped = int(utils.all_reduce_sum(skipped, device))
     if skipped:
-        print(f"validation: {skipped} videos could not be decoded and are left out")
+        print(f"validation: {skipped} videos could not be used (unreadable, or without a usable box file) and are "
+              "left out")
     print("* " + "  ".join(f"{k} {m.global_avg:.3f}" for k, m in metric_logger.meters.items() if "acc" in k))
     return {k: meter.global_avg for k, meter in metric_logger.meters.items()} | {"skipped_videos": skipped}
 

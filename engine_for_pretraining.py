@@ -120,7 +120,7 @@ def train_one_epoch(model, data_loader, optimizer, device: torch.device, epoch: 
     replaced = utils.all_reduce_sum(replaced, device)
     missing_boxes = utils.all_reduce_sum(missing_boxes, device)
     if replaced:
-        print(f"epoch {epoch}: {int(replaced)} unreadable videos (missing, corrupt or with a malformed box file) were"
+        print(f"epoch {epoch}: {int(replaced)} unusable videos (missing, corrupt, or without a usable box file) were"
               " skipped and replaced by other samples")
     if missing_boxes:
         print(f"epoch {epoch}: {int(missing_boxes)} clips had no box file and were masked as clips without motion")

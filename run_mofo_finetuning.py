@@ -304,9 +304,10 @@ def run_test(model, dataset, args, device, rank: int, world: int) -> dict:
     results = {}
     if utils.is_main_process():
         results = merge_views([out_dir / f"test_views_rank{r}.jsonl" for r in range(world)], args.head_sizes)
-        if results["videos"] != len(dataset.entries):
-            print(f"Warning: {len(dataset.entries) - results['videos']} of {len(dataset.entries)} test videos failed "
-                  "to decode or had malformed box files and are not in the results (the log names them)")
+        results["skipped_videos"] = len(dataset.entries) - results["videos"]
+        if results["skipped_videos"]:
+            print(f"Warning: {results['skipped_videos']} of {len(dataset.entries)} test videos could not be used "
+                  "(unreadable, or without a usable box file) and are not in the results (the log names them)")
         print("Final test (" + f"{args.test_num_segment} x {args.test_num_crop} views): "
               + "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items()))
         atomic_write_text(out_dir / "test_results.json", json.dumps(results, indent=1) + "\n")

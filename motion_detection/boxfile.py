@@ -126,6 +126,30 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+FAILED_LIST_HEADER = "video\treason"
+FAILED_LIST_GLOB = "failed*.tsv"  # failed.tsv, or failed.shardIIII-of-KKKK.tsv per shard
+
+
+def read_failed_list(path: str | os.PathLike) -> dict[str, str]:
+    """The rows of an extract_boxes failed list (video as listed -> reason); {} when there is no such file. A line
+    without a tab (not written by extract_boxes) is read as a video without a reason."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return {}
+    rows = {}
+    for line in lines[1:] if lines and lines[0] == FAILED_LIST_HEADER else lines:
+        video, _, reason = line.partition("\t")
+        if video.strip():
+            rows[video] = reason
+    return rows
+
+
+def failed_list_text(rows: dict[str, str]) -> str:
+    """A failed list: the header and one ``video\treason`` row per video, sorted, reasons folded onto one line."""
+    return FAILED_LIST_HEADER + "\n" + "".join(f"{video}\t{' '.join(rows[video].split())}\n" for video in sorted(rows))
+
+
 def check_writable(folder: str | os.PathLike) -> None:
     """Create ``folder`` and write and remove a file of its own there (an OSError if it cannot), so that a run
     finds out before its work rather than when it first saves it."""

@@ -39,9 +39,11 @@ from .boxfile import (
     atomic_write_text,
     box_file_path,
     check_writable,
+    failed_list_text,
     load_boxes,
     load_partial,
     partial_file_path,
+    read_failed_list,
     relative_video_path,
     remove_stale_temp_files,
     save_boxes,
@@ -147,12 +149,16 @@ def distinct_videos(entries: list[str], video_root: str) -> list[str]:
     action segment)."""
     first = {}
     for entry in entries:
-        try:
-            key = relative_video_path(entry, video_root)
-        except ValueError:
-            key = entry
-        first.setdefault(key, entry)
+        first.setdefault(video_key(entry, video_root), entry)
     return list(first.values())
+
+
+def video_key(entry: str, video_root: str) -> str:
+    """The path below the video root that names a video's box file (the entry itself if it is not below it)."""
+    try:
+        return relative_video_path(entry, video_root)
+    except ValueError:
+        return entry
 
 
 def default_shard() -> tuple[int, int]:
@@ -178,10 +184,13 @@ def failed_list_path(output_dir: str, shard_id: int, num_shards: int) -> Path:
     return Path(output_dir) / name
 
 
-def failed_list_text(failures: list[Outcome]) -> str:
-    """The failed list: a ``video\treason`` header and one row per video, reasons folded onto one line."""
-    rows = sorted((o.video, " ".join(o.message.split())) for o in failures)
-    return "video\treason\n" + "".join(f"{video}\t{reason}\n" for video, reason in rows)
+def merged_failures(earlier: dict[str, str], videos: list[str], failures: list[Outcome],
+                    video_root: str) -> dict[str, str]:
+    """The failed list after this run: this run's failures, and the earlier rows of videos it did not process (a
+    run on another list into the same --output_dir keeps them); the earlier rows of the videos it processed go."""
+    processed = {video_key(video, video_root) for video in videos}
+    rows = {video: reason for video, reason in earlier.items() if video_key(video, video_root) not in processed}
+    return rows | {outcome.video: outcome.message for outcome in failures}
 
 
 _detector: MotionBoxDetector | None = None
@@ -477,12 +486,13 @@ def main(argv: list[str] | None = None) -> int:
 
     failed_path = failed_list_path(args.output_dir, args.shard_id, args.num_shards)
     try:
-        if failures:
-            atomic_write_text(failed_path, failed_list_text(failures))
+        failed_rows = merged_failures(read_failed_list(failed_path), videos, failures, args.video_root)
+        if failed_rows:
+            atomic_write_text(failed_path, failed_list_text(failed_rows))
         elif failed_path.exists():
             failed_path.unlink()
-    except OSError as e:
-        log.error("cannot write the list of failed videos %s: %s", failed_path, e)
+    except (OSError, UnicodeDecodeError) as e:
+        log.error("cannot update the list of failed videos %s: %s", failed_path, e)
     rate = pairs / elapsed if elapsed > 0 else 0.0
     print(f"summary: {len(videos)} videos | {len(written)} written | {skipped} already done | "
           f"{len(failures)} failed | {pairs} frame pairs in {elapsed:.1f}s ({rate:.1f} pairs/s)")

@@ -21,8 +21,8 @@ import pytest
 
 import make_synthetic_dataset
 from motion_detection import MotionBoxDetector, extract_boxes, load_boxes
-from motion_detection.boxfile import STALE_TEMP_AGE, save_partial, video_identity
-from motion_detection.extract_boxes import Outcome, default_shard, failed_list_text
+from motion_detection.boxfile import STALE_TEMP_AGE, failed_list_text, read_failed_list, save_partial, video_identity
+from motion_detection.extract_boxes import default_shard
 from motion_detection.video import read_video, write_mp4
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,7 +198,32 @@ def test_bad_videos_are_recorded_and_good_ones_still_written(data, reference, tm
 
     again = run(write_list(tmp_path / "good.csv", GOOD[:2]), root, out)
     assert summary(again) == (2, 0, 2, 0)
-    assert not (out / "failed.tsv").exists(), "a run without failures must remove the stale failed list"
+    assert failed_rows(out / "failed.tsv") == reasons, "a run on other videos keeps the failures it did not retry"
+
+
+def test_the_failed_list_keeps_other_lists_failures_and_drops_fixed_videos(data, tmp_path):
+    """Lists extracted one after the other into one --output_dir (train, then val) keep each other's failures in
+    failed.tsv; a video that is boxed on a later run (here: a missing one copied in) leaves it, and the list goes
+    when nothing in it failed."""
+    _, root = data
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in GOOD[:2]:
+        shutil.copy(root / name, videos / name)
+    (videos / "broken.mp4").write_bytes(os.urandom(5000))
+    out = tmp_path / "out"
+    train = write_list(tmp_path / "train.csv", [GOOD[0], "gone.mp4"])
+    val = write_list(tmp_path / "val.csv", [GOOD[1], "broken.mp4"])
+    assert summary(run(train, videos, out, rc=1)) == (2, 1, 0, 1)
+    assert summary(run(val, videos, out, rc=1)) == (2, 1, 0, 1)
+    assert set(failed_rows(out / "failed.tsv")) == {"gone.mp4", "broken.mp4"}
+    shutil.copy(root / GOOD[2], videos / "gone.mp4")
+    assert summary(run(train, videos, out)) == (2, 1, 1, 0)
+    assert set(failed_rows(out / "failed.tsv")) == {"broken.mp4"}
+    (videos / "broken.mp4").unlink()
+    shutil.copy(root / GOOD[3], videos / "broken.mp4")
+    assert summary(run(write_list(tmp_path / "again.csv", ["./broken.mp4"]), videos, out)) == (1, 1, 0, 0)
+    assert not (out / "failed.tsv").exists(), "a failed list without rows is removed"
 
 
 def children(pid: int) -> list[int]:
@@ -657,10 +682,15 @@ def test_duplicate_rows_are_processed_once(data, reference, tmp_path):
     assert shards == [(1, 1, 0, 0), (1, 1, 0, 0)]
 
 
-def test_failed_list_reasons_stay_on_one_line():
+def test_failed_list_reasons_stay_on_one_line(tmp_path):
     """Multi-line reasons (OpenCV errors) and tabs cannot break the failed list's two-column rows."""
-    failures = [Outcome("b.mp4", False, "OpenCV error: (-215)\n in function 'x'\n"), Outcome("a.mp4", False, "x\ty")]
-    assert failed_list_text(failures) == "video\treason\na.mp4\tx y\nb.mp4\tOpenCV error: (-215) in function 'x'\n"
+    rows = {"b.mp4": "OpenCV error: (-215)\n in function 'x'\n", "a.mp4": "x\ty"}
+    text = failed_list_text(rows)
+    assert text == "video\treason\na.mp4\tx y\nb.mp4\tOpenCV error: (-215) in function 'x'\n"
+    path = tmp_path / "failed.tsv"
+    path.write_text(text)
+    assert read_failed_list(path) == {"a.mp4": "x y", "b.mp4": "OpenCV error: (-215) in function 'x'"}
+    assert read_failed_list(tmp_path / "none.tsv") == {}
 
 
 # ---------------------------------------------------------------- the SLURM launch scripts, dry runs

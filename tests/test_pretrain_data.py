@@ -29,7 +29,10 @@ from torch.utils.data import DataLoader, default_collate
 import datasets
 import utils
 from datasets import (
+    ClipEntry,
     MotionBoxIndex,
+    VideoDecodeError,
+    VideoClassificationDataset,
     VideoMAEPretrainDataset,
     clip_box,
     decode_frames,
@@ -351,15 +354,66 @@ def test_large_video_decoded_smaller_with_correct_boxes(data):
         np.testing.assert_allclose(item["box"].numpy(), box, atol=1e-4)
 
 
+def box_folder_with_videos(data, tmp_path, names: list[str], boxed: int) -> tuple[Path, Path]:
+    """(video root, box folder): every name a copy of video 0 on disk, the first ``boxed`` with its box file."""
+    videos, boxes = tmp_path / "videos", tmp_path / "boxes"
+    for k, name in enumerate(names):
+        for folder in (videos, boxes):
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (videos / name).symlink_to(data / "small" / "videos" / "000000.mp4")
+        if k < boxed:
+            shutil.copy(data / "small" / "gt_boxes" / "000000.json", (boxes / name).with_suffix(".json"))
+    return videos, boxes
+
+
 def test_missing_box_error_lists_the_first_missing_files(data, tmp_path):
+    """Videos on disk, not in a failed list, without a box file: extraction was not run for them, so the run stops
+    at startup naming the first ten, one per line."""
     names = [f"{i:06d}.mp4" for i in range(2)] + [f"part/{k:02d}.mp4" for k in range(12)]
+    videos, boxes = box_folder_with_videos(data, tmp_path, names, boxed=2)
     with pytest.raises(FileNotFoundError) as error:
-        motion_dataset(data, list_file=write_list(tmp_path / "list.csv", names))
+        motion_dataset(data, list_file=write_list(tmp_path / "list.csv", names), data_root=videos, box_dir=boxes)
     message = str(error.value)
-    assert "12 of 14 videos" in message and "--missing_box random" in message
-    for k in range(10):
-        assert str(data / "small" / "gt_boxes" / "part" / f"{k:02d}.json") in message
+    assert f"12 of 14 videos have no box file under {boxes}, and box extraction did not list them" in message
+    assert "--missing_box random" in message
+    lines = message.splitlines()
+    assert lines[1:11] == [f"  {boxes / 'part' / f'{k:02d}.json'}" for k in range(10)], lines
     assert "10.json" not in message and "11.json" not in message
+
+
+def test_videos_box_extraction_failed_on_are_skipped_at_run_time(data, tmp_path, caplog):
+    """A video in the box folder's failed.tsv (or a shard's failed list) or no longer on disk has no box file for
+    a reason extraction recorded: the run starts, and each such sample is skipped, logged once with its reason, and
+    replaced, as an unreadable video is (pretraining and fine-tuning alike). A video missing its box file for no
+    recorded reason still stops the run; so does a list where no video has one."""
+    names = ["000000.mp4", "000001.mp4", "bad/broken.mp4", "other.mp4", "gone.mp4"]
+    videos, boxes = box_folder_with_videos(data, tmp_path, names[:4], boxed=2)
+    (boxes / "failed.tsv").write_text("video\treason\n./bad/broken.mp4\tcannot be opened\n")
+    (boxes / "failed.shard0001-of-0002.tsv").write_text(f"video\treason\n{videos / 'other.mp4'}\ttoo small\n")
+    list_file = write_list(tmp_path / "list.csv", names)
+    with caplog.at_level(logging.WARNING, logger="datasets"):
+        dataset = motion_dataset(data, list_file=list_file, data_root=videos, box_dir=boxes)
+    assert f"3 of 5 videos have no box file under {boxes} because box extraction failed" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="datasets"):
+        items = [dataset[index] for index in (2, 3, 4) * 2]
+    assert all(item["replaced"] >= 1 for item in items)
+    for video, reason in (("bad/broken.mp4", "box extraction failed on it, failed.tsv: cannot be opened"),
+                          ("other.mp4", "box extraction failed on it, failed.shard0001-of-0002.tsv: too small"),
+                          ("gone.mp4", "video file not found")):
+        logged = [r.getMessage() for r in caplog.records if f"{videos / video}:" in r.getMessage()]
+        assert logged == [f"skipping video without a usable box file ({videos / video}: no box file ({reason})); "
+                          "using another sample"], logged
+    finetune = VideoClassificationDataset([ClipEntry(name, (0,)) for name in names], str(videos), str(boxes),
+                                          "validation", num_frames=NUM_FRAMES, input_size=INPUT_SIZE,
+                                          short_side_size=INPUT_SIZE)
+    assert finetune[4]["replaced"] >= 1 and finetune[0]["replaced"] == 0
+    (tmp_path / "videos" / "unboxed.mp4").symlink_to(data / "small" / "videos" / "000000.mp4")
+    with pytest.raises(FileNotFoundError, match="1 of 6 videos have no box file"):
+        motion_dataset(data, list_file=write_list(tmp_path / "more.csv", [*names, "unboxed.mp4"]), data_root=videos,
+                       box_dir=boxes)
+    with pytest.raises(FileNotFoundError, match="none of the 3 videos has a box file"):
+        motion_dataset(data, list_file=write_list(tmp_path / "bad.csv", names[2:]), data_root=videos, box_dir=boxes)
 
 
 def test_box_files_mirror_the_list_paths(data, videos, tmp_path):
@@ -492,7 +546,7 @@ def test_box_files_that_do_not_fit_their_video(data, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="datasets"):
         strict = motion_dataset(data, list_file=list_file, box_dir=box_dir, box_source="video")
         assert strict[1]["replaced"] == 1 and strict[0]["replaced"] == 0
-        assert f"skipping video with a malformed box file ({box_dir / '000001.json'}" in caplog.text
+        assert f"skipping video without a usable box file ({box_dir / '000001.json'}" in caplog.text
         assert strict[2]["replaced"] == 0 and strict[3]["replaced"] == 0
     assert f"is {WIDTH}x{HEIGHT}, its box file of a {WIDTH * 2}x{HEIGHT} frame" in caplog.text
     assert f"000003.mp4: its box file counts {VIDEO_FRAMES * 2} frames, the decoder {VIDEO_FRAMES}" in caplog.text
@@ -538,20 +592,26 @@ def corrupt_list(data, tmp_path):
 
 
 def test_corrupt_videos_are_replaced_and_logged(data, corrupt_list, caplog, capfd):
-    """Each bad video is logged once by name and replaced; FFmpeg's own line per damaged packet stays silent."""
+    """Each bad video is logged once by name and replaced, also when drawn again (each epoch); FFmpeg's own line per
+    damaged packet and decord's "ERROR opening" line stay silent, decord's reason is in the log line."""
     list_file, video_dir = corrupt_list
     dataset = motion_dataset(data, list_file=list_file, data_root=video_dir, missing_box="random")
     names = [line.split()[0] for line in Path(list_file).read_text().splitlines()]
     capfd.readouterr()
-    for bad in ("random.mp4", "empty.mp4", "gone.mp4", "damaged.mp4"):
-        caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="datasets"):
-            item = dataset[names.index(bad)]
-        assert item["replaced"] >= 1, bad
+    bad_videos = ("random.mp4", "empty.mp4", "gone.mp4", "damaged.mp4")
+    with caplog.at_level(logging.WARNING, logger="datasets"):
+        items = [dataset[names.index(bad)] for bad in bad_videos * 2]
+    for item in items:
+        assert item["replaced"] >= 1
         assert item["frames"].shape == (NUM_FRAMES, INPUT_SIZE, INPUT_SIZE, 3)
         assert item["missing_box"] == 0  # the box belongs to the replacement, which has one
-        assert any(bad in r.getMessage() and "corrupt" in r.getMessage() for r in caplog.records)
-    assert "[mpeg4 @" not in capfd.readouterr().err
+    for bad in bad_videos:
+        logged = [r.getMessage() for r in caplog.records if f"{video_dir / bad}:" in r.getMessage()]
+        assert len(logged) == 1 and logged[0].startswith("skipping unreadable video"), logged
+    err = capfd.readouterr().err
+    assert "[mpeg4 @" not in err and "ERROR opening" not in err
+    with pytest.raises(VideoDecodeError, match="random.mp4: cannot decode \\(Invalid data found when processing"):
+        decode_frames(str(video_dir / "random.mp4"), lambda n: np.arange(2))
     assert dataset[0]["replaced"] == 0
 
 
@@ -571,7 +631,7 @@ def test_only_corrupt_videos_fail_loudly(data, tmp_path):
     (tmp_path / "broken.mp4").write_bytes(b"not a video" * 200)
     list_file = write_list(tmp_path / "list.csv", ["broken.mp4"])
     dataset = motion_dataset(data, list_file=list_file, data_root=tmp_path, mask_type="tube")
-    with pytest.raises(RuntimeError, match="in a row were missing, failed to decode or had malformed box files"):
+    with pytest.raises(RuntimeError, match="in a row were missing, failed to decode or had no usable box file"):
         dataset[0]
     with pytest.raises(ValueError, match=f"list.csv: none of the 1 videos checked is found below --data_root "
                                          f"{data}, e.g. {data}/broken.mp4"):
