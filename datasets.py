@@ -86,6 +86,7 @@ BOX_MISMATCH_NAMED = 5  # box files that do not fit their video named per kind a
 UNSCALABLE_VIDEOS: set[str] = set()  # videos decord failed to decode at a reduced size, in this process
 BOX_CACHE_FRAMES = 1_000_000  # parsed boxes kept per worker (16 MB): about 35 of EPIC's long videos
 MAX_REPLACEMENTS = 20
+VIDEO_SUFFIXES = {".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp"}
 
 Loaded = TypeVar("Loaded")
 
@@ -108,15 +109,23 @@ class ClipEntry:
 
 def read_numbered_list(list_file: str | os.PathLike) -> list[tuple[int, str, list[str]]]:
     """VideoMAE list: ``path [fields...]`` per line, separated by whitespace, with each entry's line number in the
-    file (blank lines skipped), for the readers' errors."""
+    file (blank lines skipped), for the readers' errors. A line whose first field is not a video file name while a
+    later one is (``my clip.mp4 3``) is a ValueError: its path holds a space."""
     if Path(list_file).is_dir():
         raise ValueError(f"{list_file} is a folder, not a list file (pretraining's --data_path names the list itself;"
                          " fine-tuning's, the folder of train.csv, val.csv and test.csv)")
     entries = []
     for number, line in enumerate(Path(list_file).read_text(encoding="utf-8-sig").splitlines(), start=1):
         parts = line.split()  # -sig above: a spreadsheet's BOM
-        if parts:
-            entries.append((number, parts[0], parts[1:]))
+        if not parts:
+            continue
+        spaced = next((k for k, part in enumerate(parts[1:], 1) if Path(part).suffix.lower() in VIDEO_SUFFIXES), 0)
+        if spaced and Path(parts[0]).suffix.lower() not in VIDEO_SUFFIXES:
+            raise ValueError(f"{list_file}:{number}: the video path seems to hold a space, "
+                             f"'{' '.join(parts[:spaced + 1])}': fields are separated by whitespace, as in VideoMAE's "
+                             "lists, so it reads as the path "
+                             f"'{parts[0]}'. Rename or link the videos to paths without spaces")
+        entries.append((number, parts[0], parts[1:]))
     if not entries:
         raise ValueError(f"{list_file}: no videos listed")
     return entries

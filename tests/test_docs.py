@@ -293,6 +293,19 @@ def test_documented_commands_parse_with_their_values():
     assert "invalid choice: 'motoin'" in json.loads(result.stdout.splitlines()[-1])[0]
 
 
+def test_the_tiny_cpu_pretraining_example_runs_as_written(tmp_path):
+    """PRETRAIN.md's tiny CPU run, the one a reader tries first: its commands as written (only the output folder
+    ``tiny/`` moved to a temp folder) make data, boxes and a checkpoint."""
+    text = (REPO / "PRETRAIN.md").read_text(encoding="utf-8")
+    block = next(body for lang, body in FENCE.findall(text) if "--warmup_epochs 0" in body)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", block.replace("tiny/", f"{tmp_path}/")], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "pretrain" / "checkpoint-0.pth").is_file() and any((tmp_path / "boxes").glob("*.json"))
+
+
 def test_every_doc_and_stage_script_runs_entry_points():
     """Guards against a parser that silently finds nothing."""
     stage_scripts = {str(s.relative_to(REPO)) for s in STAGE_SCRIPTS}

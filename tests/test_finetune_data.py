@@ -863,6 +863,20 @@ def test_a_data_path_of_the_wrong_kind_is_named(data, tmp_path):
         build_dataset(True, False, make_args(data, data_root=str(data)))  # the videos are in data/videos
 
 
+def test_a_list_path_with_a_space_is_named_by_its_line(tmp_path):
+    """``my clip.mp4 3`` splits into the path ``my``: each list reader (fine-tuning, pretraining, box extraction)
+    names the line and the space instead of a run-time "my: file not found" per draw; the MOFO release's
+    ``path "class name" label`` rows and VideoMAE V2's frame ranges still read."""
+    (tmp_path / "list.csv").write_text("a.mp4 3\nclips/my clip.MP4 4\n")
+    for read in (datasets.read_label_list, datasets.read_pretrain_list, datasets.read_video_list):
+        with pytest.raises(ValueError, match=r"list.csv:2: the video path seems to hold a space, 'clips/my clip.MP4'"):
+            read(tmp_path / "list.csv")
+    (tmp_path / "release.csv").write_text('a.mp4 "Pushing something from left to right" 3\n')
+    assert datasets.read_label_list(tmp_path / "release.csv")[0].target == (3,)
+    (tmp_path / "v2.csv").write_text("frames/b 0 30 2\n")
+    assert datasets.read_pretrain_list(tmp_path / "v2.csv")[0].num_frames == 30
+
+
 def test_a_label_list_row_without_a_label_is_named_by_its_line(tmp_path):
     (tmp_path / "train.csv").write_text("a.mp4 3\n\nb.mp4 cat\n")
     with pytest.raises(ValueError, match=r"train.csv:3: 'b.mp4 cat' does not end in an integer label"):
