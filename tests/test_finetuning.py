@@ -101,7 +101,7 @@ def test_finetune_from_a_pretraining_run_then_eval(data, pretrained, tmp_path, m
     assert {"train_loss", "val_acc1", "val_acc5"} <= set(record)
     results = json.loads((out / "test_results.json").read_text())
     num_test = len((data / "test.csv").read_text().splitlines())
-    assert results["videos"] == num_test and results["views"] == num_test * 2 * 2
+    assert results["videos"] == num_test and results["views"] == num_test * 2 * 2 and results["skipped_videos"] == 0
     assert 0 <= results["acc1"] <= 100
 
     (out / "test_results.json").unlink()
@@ -120,6 +120,19 @@ def test_finetune_from_a_pretraining_run_then_eval(data, pretrained, tmp_path, m
     assert no_weights_named.returncode == 0, no_weights_named.stderr[-3000:]
     assert f"--eval tests {out / 'checkpoint-0.pth'}, the newest checkpoint in --output_dir" in no_weights_named.stdout
     assert json.loads((out / "test_results.json").read_text()) == results
+    # A test video gone from disk (so without a box file) is left out, logged once for its four views, and counted.
+    lists = tmp_path / f"{model}_lists"
+    lists.mkdir()
+    for name in ("train.csv", "val.csv"):
+        shutil.copy(data / name, lists / name)
+    (lists / "test.csv").write_text((data / "test.csv").read_text() + "gone.mp4 0\n")
+    (out / "test_results.json").unlink()
+    with_gone = finetune(finetune_args(data, out, model, "--eval", "--data_path", str(lists)))
+    assert with_gone.returncode == 0, with_gone.stderr[-3000:]
+    assert json.loads((out / "test_results.json").read_text()) == results | {"skipped_videos": 1}
+    skipped = [line for line in with_gone.stderr.splitlines() if "skipping" in line and "gone.mp4" in line]
+    assert len(skipped) == 1 and "it is left out of the evaluation" in skipped[0], skipped
+    assert f"1 of {num_test + 1} test videos could not be used" in with_gone.stdout
     if model.endswith("_mofo"):  # tested with other boxes than it was trained with: named
         other_boxes = finetune(finetune_args(data, out, model, "--eval", "--box_source", "frame"))
         assert other_boxes.returncode == 0, other_boxes.stderr[-3000:]
