@@ -26,6 +26,7 @@ import os
 import string
 import sys
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ from motion_detection.boxfile import (
     relative_video_path,
 )
 from motion_detection.detect import union_box
-from motion_detection.video import VideoReadError, check_video_root
+from motion_detection.video import VideoReadError, check_no_space_in_path, check_video_root
 from trajectory_targets import TrajectoryTargets, worker_targets
 from video_transforms import (
     NO_BOX,
@@ -86,7 +87,6 @@ BOX_MISMATCH_NAMED = 5  # box files that do not fit their video named per kind a
 UNSCALABLE_VIDEOS: set[str] = set()  # videos decord failed to decode at a reduced size, in this process
 BOX_CACHE_FRAMES = 1_000_000  # parsed boxes kept per worker (16 MB): about 35 of EPIC's long videos
 MAX_REPLACEMENTS = 20
-VIDEO_SUFFIXES = {".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp"}
 
 Loaded = TypeVar("Loaded")
 
@@ -119,12 +119,7 @@ def read_numbered_list(list_file: str | os.PathLike) -> list[tuple[int, str, lis
         parts = line.split()  # -sig above: a spreadsheet's BOM
         if not parts:
             continue
-        spaced = next((k for k, part in enumerate(parts[1:], 1) if Path(part).suffix.lower() in VIDEO_SUFFIXES), 0)
-        if spaced and Path(parts[0]).suffix.lower() not in VIDEO_SUFFIXES:
-            raise ValueError(f"{list_file}:{number}: the video path seems to hold a space, "
-                             f"'{' '.join(parts[:spaced + 1])}': fields are separated by whitespace, as in VideoMAE's "
-                             "lists, so it reads as the path "
-                             f"'{parts[0]}'. Rename or link the videos to paths without spaces")
+        check_no_space_in_path(parts, f"{list_file}:{number}")
         entries.append((number, parts[0], parts[1:]))
     if not entries:
         raise ValueError(f"{list_file}: no videos listed")
@@ -270,26 +265,43 @@ def reduced_decode_size(native_size: tuple[int, int] | None, needed_short_side: 
     return None if size == tuple(native_size) else size
 
 
+_STDERR_CAPTURE = threading.Lock()  # fd 2 is the process's: one capture at a time
+
+
 @contextlib.contextmanager
 def native_stderr_captured():
     """Collect the lines native code writes to file descriptor 2 meanwhile (decord's C++ log prints "ERROR opening"
     for every unreadable file, past decord.logging, and the decode error would then be logged twice). The list
-    yielded gets them on exit; lines of other writers are written to stderr again."""
+    yielded gets decord's lines on exit; what other writers wrote meanwhile goes to stderr again, byte for byte.
+    Where no spool can be made (no file descriptors or disk left), nothing is captured."""
     lines: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as spool:
-        os.dup2(spool.fileno(), 2)
+    with _STDERR_CAPTURE:
+        sys.stderr.flush()
         try:
+            spool = (os.fdopen(os.memfd_create("stderr"), "w+b") if hasattr(os, "memfd_create")
+                     else tempfile.TemporaryFile())
+        except OSError:
             yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            spool.seek(0)
-            lines += spool.read().decode(errors="replace").splitlines()
-            others = [line for line in lines if "ERROR opening: " not in line]
-            if others:
-                os.write(2, ("\n".join(others) + "\n").encode())
+            return
+        with spool:
+            try:
+                saved = os.dup(2)
+            except OSError:
+                yield lines
+                return
+            os.dup2(spool.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                spool.seek(0)
+                kept = []
+                for line in spool.read().splitlines(keepends=True):
+                    (lines if b"ERROR opening: " in line else kept).append(line)
+                lines[:] = [line.decode(errors="replace").rstrip("\n") for line in lines]
+                if kept:
+                    os.write(2, b"".join(kept))
 
 
 def decode_frames(path: str, pick_indices: Callable[[int], np.ndarray],
@@ -305,6 +317,7 @@ def decode_frames(path: str, pick_indices: Callable[[int], np.ndarray],
     if path in UNSCALABLE_VIDEOS:
         size = None
     kwargs = {} if size is None else {"width": size[0], "height": size[1]}
+    decord_log: list[str] = []
     try:
         with native_stderr_captured() as decord_log:
             reader = decord.VideoReader(path, num_threads=1, **kwargs)
@@ -338,23 +351,24 @@ class UnusableDataError(RuntimeError):
 
 
 def load_with_replacement(load: Callable[[int], Loaded], index: int, num_entries: int, rng: np.random.Generator,
-                          reported: set[int] | None = None, left_out: bool = False) -> tuple[int, Loaded, int]:
+                          reported: set[str] | None = None, left_out: bool = False) -> tuple[int, Loaded, int]:
     """``load(index)``, replacing an entry whose video fails to decode or has no usable box file by a random other
-    one. The failure is logged once per entry in ``reported`` (a worker's set: a bad video's every view or epoch
-    would log it again), as a sample ``left_out`` (evaluation drops replaced items) or replaced. Returns the entry
-    actually loaded, its result and how many were skipped; gives up after MAX_REPLACEMENTS in a row."""
+    one. Each failure (its message, which names the file) is logged once per ``reported`` set, a worker's: a bad
+    video's every view, epoch or list row would log it again; as a sample ``left_out`` (evaluation drops replaced
+    items) or replaced. Returns the entry actually loaded, its result and how many were skipped; gives up after
+    MAX_REPLACEMENTS in a row."""
     replaced = 0
     while True:
         try:
             return index, load(index), replaced
         except (VideoDecodeError, BoxFileError) as e:
             replaced += 1
-            if reported is None or index not in reported:
+            if reported is None or str(e) not in reported:
                 what = "unreadable video" if isinstance(e, VideoDecodeError) else "video without a usable box file"
                 log.warning("skipping %s (%s); %s", what, e,
                             "it is left out of the evaluation" if left_out else "using another sample")
                 if reported is not None:
-                    reported.add(index)
+                    reported.add(str(e))
             if replaced >= MAX_REPLACEMENTS:
                 raise UnusableDataError(f"{replaced} videos in a row were missing, failed to decode or had no usable "
                                         "box file (a wrong --data_root, corrupt or truncated files, or list ranges "
@@ -396,14 +410,14 @@ def unusable_videos(box_dir: str, data_root: str, missing: dict[Path, str]) -> d
             log.warning("cannot read %s: %s", failed_list, e)
             continue
         for video, reason in rows.items():
-            with contextlib.suppress(ValueError):
-                failed[box_file_path(box_dir, relative_video_path(video, data_root))] = (
+            with contextlib.suppress(ValueError):  # a row of an absolute path outside --data_root names no video here
+                failed[relative_video_path(video, data_root)] = (
                     f"box extraction failed on it, {failed_list.name}: {reason}")
     unusable = {}
     for box_path, video in missing.items():
         video_path = os.path.join(data_root, video)
-        if box_path in failed:
-            unusable[box_path] = f"{video_path}: no box file ({failed[box_path]})"
+        if video in failed:
+            unusable[box_path] = f"{video_path}: no box file ({failed[video]})"
         elif not os.path.exists(video_path):
             unusable[box_path] = f"{video_path}: no box file (video file not found)"
     return unusable
@@ -602,7 +616,7 @@ class VideoMAEPretrainDataset(Dataset):
         self.boxes = MotionBoxIndex(box_dir, videos, missing_box, data_root=data_root) if uses_boxes else None
         self._stored_sizes: dict[str, tuple[int, int]] = {}
         self._box_mismatches = BoxMismatches()
-        self._reported_unusable: set[int] = set()  # entries whose failure this worker has logged
+        self._reported_unusable: set[str] = set()  # failures this worker has logged
         self.reseed(seed)
 
     def reseed(self, seed: int | None) -> None:
@@ -906,7 +920,7 @@ class VideoClassificationDataset(Dataset):
             self.box_index = MotionBoxIndex(box_dir, relative, "error", FINETUNING_BOX_REMEDY, data_root)
         self._stored_sizes: dict[str, tuple[int, int]] = {}
         self._box_mismatches = BoxMismatches()
-        self._reported_unusable: set[int] = set()  # entries whose failure this worker has logged
+        self._reported_unusable: set[str] = set()  # failures this worker has logged
         self._overrun_warned: set[str] = set()
         self.reseed(seed)
 

@@ -52,7 +52,7 @@ from .boxfile import (
 )
 from .detect import MotionBoxDetector, add_detection_args, params_from_args
 from .flow import available_flows
-from .video import StartPastEndError, VideoReadError, check_video_root
+from .video import StartPastEndError, VideoReadError, check_no_space_in_path, check_video_root
 
 log = logging.getLogger("extract_boxes")
 PROGRESS_SECONDS = 60  # between progress lines when stderr is not a terminal
@@ -130,14 +130,18 @@ def remove_partial(path: Path) -> None:
 
 
 def read_video_list(path: str | os.PathLike) -> list[str]:
-    """First whitespace-separated column of every non-empty line."""
+    """First whitespace-separated column of every non-empty line (a path with a space is a ValueError)."""
     try:
         lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # -sig: a spreadsheet's byte-order mark
     except OSError as e:
         raise ValueError(f"cannot read --video_list {path}: {e}") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"--video_list {path} is not UTF-8 text: {e}") from None
-    videos = [line.split()[0] for line in lines if line.strip()]
+    videos = []
+    for number, line in enumerate(lines, start=1):
+        if fields := line.split():
+            check_no_space_in_path(fields, f"--video_list {path}:{number}")
+            videos.append(fields[0])
     if not videos:
         raise ValueError(f"--video_list {path} lists no videos (empty, or blank lines only)")
     return videos
@@ -186,11 +190,13 @@ def failed_list_path(output_dir: str, shard_id: int, num_shards: int) -> Path:
 
 def merged_failures(earlier: dict[str, str], videos: list[str], failures: list[Outcome],
                     video_root: str) -> dict[str, str]:
-    """The failed list after this run: this run's failures, and the earlier rows of videos it did not process (a
-    run on another list into the same --output_dir keeps them); the earlier rows of the videos it processed go."""
+    """The failed list after this run, by path below the video root (as the box files, so that it holds when the
+    videos move): this run's failures, and the earlier rows of videos it did not process (a run on another list
+    into the same --output_dir keeps them); the earlier rows of the videos it processed go."""
     processed = {video_key(video, video_root) for video in videos}
-    rows = {video: reason for video, reason in earlier.items() if video_key(video, video_root) not in processed}
-    return rows | {outcome.video: outcome.message for outcome in failures}
+    rows = {video_key(video, video_root): reason for video, reason in earlier.items()}
+    rows = {video: reason for video, reason in rows.items() if video not in processed}
+    return rows | {video_key(outcome.video, video_root): outcome.message for outcome in failures}
 
 
 _detector: MotionBoxDetector | None = None

@@ -10,6 +10,7 @@ import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import av
 import cv2
@@ -40,6 +41,20 @@ def check_video_root(videos: list[str], root: str, list_file, flag: str) -> None
     if probes and not any(os.path.exists(os.path.join(root, video)) for video in probes):
         raise ValueError(f"{list_file}: none of the {len(probes)} videos checked is found below {flag} "
                          f"{root or '(none)'}, e.g. {os.path.join(root, probes[0])}")
+
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp"}
+
+
+def check_no_space_in_path(fields: list[str], where: str) -> None:
+    """A ValueError when a list line's whitespace-separated ``fields`` hold a video path with a space (the first is
+    not a video file name, a later one is: ``clips/my clip.mp4 3``): as in VideoMAE's lists a space ends the path,
+    which would name the missing ``clips/my``. ``where`` (``list.csv:12``) starts the message."""
+    spaced = next((k for k, field in enumerate(fields[1:], 1) if Path(field).suffix.lower() in VIDEO_SUFFIXES), 0)
+    if spaced and Path(fields[0]).suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"{where}: the video path seems to hold a space, '{' '.join(fields[:spaced + 1])}': fields "
+                         f"are separated by whitespace, as in VideoMAE's lists, so it reads as the path '{fields[0]}'."
+                         " Rename or link the videos to paths without spaces")
 
 
 class VideoReadError(RuntimeError):

@@ -213,7 +213,7 @@ def test_the_failed_list_keeps_other_lists_failures_and_drops_fixed_videos(data,
     (videos / "broken.mp4").write_bytes(os.urandom(5000))
     out = tmp_path / "out"
     train = write_list(tmp_path / "train.csv", [GOOD[0], "gone.mp4"])
-    val = write_list(tmp_path / "val.csv", [GOOD[1], "broken.mp4"])
+    val = write_list(tmp_path / "val.csv", [GOOD[1], videos / "broken.mp4"])  # rows name the path below the root
     assert summary(run(train, videos, out, rc=1)) == (2, 1, 0, 1)
     assert summary(run(val, videos, out, rc=1)) == (2, 1, 0, 1)
     assert set(failed_rows(out / "failed.tsv")) == {"gone.mp4", "broken.mp4"}

@@ -40,6 +40,7 @@ from datasets import (
     tsn_indices,
 )
 from make_synthetic_dataset import CLASSES, clip_seed, make_dataset, render_clip_details, write_mp4
+from motion_detection import extract_boxes
 from motion_detection.boxfile import MotionBoxes, load_boxes, save_boxes
 from video_transforms import (
     AFFINE_OPS,
@@ -446,7 +447,8 @@ def test_validation_leaves_out_videos_that_fail_to_decode(data, tmp_path, capsys
     args = SimpleNamespace(print_freq=100, use_box=False, precision="fp32", head_sizes=[len(CLASSES)])
     stats = validation_one_epoch(loader, model, torch.device("cpu"), args)
     assert stats["skipped_videos"] == 1
-    assert "validation: 1 videos could not be used (unreadable, or without a usable box file) and are left out" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "validation: 1 videos could not be used (unreadable, or without a usable box file) and are left out" in out
     good = [dataset[i] for i in range(NUM_VIDEOS)]
     with torch.no_grad():
         logits = model(torch.stack([item["video"] for item in good]))
@@ -868,7 +870,8 @@ def test_a_list_path_with_a_space_is_named_by_its_line(tmp_path):
     names the line and the space instead of a run-time "my: file not found" per draw; the MOFO release's
     ``path "class name" label`` rows and VideoMAE V2's frame ranges still read."""
     (tmp_path / "list.csv").write_text("a.mp4 3\nclips/my clip.MP4 4\n")
-    for read in (datasets.read_label_list, datasets.read_pretrain_list, datasets.read_video_list):
+    for read in (datasets.read_label_list, datasets.read_pretrain_list, datasets.read_video_list,
+                 extract_boxes.read_video_list):
         with pytest.raises(ValueError, match=r"list.csv:2: the video path seems to hold a space, 'clips/my clip.MP4'"):
             read(tmp_path / "list.csv")
     (tmp_path / "release.csv").write_text('a.mp4 "Pushing something from left to right" 3\n')

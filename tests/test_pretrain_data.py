@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import shutil
 import struct
 import subprocess
@@ -31,13 +32,14 @@ import utils
 from datasets import (
     ClipEntry,
     MotionBoxIndex,
-    VideoDecodeError,
     VideoClassificationDataset,
+    VideoDecodeError,
     VideoMAEPretrainDataset,
     clip_box,
     decode_frames,
     decode_size,
     multiple_samples_collate,
+    native_stderr_captured,
     sample_window_indices,
     stored_video_size,
 )
@@ -388,7 +390,7 @@ def test_videos_box_extraction_failed_on_are_skipped_at_run_time(data, tmp_path,
     recorded reason still stops the run; so does a list where no video has one."""
     names = ["000000.mp4", "000001.mp4", "bad/broken.mp4", "other.mp4", "gone.mp4"]
     videos, boxes = box_folder_with_videos(data, tmp_path, names[:4], boxed=2)
-    (boxes / "failed.tsv").write_text("video\treason\n./bad/broken.mp4\tcannot be opened\n")
+    (boxes / "failed.tsv").write_text("video\treason\n./bad/broken.mp4\tcannot be opened\nunboxed.webm\tshares\n")
     (boxes / "failed.shard0001-of-0002.tsv").write_text(f"video\treason\n{videos / 'other.mp4'}\ttoo small\n")
     list_file = write_list(tmp_path / "list.csv", names)
     with caplog.at_level(logging.WARNING, logger="datasets"):
@@ -409,7 +411,7 @@ def test_videos_box_extraction_failed_on_are_skipped_at_run_time(data, tmp_path,
                                           short_side_size=INPUT_SIZE)
     assert finetune[4]["replaced"] >= 1 and finetune[0]["replaced"] == 0
     (tmp_path / "videos" / "unboxed.mp4").symlink_to(data / "small" / "videos" / "000000.mp4")
-    with pytest.raises(FileNotFoundError, match="1 of 6 videos have no box file"):
+    with pytest.raises(FileNotFoundError, match="1 of 6 videos have no box file"):  # the .webm row is another video
         motion_dataset(data, list_file=write_list(tmp_path / "more.csv", [*names, "unboxed.mp4"]), data_root=videos,
                        box_dir=boxes)
     with pytest.raises(FileNotFoundError, match="none of the 3 videos has a box file"):
@@ -613,6 +615,27 @@ def test_corrupt_videos_are_replaced_and_logged(data, corrupt_list, caplog, capf
     with pytest.raises(VideoDecodeError, match="random.mp4: cannot decode \\(Invalid data found when processing"):
         decode_frames(str(video_dir / "random.mp4"), lambda n: np.arange(2))
     assert dataset[0]["replaced"] == 0
+
+
+def test_native_stderr_is_captured_and_other_writers_output_kept(capfd, monkeypatch):
+    """decord's "ERROR opening" lines go to the caller; any other bytes written to fd 2 meanwhile (a progress bar's
+    carriage returns, non-UTF-8) reach stderr unchanged; without a spool (no descriptors left) nothing is captured
+    and nothing breaks."""
+    capfd.readouterr()
+    with native_stderr_captured() as lines:
+        os.write(2, b"[12:00:00] video_reader.cc:83: ERROR opening: a.mp4, Invalid data\nbar 1/2\r\xff\n")
+    assert lines == ["[12:00:00] video_reader.cc:83: ERROR opening: a.mp4, Invalid data"]
+    assert capfd.readouterr().err == "bar 1/2\r\ufffd\n"  # capfd decodes; the bytes written were b"\r\xff"
+    descriptors = len(os.listdir("/proc/self/fd"))
+
+    def no_descriptors(*args):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(os, "memfd_create", no_descriptors)
+    with native_stderr_captured() as lines:
+        os.write(2, b"through\n")
+    assert lines == [] and capfd.readouterr().err == "through\n"
+    assert len(os.listdir("/proc/self/fd")) == descriptors
 
 
 def test_corrupt_videos_do_not_stop_a_two_worker_epoch(data, corrupt_list):
