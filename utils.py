@@ -331,19 +331,29 @@ def saved_box_source(trained: dict) -> str | None:
 
 def warn_settings_changed(trained: dict, args, names: tuple[str, ...]) -> None:
     """Name the flags among ``names`` that the resumed checkpoint's run set otherwise than this run (a
-    resubmitted job whose script was edited since, or a --resume of another recipe): it goes on with this run's."""
+    resubmitted job whose script was edited since, or a --resume of another recipe): it goes on with this run's.
+    A finished run (no epoch left) with other settings than ``--epochs`` is refused: nothing would be trained with
+    them, and the rerun would only test the old weights again."""
     changed = [name for name in names if trained.get(name) is not None and name in vars(args)
                and trained[name] != getattr(args, name)]
-    if not changed or not is_main_process():
+    if not changed:
         return
 
-    def flags(values) -> str:
+    def flags(values, names=changed) -> str:
         return " ".join(f"--{name} {value:g}" if isinstance(value, float) else f"--{name} {value}"
-                        for name, value in zip(changed, values, strict=True))
+                        for name, value in zip(names, values, strict=True))
 
     scaled = " (lrs as scaled by the total batch)" if {"lr", "min_lr", "warmup_lr"} & set(changed) else ""
-    print(f"warning: resuming a run that used {flags(trained[n] for n in changed)}; this run goes on with "
-          f"{flags(getattr(args, n) for n in changed)}{scaled}")
+    trains = [name for name in changed if name != "epochs"]
+    if trains and args.start_epoch >= args.epochs:  # a finished run: the new settings would train nothing
+        raise SystemExit(f"error: {args.resume} finished all {args.epochs} epochs of a run with "
+                         f"{flags((trained[n] for n in trains), trains)}; this command sets "
+                         f"{flags((getattr(args, n) for n in trains), trains)}{scaled}, which no epoch is left to "
+                         "train with (a rerun of a finished run only tests it again). Use a new --output_dir for the "
+                         f"new settings, or --epochs above {args.start_epoch} to train on with them")
+    if is_main_process():
+        print(f"warning: resuming a run that used {flags(trained[n] for n in changed)}; this run goes on with "
+              f"{flags(getattr(args, n) for n in changed)}{scaled}")
 
 
 def read_log(output_dir) -> list[dict]:
@@ -1004,7 +1014,11 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
     other_stage = other_stage_checkpoint(model_without_ddp.state_dict(), checkpoint.get("model", {}))
     if other_stage:
         raise ValueError(other_stage)
-    model_without_ddp.load_state_dict(checkpoint["model"])
+    try:
+        model_without_ddp.load_state_dict(checkpoint["model"])
+    except RuntimeError:
+        raise ValueError(weights_misfit(model_without_ddp.state_dict(), checkpoint["model"], saved_args(checkpoint),
+                                        args)) from None
     refresh_master_weights = getattr(getattr(model, "optimizer", None), "refresh_fp32_params", None)
     if deepspeed and refresh_master_weights is not None:  # its fp32 copies (ZeRO, bf16) were made from the old ones
         refresh_master_weights()
@@ -1027,6 +1041,27 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
     if loss_scaler is not None and checkpoint.get("scaler"):
         loss_scaler.load_state_dict(checkpoint["scaler"])
     return saved_args(checkpoint)
+
+
+def saved_model_flags(trained: dict) -> str:
+    """``--model X --nb_classes N`` as the checkpoint's run saved them (those it saved), for hints."""
+    return " ".join(f"--{key} {trained[key]}" for key in ("model", "nb_classes") if trained.get(key) is not None)
+
+
+def weights_misfit(own: dict, state: dict, trained: dict, args) -> str:
+    """Why a checkpoint's weights do not fit this command's model, in one line: counts and a first example of the
+    weights missing, left over and of another shape (torch's error lists them all), and the saved --model."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in (
+        (missing, "of the model's weights are not in it"), (unexpected, "of its weights have no place in the model"),
+        (shapes, "weights are another shape")) if keys]
+    saved = saved_model_flags(trained)
+    hint = (f"it was saved by a run with {saved}: pass the same to go on with it, or use a new --output_dir for "
+            "another model" if saved else "a checkpoint of another --model")
+    return f"its weights do not fit --model {getattr(args, 'model', '?')}: {'; '.join(parts)}; {hint}"
 
 
 @contextlib.contextmanager
@@ -1348,6 +1383,8 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
         if result.unexpected_keys:
             problems.append(f"{len(result.unexpected_keys)} of its weights have no place in {type(model).__name__} "
                             f"(e.g. {', '.join(result.unexpected_keys[:3])})")
+        if saved := saved_model_flags(trained):
+            problems.append(f"it was saved by a run with {saved}")
         raise IncompleteCheckpointError(f"{path}: --eval tests these weights, but " + "; ".join(problems),
                                         has_classifier=bool(removed) or "head.weight" not in result.missing_keys)
     return trained

@@ -281,6 +281,19 @@ def test_a_job_killed_before_its_best_checkpoint_saves_it_when_resumed(data, pre
     best = max(log, key=lambda entry: (entry["val_acc1"], -entry["epoch"]))
     saved = torch.load(out / "checkpoint-best.pth", map_location="cpu", weights_only=True)
     assert saved["epoch"] == best["epoch"]
+    # the finished run rerun with another lr would train nothing and only test the old weights again: refused
+    results = (out / "test_results.json").read_bytes()
+    other_lr = finetune([*args, "--lr", "0.02"])
+    assert other_lr.returncode != 0 and (out / "test_results.json").read_bytes() == results
+    assert (f"error: {out / 'checkpoint-1.pth'} finished all 2 epochs of a run with --lr 0.00015625; this command sets "
+            "--lr 0.0003125 (lrs as scaled by the total batch), which no epoch is left to train with") in other_lr.stderr
+    # another --model in the run's folder: one line naming the saved model, not torch's list of every key
+    other_model = finetune([*args, "--model", "vit_mini_patch16_224_mofo", "--epochs", "3"])
+    assert other_model.returncode != 0
+    error = other_model.stderr.strip().splitlines()[-1]
+    assert "its weights do not fit --model vit_mini_patch16_224_mofo: " in error, other_model.stderr[-2000:]
+    assert "it was saved by a run with --model vit_mini_patch16_224 --nb_classes 8" in error
+    assert "Missing key(s)" not in other_model.stderr
     # a best saved in an epoch the resume trains again (here: epoch 2, as if killed before checkpoint-2) is set aside
     torch.save({**saved, "epoch": 2}, out / "checkpoint-best.pth")
     # resubmitted with an edited recipe: it goes on, naming what changed
