@@ -29,7 +29,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -105,6 +105,7 @@ class ClipEntry:
     target: tuple[int, ...]
     first_frame: int = 0
     num_frames: int | None = None
+    line: int = field(default=0, compare=False)  # in the list file, for errors (0: unknown)
 
 
 def read_numbered_list(list_file: str | os.PathLike) -> list[tuple[int, str, list[str]]]:
@@ -142,12 +143,12 @@ def read_pretrain_list(list_file: str | os.PathLike) -> list[ClipEntry]:
         try:
             start, total = int(fields[0]), int(fields[1])
         except (IndexError, ValueError):
-            entries.append(ClipEntry(path, ()))
+            entries.append(ClipEntry(path, (), line=line))
             continue
         if start < 0 or total == 0 or total < -1:
             raise ValueError(f"{list_file}:{line}: need start_index >= 0 and total_frames >= 1 (or -1: to the end),"
                              f" got {start} {total}")
-        entries.append(ClipEntry(path, (), start, None if total == -1 else total))
+        entries.append(ClipEntry(path, (), start, None if total == -1 else total, line))
     return entries
 
 
@@ -764,19 +765,20 @@ def read_label_list(list_file: str | os.PathLike) -> list[ClipEntry]:
     than trained on whole videos, and so is ``path number label`` (a frame count? which is the label?)."""
     entries = []
     for line, path, fields in read_numbered_list(list_file):
+        row = " ".join([path, *fields])
         numbers = [field.lstrip("-").isdigit() for field in fields]
         if len(fields) >= 3 and all(numbers[:2]):
-            raise ValueError(f"{list_file}:{line}: '{path} {' '.join(fields)}' looks like a frame range "
-                             "('path start total label', a pretraining list's); fine-tuning lists are 'path label', "
-                             "one trimmed clip per row")
+            raise ValueError(f"{list_file}:{line}: '{row}' looks like a frame range ('path start total label', a "
+                             "pretraining list's); fine-tuning lists are 'path label', one trimmed clip per row")
         if len(fields) == 2 and all(numbers):
-            raise ValueError(f"{list_file}:{line}: '{path} {' '.join(fields)}' has two numbers after the path; "
+            raise ValueError(f"{list_file}:{line}: '{row}' has two numbers after the path; "
                              "fine-tuning lists are 'path label' (or the MOFO release's 'path \"class name\" label')")
         try:
-            entries.append(ClipEntry(path, (int(fields[-1]),)))
+            entries.append(ClipEntry(path, (int(fields[-1]),), line=line))
         except (IndexError, ValueError):
-            raise ValueError(f"{list_file}:{line}: '{path} {' '.join(fields)}' does not end in an integer label"
-                             ) from None
+            epic = (" (a csv row: EPIC-KITCHENS-100's annotation files need --data_set EPIC-KITCHENS-100)"
+                    if "," in row else "")
+            raise ValueError(f"{list_file}:{line}: '{row}' does not end in an integer label{epic}") from None
     return entries
 
 
@@ -803,8 +805,10 @@ def read_epic_list(list_file: str | os.PathLike, video_template: str = EPIC_VIDE
     template_fields = {name for _, name, _, _ in string.Formatter().parse(video_template) if name}
     missing = sorted(({"start_frame", "stop_frame"} | template_fields) - columns)
     if missing:
+        label_list = len(columns) == 1 and len(next(iter(columns)).split()) > 1
+        hint = " (a 'path label' list: pass the --data_set it is of, such as SSV2)" if label_list else ""
         raise ValueError(f"{list_file}: columns {missing} missing (needed by the EPIC reader and the video template "
-                         f"{video_template!r}); the header has {sorted(columns)}")
+                         f"{video_template!r}); the header has {sorted(columns)}{hint}")
     labelled = set(EPIC_LABEL_COLUMNS) <= columns
     if not labelled:
         log.warning("%s has no %s columns: targets are -1, accuracies on it are meaningless", list_file,
@@ -822,7 +826,7 @@ def read_epic_list(list_file: str | os.PathLike, video_template: str = EPIC_VIDE
         if not 1 <= start <= stop:
             raise ValueError(f"{list_file}:{line}: need 1 <= start_frame <= stop_frame, got {start}, {stop}")
         entries.append(ClipEntry(video_template.format(**row), target, 0 if trimmed else start - 1,
-                                 None if trimmed else stop - start + 1))
+                                 None if trimmed else stop - start + 1, line))
     return entries
 
 
@@ -1026,9 +1030,9 @@ def check_labels(entries: list[ClipEntry], heads: dict[str, int], list_file, unl
             continue
         for value, (flag, size) in zip(entry.target, heads.items(), strict=True):
             if not 0 <= value < size:
-                raise ValueError(f"{list_file}: {entry.video} has label {value}, not one of the --{flag} {size} "
-                                 "classes" + (" (training and validation need labels)" if value == -1 else
-                                              f" (0 to {size - 1})"))
+                raise ValueError(f"{list_file}:{entry.line}: {entry.video} has label {value}, not one of the "
+                                 f"--{flag} {size} classes" + (" (training and validation need labels)"
+                                                              if value == -1 else f" (0 to {size - 1})"))
 
 
 def build_dataset(is_train: bool, test_mode: bool, args) -> VideoClassificationDataset:
@@ -1054,6 +1058,11 @@ def build_dataset(is_train: bool, test_mode: bool, args) -> VideoClassificationD
     heads = ({"nb_verbs": args.nb_verbs, "nb_nouns": args.nb_nouns} if args.data_set == EPIC_KITCHENS
              else {"nb_classes": args.nb_classes})
     check_labels(entries, heads, list_file, unlabelled=test_mode)
+    if is_train:
+        for k, (flag, size) in enumerate(heads.items()):
+            if (top := max(entry.target[k] for entry in entries)) + 1 < size:
+                log.warning("%s: labels 0 to %d, but --%s %d: the head has %d classes no training video has (pass "
+                            "--%s %d for these lists?)", list_file, top, flag, size, size - top - 1, flag, top + 1)
     check_data_root([entry.video for entry in entries], args.data_root, list_file)
     return VideoClassificationDataset(
         entries, data_root=args.data_root, box_dir=args.box_dir, mode=mode,

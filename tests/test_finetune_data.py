@@ -422,15 +422,21 @@ def test_dataset_sampling_positions(data):
     np.testing.assert_array_equal(val.frame_indices(val.entries[0], VIDEO_FRAMES, 0), np.arange(1, VIDEO_FRAMES, 3))
 
 
-def test_labels_outside_the_head_are_refused_naming_the_row(data, tmp_path):
+def test_labels_outside_the_head_are_refused_naming_the_row(data, tmp_path, caplog):
     """A list with more classes than --nb_classes (or a negative label) fails when the dataset is built, naming the
-    list, the video and the flag, instead of in the loss of the first batch that draws it."""
+    list and line, the video and the flag, instead of in the loss of the first batch that draws it. A training list
+    whose labels stop well below --nb_classes (the 400 of a forgotten flag) is named with the count to pass."""
     for label in (len(CLASSES), -2):
         lists = write_lists(tmp_path / f"label{label}", ["000000.mp4 1", f"000001.mp4 {label}"])
         for is_train, test_mode in ((True, False), (False, False), (False, True)):
-            with pytest.raises(ValueError, match=f"csv: 000001.mp4 has label {label}, not one of the --nb_classes "
+            with pytest.raises(ValueError, match=f"csv:2: 000001.mp4 has label {label}, not one of the --nb_classes "
                                                  f"{len(CLASSES)} classes"):
                 build_dataset(is_train, test_mode, make_args(data, data_path=str(lists)))
+    lists = write_lists(tmp_path / "few", ["000000.mp4 1", "000001.mp4 3"])
+    with caplog.at_level(logging.WARNING, logger="datasets"):
+        build_dataset(True, False, make_args(data, data_path=str(lists), nb_classes=400))
+    assert ("train.csv: labels 0 to 3, but --nb_classes 400: the head has 396 classes no training video has (pass "
+            "--nb_classes 4 for these lists?)") in caplog.text
 
 
 def test_validation_leaves_out_videos_that_fail_to_decode(data, tmp_path, capsys):
@@ -633,11 +639,11 @@ def test_epic_pretrimmed_clips_and_unlabelled_csv(epic, videos, tmp_path):
     assert unlabelled[0]["target"].tolist() == [-1, -1]
     for split, is_train in (("train", True), ("val", False)):
         write_epic_csv(tmp_path / f"{split}.csv", labelled=False)
-        with pytest.raises(ValueError, match=f"{split}.csv: .* has label -1, not one of the --nb_verbs 97 classes "
+        with pytest.raises(ValueError, match=f"{split}.csv:2: .* has label -1, not one of the --nb_verbs 97 classes "
                                              r"\(training and validation need labels"):
             build_dataset(is_train, False, epic_args(epic, data_path=str(tmp_path)))
     for heads, flag in (({"nb_verbs": 3}, "nb_verbs 3"), ({"nb_nouns": 2}, "nb_nouns 2")):
-        with pytest.raises(ValueError, match=f"val.csv: .* has label \\d+, not one of the --{flag} classes"):
+        with pytest.raises(ValueError, match=f"val.csv:\\d+: .* has label \\d+, not one of the --{flag} classes"):
             build_dataset(False, False, epic_args(epic, **heads))
     with open(epic / "train.csv", encoding="utf-8") as f:
         text = f.read().replace("stop_frame", "end_frame")
@@ -884,6 +890,21 @@ def test_a_label_list_row_without_a_label_is_named_by_its_line(tmp_path):
     (tmp_path / "train.csv").write_text("a.mp4 3\n\nb.mp4 cat\n")
     with pytest.raises(ValueError, match=r"train.csv:3: 'b.mp4 cat' does not end in an integer label"):
         datasets.read_label_list(tmp_path / "train.csv")
+    (tmp_path / "bare.csv").write_text("a.mp4 3\nb.mp4\n")
+    with pytest.raises(ValueError, match=r"bare.csv:2: 'b.mp4' does not end in an integer label$"):
+        datasets.read_label_list(tmp_path / "bare.csv")
+
+
+def test_a_list_of_the_other_format_names_the_data_set_to_pass(tmp_path):
+    """An EPIC annotation csv read as a label list, or a label list read as EPIC's csv, says which --data_set fits."""
+    write_epic_csv(tmp_path / "epic.csv")
+    with pytest.raises(ValueError, match=r"epic.csv:1: .* does not end in an integer label \(a csv row: "
+                                         r"EPIC-KITCHENS-100's annotation files need --data_set EPIC-KITCHENS-100\)"):
+        datasets.read_label_list(tmp_path / "epic.csv")
+    (tmp_path / "ssv2.csv").write_text("000003.mp4 3\n000004.mp4 1\n")
+    with pytest.raises(ValueError, match=r"the header has \['000003.mp4 3'\] \(a 'path label' list: pass the "
+                                         r"--data_set it is of, such as SSV2\)"):
+        datasets.read_epic_list(tmp_path / "ssv2.csv")
 
 
 def test_a_label_list_row_with_a_frame_range_is_refused(tmp_path):
