@@ -569,6 +569,28 @@ def epic_args(epic: Path, **overrides) -> SimpleNamespace:
     return make_args(epic, **options)
 
 
+def test_epic_test_views_name_each_segment_and_split_per_head(epic, tmp_path):
+    """The test view file, which holds the scores for an EPIC submission: each line names the list row, its long
+    video and the segment's frames (0-based), and the logits are the verb head's, then the noun head's."""
+    import timm
+
+    from engine_for_finetuning import final_test, merge_views
+
+    dataset = build_dataset(False, True, epic_args(epic, test_num_segment=1, test_num_crop=1))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=3)
+    heads = [7, 41]
+    model = timm.create_model("vit_mini_patch16_224", num_classes=sum(heads), img_size=INPUT,
+                              all_frames=NUM_FRAMES).eval()
+    args = SimpleNamespace(print_freq=100, use_box=False, precision="fp32", head_sizes=heads)
+    final_test(loader, model, torch.device("cpu"), args, tmp_path / "views.jsonl")
+    views = [json.loads(line) for line in (tmp_path / "views.jsonl").read_text().splitlines()]
+    assert [(v["id"], v["video"], v["frames"], v["target"]) for v in views] == [
+        (row, f"{participant}/videos/{video_id}.MP4", [start - 1, stop - 1], [verb, noun])
+        for row, (_, participant, video_id, start, stop, verb, noun) in enumerate(EPIC_ROWS)]
+    assert all(len(v["logits"]) == sum(heads) for v in views)
+    assert merge_views([tmp_path / "views.jsonl"], heads)["videos"] == len(EPIC_ROWS)
+
+
 def test_epic_segments_targets_frame_ranges_and_boxes(epic, videos, caplog):
     validation = build_dataset(False, False, epic_args(epic))
     assert len(validation) == len(EPIC_ROWS)

@@ -102,6 +102,9 @@ def test_finetune_from_a_pretraining_run_then_eval(data, pretrained, tmp_path, m
     results = json.loads((out / "test_results.json").read_text())
     num_test = len((data / "test.csv").read_text().splitlines())
     assert results["videos"] == num_test and results["views"] == num_test * 2 * 2 and results["skipped_videos"] == 0
+    test_rows = [line.split()[0] for line in (data / "test.csv").read_text().splitlines()]
+    views = [json.loads(line) for line in (out / "test_views_rank0.jsonl").read_text().splitlines()]
+    assert len(views) == num_test * 2 * 2 and all(view["video"] == test_rows[view["id"]] for view in views)
     assert 0 <= results["acc1"] <= 100
 
     (out / "test_results.json").unlink()
