@@ -47,22 +47,26 @@ def plot(curves: dict[str, dict[int, float]], path: str, size=(640, 400), margin
     epochs = [e for c in curves.values() for e in c]
     lo, hi = min(values), max(values)
     hi = hi if hi > lo else lo + 1e-6
-    e_max = max(max(epochs), 1)
+    e_min, e_max = min(epochs), max(epochs)  # 0-based, as in log.txt and the table
+    span = max(e_max - e_min, 1)
     colours = [(200, 60, 30), (30, 120, 220), (40, 160, 40), (150, 50, 150)]
 
     def xy(epoch, value):
-        return (int(margin + (width - 2 * margin) * epoch / e_max),
+        return (int(margin + (width - 2 * margin) * (epoch - e_min) / span),
                 int(height - margin - (height - 2 * margin) * (value - lo) / (hi - lo)))
 
     cv2.rectangle(image, (margin, margin), (width - margin, height - margin), (0, 0, 0), 1)
-    cv2.putText(image, f"{hi:.4f}", (2, margin + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
-    cv2.putText(image, f"{lo:.4f}", (2, height - margin), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
-    cv2.putText(image, f"epoch {e_max}", (width - margin - 40, height - margin + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
-                (0, 0, 0), 1)
+    cv2.putText(image, f"{hi:.4g}", (2, margin + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
+    cv2.putText(image, f"{lo:.4g}", (2, height - margin), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
+    cv2.putText(image, f"epoch {e_min}", (margin, height - margin + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
+    cv2.putText(image, f"epoch {e_min + span}", (width - margin - 40, height - margin + 15), cv2.FONT_HERSHEY_SIMPLEX,
+                0.35, (0, 0, 0), 1)
     for i, (name, curve) in enumerate(curves.items()):
         colour = colours[i % len(colours)]
         points = np.array([xy(e, curve[e]) for e in sorted(curve)], np.int32)
         cv2.polylines(image, [points], False, colour, 2)
+        for point in points:  # a run of one epoch is a point, not a line
+            cv2.circle(image, tuple(int(v) for v in point), 3, colour, -1)
         cv2.putText(image, name, (margin + 10, margin + 18 * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1)
     cv2.imwrite(path, image)
 

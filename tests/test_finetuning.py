@@ -288,8 +288,9 @@ def test_a_job_killed_before_its_best_checkpoint_saves_it_when_resumed(data, pre
     results = (out / "test_results.json").read_bytes()
     other_lr = finetune([*args, "--lr", "0.02"])
     assert other_lr.returncode != 0 and (out / "test_results.json").read_bytes() == results
-    assert (f"error: {out / 'checkpoint-1.pth'} finished all 2 epochs of a run with --lr 0.00015625; this command sets "
-            "--lr 0.0003125 (lrs as scaled by the total batch), which no epoch is left to train with") in other_lr.stderr
+    assert (f"error: {out / 'checkpoint-1.pth'} finished all 2 epochs of a run with --lr 0.00015625; this command "
+            "sets --lr 0.0003125 (lrs as scaled by the total batch), which no epoch is left to train with"
+            ) in other_lr.stderr
     # another --model in the run's folder: one line naming the saved model, not torch's list of every key
     other_model = finetune([*args, "--model", "vit_mini_patch16_224_mofo", "--epochs", "3"])
     assert other_model.returncode != 0

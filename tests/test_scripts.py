@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 
@@ -536,3 +537,10 @@ def test_results_table_and_loss_curves_keep_runs_apart(tmp_path):
     named = subprocess.run([sys.executable, "scripts/loss_curves.py", *runs, "--names", "a", "b"], cwd=REPO,
                            capture_output=True, text=True, timeout=60)
     assert named.stdout.splitlines()[1].split() == ["0", "1.5000", "0.5000"]
+    # one epoch each: the plot shows a point per run (a line needs two), at epoch 0 on the left edge
+    png = tmp_path / "curves.png"
+    subprocess.run([sys.executable, "scripts/loss_curves.py", *runs, "--names", "a", "b", "--png", str(png)],
+                   cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+    image = cv2.imread(str(png))
+    lowest = image[346:355, 46:55].reshape(-1, 3)  # run b's 0.5, the plot's lowest value, at (50, 350)
+    assert (lowest == (30, 120, 220)).all(axis=1).sum() >= 9
