@@ -329,6 +329,7 @@ def main(args) -> None:
     print(args)
 
     utils.check_checkpoint_flags(args)
+    utils.check_warmup_fits(args)
     if args.resume and not args.finetune and (args.model_key, args.model_prefix) != ("model|module", ""):
         raise SystemExit("--model_key and --model_prefix select the weights --finetune loads; --resume takes the "
                          "checkpoint's model to go on training it (to test EMA weights: --eval --finetune CHECKPOINT "

@@ -219,6 +219,7 @@ def main(args) -> None:
     device = utils.setup_device(args)
     print(args)
     utils.check_checkpoint_flags(args)
+    utils.check_warmup_fits(args)
     utils.warn_unused_flags(args, get_args_parser(), unused_flag_rules(args))
     if utils.is_main_process():
         for line in masking_warnings(args):

@@ -403,6 +403,14 @@ def scale_lr_to_batch(args, total_batch: int) -> None:
         setattr(args, name, getattr(args, name) * total_batch / 256)
 
 
+def check_warmup_fits(args) -> None:
+    """Refuse ``--warmup_epochs`` beyond ``--epochs`` (the default 40 in a short test run) at startup, before the
+    model, the data and a checkpoint load; a ``--warmup_steps`` is checked against the loader's steps later."""
+    if not getattr(args, "eval", False) and args.warmup_steps <= 0 and args.warmup_epochs > args.epochs:
+        raise SystemExit(f"error: --warmup_epochs {args.warmup_epochs} is longer than the run (--epochs "
+                         f"{args.epochs}): lower --warmup_epochs (0 for a short test run) or raise --epochs")
+
+
 def build_schedules(args, niter_per_ep: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-step lr (warmup + cosine) and weight-decay (cosine) schedules."""
     lr_schedule = cosine_scheduler(args.lr, args.min_lr, args.epochs, niter_per_ep, args.warmup_epochs,

@@ -144,6 +144,22 @@ def test_lr_warmup_starts_at_zero_like_videomae_unless_warmup_lr_is_given():
             assert lr_schedule[0] == pytest.approx(first) and lr_schedule[4] == pytest.approx(args.lr)
 
 
+def test_a_warmup_longer_than_the_run_is_refused_before_anything_loads(dataset, tmp_path):
+    """VideoMAE's default 40 warmup epochs in a 1-epoch try (pretraining and fine-tuning): refused at startup, naming
+    the flag to lower, before the model is built; --warmup_steps past the run is refused once the steps are known."""
+    result = pretrain(run_args(dataset, tmp_path / "out", "--epochs", "1", "--warmup_epochs", "40"))
+    assert result.returncode != 0 and "Model:" not in result.stdout
+    assert ("error: --warmup_epochs 40 is longer than the run (--epochs 1): lower --warmup_epochs (0 for a short test "
+            "run) or raise --epochs") in result.stderr
+    finetune = subprocess.run([sys.executable, str(REPO / "run_mofo_finetuning.py"), "--data_path", str(tmp_path),
+                               "--epochs", "1", "--output_dir", str(tmp_path / "ft"), "--device", "cpu"], cwd=REPO,
+                              env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert finetune.returncode != 0
+    assert "error: --warmup_epochs 5 is longer than the run (--epochs 1)" in finetune.stderr
+    steps = pretrain(run_args(dataset, tmp_path / "steps", "--epochs", "1", "--warmup_steps", "100000"))
+    assert steps.returncode != 0 and "the warmup (100000 steps) is longer than the run" in steps.stderr
+
+
 def test_cosine_schedule_warms_up_then_decays():
     schedule = utils.cosine_scheduler(1.0, 0.1, epochs=4, niter_per_ep=5, warmup_epochs=1, start_warmup_value=0.0)
     assert len(schedule) == 20
