@@ -920,7 +920,8 @@ def test_a_label_list_row_without_a_label_is_named_by_its_line(tmp_path):
 def test_an_epic_csv_of_only_the_columns_dataset_md_names_reads(tmp_path):
     (tmp_path / "own.csv").write_text("participant_id,video_id,start_frame,stop_frame,verb_class,noun_class\n"
                                       "P01,P01_01,3,20,5,17\n")
-    assert datasets.read_epic_list(tmp_path / "own.csv") == [datasets.ClipEntry("P01/videos/P01_01.MP4", (5, 17), 2, 18)]
+    expected = datasets.ClipEntry("P01/videos/P01_01.MP4", (5, 17), first_frame=2, num_frames=18)
+    assert datasets.read_epic_list(tmp_path / "own.csv") == [expected]
 
 
 def test_a_list_of_the_other_format_names_the_data_set_to_pass(tmp_path):
