@@ -239,7 +239,7 @@ def load_initial_weights(args, model) -> dict:
     if args.eval and args.resume:
         return {}
     try:  # the file a run folder names now: recorded, as the folder's newest changes while its pretraining goes on
-        args.finetune_file = str(utils.resolve_checkpoint(args.finetune).resolve())
+        args.finetune_file = str(utils.resolve_checkpoint(args.finetune, report=False).resolve())
     except FileNotFoundError:
         args.finetune_file = None
     resuming = None if args.eval else args.resume or (

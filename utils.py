@@ -1143,10 +1143,11 @@ def resumed_epoch(checkpoint: dict, path) -> int:
     return epoch
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
+def resolve_checkpoint(path: str | Path, report: bool = True) -> Path:
     """The file to read for a checkpoint file, a DeepSpeed checkpoint folder (``latest`` names the tag, whose
     ``mp_rank_00_model_states.pt`` holds ``module``), a run's output folder (its newest checkpoint, as
-    auto-resume picks it) or a Hugging Face model folder (its weights file, :data:`hf_videomae.WEIGHT_FILES`)."""
+    auto-resume picks it, named when ``report``) or a Hugging Face model folder (its weights file,
+    :data:`hf_videomae.WEIGHT_FILES`)."""
     path = Path(path)
     hf_files = [path / name for name in hf_videomae.WEIGHT_FILES if path.is_dir() and (path / name).is_file()]
     if hf_files:
@@ -1155,7 +1156,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
         found = latest_checkpoint(path, deepspeed=(path / "latest").exists())
         if found is None:
             raise FileNotFoundError(f"{path}: a folder without checkpoints (checkpoint-N.pth or DeepSpeed's latest)")
-        print(f"{path}: newest checkpoint {found.name}")
+        if report:
+            print(f"{path}: newest checkpoint {found.name}")
         path = found
     if path.is_dir():
         path = path / "mp_rank_00_model_states.pt"

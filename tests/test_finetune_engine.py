@@ -131,6 +131,8 @@ def test_finetune_from_a_run_folder_takes_its_newest_checkpoint(tmp_path, capsys
     out = capsys.readouterr().out
     assert "newest checkpoint checkpoint-last-5.pth" in out
     assert "checkpoint-last-5.pth is from epoch 5 of a run of 10 epochs, not its last" in out
+    assert utils.resolve_checkpoint(tmp_path, report=False) == tmp_path / "checkpoint-last-5.pth"  # the run records it
+    assert capsys.readouterr().out == ""  # silently: the load above names it once
     torch.testing.assert_close(model.blocks[0].attn.qkv.weight, models[1].encoder.blocks[0].attn.qkv.weight)
     empty = tmp_path / "empty"
     empty.mkdir()
