@@ -1058,11 +1058,6 @@ def build_dataset(is_train: bool, test_mode: bool, args) -> VideoClassificationD
     heads = ({"nb_verbs": args.nb_verbs, "nb_nouns": args.nb_nouns} if args.data_set == EPIC_KITCHENS
              else {"nb_classes": args.nb_classes})
     check_labels(entries, heads, list_file, unlabelled=test_mode)
-    if is_train:
-        for k, (flag, size) in enumerate(heads.items()):
-            if (top := max(entry.target[k] for entry in entries)) + 1 < size:
-                log.warning("%s: labels 0 to %d, but --%s %d: the head has %d classes no training video has (pass "
-                            "--%s %d for these lists?)", list_file, top, flag, size, size - top - 1, flag, top + 1)
     check_data_root([entry.video for entry in entries], args.data_root, list_file)
     return VideoClassificationDataset(
         entries, data_root=args.data_root, box_dir=args.box_dir, mode=mode,

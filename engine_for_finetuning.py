@@ -164,9 +164,9 @@ def validation_one_epoch(data_loader, model, device, args, deepspeed: bool = Fal
 
 @torch.no_grad()
 def final_test(data_loader, model, device, args, output_file: str | Path, deepspeed: bool = False) -> None:
-    """Write one JSON line per view (this rank's share of the views): sample id (the entry's 0-based row in the test
-    list, EPIC's csv header not counted), view, the video file (and for a segment of a long video its first and
-    last frame, 0-based), targets and logits (the heads' one after another: EPIC's verbs, then nouns)."""
+    """Write one JSON line per view (this rank's share of the views): sample id (the entry's 0-based index among
+    the test list's entries), its line in the list file, view, the video file (and for a segment of a long video its
+    first and last frame, 0-based), targets and logits (the heads' one after another: EPIC's verbs, then nouns)."""
     model.eval()
     metric_logger = utils.MetricLogger()
     entries = data_loader.dataset.entries
@@ -175,7 +175,8 @@ def final_test(data_loader, model, device, args, output_file: str | Path, deepsp
             logits = forward(model, batch, device, args.use_box, args.precision, deepspeed).cpu()
             for i in range(logits.shape[0]):
                 entry = entries[int(batch["sample_id"][i])]
-                record = {"id": int(batch["sample_id"][i]), "view": int(batch["view"][i]), "video": entry.video}
+                record = {"id": int(batch["sample_id"][i]), "line": entry.line, "view": int(batch["view"][i]),
+                          "video": entry.video}
                 if entry.num_frames is not None:
                     record["frames"] = [entry.first_frame, entry.first_frame + entry.num_frames - 1]
                 f.write(json.dumps(record | {"target": batch["target"][i].tolist(),

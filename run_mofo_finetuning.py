@@ -286,6 +286,19 @@ def unused_flag_rules(args) -> list[tuple[bool, tuple[str, ...], str]]:
     ]
 
 
+def unused_class_warnings(args, datasets: list) -> list[str]:
+    """A head with classes no listed video has (train, val and test lists together; test rows without labels are
+    -1): the default --nb_classes 400 of a forgotten flag, or a subset of a data set's classes."""
+    flags = ["nb_verbs", "nb_nouns"] if args.data_set == "EPIC-KITCHENS-100" else ["nb_classes"]
+    lines = []
+    for k, (flag, size) in enumerate(zip(flags, args.head_sizes, strict=True)):
+        top = max(entry.target[k] for dataset in datasets if dataset is not None for entry in dataset.entries)
+        if 0 <= top < size - 1:
+            lines.append(f"warning: the lists' labels are 0 to {top}, but --{flag} {size}: {size - top - 1} outputs "
+                         f"of the head are classes no listed video has (is --{flag} right for these lists?)")
+    return lines
+
+
 def eval_loader(dataset, args, rank: int, world: int):
     """Validation / test loader: every video exactly once over the ranks (a DistributedSampler would repeat some to
     even out the shards, counting them twice in the validation accuracy), batches of 2x the training."""
@@ -347,6 +360,9 @@ def main(args) -> None:
             train_set = build_dataset(is_train=True, test_mode=False, args=args)
             val_set = (None if args.disable_eval_during_finetuning
                        else build_dataset(is_train=False, test_mode=False, args=args))
+    if not args.eval and utils.is_main_process():
+        for line in unused_class_warnings(args, [train_set, val_set, test_set]):
+            print(line)
     with utils.setup_errors():
         trained = load_initial_weights(args, model)
     model.to(device)

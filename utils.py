@@ -332,8 +332,8 @@ def saved_box_source(trained: dict) -> str | None:
 def warn_settings_changed(trained: dict, args, names: tuple[str, ...]) -> None:
     """Name the flags among ``names`` that the resumed checkpoint's run set otherwise than this run (a
     resubmitted job whose script was edited since, or a --resume of another recipe): it goes on with this run's.
-    A finished run (no epoch left) with other settings than ``--epochs`` is refused: nothing would be trained with
-    them, and the rerun would only test the old weights again."""
+    A finished run (no epoch left) trains nothing with them, and says so: its rerun tests the old weights again
+    (a requeue after a killed test, or on another GPU count, which rescales the lr and --update_freq)."""
     changed = [name for name in names if trained.get(name) is not None and name in vars(args)
                and trained[name] != getattr(args, name)]
     if not changed:
@@ -344,16 +344,18 @@ def warn_settings_changed(trained: dict, args, names: tuple[str, ...]) -> None:
                         for name, value in zip(names, values, strict=True))
 
     scaled = " (lrs as scaled by the total batch)" if {"lr", "min_lr", "warmup_lr"} & set(changed) else ""
+    if not is_main_process():
+        return
     trains = [name for name in changed if name != "epochs"]
-    if trains and args.start_epoch >= args.epochs:  # a finished run: the new settings would train nothing
-        raise SystemExit(f"error: {args.resume} finished all {args.epochs} epochs of a run with "
-                         f"{flags((trained[n] for n in trains), trains)}; this command sets "
-                         f"{flags((getattr(args, n) for n in trains), trains)}{scaled}, which no epoch is left to "
-                         "train with (a rerun of a finished run only tests it again). Use a new --output_dir for the "
-                         f"new settings, or --epochs above {args.start_epoch} to train on with them")
-    if is_main_process():
-        print(f"warning: resuming a run that used {flags(trained[n] for n in changed)}; this run goes on with "
-              f"{flags(getattr(args, n) for n in changed)}{scaled}")
+    if trains and args.start_epoch >= args.epochs:  # a finished run: nothing is trained with the new settings
+        print(f"warning: {args.resume} finished all {args.start_epoch} epochs of a run with "
+              f"{flags((trained[n] for n in trains), trains)}; this command's "
+              f"{flags((getattr(args, n) for n in trains), trains)}{scaled} trains nothing: the finished run is "
+              f"only tested again, if at all. A new --output_dir trains with them, --epochs above {args.start_epoch} "
+              "trains on")
+        return
+    print(f"warning: resuming a run that used {flags(trained[n] for n in changed)}; this run goes on with "
+          f"{flags(getattr(args, n) for n in changed)}{scaled}")
 
 
 def read_log(output_dir) -> list[dict]:
@@ -1052,8 +1054,10 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
 
 
 def saved_model_flags(trained: dict) -> str:
-    """``--model X --nb_classes N`` as the checkpoint's run saved them (those it saved), for hints."""
-    return " ".join(f"--{key} {trained[key]}" for key in ("model", "nb_classes") if trained.get(key) is not None)
+    """``--model X --nb_classes N`` (EPIC: ``--nb_verbs``/``--nb_nouns``) as the checkpoint's run saved them, for
+    hints."""
+    heads = ("nb_verbs", "nb_nouns") if trained.get("data_set") == "EPIC-KITCHENS-100" else ("nb_classes",)
+    return " ".join(f"--{key} {trained[key]}" for key in ("model", *heads) if trained.get(key) is not None)
 
 
 def weights_misfit(own: dict, state: dict, trained: dict, args) -> str:
