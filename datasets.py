@@ -115,9 +115,14 @@ def read_numbered_list(list_file: str | os.PathLike) -> list[tuple[int, str, lis
     if Path(list_file).is_dir():
         raise ValueError(f"{list_file} is a folder, not a list file (pretraining's --data_path names the list itself;"
                          " fine-tuning's, the folder of train.csv, val.csv and test.csv)")
+    try:
+        text = Path(list_file).read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's BOM
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{list_file} is not a text list ({e.reason} at byte {e.start}): a list names one video per "
+                         "line ('path [label]'); is it a video itself?") from None
     entries = []
-    for number, line in enumerate(Path(list_file).read_text(encoding="utf-8-sig").splitlines(), start=1):
-        parts = line.split()  # -sig above: a spreadsheet's BOM
+    for number, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
         if not parts:
             continue
         check_no_space_in_path(parts, f"{list_file}:{number}")

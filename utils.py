@@ -1018,7 +1018,8 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
             checkpoint = {"model": checkpoint}  # a bare state dict (zero_to_fp32.py's): weights only
         elif isinstance(checkpoint.get("module"), dict):
             raise ValueError(f"{resolved} is a DeepSpeed checkpoint (its weights under 'module'): resume it with "
-                             "--enable_deepspeed, or start from its weights with --finetune")
+                             "--enable_deepspeed, or start from its weights (fine-tuning: --finetune; pretraining: "
+                             "its weights alone as --resume in a new --output_dir)")
         else:
             raise ValueError(f"{resolved}: no 'model' weights to resume (its keys: {sorted(checkpoint)[:8]})")
     other_stage = other_stage_checkpoint(model_without_ddp.state_dict(), checkpoint.get("model", {}))
@@ -1053,6 +1054,12 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
     return saved_args(checkpoint)
 
 
+# The saved flags that shape a model's weights: a resume whose weights do not fit names those its command changed.
+MODEL_SHAPE_SETTINGS = ("model", "nb_classes", "nb_verbs", "nb_nouns", "decoder_depth", "target", "tubelet_size",
+                        "num_frames", "input_size", "use_mean_pooling", "use_learnable_pos_emb", "trajectory_points",
+                        "mca_mode", "mca_depth", "mca_heads")
+
+
 def saved_model_flags(trained: dict) -> str:
     """``--model X --nb_classes N`` (EPIC: ``--nb_verbs``/``--nb_nouns``) as the checkpoint's run saved them, for
     hints."""
@@ -1062,7 +1069,8 @@ def saved_model_flags(trained: dict) -> str:
 
 def weights_misfit(own: dict, state: dict, trained: dict, args) -> str:
     """Why a checkpoint's weights do not fit this command's model, in one line: counts and a first example of the
-    weights missing, left over and of another shape (torch's error lists them all), and the saved --model."""
+    weights missing, left over and of another shape (torch's error lists them all), and the saved flags of
+    :data:`MODEL_SHAPE_SETTINGS` this command changed (else the saved --model and head sizes)."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
@@ -1070,7 +1078,9 @@ def weights_misfit(own: dict, state: dict, trained: dict, args) -> str:
     parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in (
         (missing, "of the model's weights are not in it"), (unexpected, "of its weights have no place in the model"),
         (shapes, "weights are another shape")) if keys]
-    saved = saved_model_flags(trained)
+    differing = [key for key in MODEL_SHAPE_SETTINGS if trained.get(key) is not None and key in vars(args)
+                 and trained[key] != getattr(args, key)]
+    saved = (" ".join(f"--{key} {trained[key]}" for key in differing) if differing else saved_model_flags(trained))
     hint = (f"it was saved by a run with {saved}: pass the same to go on with it, or use a new --output_dir for "
             "another model" if saved else "a checkpoint of another --model")
     return f"its weights do not fit --model {getattr(args, 'model', '?')}: {'; '.join(parts)}; {hint}"
@@ -1122,7 +1132,8 @@ def check_same_optimizer(trained: dict, args) -> None:
     saved, now = trained.get("opt"), getattr(args, "opt", None)
     if saved and now and saved.lower() != now.lower():
         raise ValueError(f"its run used --opt {saved}, this one --opt {now}, whose state it does not hold: resume with "
-                         f"--opt {saved}, or start a new run from its weights with --finetune")
+                         f"--opt {saved}, or start a new run from its weights (fine-tuning: --finetune; pretraining: "
+                         "its weights alone as --resume in a new --output_dir)")
 
 
 def other_stage_checkpoint(model_state: dict, state: dict) -> str | None:
@@ -1143,7 +1154,8 @@ def resumed_epoch(checkpoint: dict, path) -> int:
     epoch = checkpoint.get("epoch")
     if isinstance(epoch, bool) or not isinstance(epoch, int):
         raise ValueError(f"{path}: its epoch is {epoch!r}, not a number (VideoMAE's checkpoint-best): resume from "
-                         "a checkpoint-N, or start from these weights with --finetune")
+                         "a checkpoint-N, or start from these weights (fine-tuning: --finetune; pretraining: as "
+                         "--resume in a new --output_dir)")
     return epoch
 
 

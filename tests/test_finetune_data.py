@@ -877,6 +877,10 @@ def test_a_data_path_of_the_wrong_kind_is_named(data, tmp_path):
     (tmp_path / "train.csv").write_text("a.mp4 0\n")
     with pytest.raises(ValueError, match=f"{tmp_path} is a folder, not a list file"):
         datasets.read_video_list(tmp_path)
+    video = data / "videos" / "000000.mp4"
+    with pytest.raises(ValueError, match=rf"{video} is not a text list \([^)]* at byte \d+\): a list "
+                                         r"names one video per line \('path \[label\]'\); is it a video itself\?"):
+        datasets.read_pretrain_list(video)
     with pytest.raises(ValueError, match="train.csv is a file: fine-tuning reads the folder holding train.csv"):
         datasets.build_dataset(True, False, SimpleNamespace(data_path=str(tmp_path / "train.csv"), data_set="SSV2"))
     with pytest.raises(ValueError, match="no_such: no such folder"):

@@ -160,6 +160,21 @@ def test_a_warmup_longer_than_the_run_is_refused_before_anything_loads(dataset, 
     assert steps.returncode != 0 and "the warmup (100000 steps) is longer than the run" in steps.stderr
 
 
+def test_weights_that_do_not_fit_name_the_flag_the_command_changed():
+    """A resume with another --decoder_depth (or --target, ...) than its run: the message names that flag, not the
+    unchanged --model; without a changed saved flag it names the saved --model and head size."""
+    own = {"encoder.w": torch.zeros(2), "decoder.blocks.1.w": torch.zeros(1)}
+    state = {"encoder.w": torch.zeros(2)}
+    command = argparse.Namespace(model="pretrain_videomae_mini_patch16_224", decoder_depth=2)
+    message = utils.weights_misfit(own, state, {"model": command.model, "decoder_depth": 1}, command)
+    assert message == ("its weights do not fit --model pretrain_videomae_mini_patch16_224: 1 of the model's weights "
+                       "are not in it (e.g. decoder.blocks.1.w); it was saved by a run with --decoder_depth 1: pass "
+                       "the same to go on with it, or use a new --output_dir for another model")
+    epic = {"model": "vit_b", "data_set": "EPIC-KITCHENS-100", "nb_verbs": 97, "nb_nouns": 300, "nb_classes": 400}
+    assert "saved by a run with --model vit_b --nb_verbs 97 --nb_nouns 300:" in utils.weights_misfit(
+        own, state, epic, argparse.Namespace(model="vit_b"))
+
+
 def test_cosine_schedule_warms_up_then_decays():
     schedule = utils.cosine_scheduler(1.0, 0.1, epochs=4, niter_per_ep=5, warmup_epochs=1, start_warmup_value=0.0)
     assert len(schedule) == 20
