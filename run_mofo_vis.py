@@ -163,7 +163,9 @@ def read_checkpoint(checkpoint_path: str) -> dict:
 def fill_settings(args: argparse.Namespace, trained: dict) -> None:
     """Unset model, clip and mask flags take the checkpoint's values, else ``TRAINED_DEFAULTS``. A motion-guided run
     (MGM's masks, not drawn here) is shown with the masking of its base slice: motion-focused for ``--guided_base
-    box``, random tubes otherwise."""
+    box``, random tubes otherwise. A checkpoint without saved flags (a weights-only file) is drawn with the defaults,
+    named in a note: its model, sizes and clip may have been others."""
+    defaulted = []
     for name, default in TRAINED_DEFAULTS.items():
         if getattr(args, name) is None:
             saved = utils.saved_box_source(trained) if name == "box_source" else trained.get(name)
@@ -172,6 +174,10 @@ def fill_settings(args: argparse.Namespace, trained: dict) -> None:
                 print(f"note: the checkpoint's --mask_type motion_guided is drawn as --mask_type {saved}")
             usable = saved is not None and (name not in CHOICES or saved in CHOICES[name])
             setattr(args, name, type(default)(saved) if usable else default)
+            defaulted += [] if usable else [f"--{name} {default}"]
+    if not trained and defaulted:
+        print(f"note: the checkpoint saved no run flags (weights only): drawn with {' '.join(defaulted)}; pass the "
+              "ones it was trained with where they differ")
 
 
 def load_pretrain_model(checkpoint: dict, checkpoint_path: str, model_name: str, decoder_depth: int, input_size: int,

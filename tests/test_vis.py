@@ -231,14 +231,17 @@ def test_settings_come_from_the_checkpoint_and_other_heads_are_kept(data, tmp_pa
         assert np.isfinite(result.pixel_mse)
 
 
-def test_a_tubelet_1_model_and_a_bare_state_dict_are_drawn(data, tmp_path):
+def test_a_tubelet_1_model_and_a_bare_state_dict_are_drawn(data, tmp_path, capsys):
     """The tubelet size is the checkpoint's patch embedding's (export_hf.py writes tubelet-1 models too); a bare
-    state dict (DeepSpeed's zero_to_fp32.py output) is read as the weights."""
+    state dict (DeepSpeed's zero_to_fp32.py output) is read as the weights, and the defaults it is drawn with where
+    no flag was passed are named."""
     model = create_model(MODEL, img_size=INPUT_SIZE, num_frames=NUM_FRAMES, decoder_depth=1, tubelet_size=1)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
     result = run_mofo_vis.visualize(run_mofo_vis.get_args_parser().parse_args(vis_args(
         {**data, "checkpoint": tmp_path / "pytorch_model.bin"}, tmp_path / "vis.png", "--mask_type", "tube")))
     assert result.grid_size == (NUM_FRAMES, INPUT_SIZE // 16, INPUT_SIZE // 16) and np.isfinite(result.pixel_mse)
+    note = next(line for line in capsys.readouterr().out.splitlines() if "saved no run flags" in line)
+    assert "--mask_ratio 0.9" in note and "--mask_type" not in note and "--model" not in note  # passed: not defaults
 
 
 def test_mask_and_box_settings_come_from_the_checkpoint(data, tmp_path):
