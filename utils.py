@@ -1004,6 +1004,12 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
         except ZeRORuntimeException as e:  # ZeRO's optimizer shards are per rank: another world size cannot read them
             raise ValueError(f"{e} Resume it with as many processes as saved it (ZeRO stage 0's checkpoints resume "
                              "with any number)") from None
+        except RuntimeError as e:
+            if "state_dict" not in str(e):
+                raise
+            saved = load_checkpoint_file(resolved)  # weights of another model: named as for a checkpoint file
+            raise ValueError(weights_misfit(model_without_ddp.state_dict(), saved.get("module") or {},
+                                            saved_args(saved), args)) from None
         if loaded is None:
             raise FileNotFoundError(f"{path}: not a DeepSpeed checkpoint folder (expected {path}/mp_rank_00_*.pt)")
         if model_ema is not None:

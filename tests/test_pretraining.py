@@ -425,6 +425,10 @@ def test_deepspeed_without_a_launcher_resumes_with_weights_only_loads(dataset, t
     assert "from epoch 2" in result.stdout and latest.read_text() == "checkpoint-3"
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
     assert list((out / "checkpoint-3").glob("*optim_states.pt"))
+    deeper = pretrain(run_args(dataset, out, "--enable_deepspeed", "--zero_stage", "1", "--precision", "bf16",
+                               "--epochs", "5", "--decoder_depth", "2"))
+    assert deeper.returncode != 0 and "Missing key(s)" not in deeper.stderr
+    assert "it was saved by a run with --decoder_depth 1: pass the same" in deeper.stderr.strip().splitlines()[-1]
     states = out / "checkpoint-3" / "mp_rank_00_model_states.pt"
     poisoned = torch.load(states, map_location="cpu", weights_only=False)
     poisoned["payload"] = OpensAFile(tmp_path / "ran")
