@@ -64,9 +64,16 @@ def build_model(args, state: dict, trained: dict):
     if trained.get("data_set") == "EPIC-KITCHENS-100":
         raise ValueError(f"{args.checkpoint}: EPIC-KITCHENS-100's verb and noun heads are one layer here; HF's "
                          "classifier would treat their logits as one set of classes")
+    embedding = state.get("encoder.patch_embed.proj.weight", state.get("patch_embed.proj.weight"))
+    tubelet = embedding.shape[2] if embedding is not None and embedding.dim() == 5 else 2  # (dim, 3, t, p, p)
     size = dict(img_size=saved_or(args.input_size, trained, "input_size", 224),
-                tubelet_size=saved_or(args.tubelet_size, trained, "tubelet_size", 2))
+                tubelet_size=saved_or(args.tubelet_size, trained, "tubelet_size", tubelet))
     frames = saved_or(args.num_frames, trained, "num_frames", 16)
+    defaulted = [f"--{flag} {value}" for flag, value in (("input_size", size["img_size"]), ("num_frames", frames))
+                 if getattr(args, flag) is None and trained.get(flag) is None]
+    if defaulted:  # sinusoid position tables leave no trace of the clip size in the weights
+        print(f"note: {args.checkpoint} saved no {' or '.join(d.split()[0] for d in defaulted)}: exported with "
+              f"{' '.join(defaulted)} (config.json); pass the ones it was trained with where they differ")
     pretraining = hf_videomae.is_pretraining_state(state)
     if pretraining != name.startswith("pretrain_"):
         kind = "a pretraining" if pretraining else "a fine-tuned"

@@ -323,6 +323,14 @@ def test_what_hf_cannot_hold_is_refused_with_the_reason(tmp_path):
     result = run_export(str(plain), str(tmp_path / "out"), "--labels", str(tmp_path / "two.txt"))
     assert result.stderr.startswith("error: ") and "2 class names for a head of 3 classes" in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir() if path.is_dir()) == ["taken"]  # no half folder left
+    weights_only = tmp_path / "weights_only.pth"  # sizes the file does not hold: named; the tubelet is the weights'
+    torch.save({"model": cases["nameless.pth"][0].state_dict()}, weights_only)
+    exported = run_export(str(weights_only), str(tmp_path / "sized"), "--model", "vit_mini_patch16_224",
+                          "--num_frames", "4")
+    assert exported.returncode == 0, exported.stderr
+    assert (f"note: {weights_only} saved no --input_size: exported with --input_size 224 (config.json)"
+            in exported.stdout) and "224px x 4 frames" in exported.stdout
+    assert "saved no" not in run_export(str(plain), str(tmp_path / "plain_hf")).stdout
 
 
 def test_a_failed_write_leaves_no_folder(tmp_path):
