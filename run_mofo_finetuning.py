@@ -238,19 +238,22 @@ def load_initial_weights(args, model) -> dict:
         return {}
     if args.eval and args.resume:
         return {}
-    try:  # the file a run folder names now: recorded, as the folder's newest changes while its pretraining goes on
-        args.finetune_file = str(utils.resolve_checkpoint(args.finetune, report=False).resolve())
-    except FileNotFoundError:
-        args.finetune_file = None
     resuming = None if args.eval else args.resume or (
         utils.latest_checkpoint(args.output_dir, args.enable_deepspeed) if args.auto_resume and args.output_dir
         else None)
-    if resuming:  # its weights replace these: --finetune need not even exist any more
+    try:  # the file a run folder names now: loaded and recorded, as its newest changes while its pretraining goes on
+        found = utils.resolve_checkpoint(args.finetune, report=not resuming)
+    except FileNotFoundError:
+        if not resuming:
+            raise
+        found = None  # resuming: its weights replace these, so --finetune need not even exist any more
+    args.finetune_file = None if found is None else str(found.resolve())
+    if resuming:
         print(f"--finetune {args.finetune} not loaded: resuming from {resuming}")
         return {}
     try:
         return utils.load_finetune_checkpoint(model, args.finetune, args.model_key, args.model_prefix,
-                                              require_all=args.eval)
+                                              require_all=args.eval, resolved=found)
     except utils.IncompleteCheckpointError as e:
         if not own_checkpoint or e.has_classifier:
             raise
@@ -382,13 +385,13 @@ def main(args) -> None:
     if args.eval:
         args.auto_resume = False  # the checkpoint to test is chosen above
     with utils.setup_errors():
-        resumed = utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema)
+        resumed = utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema,
+                                        RUN_SETTINGS)
         if args.eval:  # --eval --resume, or the run's newest: as strict as --eval --finetune
             utils.check_head_settings(model_without_ddp, resumed, args.resume)
     if args.resume and not args.eval:
         utils.set_aside_abandoned_best(args.output_dir, args.start_epoch)
     if resumed and not args.eval:
-        utils.warn_settings_changed(resumed, args, RUN_SETTINGS)
         started, now = resumed.get("finetune_file"), getattr(args, "finetune_file", None)
         if started and now and started != now and utils.is_main_process():
             print(f"warning: this run was fine-tuned from {started}; --finetune {args.finetune} is now {now}, which "

@@ -255,8 +255,8 @@ def main(args) -> None:
     model, model_without_ddp, optimizer, loss_scaler = utils.wrap_model(args, model, optimizer, device)
     with utils.setup_errors():
         lr_schedule, wd_schedule = utils.build_schedules(args, niter_per_ep)
-        trained = utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler)
-    utils.warn_settings_changed(trained, args, RUN_SETTINGS)
+        trained = utils.auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler,
+                                        run_settings=RUN_SETTINGS)
     uses_boxes = args.mask_type == "motion" or (args.mask_type == "motion_guided" and args.guided_base == "box")
     if uses_boxes and (saved_box_source := utils.saved_box_source(trained)):  # None: a run without boxes
         utils.warn_setting_changed(trained, "box_source", args.box_source, saved_box_source)

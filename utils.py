@@ -931,14 +931,17 @@ def warn_going_back(resume: str, output_dir: str, deepspeed: bool) -> None:
               "with this command goes back to it again")
 
 
-def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema=None) -> dict:
+def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, model_ema=None,
+                    run_settings: tuple[str, ...] = ()) -> dict:
     """Resume from ``--resume`` or, with ``--auto_resume``, from the newest checkpoint in ``--output_dir``; that one
     wins over any other ``--resume`` (a released checkpoint to start from, or an older one of the run's), so a
     resubmitted or requeued job continues instead of starting again or going back (``--eval`` tests its
     ``--resume``; ``--no_auto_resume`` trains from it); where that file cannot be read (damaged on disk), the next
     older one of the run's is taken, with a warning (DeepSpeed folders: no fallback). Sets ``args.start_epoch``.
     ``model_ema`` takes the checkpoint's EMA weights, or the model's when it has none (a checkpoint written without
-    ``--model_ema``). Returns the resumed run's saved flags (empty when nothing was resumed)."""
+    ``--model_ema``). A run that goes on (not weights only, which start a new run, nor ``--eval``) names the flags
+    among ``run_settings`` it saved otherwise (:func:`warn_settings_changed`). Returns the resumed run's saved flags
+    (empty when nothing was resumed)."""
     deepspeed = getattr(args, "enable_deepspeed", False)
     own = False
     if args.auto_resume and args.output_dir:
@@ -968,8 +971,8 @@ def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, mode
     while True:
         print(f"Resume checkpoint {args.resume}")
         try:  # an unreadable file fails before anything is loaded into the model or optimizer
-            trained = _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scaler, model_ema,
-                                              deepspeed)
+            trained, goes_on = _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scaler,
+                                                       model_ema, deepspeed)
             break
         except UnreadableCheckpointError as e:
             if not fallbacks:
@@ -983,13 +986,16 @@ def auto_load_model(args, model, model_without_ddp, optimizer, loss_scaler, mode
             raise SystemExit(f"{args.resume}: saved after epoch {args.start_epoch - 1}, and --epochs {args.epochs} is "
                              f"the total, not more epochs: pass --epochs above {args.start_epoch} to train on")
         print(f"{args.resume}: trained for all {args.epochs} epochs already")
+    if goes_on:
+        warn_settings_changed(trained, args, run_settings)
     return trained
 
 
 def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scaler, model_ema,
-                            deepspeed: bool) -> dict:
+                            deepspeed: bool) -> tuple[dict, bool]:
     """Load ``args.resume`` into the model and EMA and, unless ``--eval``, the optimizer and scaler, setting
-    ``args.start_epoch`` from it; returns the run's saved flags."""
+    ``args.start_epoch`` from it; returns the run's saved flags and whether its run goes on (False for ``--eval``
+    and for weights only: a new run from them)."""
     testing = getattr(args, "eval", False)
     resolved = resolve_checkpoint(args.resume)
     if deepspeed and resolved.name.startswith("mp_rank_"):  # a DeepSpeed tag folder, or a run folder's newest
@@ -1017,7 +1023,7 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
         if not testing:
             check_same_optimizer(saved_args(client_state), args)
             args.start_epoch = resumed_epoch(client_state, path) + 1
-        return saved_args(client_state)
+        return saved_args(client_state), not testing
     checkpoint = load_checkpoint_file(resolved)
     if not isinstance(checkpoint.get("model"), dict):
         if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
@@ -1042,22 +1048,22 @@ def _load_resume_checkpoint(args, model, model_without_ddp, optimizer, loss_scal
     if model_ema is not None:
         model_ema.module.load_state_dict(checkpoint.get("model_ema") or checkpoint["model"])
     if testing:  # VideoMAE's checkpoint-best (epoch "best") is tested as any other
-        return saved_args(checkpoint)
+        return saved_args(checkpoint), False
     if deepspeed and "optimizer" in checkpoint:  # a DDP run's: its optimizer state is not DeepSpeed's
         print(f"{args.resume}: not a DeepSpeed checkpoint: only its weights are loaded, and training starts at "
               f"epoch {args.start_epoch} with a fresh optimizer")
-        return saved_args(checkpoint)
+        return saved_args(checkpoint), False
     if "optimizer" not in checkpoint or "epoch" not in checkpoint:
         print(f"{args.resume}: weights only (no optimizer state or epoch): training starts at epoch "
               f"{args.start_epoch} with a fresh optimizer")
-        return saved_args(checkpoint)
+        return saved_args(checkpoint), False
     check_same_optimizer(saved_args(checkpoint), args)
     with this_runs_group_settings(optimizer):
         optimizer.load_state_dict(checkpoint["optimizer"])
     args.start_epoch = resumed_epoch(checkpoint, args.resume) + 1
     if loss_scaler is not None and checkpoint.get("scaler"):
         loss_scaler.load_state_dict(checkpoint["scaler"])
-    return saved_args(checkpoint)
+    return saved_args(checkpoint), True
 
 
 # The saved flags that shape a model's weights: a resume whose weights do not fit names those its command changed.
@@ -1207,11 +1213,13 @@ def saved_args(checkpoint: dict) -> dict:
     return dict(saved) if isinstance(saved, dict) else {}
 
 
-def read_model_and_args(path: str | Path, model_key: str = "model|module") -> tuple[dict, dict]:
+def read_model_and_args(path: str | Path, model_key: str = "model|module",
+                        resolved: Path | None = None) -> tuple[dict, dict]:
     """A model state dict (:func:`model_state`) and the run's saved flags (:func:`saved_args`) from any checkpoint
-    :func:`resolve_checkpoint` takes. A run folder's newest checkpoint from before the run's last epoch (a run still
-    going, or stopped) is reported."""
-    resolved = resolve_checkpoint(path)
+    :func:`resolve_checkpoint` takes, or from ``resolved``, the file it named for ``path`` before (a run folder's
+    newest changes while its run goes on). A run folder's newest checkpoint from before the run's last epoch (a run
+    still going, or stopped) is reported."""
+    resolved = resolve_checkpoint(path) if resolved is None else resolved
     checkpoint = load_checkpoint_file(resolved)
     args = saved_args(checkpoint)
     epochs, epoch = args.get("epochs"), checkpoint.get("epoch")
@@ -1329,7 +1337,7 @@ def check_head_settings(model: torch.nn.Module, trained: dict, path: str | Path)
 
 
 def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key: str = "model|module",
-                             model_prefix: str = "", require_all: bool = False) -> dict:
+                             model_prefix: str = "", require_all: bool = False, resolved: Path | None = None) -> dict:
     """Initialise a fine-tuning model from a pretraining, fine-tuned, DeepSpeed, MOFO release or own checkpoint
     (``--finetune``); with ``model_prefix`` (VideoMAE's ``--model_prefix``) only from the keys under that prefix, the
     prefix removed.
@@ -1339,9 +1347,10 @@ def load_finetune_checkpoint(model: torch.nn.Module, path: str | Path, model_key
     ``require_all`` (``--eval``: these weights are what is tested, in the model they were trained in) a ValueError
     is raised for a model weight missing from the checkpoint, a checkpoint weight the model has no place for, and
     MOFO head settings other than the saved ones (``mca_heads`` and ``mca_tokens`` leave no trace in the weights).
+    ``resolved``: the file :func:`resolve_checkpoint` named for ``path`` before (:func:`read_model_and_args`).
     Returns the checkpoint's saved flags.
     """
-    raw, trained = read_model_and_args(path, model_key)
+    raw, trained = read_model_and_args(path, model_key, resolved)
     state = encoder_state(raw)
     settings = model.mca_settings() if hasattr(model, "mca_settings") else None
     if require_all:

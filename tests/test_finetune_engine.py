@@ -134,6 +134,9 @@ def test_finetune_from_a_run_folder_takes_its_newest_checkpoint(tmp_path, capsys
     assert utils.resolve_checkpoint(tmp_path, report=False) == tmp_path / "checkpoint-last-5.pth"  # the run records it
     assert capsys.readouterr().out == ""  # silently: the load above names it once
     torch.testing.assert_close(model.blocks[0].attn.qkv.weight, models[1].encoder.blocks[0].attn.qkv.weight)
+    # the file named before (and recorded) is the one read, though the folder's newest is another by now
+    utils.load_finetune_checkpoint(model, tmp_path, resolved=tmp_path / "checkpoint-3.pth")
+    torch.testing.assert_close(model.blocks[0].attn.qkv.weight, models[0].encoder.blocks[0].attn.qkv.weight)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="empty: a folder without checkpoints"):

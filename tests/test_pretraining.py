@@ -514,6 +514,7 @@ def test_resume_from_a_videomae_style_checkpoint_loads_strictly(dataset, tmp_pat
     result = pretrain(command)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "weights only (no optimizer state or epoch)" in result.stdout and "from epoch 0" in result.stdout
+    assert "resuming a run that used" not in result.stdout  # a new run from its weights: its own --lr and --model
 
     resubmitted = pretrain(command)  # the same command again: the run's own checkpoint, not the released one
     assert resubmitted.returncode == 0, resubmitted.stderr[-3000:]
