@@ -247,8 +247,15 @@ class PatchEmbed(nn.Module):
         self.num_frames = num_frames
         sizes = (num_frames, *self.img_size)
         kernel = (self.tubelet_size, *self.patch_size)
-        if any(size % step for size, step in zip(sizes, kernel, strict=True)):
-            raise ValueError(f"input (frames, height, width) {sizes} is not divisible by the tubelet {kernel}")
+        misfits = [f"--num_frames {num_frames} is not a multiple of the tubelet's {self.tubelet_size} frames"
+                   ] if num_frames % self.tubelet_size else []
+        if any(size % step for size, step in zip(self.img_size, self.patch_size, strict=True)):
+            side = self.img_size[0] if len(set(self.img_size)) == 1 else " x ".join(map(str, self.img_size))
+            patch = self.patch_size[0] if len(set(self.patch_size)) == 1 else " x ".join(map(str, self.patch_size))
+            misfits.append(f"--input_size {side} is not a multiple of the patch size {patch}")
+        if misfits:
+            raise ValueError(f"clips of (frames, height, width) {sizes} do not split into tubelets of {kernel}: "
+                             + "; ".join(misfits))
         self.grid_size = tuple(size // step for size, step in zip(sizes, kernel, strict=True))
         self.num_patches = self.grid_size[0] * self.grid_size[1] * self.grid_size[2]
         self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=kernel, stride=kernel)

@@ -212,6 +212,19 @@ def test_patch_embed_orders_tokens_time_then_rows_then_columns():
         embed(torch.zeros(1, 3, 2 * MINI_FRAMES, MINI_IMG_SIZE, MINI_IMG_SIZE))
 
 
+@pytest.mark.parametrize(("num_frames", "img_size", "named"), [
+    (5, 64, ["--num_frames 5 is not a multiple of the tubelet's 2 frames"]),
+    (8, 72, ["--input_size 72 is not a multiple of the patch size 16"]),
+    (5, 72, ["--num_frames 5", "--input_size 72"]),
+])
+def test_a_clip_that_does_not_split_into_tubelets_names_the_flag(num_frames, img_size, named):
+    with pytest.raises(ValueError) as error:
+        PatchEmbed(img_size=img_size, patch_size=16, embed_dim=8, num_frames=num_frames)
+    assert all(flag in str(error.value) for flag in named), str(error.value)
+    assert ("--num_frames" in str(error.value)) == (num_frames % 2 == 1)
+    assert ("--input_size" in str(error.value)) == (img_size % 16 > 0)
+
+
 @pytest.mark.parametrize(("attn_head_dim", "qk_scale"), [(None, None), (16, 0.3)])
 def test_attention_matches_explicit_softmax_reference(attn_head_dim, qk_scale):
     torch.manual_seed(0)
