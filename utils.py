@@ -1491,11 +1491,16 @@ def current_loss_scale(model, loss_scaler, deepspeed: bool, precision: str):
 def backward_step(model, loss: torch.Tensor, optimizer, loss_scaler, clip_grad: float | None, deepspeed: bool,
                   update: bool = True, accumulation: int = 1):
     """Backward, then (when ``update``) clip, optimizer step and zero the gradients; a DeepSpeed engine does its own
-    accumulation and stepping. Returns the gradient norm (None on accumulation micro-steps)."""
+    accumulation and stepping. Returns the gradient norm before clipping (None on accumulation micro-steps)."""
     if deepspeed:
+        boundary = model.is_gradient_accumulation_boundary()
         model.backward(loss)
+        grad_norm = None
+        if boundary and not (model.fp16_enabled() or model.bfloat16_enabled() or model.zero_optimization()):
+            # DeepSpeed's plain fp32 optimizer keeps no norm: the all-reduced gradients' one, as its step finds them
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.module.parameters() if p.grad is not None])
         model.step()
-        return model.get_global_grad_norm()
+        return (model.get_global_grad_norm() if grad_norm is None else grad_norm) if boundary else None
     grad_norm = loss_scaler(loss / accumulation, optimizer, clip_grad=clip_grad, parameters=model.parameters(),
                             update_grad=update)
     if update:

@@ -1,12 +1,17 @@
 """The training step's speed work: no reads of device values inside a step (pretraining and fine-tuning, the MCA
 head included), lazy metric meters, the deferred non-finite check, fused AdamW, the DeepSpeed bf16 accumulation
-rule, and SLURM step sizes. A CUDA-only test runs the steps under ``torch.cuda.set_sync_debug_mode("error")``."""
+rule and gradient norm, and SLURM step sizes. A CUDA-only test runs the steps under ``torch.cuda.set_sync_debug_mode("error")``."""
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,6 +24,7 @@ import utils
 from engine_for_finetuning import forward, head_losses
 from engine_for_pretraining import pretrain_loss
 
+REPO = Path(__file__).resolve().parents[1]
 READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
 
 
@@ -185,6 +191,50 @@ def test_deepspeed_bf16_accumulates_in_fp32_or_refuses():
         utils.deepspeed_config(args)
     args.update_freq = 1
     assert "data_types" not in utils.deepspeed_config(args)
+
+
+DEEPSPEED_GRAD_NORMS = """import json, os
+import torch
+import utils
+from types import SimpleNamespace
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(utils.free_port()), RANK="0", WORLD_SIZE="1",
+                  LOCAL_RANK="0")
+norms = {}
+for deepspeed in (False, True):
+    for zero_stage in (0, 1) if deepspeed else (0,):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(6, 3)
+        args = SimpleNamespace(enable_deepspeed=deepspeed, compile=False, batch_size=2, num_sample=1, update_freq=2,
+                               zero_stage=zero_stage, clip_grad=0.01, precision="fp32", distributed=False)
+        engine, _, optimizer, scaler = utils.wrap_model(args, model, torch.optim.AdamW(model.parameters(), lr=0.1),
+                                                        torch.device("cpu"))
+        seen = []
+        for step in range(4):
+            x = torch.linspace(-1, 1, 12).reshape(2, 6) * (step + 1)
+            update = step % 2 == 1
+            norm = utils.backward_step(engine, engine(x).square().mean(), optimizer, scaler, args.clip_grad, deepspeed,
+                                       update, accumulation=2)
+            seen.append(None if norm is None else float(norm))
+        norms[f"deepspeed={deepspeed} zero={zero_stage}"] = seen
+print(json.dumps(norms))
+"""
+
+
+def test_deepspeed_steps_report_the_gradient_norm_as_ddp_does(tmp_path):
+    """DeepSpeed's plain fp32 optimizer (ZeRO stage 0) keeps no gradient norm: the step computes it, so its logs have
+    ``grad_norm`` as DDP's and ZeRO's do, the same values before clipping, and none on accumulation micro-steps."""
+    script = tmp_path / "norms.py"
+    script.write_text(DEEPSPEED_GRAD_NORMS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
+    result = subprocess.run([sys.executable, str(script)], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    norms = json.loads(result.stdout.strip().splitlines()[-1])
+    ddp = norms.pop("deepspeed=False zero=0")
+    assert ddp[0] is None and ddp[2] is None and ddp[1] > 0.01 and ddp[3] > 0.01  # clipped to 0.01 after
+    for name, seen in norms.items():
+        assert seen[0] is None and seen[2] is None, name
+        assert seen[1] == pytest.approx(ddp[1], rel=1e-5) and seen[3] == pytest.approx(ddp[3], rel=1e-5), name
 
 
 def test_slurm_world_size_is_the_steps(monkeypatch):
