@@ -1,6 +1,7 @@
 """The training step's speed work: no reads of device values inside a step (pretraining and fine-tuning, the MCA
 head included), lazy metric meters, the deferred non-finite check, fused AdamW, the DeepSpeed bf16 accumulation
-rule and gradient norm, and SLURM step sizes. A CUDA-only test runs the steps under ``torch.cuda.set_sync_debug_mode("error")``."""
+rule and gradient norm, and SLURM step sizes. A CUDA-only test runs the steps under
+``torch.cuda.set_sync_debug_mode("error")``."""
 
 from __future__ import annotations
 
