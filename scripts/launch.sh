@@ -43,6 +43,24 @@ launch_tasks() {
     fi
 }
 
+update_freq() {
+    # The --update_freq (gradient accumulation steps) that makes TOTAL_BATCH videos per optimiser step from
+    # BATCH_SIZE per task on the tasks launch starts; UPDATE_FREQ, where set, is taken as it is.
+    if [[ -n "${UPDATE_FREQ:-}" ]]; then
+        echo "$UPDATE_FREQ"
+        return
+    fi
+    local tasks steps
+    tasks=$(launch_tasks)
+    steps=$(( TOTAL_BATCH / (BATCH_SIZE * tasks) ))
+    if (( steps < 1 || steps * BATCH_SIZE * tasks != TOTAL_BATCH )); then
+        echo "$0: TOTAL_BATCH $TOTAL_BATCH is not BATCH_SIZE $BATCH_SIZE x $tasks tasks x whole steps; set" \
+            "TOTAL_BATCH or UPDATE_FREQ" >&2
+        return 2
+    fi
+    echo "$steps"
+}
+
 requeueable() {
     if [[ -z "${SLURM_JOB_ID:-}" || -t 0 ]]; then  # sbatch's stdin is /dev/null
         "$@"

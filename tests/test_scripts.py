@@ -202,7 +202,8 @@ RECIPES = {
     ("ssv2", "finetune"): FINETUNING | {"--data_set": "SSV2", "--nb_classes": "174", "--epochs": "50",
                                         "--num_sample": "1", "--batch_size": "8", "--update_freq": "8"},
     ("epic", "finetune"): FINETUNING | {"--data_set": "EPIC-KITCHENS-100", "--nb_verbs": "97", "--nb_nouns": "300",
-                                        "--epochs": "100", "--num_sample": "2"},
+                                        "--epochs": "100", "--num_sample": "2", "--batch_size": "8",
+                                        "--update_freq": "1"},
 }
 
 
@@ -330,11 +331,24 @@ def test_ssv2_finetuning_keeps_videomaes_total_batch_on_any_number_of_gpus(dry_r
     assert refused.returncode == 2 and "TOTAL_BATCH 512 is not BATCH_SIZE 8 x 3 tasks" in refused.stderr
 
 
+def test_epic_finetuning_keeps_its_total_batch_of_one_node_on_fewer_gpus(dry_run, tmp_path):
+    """EPIC's 64 videos per step (8 GPUs x 8, the release's batch per GPU) by accumulation on 2 GPUs, by the plain
+    head's script too; 3 GPUs cannot reach it in whole steps."""
+    for stage in ("finetune_mofo", "finetune_plain"):
+        script = REPO / "scripts" / "epic" / f"{stage}.sh"
+        assert options(dry_run(script, GPUS="2"))["--update_freq"] == "4"
+        assert options(dry_run(script, GPUS="2", TOTAL_BATCH="32"))["--update_freq"] == "2"
+        refused = run_script(script, tmp_path, GPUS="3", PATH=f"{tmp_path}/bin:/usr/bin:/bin")
+        assert refused.returncode == 2 and "TOTAL_BATCH 64 is not BATCH_SIZE 8 x 3 tasks" in refused.stderr
+
+
 @pytest.mark.parametrize("script, extra, variable", [
     ("ssv2/finetune_mofo.sh", "--seed 1 --output_dir=elsewhere", "OUTPUT_DIR"),
     ("epic/finetune_plain.sh", "--finetune other.pth", "PRETRAINED"),
     ("ssv2/finetune_plain.sh", "--batch_size 4", "BATCH_SIZE"),
     ("epic/finetune_mofo.sh", "--model vit_base_patch16_224", "MODEL"),
+    ("epic/finetune_plain.sh", "--update_freq 2", "UPDATE_FREQ"),  # TOTAL_BATCH sets it
+    ("ssv2/finetune_mofo.sh", "--update_freq=2", "UPDATE_FREQ"),
     ("ssv2/finetune_mofo.sh", "--finetun other.pth", "PRETRAINED"),  # a prefix argparse takes for --finetune
     ("ssv2/pretrain.sh", "--mask_type tube", "MASK_TYPE"),
     ("epic/pretrain.sh", "--output_dir x", "OUTPUT_DIR"),

@@ -35,17 +35,10 @@ PRETRAINED=${PRETRAINED:-out/ssv2/pretrain_motion_vitb}  # a checkpoint, or a ru
 FROM=${PRETRAINED%/} FROM=${FROM%.pth} FROM=${FROM#/}  # one output folder per source: auto-resume stays in it
 OUTPUT_DIR=${OUTPUT_DIR:-out/ssv2/finetune_${MODEL}_from_${FROM//\//_}}
 GPUS=${GPUS:-8} EPOCHS=${EPOCHS:-50} BATCH_SIZE=${BATCH_SIZE:-8} NUM_SAMPLE=${NUM_SAMPLE:-1}
-refuse_extra --output_dir=OUTPUT_DIR --finetune=PRETRAINED --model=MODEL --batch_size=BATCH_SIZE
+refuse_extra --output_dir=OUTPUT_DIR --finetune=PRETRAINED --model=MODEL --batch_size=BATCH_SIZE \
+    --update_freq=UPDATE_FREQ
 TOTAL_BATCH=${TOTAL_BATCH:-512}            # videos per optimiser step, over all GPUs
-if [[ -z ${UPDATE_FREQ:-} ]]; then         # the accumulation steps that reach TOTAL_BATCH with these tasks
-    TASKS=$(launch_tasks)
-    UPDATE_FREQ=$(( TOTAL_BATCH / (BATCH_SIZE * TASKS) ))
-    if (( UPDATE_FREQ < 1 || UPDATE_FREQ * BATCH_SIZE * TASKS != TOTAL_BATCH )); then
-        echo "$0: TOTAL_BATCH $TOTAL_BATCH is not BATCH_SIZE $BATCH_SIZE x $TASKS tasks x whole steps; set" \
-            "TOTAL_BATCH or UPDATE_FREQ" >&2
-        exit 2
-    fi
-fi
+UPDATE_FREQ=$(update_freq)                 # the accumulation steps that reach TOTAL_BATCH with these tasks
 BOXES=()
 if [[ $MODEL == *_mofo ]]; then BOXES=(--box_dir "$BOX_DIR"); fi
 
