@@ -310,6 +310,24 @@ def eval_loader(dataset, args, rank: int, world: int):
                       pin_memory=args.pin_mem and args.device.startswith("cuda"), worker_init_fn=utils.seed_worker)
 
 
+def tested_weights(args) -> dict:
+    """What the test results are of (``weights`` in test_results.json, which ``--eval`` rewrites): the tested file,
+    resolved, with the ``--model_key``/``--model_prefix`` that chose them in it, or after training the run's
+    checkpoint of its last epoch."""
+    if not args.eval:
+        if not args.save_ckpt:
+            return {"weights": f"the model after epoch {args.epochs - 1} (not saved: --no_save_ckpt)"}
+        name = f"checkpoint-{args.epochs - 1}" + ("" if args.enable_deepspeed else ".pth")
+        return {"weights": str((Path(args.output_dir) / name).resolve())}
+    if args.resume:
+        return {"weights": str(Path(args.resume).resolve())}
+    if args.finetune:
+        chosen = {"model_key": args.model_key} if args.model_key != "model|module" else {}
+        return {"weights": args.finetune_file or str(Path(args.finetune).resolve()), **chosen,
+                **({"model_prefix": args.model_prefix} if args.model_prefix else {})}
+    return {"weights": "none (a freshly initialised model)"}
+
+
 def run_test(model, dataset, args, device, rank: int, world: int) -> dict:
     """Multi-view test: every rank writes its views, rank 0 merges softmaxes per video over all ranks' files."""
     loader = eval_loader(dataset, args, rank, world)
@@ -321,6 +339,7 @@ def run_test(model, dataset, args, device, rank: int, world: int) -> dict:
     if utils.is_main_process():
         results = merge_views([out_dir / f"test_views_rank{r}.jsonl" for r in range(world)], args.head_sizes)
         results["skipped_videos"] = len(dataset.entries) - results["videos"]
+        results |= tested_weights(args)
         if results["skipped_videos"]:
             print(f"Warning: {results['skipped_videos']} of {len(dataset.entries)} test videos could not be used "
                   "(unreadable, or without a usable box file) and are not in the results (the log names them)")

@@ -107,6 +107,7 @@ def test_finetune_from_a_pretraining_run_then_eval(data, pretrained, tmp_path, m
     views = [json.loads(line) for line in (out / "test_views_rank0.jsonl").read_text().splitlines()]
     assert len(views) == num_test * 2 * 2 and all(view["video"] == test_rows[view["id"]] for view in views)
     assert 0 <= results["acc1"] <= 100
+    assert results["weights"] == str((out / "checkpoint-0.pth").resolve())  # the weights the results are of
 
     (out / "test_results.json").unlink()
     again = finetune(finetune_args(data, out, model, "--eval", "--resume", str(out / "checkpoint-0.pth")))
@@ -228,7 +229,9 @@ def test_model_ema_is_updated_saved_and_testable(data, pretrained, tmp_path):
                                         str(out / "checkpoint-0.pth"), "--model_key", key))
         assert result.returncode == 0, result.stderr[-3000:]
         tested[key] = json.loads((out / "test_results.json").read_text())
+    assert (tested["model"].pop("model_key"), tested["model_ema"].pop("model_key")) == ("model", "model_ema")
     assert tested["model"] == tested["model_ema"]
+    assert tested["model"]["weights"] == str((out / "checkpoint-0.pth").resolve())
     refused = finetune(finetune_args(data, tmp_path / "ds", "vit_mini_patch16_224", "--model_ema",
                                      "--enable_deepspeed", "--precision", "bf16"))
     assert refused.returncode != 0 and "--model_ema with --enable_deepspeed --precision bf16" in refused.stderr
