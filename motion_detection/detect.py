@@ -8,7 +8,9 @@ the rest smoothed over time, and their union is the video's motion box.
 
 Spatial parameters are fractions of the working short side and areas fractions of the frame, so the defaults
 mean the same at any resolution; flow is computed at a working resolution (``short_side``) and boxes are
-reported in the original pixels.
+reported in the original pixels. ``min_peak`` is a level of the map itself, which a motion boundary reaches less
+on small frames (a short side under about 160 pixels) and with smoother flow (dis): extract_boxes names the videos
+left without any box.
 """
 
 from __future__ import annotations
@@ -325,10 +327,13 @@ class MotionBoxDetector:
 
         ``done_pairs`` are the pair boxes of the video's first pairs, from an interrupted run: their frames are
         decoded and dropped, and flow starts at the next pair (StartPastEndError when the video has fewer pairs).
-        ``on_pair`` is called with the pair boxes so far after each pair (to save them)."""
+        ``on_pair`` is called with the pair boxes so far (to save them) after each batch of pairs the backend computes
+        together, and after the last pair: a save between the pairs of a batch would miss those done with it."""
         cap, info = open_video(path)
         pairs = list(done_pairs)
-        if hasattr(self.backend, "flows_from_video"):
+        from_file = hasattr(self.backend, "flows_from_video")
+        batch, start = 1 if from_file else self.batch_size, len(pairs)
+        if from_file:
             cap.release()
             flows = iter(self.backend.flows_from_video(path, self.working_size(info.width, info.height)))
             for index in range(len(pairs)):
@@ -338,8 +343,10 @@ class MotionBoxDetector:
             flows = self.iter_flows(iter_frames(cap, start=len(pairs), info=info))
         for box in self.pair_boxes(flows, info.width, info.height):
             pairs.append(box)
-            if on_pair is not None:
+            if on_pair is not None and (len(pairs) - start) % batch == 0:
                 on_pair(pairs)
+        if on_pair is not None and (len(pairs) - start) % batch:
+            on_pair(pairs)
         if not pairs:  # a file whose frames do not decode is truncated or corrupt, not a video of one frame
             check_complete(0 if info.decoded_ms < 0 else 1, info)
         boxes = self.video_boxes(pairs, info.width, info.height)

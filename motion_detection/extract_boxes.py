@@ -78,6 +78,7 @@ class Outcome:
     num_frames: int = 0
     pairs: int = 0  # frame pairs computed by this run
     resumed_from: int = 0  # frame pairs taken from a partial box file
+    no_box: bool = False  # written, with no motion box in any frame
 
 
 class PartialProgress:
@@ -238,7 +239,7 @@ def _run_job(job: Job) -> Outcome:
         save_boxes(job.output, boxes)
         progress.remove()
         return Outcome(job.video, True, progress.problem, boxes.num_frames, pairs=boxes.num_frames - 1 - len(done),
-                       resumed_from=len(done))
+                       resumed_from=len(done), no_box=boxes.union is None)
     except VideoReadError as e:
         return Outcome(job.video, False, str(e))
     except Exception as e:  # a bad video must not stop the run: record it and go on
@@ -504,6 +505,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(failures)} failed | {pairs} frame pairs in {elapsed:.1f}s ({rate:.1f} pairs/s)")
     if failures:
         print(f"failed videos and reasons: {failed_path}")
+    without = [o.video for o in written if o.no_box]
+    if without:
+        print(f"warning: {len(without)} of the {len(written)} videos written have no motion box in any frame "
+              f"({', '.join(without[:3])}{', ...' if len(without) > 3 else ''}), so training takes their clips as "
+              "clips without motion. Right for still videos; else their motion stayed below --min_peak (faint "
+              "motion, a short side under about 160 pixels, or --flow dis, whose flow is smoother): look at a few "
+              "with python -m motion_detection.visualize VIDEO BOX_FILE")
     return 1 if failures else 0
 
 

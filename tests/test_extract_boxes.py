@@ -176,6 +176,20 @@ def test_one_box_file_per_video_mirrors_the_list(data, reference_dir, reference)
         assert boxes.union is not None
 
 
+def test_videos_without_any_motion_box_are_counted_and_named(data, tmp_path):
+    """A still video gets a box file of no boxes, and the summary warns that training takes it as a clip without
+    motion, naming it (and not the moving one beside it)."""
+    _, root = data
+    still = tmp_path / "videos"
+    still.mkdir()
+    frames, _ = make_synthetic_dataset.render_clip(0, 12, 160, 120, seed=4)
+    write_mp4(still / "still.mp4", np.repeat(frames[:1], 12, axis=0), 12)
+    shutil.copy(root / "000000.mp4", still / "moving.mp4")
+    result = run(write_list(tmp_path / "list.csv", ["still.mp4", "moving.mp4"]), still, tmp_path / "boxes")
+    assert load_boxes(tmp_path / "boxes" / "still.json").union is None
+    assert "warning: 1 of the 2 videos written have no motion box in any frame (still.mp4)" in result.stdout
+
+
 def test_bad_videos_are_recorded_and_good_ones_still_written(data, reference, tmp_path):
     """Corrupt, truncated, empty, one-frame and missing videos go to failed.tsv with a reason; the run exits 1.
     Truncated or corrupt videos that still open (index at the front) fail because they decode to fewer frames than

@@ -469,18 +469,25 @@ def test_a_webm_is_checked_by_its_video_track_not_a_longer_audio_track(tmp_path)
 @pytest.mark.parametrize("flow", ["dis", "codec_mv"])
 def test_detect_video_goes_on_from_the_first_pairs_to_the_same_boxes(tmp_path, flow):
     """Given the boxes of its first k pairs, detect_video computes only the pairs from k on (frames before k are
-    decoded and dropped, or the codec's vectors skipped) and gives the boxes of an uninterrupted run, bit for bit."""
+    decoded and dropped, or the codec's vectors skipped) and gives the boxes of an uninterrupted run, bit for bit.
+    The pairs so far are handed on (to be saved) after each batch the flow computes at once (codec vectors: one
+    pair each) and after the last, never between the pairs of a batch."""
     frames, _ = make_synthetic_dataset.render_clip(0, 40, 160, 120, seed=2)
     write_mp4(tmp_path / "v.mp4", frames, 12)
-    detector = MotionBoxDetector(flow, short_side=112)
+    detector = MotionBoxDetector(flow, short_side=112, batch_size=8)
     pairs = []
-    whole = detector.detect_video(tmp_path / "v.mp4", "v.mp4", on_pair=lambda so_far: pairs.append(so_far[-1]))
+
+    def keep(so_far):
+        pairs[:] = so_far
+
+    whole = detector.detect_video(tmp_path / "v.mp4", "v.mp4", on_pair=keep)
     assert len(pairs) == 39 and np.isfinite(np.stack(pairs)).all(axis=1).sum() > 30
+    batch = 1 if flow == "codec_mv" else 8
     for k in (1, 17, 39):
         computed = []
         resumed = detector.detect_video(tmp_path / "v.mp4", "v.mp4", pairs[:k],
                                         on_pair=lambda so_far, seen=computed: seen.append(len(so_far)))
-        assert computed == list(range(k + 1, 40))
+        assert computed == sorted({*range(k + batch, 40, batch), 39} - {k})
         assert resumed.to_json() == whole.to_json()
     with pytest.raises(VideoReadError, match="the video ends at frame (40|pair 39), before (frame|pair) 45"):
         detector.detect_video(tmp_path / "v.mp4", "v.mp4", pairs + pairs[:6])  # saved for a longer video
