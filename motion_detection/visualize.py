@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         if record is not None and (record.width, record.height) != (width, height):
             raise SystemExit(f"{path}: boxes for a {record.width}x{record.height} video, "
                              f"but {args.video} is {width}x{height}")
+        if record is not None and Path(record.video).name != Path(args.video).name:  # same size, maybe a sibling
+            print(f"warning: {path} was made for {record.video}, not {Path(args.video).name}: its boxes are drawn "
+                  "all the same", file=sys.stderr)
     boxes, gt = (None if r is None else dataclasses.replace(r, frames=r.frames[args.start_frame:end],
                                                              num_frames=len(frames)) for r in (boxes, gt))
     if args.show_map and len(frames) < 2:

@@ -433,6 +433,13 @@ def test_a_list_that_is_not_utf8_is_named(data, tmp_path):
     (tmp_path / "blank.csv").write_text("\n  \n")
     blank = run(tmp_path / "blank.csv", root, tmp_path / "out", rc=2)
     assert f"--video_list {tmp_path / 'blank.csv'} lists no videos" in blank.stderr and "Traceback" not in blank.stderr
+    # beside a list with videos (a small data set's empty test split), it is named and the others are boxed
+    (tmp_path / "empty.csv").write_text("")
+    beside = run([tmp_path / "blank.csv", write_list(tmp_path / "one.csv", GOOD[:1]), tmp_path / "empty.csv"], root,
+                 tmp_path / "out")
+    assert summary(beside) == (1, 1, 0, 0)
+    for name in ("blank.csv", "empty.csv"):
+        assert f"--video_list {tmp_path / name} lists no videos" in beside.stderr
 
 
 def test_a_wrong_video_root_stops_the_run_first(data, tmp_path):

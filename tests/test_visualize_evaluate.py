@@ -268,6 +268,14 @@ def test_box_file_for_another_frame_size_exits_naming_it(data, tmp_path, capsys)
     assert str(tmp_path / "big.json") in message and "320x240" in message and f"{W}x{H}" in message
 
 
+def test_another_videos_box_file_of_the_same_size_is_drawn_with_a_warning(data, tmp_path, capsys):
+    """The box file of a sibling clip (same size and length) is a likely slip of the command line: named."""
+    run_visualize(data, tmp_path / "own.png")
+    assert "was made for" not in capsys.readouterr().err
+    assert run_visualize(data, tmp_path / "sibling.png", boxes="dis/000001.json").exists()
+    assert f"{data / 'dis/000001.json'} was made for 000001.mp4, not 000000.mp4" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("args", "expected"), [
     (["videos/000000.mp4", "dis/missing.json"], ["dis/missing.json", "box file not found"]),
     (["videos/missing.mp4", "dis/000000.json"], ["videos/missing.mp4", "file not found"]),

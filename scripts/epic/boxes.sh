@@ -31,7 +31,8 @@ source scripts/launch.sh
 DATA_PATH=${DATA_PATH:-data/epic}          # train.csv, val.csv, test.csv (EPIC_100_*.csv)
 DATA_ROOT=${DATA_ROOT:-data/epic/videos}   # holds P01/videos/P01_01.MP4, ...
 BOX_DIR=${BOX_DIR:-data/epic/boxes}        # P01/videos/P01_01.MP4 -> $BOX_DIR/P01/videos/P01_01.json
-FLOW=${FLOW:-tvl1}                         # tvl1 (the paper's) or dis
+FLOW=${FLOW:-tvl1}                         # tvl1 (the paper's), dis, or tvl1_torch: on a GPU (sbatch
+                                           # --gres=gpu:1), one process batching each video's pairs
 # The shard is the array task's id, out of NUM_SHARDS: not out of SLURM_ARRAY_TASK_COUNT, which is that of the
 # submitted array (1 for a resubmitted `--array=17`).
 SHARD=()

@@ -27,7 +27,8 @@ source scripts/launch.sh
 DATA_PATH=${DATA_PATH:-data/ssv2}          # train.csv, val.csv, test.csv: "<video> <label>" lines
 DATA_ROOT=${DATA_ROOT:-data/ssv2/videos}   # the mp4s; list paths are relative to it
 BOX_DIR=${BOX_DIR:-data/ssv2/boxes}        # a/b.mp4 -> $BOX_DIR/a/b.json
-FLOW=${FLOW:-tvl1}                         # tvl1 (the paper's) or dis
+FLOW=${FLOW:-tvl1}                         # tvl1 (the paper's), dis, or tvl1_torch: on a GPU (sbatch
+                                           # --gres=gpu:1), one process batching each video's pairs
 # The shard is the array task's id, out of NUM_SHARDS: not out of SLURM_ARRAY_TASK_COUNT, which is that of the
 # submitted array (1 for a resubmitted `--array=17`).
 SHARD=()
