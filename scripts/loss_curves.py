@@ -59,8 +59,9 @@ def plot(curves: dict[str, dict[int, float]], path: str, size=(640, 400), margin
     cv2.putText(image, f"{hi:.4g}", (2, margin + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
     cv2.putText(image, f"{lo:.4g}", (2, height - margin), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
     cv2.putText(image, f"epoch {e_min}", (margin, height - margin + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
-    cv2.putText(image, f"epoch {e_min + span}", (width - margin - 40, height - margin + 15), cv2.FONT_HERSHEY_SIMPLEX,
-                0.35, (0, 0, 0), 1)
+    if e_max > e_min:  # one epoch: a point at the left edge, no second label
+        cv2.putText(image, f"epoch {e_max}", (width - margin - 40, height - margin + 15), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.35, (0, 0, 0), 1)
     for i, (name, curve) in enumerate(curves.items()):
         colour = colours[i % len(colours)]
         points = np.array([xy(e, curve[e]) for e in sorted(curve)], np.int32)
@@ -68,14 +69,16 @@ def plot(curves: dict[str, dict[int, float]], path: str, size=(640, 400), margin
         for point in points:  # a run of one epoch is a point, not a line
             cv2.circle(image, tuple(int(v) for v in point), 3, colour, -1)
         cv2.putText(image, name, (margin + 10, margin + 18 * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1)
-    cv2.imwrite(path, image)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(path, image):
+        raise SystemExit(f"--png {path}: the plot could not be written")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run output folders holding log.txt")
     parser.add_argument("--key", default="train_loss", help="logged value to show (default: train_loss)")
-    parser.add_argument("--png", help="also draw the curves into this PNG")
+    parser.add_argument("--png", help="also draw the curves into this PNG (its folders are created)")
     parser.add_argument("--names", nargs="+", help="column names (default: the folder names)")
     args = parser.parse_args()
     names = args.names or [Path(r).name for r in args.runs]
@@ -83,7 +86,16 @@ def main() -> None:
         raise SystemExit("--names must name every run")
     if len(set(names)) != len(names):
         raise SystemExit(f"two runs would share a column ({', '.join(names)}): name them with --names")
+    if args.png and Path(args.png).suffix.lower() != ".png":
+        parser.error(f"--png {args.png}: the plot is a PNG; give a file name ending in .png")
     curves = {name: read_losses(run, args.key) for name, run in zip(names, args.runs, strict=True)}
+    without = [name for name, curve in curves.items() if not curve]
+    if len(without) == len(curves):
+        raise SystemExit(f"no run logged {args.key} (fine-tuning logs val_* and pretraining does not; log.txt "
+                         "names each epoch's keys)")
+    if without:
+        print(f"note: {', '.join(without)} logged no {args.key}: left out")
+        curves = {name: curve for name, curve in curves.items() if curve}
     print(table(curves))
     if args.png:
         plot(curves, args.png)

@@ -18,6 +18,8 @@ def main() -> None:
     names = args.names or [Path(r).name for r in args.runs]
     if len(names) != len(args.runs):
         raise SystemExit("--names must name every run")
+    if len(set(names)) != len(names):
+        raise SystemExit(f"two runs would share a row ({', '.join(names)}): name them with --names")
     results = {}
     for name, run in zip(names, args.runs, strict=True):
         path = Path(run) / "test_results.json"

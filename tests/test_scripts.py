@@ -540,6 +540,11 @@ def test_results_table_and_loss_curves_keep_runs_apart(tmp_path):
     assert header.split() == ["run", "acc1", "acc5", "verb_acc1", "noun_acc1", "action_acc1", "videos"]
     assert ssv2.split() == ["ssv2", "61.50", "88.00", "10"]
     assert epic.split() == ["epic", "40.00", "30.00", "20.00", "12"]
+    (tmp_path / "other" / "ssv2").mkdir(parents=True)
+    shutil.copy(tmp_path / "ssv2" / "test_results.json", tmp_path / "other" / "ssv2" / "test_results.json")
+    clash = subprocess.run([sys.executable, "scripts/results_table.py", str(tmp_path / "ssv2"),
+                            str(tmp_path / "other" / "ssv2")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert clash.returncode != 0 and "two runs would share a row" in clash.stderr  # not one row for both
     for group, loss in (("a", 1.5), ("b", 0.5)):
         (tmp_path / group / "run").mkdir(parents=True)
         (tmp_path / group / "run" / "log.txt").write_text(json.dumps({"epoch": 0, "train_loss": loss}) + "\n"
@@ -558,3 +563,28 @@ def test_results_table_and_loss_curves_keep_runs_apart(tmp_path):
     image = cv2.imread(str(png))
     lowest = image[346:355, 46:55].reshape(-1, 3)  # run b's 0.5, the plot's lowest value, at (50, 350)
     assert (lowest == (30, 120, 220)).all(axis=1).sum() >= 9
+    assert (image[355:400, 300:] == 255).all()  # no label of an epoch 1 that was never run at the right
+
+
+def test_loss_curves_name_what_they_cannot_draw(tmp_path):
+    """A --key no run logged, a run without it beside one with it, a plot name of another kind, and a plot into
+    a folder not made yet (made, not a false 'wrote')."""
+    for run, record in (("pretrain", {"epoch": 0, "train_loss": 1.0}),
+                        ("finetune", {"epoch": 0, "train_loss": 2.0, "val_acc1": 50.0})):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "log.txt").write_text(json.dumps(record) + "\n")
+
+    def curves(*extra):
+        return subprocess.run([sys.executable, "scripts/loss_curves.py", *extra], cwd=REPO, capture_output=True,
+                              text=True, timeout=60)
+
+    nowhere = curves(str(tmp_path / "pretrain"), "--key", "val_acc1")
+    assert nowhere.returncode != 0 and "no run logged val_acc1" in nowhere.stderr and "Traceback" not in nowhere.stderr
+    one = curves(str(tmp_path / "pretrain"), str(tmp_path / "finetune"), "--key", "val_acc1")
+    assert one.returncode == 0 and "note: pretrain logged no val_acc1: left out" in one.stdout
+    assert one.stdout.splitlines()[-2].split() == ["epoch", "finetune"]
+    other_kind = curves(str(tmp_path / "pretrain"), "--png", str(tmp_path / "plot"))
+    assert other_kind.returncode == 2 and "give a file name ending in .png" in other_kind.stderr
+    deeper = tmp_path / "plots" / "new" / "curves.png"
+    made = curves(str(tmp_path / "pretrain"), "--png", str(deeper))
+    assert made.returncode == 0 and f"wrote {deeper}" in made.stdout and cv2.imread(str(deeper)).shape == (400, 640, 3)
