@@ -14,8 +14,9 @@ predicted class unless ``--target_class`` names one (then for every model).
 
 The clip is deterministic: frames ``start_frame + k * sampling_rate`` (clamped to the video), or with ``--tsn``
 the middle frame of each of ``num_frames`` equal segments of the whole video (TSN sampling, as the fine-tuning loader
-validates Something-Something and EPIC); then the loader's validation view: the short side resized to
-``short_side_size``, the centre ``input_size`` square, ImageNet normalisation. Unset, ``input_size``,
+validates Something-Something and EPIC, and the default for checkpoints fine-tuned on them); then the loader's
+validation view, decoded as it decodes: the short side resized to ``short_side_size``, the centre ``input_size``
+square, ImageNet normalisation. Unset, ``input_size``,
 ``num_frames`` (times ``num_segments``), ``sampling_rate`` and ``short_side_size`` are the checkpoint's. An
 EPIC-KITCHENS-100 checkpoint's verb and noun heads are explained one at a time (``--head``).
 The motion boxes come from ``--box_file`` as the fine-tuning loader gives them (``--box_source``, by default the
@@ -43,27 +44,32 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from timm import list_models
 from timm.models import create_model
 
 import utils
 from datasets import (
     BOX_SOURCES,
+    TSN_DATA_SETS,
     VideoDecodeError,
     box_file_doubts,
     clip_box,
     decode_frames,
     frame_boxes,
+    reduced_decode_size,
+    stored_video_size,
     tsn_indices,
 )
 from modeling_finetune import MCA_SETTINGS, MotionFocusedVisionTransformer
 from motion_detection.boxfile import BoxFileError, load_boxes
 from run_mofo_vis import (
     VisualizationError,
+    check_image_path,
     clip_frame_indices,
     draw_box,
+    note_clamped,
     render_grid,
+    save_image,
     to_uint8,
     with_box,
 )
@@ -112,7 +118,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("MOFO Grad-CAM", description=__doc__,
                                      formatter_class=utils.HelpFormatter)
     parser.add_argument("video", metavar="VIDEO", help="the video file")
-    parser.add_argument("save_path", metavar="OUTPUT", help="the PNG to write (folders are created)")
+    parser.add_argument("save_path", metavar="OUTPUT", help="the image to write, in the format of its extension "
+                        "(.png, .jpg, .pdf, ...; folders are created)")
     parser.add_argument("--model", required=True, help="vit_*_patch16_224 (VideoMAE) or vit_*_patch16_224_mofo")
     parser.add_argument("--checkpoint", required=True, help="the model's fine-tuned checkpoint")
     parser.add_argument("--label", default=None, help="row title of the model (default: the model name)")
@@ -125,7 +132,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "video (the file's union box), clip (the union of the sampled frames' boxes) or frame "
                              "(each frame's own)")
     parser.add_argument("--nb_classes", default=None, type=int,
-                        help="classes of the fine-tuned heads (default: the checkpoint's head size)")
+                        help="classes of the fine-tuned heads, checked against the checkpoints' (default: their head "
+                        "size)")
     parser.add_argument("--layer", default=5, type=int, help="backbone block whose output tokens are explained, "
                         "counted from 1 (the paper's fifth attention layer: 5)")
     parser.add_argument("--target_class", default=None, type=int,
@@ -139,8 +147,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="EPIC-KITCHENS-100 checkpoints (two heads): the head whose classes are explained "
                         "(default: verb)")
     parser.add_argument("--start_frame", default=0, type=int, help="video frame of the clip's first frame")
-    parser.add_argument("--tsn", action="store_true",
-                        help="sample the middle frame of num_frames equal segments of the whole video instead")
+    parser.add_argument("--tsn", action="store_true", default=None,
+                        help="sample the middle frame of num_frames equal segments of the whole video instead "
+                        "(default for checkpoints fine-tuned on SSV2 or EPIC-KITCHENS-100, unless --sampling_rate or "
+                        "--start_frame is given)")
     parser.add_argument("--frames", default=1, type=int, help="frames shown: 1 is the middle one, more are spread "
                         "evenly over the clip")
     parser.add_argument("--alpha", default=0.5, type=float, help="weight of the heat map in the overlay")
@@ -148,19 +158,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_frames(video_path: str, num_frames: int, sampling_rate: int, start_frame: int, tsn: bool
-                ) -> tuple[torch.Tensor, np.ndarray, int]:
+def read_frames(video_path: str, num_frames: int, sampling_rate: int, start_frame: int, tsn: bool,
+                short_side_size: int, boxes=None) -> tuple[torch.Tensor, np.ndarray, int]:
     """Decoded frames (T, H, W, 3) uint8, their indices in the video and the video's frame count; ``tsn``: the
-    fine-tuning loader's validation and one-view test frames."""
+    fine-tuning loader's validation and one-view test frames. Decoded as that loader decodes them: at the smallest
+    size whose short side still reaches ``short_side_size``, so the pixels are the loader's."""
     def pick(num_video_frames: int) -> np.ndarray:
         if tsn:
             return tsn_indices(num_video_frames, num_frames, None, 0.5)
         return clip_frame_indices(num_video_frames, num_frames, sampling_rate, start_frame)
 
+    size = reduced_decode_size(stored_video_size(video_path, boxes, {}), short_side_size)
     try:
-        return decode_frames(video_path, pick)
+        decoded = decode_frames(video_path, pick, size)
     except VideoDecodeError as e:
         raise GradCamError(str(e)) from None
+    if not tsn:
+        note_clamped(video_path, decoded[2], num_frames, sampling_rate, start_frame)
+    return decoded
 
 
 def read_checkpoint(checkpoint: str) -> tuple[dict, dict, dict]:
@@ -197,7 +212,15 @@ def saved_clip(trained: dict) -> dict:
 
 def fill_clip_settings(args: argparse.Namespace, checkpoints: list[str]) -> None:
     """Unset clip flags take the checkpoints' values (they must agree), else :data:`CLIP_DEFAULTS`: the clip is
-    then the one the model was tested on."""
+    then the one the model was tested on, TSN frames for a checkpoint of a TSN data set (SSV2, EPIC) unless a
+    stride or start is given."""
+    if args.tsn is None:
+        data_sets = sorted({read_checkpoint(checkpoint)[2].get("data_set") for checkpoint in checkpoints} - {None})
+        args.tsn = (args.sampling_rate is None and args.start_frame == 0 and bool(data_sets)
+                    and all(data_set in TSN_DATA_SETS for data_set in data_sets))
+        if args.tsn:
+            print(f"note: fine-tuned on {' and '.join(data_sets)}: TSN frames, as its loader samples them (a "
+                  "--sampling_rate or --start_frame samples a strided clip instead)")
     saved = [saved_clip(read_checkpoint(checkpoint)[2]) for checkpoint in checkpoints]
     for name, default in CLIP_DEFAULTS.items():
         if getattr(args, name) is not None:
@@ -346,11 +369,16 @@ def row_label(result: ModelCam) -> str:
 
 def check_args(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     """The (model, checkpoint, row title) of every model to explain, after checking the options."""
+    check_image_path(args.save_path)
     if (args.compare_model is None) != (args.compare_checkpoint is None):
         raise GradCamError("--compare_model and --compare_checkpoint go together")
+    checkpoints = [args.checkpoint] + ([args.compare_checkpoint] if args.compare_checkpoint else [])
+    for checkpoint in checkpoints:  # before any flag it would need is asked for
+        if "head.weight" not in read_checkpoint(checkpoint)[1]:
+            raise GradCamError(f"{checkpoint} has no classifier head: Grad-CAM needs a fine-tuned checkpoint")
     if args.tsn and (args.sampling_rate is not None or args.start_frame != 0):
         raise GradCamError("--tsn samples segments of the whole video: --sampling_rate and --start_frame do not apply")
-    fill_clip_settings(args, [args.checkpoint] + ([args.compare_checkpoint] if args.compare_checkpoint else []))
+    fill_clip_settings(args, checkpoints)
     if args.num_frames < 1 or args.sampling_rate < 1 or args.start_frame < 0:
         raise GradCamError("--num_frames and --sampling_rate must be positive, --start_frame not negative")
     if not 1 <= args.frames <= args.num_frames:
@@ -387,7 +415,7 @@ def gradcam_figure(args: argparse.Namespace) -> GradCamFigure:
     except BoxFileError as e:
         raise GradCamError(str(e)) from None
     frames, frame_indices, num_video_frames = read_frames(args.video, args.num_frames, args.sampling_rate,
-                                                          args.start_frame, args.tsn)
+                                                          args.start_frame, args.tsn, args.short_side_size, boxes)
     if boxes is not None:
         for doubt in box_file_doubts(boxes, args.video, num_video_frames, frames.shape[2], frames.shape[1]):
             print(f"warning: {args.box_file}: {doubt}: another video's boxes?")
@@ -422,9 +450,7 @@ def gradcam_figure(args: argparse.Namespace) -> GradCamFigure:
     for result in results:
         rows[row_label(result)] = [overlay(clip[t], result.cam[t], box[t], args.alpha) for t in positions]
     image = render_grid(rows, [f"frame {frame_indices[t]}" for t in positions])
-    output = Path(args.save_path)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(output, format="PNG")
+    save_image(image, args.save_path)
     return GradCamFigure(frame_indices=frame_indices, shown_frames=positions, box=box, frames=clip, models=results,
                          rows=[label.split("\n")[0] for label in rows], image_size=image.shape[:2])
 

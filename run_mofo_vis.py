@@ -85,7 +85,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("MOFO reconstruction visualiser", description=__doc__,
                                      formatter_class=utils.HelpFormatter)
     parser.add_argument("img_path", metavar="VIDEO", help="the video file")
-    parser.add_argument("save_path", metavar="OUTPUT", help="the PNG to write (folders are created)")
+    parser.add_argument("save_path", metavar="OUTPUT", help="the image to write, in the format of its extension "
+                        "(.png, .jpg, .pdf, ...; folders are created)")
     parser.add_argument("--model_path", required=True,
                         help="pretraining checkpoint: checkpoint-N.pth, a run's folder (its newest) or a Hugging Face "
                              "VideoMAEForPreTraining folder")
@@ -120,14 +121,42 @@ def clip_frame_indices(num_video_frames: int, num_frames: int, sampling_rate: in
     return np.minimum(start + np.arange(num_frames) * sampling_rate, num_video_frames - 1)
 
 
+def note_clamped(video_path: str, num_video_frames: int, num_frames: int, sampling_rate: int, start_frame: int
+                 ) -> None:
+    """Say so when :func:`clip_frame_indices` repeated the video's last frame (the clip runs past its end)."""
+    past = int((start_frame + np.arange(num_frames) * sampling_rate > num_video_frames - 1).sum())
+    if past:
+        print(f"note: {video_path} has {num_video_frames} frames: the clip's last {past} of {num_frames} repeat frame "
+              f"{num_video_frames - 1} (a smaller --start_frame or --sampling_rate fits the clip in the video)")
+
+
 def read_clip(video_path: str, num_frames: int, sampling_rate: int, start_frame: int
               ) -> tuple[torch.Tensor, np.ndarray, int]:
-    """Decoded frames (T, H, W, 3) uint8, their indices in the video and the video's frame count (decoded as the
-    training loader decodes, :func:`datasets.decode_frames`)."""
+    """Decoded frames (T, H, W, 3) uint8, their indices in the video and the video's frame count (with the loaders'
+    decoder, :func:`datasets.decode_frames`, at the stored size)."""
     try:
-        return decode_frames(video_path, lambda n: clip_frame_indices(n, num_frames, sampling_rate, start_frame))
+        decoded = decode_frames(video_path, lambda n: clip_frame_indices(n, num_frames, sampling_rate, start_frame))
     except VideoDecodeError as e:
         raise VisualizationError(str(e)) from None
+    note_clamped(video_path, decoded[2], num_frames, sampling_rate, start_frame)
+    return decoded
+
+
+def check_image_path(path: str) -> None:
+    """OUTPUT must name an image file of a format PIL writes (by its extension), not a folder."""
+    output = Path(path)
+    if output.is_dir():
+        raise VisualizationError(f"OUTPUT {path} is a folder: name the image to write (e.g. {output / 'figure.png'})")
+    extensions = Image.registered_extensions()
+    if extensions.get(output.suffix.lower()) not in Image.SAVE:
+        raise VisualizationError(f"OUTPUT {path}: name an image file, ending in .png (or .jpg, .pdf, ...)")
+
+
+def save_image(image: np.ndarray, path: str) -> None:
+    """Write an RGB image in the format of its file's extension, creating the folders."""
+    output = Path(path)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(output)
 
 
 def centre_crop_clip(frames: torch.Tensor, box_pixels: np.ndarray, input_size: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -160,6 +189,19 @@ def read_checkpoint(checkpoint_path: str) -> dict:
     return checkpoint
 
 
+def checkpoint_state(checkpoint: dict) -> dict:
+    return next(checkpoint[key] for key in ("model", "module") if isinstance(checkpoint.get(key), dict))
+
+
+def refuse_fine_tuned(checkpoint: dict, checkpoint_path: str) -> None:
+    """A classifier without a decoder has no reconstructions to show: said before any other flag is asked for."""
+    state = checkpoint_state(checkpoint)
+    if "head.weight" in state and not any(key.startswith("decoder.") for key in state):
+        raise VisualizationError(f"{checkpoint_path} is a fine-tuned checkpoint (a classifier, no decoder): the "
+                                 "reconstructions need a pretraining one (run_mofo_gradcam.py explains fine-tuned"
+                                 " ones)")
+
+
 def fill_settings(args: argparse.Namespace, trained: dict) -> None:
     """Unset model, clip and mask flags take the checkpoint's values, else ``TRAINED_DEFAULTS``. A motion-guided run
     (MGM's masks, not drawn here) is shown with the masking of its base slice: motion-focused for ``--guided_base
@@ -175,9 +217,10 @@ def fill_settings(args: argparse.Namespace, trained: dict) -> None:
             usable = saved is not None and (name not in CHOICES or saved in CHOICES[name])
             setattr(args, name, type(default)(saved) if usable else default)
             defaulted += [] if usable else [f"--{name} {default}"]
-    if not trained and defaulted:
-        print(f"note: the checkpoint saved no run flags (weights only): drawn with {' '.join(defaulted)}; pass the "
-              "ones it was trained with where they differ")
+    if defaulted:  # a weights-only file saves none; a Hugging Face folder's config holds the model's sizes only
+        saved = "no run flags (weights only)" if not trained else f"no {' '.join(d.split()[0] for d in defaulted)}"
+        print(f"note: the checkpoint saved {saved}: drawn with {' '.join(defaulted)}; pass the ones it was trained "
+              "with where they differ")
 
 
 def load_pretrain_model(checkpoint: dict, checkpoint_path: str, model_name: str, decoder_depth: int, input_size: int,
@@ -185,11 +228,7 @@ def load_pretrain_model(checkpoint: dict, checkpoint_path: str, model_name: str,
     """The registered model with the checkpoint's ``model`` (or ``module``) weights loaded strictly, in eval mode,
     with the checkpoint's targets (a model with a pixel head and others keeps them all; its pixels are shown) and
     tubelet size (its patch embedding's)."""
-    state = next(checkpoint[key] for key in ("model", "module") if isinstance(checkpoint.get(key), dict))
-    if "head.weight" in state and not any(key.startswith("decoder.") for key in state):
-        raise VisualizationError(f"{checkpoint_path} is a fine-tuned checkpoint (a classifier, no decoder): the "
-                                 "reconstructions need a pretraining one (run_mofo_gradcam.py explains fine-tuned"
-                                 " ones)")
+    state = checkpoint_state(checkpoint)
     if model_name not in list_models("pretrain_videomae_*"):
         raise VisualizationError(f"unknown --model {model_name}; choose one of {', '.join(list_models('pretrain_*'))}")
     trained = utils.saved_args(checkpoint)
@@ -377,7 +416,9 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 def visualize(args: argparse.Namespace) -> Visualization:
     """Build the clip, mask and reconstruction for ``args`` (see ``get_args_parser``) and write the PNG."""
+    check_image_path(args.save_path)
     checkpoint = read_checkpoint(args.model_path)
+    refuse_fine_tuned(checkpoint, args.model_path)
     fill_settings(args, utils.saved_args(checkpoint))
     if args.mask_type == "motion" and not args.box_file:
         raise VisualizationError("--mask_type motion needs --box_file (the video's box file); or use --mask_type tube")
@@ -424,9 +465,7 @@ def visualize(args: argparse.Namespace) -> Visualization:
         rows[f"|error|\nmax {error_scale / 255:.2f}"] = [
             error_image(original[t], reconstruction[t], error_scale) for t in positions]
     image = render_grid(rows, [f"frame {frame_indices[t]}" for t in positions])
-    output = Path(args.save_path)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(output, format="PNG")
+    save_image(image, args.save_path)
     return Visualization(
         frame_indices=frame_indices, shown_frames=positions, box=box, mask=mask, inside_box=inside_box,
         grid_size=grid_size, original=original, reconstruction=reconstruction, pixel_mse=pixel_mse,

@@ -182,12 +182,14 @@ def test_cli_compares_two_models_in_a_png_with_one_row_each(data, tmp_path):
 def expected_frame_boxes(box_file: Path, frame_indices: np.ndarray, short_side: int = INPUT_SIZE, width: int = 160,
                          height: int = 120, source: str = "frame") -> np.ndarray:
     """The sampled frames' own boxes (``source`` frame) or the file's union box in every frame (video) in the
-    fine-tuning loader's validation view, normalised to it: the short side resized to ``short_side`` (160x120 ->
-    round(160 s / 120) x s), then the centre INPUT_SIZE square."""
+    fine-tuning loader's validation view, normalised to it: decoded at even sides whose short one reaches
+    ``short_side`` (160x120 -> 2 ceil(160 s / 240) x s), the short side resized to it, then the centre INPUT_SIZE
+    square."""
     record = json.loads(box_file.read_text())
     frames = (np.array(record["frames"], dtype=np.float64)[frame_indices] if source == "frame"
               else np.tile(np.array(record["union"], dtype=np.float64), (len(frame_indices), 1)))
-    new_width = round(width * short_side / height)
+    decoded_width, decoded_height = datasets.decode_size(width, height, short_side)
+    new_width = round(decoded_width * short_side / decoded_height)
     scaled = frames * np.array([new_width / width, short_side / height] * 2)
     offset = np.array([round(0.5 * (new_width - INPUT_SIZE)), (short_side - INPUT_SIZE) // 2] * 2)
     return np.clip(scaled - offset, 0, INPUT_SIZE) / INPUT_SIZE
@@ -244,7 +246,7 @@ def test_tsn_takes_the_frames_the_fine_tuning_loader_validates_on(data, tmp_path
     assert result.box.shape == (NUM_FRAMES, 4) and np.isnan(result.box).all()
     video = tmp_path / "45.mp4"
     make_synthetic_dataset.write_mp4(video, np.zeros((45, 64, 64, 3), np.uint8), fps=12)
-    frames, indices, _ = run_mofo_gradcam.read_frames(str(video), 16, 1, 0, tsn=True)
+    frames, indices, _ = run_mofo_gradcam.read_frames(str(video), 16, 1, 0, tsn=True, short_side_size=64)
     assert indices.tolist() == datasets.tsn_indices(45, 16, None, 0.5).tolist()
     assert indices.tolist()[:4] == [1, 3, 6, 9] and frames.shape[0] == 16
 
@@ -267,6 +269,32 @@ def test_clip_settings_come_from_the_checkpoint_and_the_view_is_the_loaders(data
     with pytest.raises(GradCamError, match=r"different --input_size \[32, 64\]: pass --input_size"):
         run_mofo_gradcam.gradcam_figure(run_mofo_gradcam.get_args_parser().parse_args(
             args + ["--compare_model", PLAIN, "--compare_checkpoint", str(other)]))
+
+
+def test_an_ssv2_checkpoints_clip_is_its_validation_loaders_pixel_for_pixel(data, tmp_path, capsys):
+    """Fine-tuned on SSV2 (saved --data_set), a checkpoint is explained on TSN frames without --tsn, and the clip
+    is the validation loader's to the pixel: decoded as it decodes (smaller than the stored 160x120, where its short
+    side still reaches --short_side_size), resized and cropped alike."""
+    trained = tmp_path / "ssv2.pth"
+    torch.save({"model": mini_model(PLAIN).state_dict(),
+                "args": {"data_set": "SSV2", "input_size": INPUT_SIZE, "num_frames": NUM_FRAMES,
+                         "short_side_size": 72}}, trained)
+    args = [str(data["video"]), str(tmp_path / "cam.jpg"), "--model", PLAIN, "--checkpoint", str(trained), "--layer",
+            "1"]
+    result = run_mofo_gradcam.gradcam_figure(run_mofo_gradcam.get_args_parser().parse_args(args))
+    assert "note: fine-tuned on SSV2: TSN frames" in capsys.readouterr().out
+    assert result.frame_indices.tolist() == datasets.tsn_indices(24, NUM_FRAMES, None, 0.5).tolist()
+    (tmp_path / "val.csv").write_text(f"{data['video'].name} 0\n")
+    loader = datasets.VideoClassificationDataset(datasets.read_label_list(tmp_path / "val.csv"),
+                                                 str(data["video"].parent), mode="validation", sampling="tsn",
+                                                 num_frames=NUM_FRAMES, input_size=INPUT_SIZE, short_side_size=72)
+    figure_clip = normalize_clip(torch.from_numpy(result.frames).permute(0, 3, 1, 2))
+    torch.testing.assert_close(figure_clip, loader[0]["video"], rtol=0, atol=1e-6)
+    with Image.open(tmp_path / "cam.jpg") as image:  # written in the format of its extension
+        assert image.format == "JPEG"
+    strided = run_mofo_gradcam.gradcam_figure(run_mofo_gradcam.get_args_parser().parse_args(
+        args + ["--sampling_rate", "2"]))
+    assert strided.frame_indices.tolist() == list(range(0, 16, 2))
 
 
 def test_an_epic_checkpoint_is_explained_one_head_at_a_time(data, tmp_path):
@@ -308,6 +336,21 @@ def test_cli_errors_are_clear(data, tmp_path, model, extra, box_file, message):
     with pytest.raises(SystemExit, match=f"^error: .*{message}"):
         run_mofo_gradcam.main(cli_args(data, tmp_path / "x.png", model, *extra, box_file=box_file))
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_pretraining_checkpoint_or_a_folder_output_is_named_before_other_flags(data, tmp_path):
+    """A checkpoint without a classifier is named as such, not asked for the box file a MOFO model would need; an
+    OUTPUT that is a folder or of no image format is refused before any work."""
+    pretraining = tmp_path / "pretraining.pth"
+    torch.save({"model": create_model("pretrain_videomae_mini_patch16_224", img_size=INPUT_SIZE,
+                                      num_frames=NUM_FRAMES).state_dict()}, pretraining)
+    with pytest.raises(SystemExit, match="pretraining.pth has no classifier head: Grad-CAM needs a fine-tuned"):
+        run_mofo_gradcam.main(cli_args(data, tmp_path / "x.png", MOFO, "--checkpoint", str(pretraining),
+                                       box_file=False))
+    for output, message in ((tmp_path, "is a folder: name the image to write"),
+                            (tmp_path / "x.svg", "name an image file, ending in .png")):
+        with pytest.raises(SystemExit, match=message):
+            run_mofo_gradcam.main(cli_args(data, output))
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(data, tmp_path):

@@ -197,7 +197,32 @@ def test_bad_inputs_exit_with_a_clear_message(data, tmp_path):
     del args[model_flag:model_flag + 2]
     with pytest.raises(SystemExit, match="ft.pth is a fine-tuned checkpoint .*run_mofo_gradcam.py"):
         run_mofo_vis.main(args)
+    box_flag = args.index("--box_file")  # named as such first, not asked for a box file it would not need
+    with pytest.raises(SystemExit, match="ft.pth is a fine-tuned checkpoint"):
+        run_mofo_vis.main(args[:box_flag] + args[box_flag + 2:])
     assert not (tmp_path / "vis.png").exists()
+    for output, message in ((tmp_path, "is a folder: name the image to write"),
+                            (tmp_path / "vis.txt", "name an image file, ending in .png")):
+        with pytest.raises(SystemExit, match=message):  # before any work
+            run_mofo_vis.main(vis_args(data, output))
+
+
+def test_a_clip_past_the_videos_end_and_flags_a_checkpoint_did_not_save_are_named(data, tmp_path, capsys):
+    """A clip that runs past the video's last frame repeats it, with a note; a checkpoint whose saved flags lack
+    some (a Hugging Face folder's config holds only the model's sizes) names the defaults it is drawn with."""
+    result = visualize(data, tmp_path / "late.jpg", "--start_frame", "20")
+    assert result.frame_indices.tolist() == [20, 22] + [23] * 6
+    assert "the clip's last 6 of 8 repeat frame 23" in capsys.readouterr().out
+    assert Image.open(tmp_path / "late.jpg").format == "JPEG"
+    model = create_model(MODEL, img_size=INPUT_SIZE, num_frames=NUM_FRAMES, decoder_depth=1)
+    partial = tmp_path / "sizes_only.pth"
+    torch.save({"model": model.state_dict(), "args": {"model": MODEL, "decoder_depth": 1, "input_size": INPUT_SIZE,
+                                                      "num_frames": NUM_FRAMES}}, partial)
+    run_mofo_vis.visualize(run_mofo_vis.get_args_parser().parse_args(
+        [str(data["video"]), str(tmp_path / "vis.png"), "--model_path", str(partial), "--box_file",
+         str(data["boxes"])]))
+    note = next(line for line in capsys.readouterr().out.splitlines() if "drawn with" in line)
+    assert "saved no --sampling_rate" in note and "--sampling_rate 4" in note and "--model " not in note
 
 
 def test_cli_end_to_end(data, tmp_path):
