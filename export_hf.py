@@ -89,11 +89,12 @@ def build_model(args, state: dict, trained: dict):
             frames *= trained.get("num_segments") or 1
         model = create_model(name, pretrained=False, all_frames=frames, num_classes=head.shape[0],
                              use_mean_pooling="fc_norm.weight" in state, **size)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
+    difference = utils.weights_difference(model.state_dict(), state)
+    if difference:
+        saved = utils.saved_model_flags(trained)
         raise ValueError(f"{args.checkpoint} does not fit --model {name} at {size['img_size']}px x {frames} frames: "
-                         f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}") from None
+                         f"{difference}" + (f"; it was trained with {saved}" if saved else ""))
+    model.load_state_dict(state, strict=True)
     return model
 
 

@@ -1079,23 +1079,27 @@ def saved_model_flags(trained: dict) -> str:
     return " ".join(f"--{key} {trained[key]}" for key in ("model", *heads) if trained.get(key) is not None)
 
 
-def weights_misfit(own: dict, state: dict, trained: dict, args) -> str:
-    """Why a checkpoint's weights do not fit this command's model, in one line: counts and a first example of the
-    weights missing, left over and of another shape (torch's error lists them all), and the saved flags of
-    :data:`MODEL_SHAPE_SETTINGS` this command changed (else the saved --model and head sizes)."""
+def weights_difference(own: dict, state: dict) -> str:
+    """Counts and a first example of a state dict's weights missing from a model's (``own``), left over and of
+    another shape, in one line (torch's error lists them all)."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
               if k in state and state[k].shape != own[k].shape]
-    parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in (
+    return "; ".join(f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in (
         (missing, "of the model's weights are not in it"), (unexpected, "of its weights have no place in the model"),
-        (shapes, "weights are another shape")) if keys]
+        (shapes, "weights are another shape")) if keys)
+
+
+def weights_misfit(own: dict, state: dict, trained: dict, args) -> str:
+    """Why a checkpoint's weights do not fit this command's model, in one line: :func:`weights_difference` and the
+    saved flags of :data:`MODEL_SHAPE_SETTINGS` this command changed (else the saved --model and head sizes)."""
     differing = [key for key in MODEL_SHAPE_SETTINGS if trained.get(key) is not None and key in vars(args)
                  and trained[key] != getattr(args, key)]
     saved = (" ".join(f"--{key} {trained[key]}" for key in differing) if differing else saved_model_flags(trained))
     hint = (f"it was saved by a run with {saved}: pass the same to go on with it, or use a new --output_dir for "
             "another model" if saved else "a checkpoint of another --model")
-    return f"its weights do not fit --model {getattr(args, 'model', '?')}: {'; '.join(parts)}; {hint}"
+    return f"its weights do not fit --model {getattr(args, 'model', '?')}: {weights_difference(own, state)}; {hint}"
 
 
 @contextlib.contextmanager

@@ -315,6 +315,13 @@ def test_what_hf_cannot_hold_is_refused_with_the_reason(tmp_path):
         assert result.returncode != 0 and result.stderr.startswith("error: "), (name, result.stderr)
         assert re.search(message, result.stderr), (name, result.stderr)
         assert not (tmp_path / f"hf_{name}").exists()
+    # another --model than the weights': one line naming the model it was trained as, not every key
+    mini = save_run_checkpoint(tmp_path / "mini.pth", modeling_pretrain.pretrain_videomae_mini_patch16_224(
+        img_size=32, num_frames=4, decoder_depth=1), model="pretrain_videomae_mini_patch16_224")
+    result = run_export(str(mini), str(tmp_path / "hf_small"), "--model", "pretrain_videomae_small_patch16_224")
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "weights are another shape (e.g. " in result.stderr and len(result.stderr) < 600, result.stderr
+    assert result.stderr.strip().endswith("it was trained with --model pretrain_videomae_mini_patch16_224")
     (tmp_path / "taken").mkdir()
     plain = save_run_checkpoint(tmp_path / "plain.pth", cases["nameless.pth"][0], model="vit_mini_patch16_224")
     result = run_export(str(plain), str(tmp_path / "taken"))
