@@ -313,14 +313,15 @@ def eval_loader(dataset, args, rank: int, world: int):
 def tested_weights(args) -> dict:
     """What the test results are of (``weights`` in test_results.json, which ``--eval`` rewrites): the tested file,
     resolved, with the ``--model_key``/``--model_prefix`` that chose them in it, or after training the run's
-    checkpoint of its last epoch."""
-    if not args.eval:
-        if not args.save_ckpt:
-            return {"weights": f"the model after epoch {args.epochs - 1} (not saved: --no_save_ckpt)"}
+    checkpoint of its last epoch (a finished run's rerun trains nothing: the checkpoint it resumed)."""
+    trained_here = not args.eval and args.start_epoch < args.epochs
+    if trained_here and not args.save_ckpt:
+        return {"weights": f"the model after epoch {args.epochs - 1} (not saved: --no_save_ckpt)"}
+    if trained_here:
         name = f"checkpoint-{args.epochs - 1}" + ("" if args.enable_deepspeed else ".pth")
         return {"weights": str((Path(args.output_dir) / name).resolve())}
     if args.resume:
-        return {"weights": str(Path(args.resume).resolve())}
+        return {"weights": str(utils.resolve_checkpoint(args.resume, report=False).resolve())}
     if args.finetune:
         chosen = {"model_key": args.model_key} if args.model_key != "model|module" else {}
         return {"weights": args.finetune_file or str(Path(args.finetune).resolve()), **chosen,

@@ -14,7 +14,7 @@ predicted class unless ``--target_class`` names one (then for every model).
 
 The clip is deterministic: frames ``start_frame + k * sampling_rate`` (clamped to the video), or with ``--tsn``
 the middle frame of each of ``num_frames`` equal segments of the whole video (TSN sampling, as the fine-tuning loader
-validates Something-Something and EPIC, and the default for checkpoints fine-tuned on them); then the loader's
+validates Something-Something and EPIC, and the default for checkpoints fine-tuned on SSV2); then the loader's
 validation view, decoded as it decodes: the short side resized to ``short_side_size``, the centre ``input_size``
 square, ImageNet normalisation. Unset, ``input_size``,
 ``num_frames`` (times ``num_segments``), ``sampling_rate`` and ``short_side_size`` are the checkpoint's. An
@@ -50,7 +50,7 @@ from timm.models import create_model
 import utils
 from datasets import (
     BOX_SOURCES,
-    TSN_DATA_SETS,
+    EPIC_KITCHENS,
     VideoDecodeError,
     box_file_doubts,
     clip_box,
@@ -149,8 +149,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--start_frame", default=0, type=int, help="video frame of the clip's first frame")
     parser.add_argument("--tsn", action="store_true", default=None,
                         help="sample the middle frame of num_frames equal segments of the whole video instead "
-                        "(default for checkpoints fine-tuned on SSV2 or EPIC-KITCHENS-100, unless --sampling_rate or "
-                        "--start_frame is given)")
+                        "(default for checkpoints fine-tuned on SSV2, unless --sampling_rate or --start_frame is "
+                        "given)")
     parser.add_argument("--frames", default=1, type=int, help="frames shown: 1 is the middle one, more are spread "
                         "evenly over the clip")
     parser.add_argument("--alpha", default=0.5, type=float, help="weight of the heat map in the overlay")
@@ -159,18 +159,18 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def read_frames(video_path: str, num_frames: int, sampling_rate: int, start_frame: int, tsn: bool,
-                short_side_size: int, boxes=None) -> tuple[torch.Tensor, np.ndarray, int]:
+                short_side_size: int, stored_size: tuple[int, int] | None) -> tuple[torch.Tensor, np.ndarray, int]:
     """Decoded frames (T, H, W, 3) uint8, their indices in the video and the video's frame count; ``tsn``: the
     fine-tuning loader's validation and one-view test frames. Decoded as that loader decodes them: at the smallest
-    size whose short side still reaches ``short_side_size``, so the pixels are the loader's."""
+    size whose short side still reaches ``short_side_size`` (from the ``stored_size``, when known), so the pixels are
+    the loader's."""
     def pick(num_video_frames: int) -> np.ndarray:
         if tsn:
             return tsn_indices(num_video_frames, num_frames, None, 0.5)
         return clip_frame_indices(num_video_frames, num_frames, sampling_rate, start_frame)
 
-    size = reduced_decode_size(stored_video_size(video_path, boxes, {}), short_side_size)
     try:
-        decoded = decode_frames(video_path, pick, size)
+        decoded = decode_frames(video_path, pick, reduced_decode_size(stored_size, short_side_size))
     except VideoDecodeError as e:
         raise GradCamError(str(e)) from None
     if not tsn:
@@ -212,15 +212,18 @@ def saved_clip(trained: dict) -> dict:
 
 def fill_clip_settings(args: argparse.Namespace, checkpoints: list[str]) -> None:
     """Unset clip flags take the checkpoints' values (they must agree), else :data:`CLIP_DEFAULTS`: the clip is
-    then the one the model was tested on, TSN frames for a checkpoint of a TSN data set (SSV2, EPIC) unless a
-    stride or start is given."""
+    then the one the model was tested on (TSN frames for an SSV2 checkpoint unless a stride or start is given;
+    EPIC's are an action segment's, which only the user knows in a long video)."""
     if args.tsn is None:
-        data_sets = sorted({read_checkpoint(checkpoint)[2].get("data_set") for checkpoint in checkpoints} - {None})
-        args.tsn = (args.sampling_rate is None and args.start_frame == 0 and bool(data_sets)
-                    and all(data_set in TSN_DATA_SETS for data_set in data_sets))
+        data_sets = {read_checkpoint(checkpoint)[2].get("data_set") for checkpoint in checkpoints}
+        args.tsn = args.sampling_rate is None and args.start_frame == 0 and data_sets == {"SSV2"}
         if args.tsn:
-            print(f"note: fine-tuned on {' and '.join(data_sets)}: TSN frames, as its loader samples them (a "
+            print("note: fine-tuned on SSV2: TSN frames over the video, as its loader samples them (a "
                   "--sampling_rate or --start_frame samples a strided clip instead)")
+        elif EPIC_KITCHENS in data_sets:
+            print("note: fine-tuned on EPIC-KITCHENS-100, whose loader samples TSN frames over an action segment: "
+                  "--tsn for a trimmed clip of one; in a long video, --start_frame at the action and a --sampling_rate"
+                  " that spans it")
     saved = [saved_clip(read_checkpoint(checkpoint)[2]) for checkpoint in checkpoints]
     for name, default in CLIP_DEFAULTS.items():
         if getattr(args, name) is not None:
@@ -244,6 +247,14 @@ def head_slice(trained: dict, head: str | None) -> tuple[slice, str | None]:
     return slice(start, start + sizes[0 if head == "verb" else 1]), head
 
 
+def classifier_head(checkpoint: str) -> torch.Tensor:
+    """The checkpoint's classifier weights; a GradCamError for one without (a pretraining checkpoint)."""
+    head = read_checkpoint(checkpoint)[1].get("head.weight")
+    if head is None:
+        raise GradCamError(f"{checkpoint} has no classifier head: Grad-CAM needs a fine-tuned checkpoint")
+    return head
+
+
 def load_classifier(name: str, checkpoint: str, nb_classes: int | None, input_size: int, num_frames: int,
                     device: str) -> torch.nn.Module:
     """The registered fine-tuning model with every weight from ``checkpoint``, in eval mode.
@@ -258,10 +269,8 @@ def load_classifier(name: str, checkpoint: str, nb_classes: int | None, input_si
     if name not in known:
         raise GradCamError(f"unknown model {name}; choose one of {', '.join(known)}")
     raw, state, trained = read_checkpoint(checkpoint)
-    head = state.get("head.weight")
+    head = classifier_head(checkpoint)
     if nb_classes is None:
-        if head is None:
-            raise GradCamError(f"{checkpoint} has no classifier head: Grad-CAM needs a fine-tuned checkpoint")
         nb_classes = head.shape[0]
     kwargs = {key: trained[key] for key in ("use_mean_pooling", "tubelet_size") if key in trained}
     kernel = state.get("patch_embed.proj.weight")  # no saved flags (a VideoMAE file): the weights say
@@ -280,7 +289,7 @@ def load_classifier(name: str, checkpoint: str, nb_classes: int | None, input_si
         raise GradCamError(f"cannot build {name} with --input_size {input_size}, --num_frames {num_frames} and the "
                            f"checkpoint's {kwargs}: {e}") from None
     own = model.state_dict()
-    if head is not None and head.shape[0] != own["head.weight"].shape[0]:
+    if head.shape[0] != own["head.weight"].shape[0]:
         raise GradCamError(f"{checkpoint}: its head has {head.shape[0]} classes; pass --nb_classes {head.shape[0]}")
     mismatched = [f"{key} is {tuple(value.shape)}, the model's {tuple(own[key].shape)}" for key, value in state.items()
                   if key in own and value.shape != own[key].shape]
@@ -374,8 +383,7 @@ def check_args(args: argparse.Namespace) -> list[tuple[str, str, str]]:
         raise GradCamError("--compare_model and --compare_checkpoint go together")
     checkpoints = [args.checkpoint] + ([args.compare_checkpoint] if args.compare_checkpoint else [])
     for checkpoint in checkpoints:  # before any flag it would need is asked for
-        if "head.weight" not in read_checkpoint(checkpoint)[1]:
-            raise GradCamError(f"{checkpoint} has no classifier head: Grad-CAM needs a fine-tuned checkpoint")
+        classifier_head(checkpoint)
     if args.tsn and (args.sampling_rate is not None or args.start_frame != 0):
         raise GradCamError("--tsn samples segments of the whole video: --sampling_rate and --start_frame do not apply")
     fill_clip_settings(args, checkpoints)
@@ -414,10 +422,12 @@ def gradcam_figure(args: argparse.Namespace) -> GradCamFigure:
         boxes = load_boxes(args.box_file) if args.box_file else None
     except BoxFileError as e:
         raise GradCamError(str(e)) from None
+    stored = stored_video_size(args.video, boxes, {})
     frames, frame_indices, num_video_frames = read_frames(args.video, args.num_frames, args.sampling_rate,
-                                                          args.start_frame, args.tsn, args.short_side_size, boxes)
+                                                          args.start_frame, args.tsn, args.short_side_size, stored)
     if boxes is not None:
-        for doubt in box_file_doubts(boxes, args.video, num_video_frames, frames.shape[2], frames.shape[1]):
+        width, height = stored or (frames.shape[2], frames.shape[1])  # the stored frame's, not the smaller decode's
+        for doubt in box_file_doubts(boxes, args.video, num_video_frames, width, height):
             print(f"warning: {args.box_file}: {doubt}: another video's boxes?")
     height, width = frames.shape[1:3]
     if args.box_source == "frame":

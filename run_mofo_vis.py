@@ -217,6 +217,8 @@ def fill_settings(args: argparse.Namespace, trained: dict) -> None:
             usable = saved is not None and (name not in CHOICES or saved in CHOICES[name])
             setattr(args, name, type(default)(saved) if usable else default)
             defaulted += [] if usable else [f"--{name} {default}"]
+    if args.mask_type == "tube":  # read by motion masking only
+        defaulted = [d for d in defaulted if d.split()[0] not in ("--motion_mask_ratio", "--box_source")]
     if defaulted:  # a weights-only file saves none; a Hugging Face folder's config holds the model's sizes only
         saved = "no run flags (weights only)" if not trained else f"no {' '.join(d.split()[0] for d in defaulted)}"
         print(f"note: the checkpoint saved {saved}: drawn with {' '.join(defaulted)}; pass the ones it was trained "

@@ -15,6 +15,10 @@
 #                   to it as TERM); its exit status is returned. From a terminal (an salloc shell) CMD runs in the
 #                   foreground: Ctrl-C reaches it.
 #   launch_tasks    prints how many processes `launch` starts (for scripts that size the batch by it).
+#   update_freq     prints the --update_freq that makes $TOTAL_BATCH videos per optimiser step from $BATCH_SIZE per
+#                   process on launch_tasks processes ($UPDATE_FREQ, where set, as it is); where no whole number of
+#                   steps reaches it, names both and returns 2, which ends a script calling UPDATE_FREQ=$(update_freq)
+#                   under set -e.
 #   EXTRA           the words of $EXTRA_ARGS (split on whitespace, over all its lines, no globbing), for the
 #                   scripts to append last: argparse keeps the last value of a flag, so EXTRA_ARGS overrides the
 #                   script's settings. Scripts expand it as ${EXTRA[@]+"${EXTRA[@]}"}: bash before 4.4 takes an

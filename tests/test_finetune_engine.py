@@ -515,3 +515,25 @@ def test_a_deepspeed_best_checkpoint_survives_a_job_killed_while_replacing_it(tm
     again = saves(3)
     assert again.returncode == 0, again.stderr[-3000:]
     assert best_epoch() == 3 and {p.name for p in tmp_path.iterdir()} == {"checkpoint-best"}
+
+
+def test_test_results_name_the_weights_they_are_of(tmp_path):
+    """``weights`` in test_results.json: after training, the run's checkpoint of its last epoch (a DeepSpeed folder;
+    none with --no_save_ckpt); a finished run's rerun, which trains nothing, the checkpoint it resumed; --eval, the
+    file it read (a run folder's newest), with a --model_key other than the default; a fresh model, none."""
+    torch.save({"model": {}}, tmp_path / "checkpoint-3.pth")
+    base = dict(eval=False, start_epoch=0, epochs=5, save_ckpt=True, enable_deepspeed=False, output_dir=str(tmp_path),
+                resume="", finetune="", finetune_file=None, model_key="model|module", model_prefix="")
+
+    def weights(**changes):
+        return run_mofo_finetuning.tested_weights(SimpleNamespace(**(base | changes)))
+
+    assert weights() == {"weights": str(tmp_path.resolve() / "checkpoint-4.pth")}
+    assert weights(enable_deepspeed=True) == {"weights": str(tmp_path.resolve() / "checkpoint-4")}
+    assert "not saved: --no_save_ckpt" in weights(save_ckpt=False)["weights"]
+    finished = weights(start_epoch=4, epochs=3, resume=str(tmp_path / "checkpoint-3.pth"))
+    assert finished == {"weights": str(tmp_path.resolve() / "checkpoint-3.pth")}
+    assert weights(eval=True, resume=str(tmp_path)) == {"weights": str(tmp_path.resolve() / "checkpoint-3.pth")}
+    assert weights(eval=True, finetune="ft.pth", finetune_file="/x/ft.pth", model_key="model_ema") == {
+        "weights": "/x/ft.pth", "model_key": "model_ema"}
+    assert weights(eval=True) == {"weights": "none (a freshly initialised model)"}

@@ -246,7 +246,8 @@ def test_tsn_takes_the_frames_the_fine_tuning_loader_validates_on(data, tmp_path
     assert result.box.shape == (NUM_FRAMES, 4) and np.isnan(result.box).all()
     video = tmp_path / "45.mp4"
     make_synthetic_dataset.write_mp4(video, np.zeros((45, 64, 64, 3), np.uint8), fps=12)
-    frames, indices, _ = run_mofo_gradcam.read_frames(str(video), 16, 1, 0, tsn=True, short_side_size=64)
+    frames, indices, _ = run_mofo_gradcam.read_frames(str(video), 16, 1, 0, tsn=True, short_side_size=64,
+                                                      stored_size=(64, 64))
     assert indices.tolist() == datasets.tsn_indices(45, 16, None, 0.5).tolist()
     assert indices.tolist()[:4] == [1, 3, 6, 9] and frames.shape[0] == 16
 

@@ -9,7 +9,8 @@
 # EPIC_VIDEO_TEMPLATE="clips/{narration_id}.mp4" (relative to DATA_ROOT), as for boxes.sh and pretrain.sh.
 # Recipe: the MOFO release's EPIC fine-tuning script (lr 5e-4, batch 8 per GPU, 100 epochs, and NUM_SAMPLE=2:
 # VideoMAE's argparse default, which the release keeps). Its GPU count is not given: TOTAL_BATCH=64 is 8 GPUs' 8
-# clips each, kept on fewer GPUs by accumulating gradients over UPDATE_FREQ steps.
+# videos each, kept on fewer GPUs by accumulating gradients over UPDATE_FREQ steps (more than 8 GPUs: raise
+# TOTAL_BATCH to a multiple of 8 x GPUs).
 #
 #   sbatch scripts/epic/finetune_mofo.sh                  # submit from the repository root
 #   GPUS=8 PRETRAINED=videomae_epic_vitb.pth bash scripts/epic/finetune_mofo.sh
