@@ -216,11 +216,12 @@ def fill_clip_settings(args: argparse.Namespace, checkpoints: list[str]) -> None
     EPIC's are an action segment's, which only the user knows in a long video)."""
     if args.tsn is None:
         data_sets = {read_checkpoint(checkpoint)[2].get("data_set") for checkpoint in checkpoints}
-        args.tsn = args.sampling_rate is None and args.start_frame == 0 and data_sets == {"SSV2"}
+        clip_unset = args.sampling_rate is None and args.start_frame == 0
+        args.tsn = clip_unset and data_sets == {"SSV2"}
         if args.tsn:
             print("note: fine-tuned on SSV2: TSN frames over the video, as its loader samples them (a "
                   "--sampling_rate or --start_frame samples a strided clip instead)")
-        elif EPIC_KITCHENS in data_sets:
+        elif clip_unset and EPIC_KITCHENS in data_sets:
             print("note: fine-tuned on EPIC-KITCHENS-100, whose loader samples TSN frames over an action segment: "
                   "--tsn for a trimmed clip of one; in a long video, --start_frame at the action and a --sampling_rate"
                   " that spans it")

@@ -298,9 +298,10 @@ def test_an_ssv2_checkpoints_clip_is_its_validation_loaders_pixel_for_pixel(data
     assert strided.frame_indices.tolist() == list(range(0, 16, 2))
 
 
-def test_an_epic_checkpoint_is_explained_one_head_at_a_time(data, tmp_path):
+def test_an_epic_checkpoint_is_explained_one_head_at_a_time(data, tmp_path, capsys):
     """Verb and noun logits are one layer (EPIC's heads concatenated): classes, probabilities and the target count
-    within the chosen head."""
+    within the chosen head. Without a stride or start it is not given TSN frames over the whole (long) video: a
+    note says how to place the clip on the action."""
     model = mini_model(PLAIN, num_classes=3 + 5)
     checkpoint = tmp_path / "epic.pth"
     torch.save({"model": model.state_dict(), "args": {"head_sizes": [3, 5], "data_set": "EPIC-KITCHENS-100"}},
@@ -316,8 +317,15 @@ def test_an_epic_checkpoint_is_explained_one_head_at_a_time(data, tmp_path):
             expected = model(video[None])[0][classes].softmax(-1)
         np.testing.assert_allclose(result.models[0].probabilities, expected.numpy(), atol=1e-5)
         assert result.models[0].label == f"{PLAIN} ({head})"
+    assert "loader samples TSN frames over an action segment" not in capsys.readouterr().out  # a stride was given
     default = run_mofo_gradcam.gradcam_figure(run_mofo_gradcam.get_args_parser().parse_args(args))
     assert default.models[0].label == f"{PLAIN} (verb)"
+    unplaced = args[:args.index("--sampling_rate")] + args[args.index("--sampling_rate") + 2:]
+    result = run_mofo_gradcam.gradcam_figure(run_mofo_gradcam.get_args_parser().parse_args(unplaced))
+    assert result.frame_indices.tolist() == [min(4 * k, 23) for k in range(NUM_FRAMES)]  # the default stride
+    out = capsys.readouterr().out
+    assert "--start_frame at the action and a --sampling_rate that spans it" in out
+    assert "has 24 frames: the clip's last 2 of 8 repeat frame 23" in out
     compared = run_mofo_gradcam.gradcam_figure(run_mofo_gradcam.get_args_parser().parse_args(
         args + ["--head", "noun", "--compare_model", PLAIN, "--compare_checkpoint", str(data["checkpoints"][PLAIN]),
                 "--nb_classes", "8"]))  # --head picks the EPIC model's head; the other has one
