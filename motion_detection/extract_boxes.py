@@ -511,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"failed videos and reasons: {failed_path}")
     without = [o.video for o in written if o.no_box]
     if without:
-        named = ", ".join(without[:3]) + (', ...: their box files hold "union": null' if len(without) > 3 else "")
+        named = ", ".join(without[:3]) + (', ...; their box files hold "union":null' if len(without) > 3 else "")
         print(f"warning: {len(without)} of the {len(written)} videos written have no motion box in any frame "
               f"({named}), so training takes their clips as clips without motion. Right for still videos; else their "
               "motion stayed below --min_peak (faint motion, a short side under about 160 pixels, or --flow dis, "

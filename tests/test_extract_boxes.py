@@ -188,6 +188,12 @@ def test_videos_without_any_motion_box_are_counted_and_named(data, tmp_path):
     result = run(write_list(tmp_path / "list.csv", ["still.mp4", "moving.mp4"]), still, tmp_path / "boxes")
     assert load_boxes(tmp_path / "boxes" / "still.json").union is None
     assert "warning: 1 of the 2 videos written have no motion box in any frame (still.mp4)" in result.stdout
+    for k in range(4):  # more than are named: the rest are found by their box files
+        shutil.copy(still / "still.mp4", still / f"still{k}.mp4")
+    many = run(write_list(tmp_path / "many.csv", [f"still{k}.mp4" for k in range(4)]), still, tmp_path / "boxes")
+    assert ('4 of the 4 videos written have no motion box in any frame (still0.mp4, still1.mp4, still2.mp4, ...; '
+            'their box files hold "union":null)') in many.stdout
+    assert '"union":null' in (tmp_path / "boxes" / "still3.json").read_text()
 
 
 def test_bad_videos_are_recorded_and_good_ones_still_written(data, reference, tmp_path):
