@@ -23,6 +23,7 @@ import csv
 import logging
 import math
 import os
+import re
 import string
 import sys
 import tempfile
@@ -310,6 +311,15 @@ def native_stderr_captured():
                     os.write(2, b"".join(kept))
 
 
+DECORD_LOG_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")  # "[21:00:29] src/video/ffmpeg/decoder.cc:292: "
+
+
+def decord_reason(error: Exception) -> str:
+    """decord's error without the clock time and source line its C++ log puts before every message: the same
+    damaged video gives the same text on every draw, so it is logged once (:func:`load_with_replacement`)."""
+    return f"{type(error).__name__}: {DECORD_LOG_PREFIX.sub('', str(error))}"
+
+
 def decode_frames(path: str, pick_indices: Callable[[int], np.ndarray],
                   size: tuple[int, int] | None = None) -> tuple[torch.Tensor, np.ndarray, int]:
     """Decode only the frames ``pick_indices(num_video_frames)`` selects (one decord ``get_batch``), at ``size``
@@ -330,7 +340,7 @@ def decode_frames(path: str, pick_indices: Callable[[int], np.ndarray],
         num_video_frames = len(reader)
     except Exception as e:  # decord raises its own error types for corrupt streams
         opening = [line.partition(f"ERROR opening: {path}, ")[2] for line in decord_log]
-        reason = next((r for r in opening if r), f"{type(e).__name__}: {e}")
+        reason = next((r for r in opening if r), decord_reason(e))
         raise VideoDecodeError(f"{path}: cannot decode ({reason})") from None
     if num_video_frames == 0:
         raise VideoDecodeError(f"{path}: no frames")
@@ -342,7 +352,7 @@ def decode_frames(path: str, pick_indices: Callable[[int], np.ndarray],
         frames = torch.from_numpy(reader.get_batch(indices.tolist()).asnumpy())
     except Exception as e:
         if size is None:
-            raise VideoDecodeError(f"{path}: cannot decode ({type(e).__name__}: {e})") from None
+            raise VideoDecodeError(f"{path}: cannot decode ({decord_reason(e)})") from None
         frames = None
     if size is not None and (frames is None or tuple(frames.shape[1:]) != (size[1], size[0], 3)):
         # decord's scaler fails on some streams (rotated ones, at some sizes, give 4 channels): decode as stored,

@@ -44,7 +44,9 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from bench_pretrain_step import environment_lines, markdown_table  # noqa: E402
 
 import make_synthetic_dataset as synthetic  # noqa: E402
+import utils  # noqa: E402
 from datasets import VideoMAEPretrainDataset, read_video_list  # noqa: E402
+from modeling_pretrain import DEFAULT_PATCH_SIZE, DEFAULT_TUBELET_SIZE  # noqa: E402
 from video_transforms import normalize_clip  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -240,25 +242,29 @@ def run(options: argparse.Namespace, list_file: str, data_root: str, box_dir: st
 
 
 def main() -> None:
+    positive = utils.positive_int
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_path", default=None, help="VideoMAE list file (default: synthetic videos)")
     parser.add_argument("--data_root", default="", help="folder the list's video paths are relative to")
     parser.add_argument("--box_dir", default=None, help="box files for the motion-masking rows (with --data_path)")
-    parser.add_argument("--num_videos", type=int, default=4, help="synthetic videos")
-    parser.add_argument("--video_frames", type=int, default=32, help="frames per synthetic video")
-    parser.add_argument("--width", type=int, default=160, help="synthetic video width")
-    parser.add_argument("--height", type=int, default=120, help="synthetic video height")
-    parser.add_argument("--num_frames", type=int, default=16, help="frames per clip")
-    parser.add_argument("--sampling_rate", type=int, default=2, help="frame step (VideoMAE's SSV2 pretraining: 2)")
-    parser.add_argument("--input_size", type=int, default=224, help="clip side after the crop")
+    parser.add_argument("--num_videos", type=positive, default=4, help="synthetic videos")
+    parser.add_argument("--video_frames", type=positive, default=32, help="frames per synthetic video")
+    parser.add_argument("--width", type=positive, default=160, help="synthetic video width")
+    parser.add_argument("--height", type=positive, default=120, help="synthetic video height")
+    parser.add_argument("--num_frames", type=positive, default=16, help="frames per clip")
+    parser.add_argument("--sampling_rate", type=positive, default=2, help="frame step (VideoMAE's SSV2 pretraining: 2)")
+    parser.add_argument("--input_size", type=positive, default=224, help="clip side after the crop")
     parser.add_argument("--mask_ratio", type=float, default=0.9)
-    parser.add_argument("--num_sample", type=int, nargs="+", default=[1, 4], help="clips per decoded video")
-    parser.add_argument("--items", type=int, default=8, help="timed dataset items per row and round")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds; each row reports its median round")
+    parser.add_argument("--num_sample", type=positive, nargs="+", default=[1, 4], help="clips per decoded video")
+    parser.add_argument("--items", type=positive, default=8, help="timed dataset items per row and round")
+    parser.add_argument("--rounds", type=positive, default=5, help="rounds; each row reports its median round")
     parser.add_argument("--seed", type=int, default=0)
     options = parser.parse_args()
     if options.box_dir and not options.data_path:
         parser.error("--box_dir goes with --data_path (synthetic videos come with their own boxes)")
+    if options.input_size % DEFAULT_PATCH_SIZE or options.num_frames % DEFAULT_TUBELET_SIZE:
+        parser.error(f"clips of --num_frames {options.num_frames} x --input_size {options.input_size} do not split "
+                     f"into tubelets of {DEFAULT_TUBELET_SIZE}x{DEFAULT_PATCH_SIZE}x{DEFAULT_PATCH_SIZE}")
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
 

@@ -25,11 +25,13 @@ import sys
 from pathlib import Path
 
 import torch
+from timm.models import list_models
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from bench_pretrain_step import (  # noqa: E402
     PeakMemory,
+    add_clip_args,
     add_timing_args,
     default_device,
     environment_lines,
@@ -108,21 +110,25 @@ def run_row(model_name: str, options: argparse.Namespace) -> dict:
     return {"seconds": statistics.median(times), "peak": memory.peak, "optimizer": optimizer_label(optimizer, device)}
 
 
+def plain_models_with_mca() -> list[str]:
+    """The fine-tuning models whose ``_mofo`` variant (the MCA head) exists."""
+    models = list_models(module="modeling_finetune")
+    return [name for name in models if f"{name}_mofo" in models]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=default_device(), help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--model", default=None,
                         help="plain model; the MCA row uses MODEL_mofo (default vit_base_patch16_224 on CUDA, "
                              "vit_mini_patch16_224 on a CPU)")
-    parser.add_argument("--nb_classes", type=int, default=174, help="classes (SSV2: 174)")
-    parser.add_argument("--batch_size", type=int, default=None, help="clips per step (default 8 on CUDA, 2 on CPU)")
-    parser.add_argument("--num_frames", type=int, default=None, help="frames per clip (default 16 on CUDA, 8 on CPU)")
-    parser.add_argument("--input_size", type=int, default=None, help="frame side (default 224 on CUDA, 112 on CPU)")
+    parser.add_argument("--nb_classes", type=utils.positive_int, default=174, help="classes (SSV2: 174)")
+    add_clip_args(parser, cuda_batch_size=8)
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype")
     add_timing_args(parser)
     options = parse_with_device_defaults(parser, [
         ("model", "vit_base_patch16_224", "vit_mini_patch16_224"), ("batch_size", 8, 2), ("num_frames", 16, 8),
-        ("input_size", 224, 112)])
+        ("input_size", 224, 112)], plain_models_with_mca())
     if options.batch_size % 2:
         parser.error("mixup mixes each clip with its mirror in the batch: --batch_size must be even")
     device = torch.device(options.device)

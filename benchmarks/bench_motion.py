@@ -33,9 +33,10 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "scripts"),
                str(Path(__file__).resolve().parent)]
 
-from bench_pretrain_step import environment_lines  # noqa: E402
+from bench_pretrain_step import environment_lines, markdown_table  # noqa: E402
 
 import make_synthetic_dataset as synthetic  # noqa: E402
+import utils  # noqa: E402
 from motion_detection import MotionBoxDetector, available_flows, create_flow, union_box  # noqa: E402
 from motion_detection.evaluate import agreement  # noqa: E402
 
@@ -96,12 +97,13 @@ def speed_table(flows: list[str], pairs: int, short_side: int, all_threads: int,
         torch._dynamo.config.recompile_limit = COMPILE_GRAPH_LIMIT
     rows = [(flow, *config) for flow in flows
             for config in speed_configs(flow, batch_sizes, all_threads, torch_devices, torch_modes)]
-    width = max(8, *(len(label) for _, label, *_ in rows))
-    print(f"{'flow':<{width}} {'threads':>7} {'flow pairs/s':>12} {'detect pairs/s':>14} {'ms/pair':>8}")
+    print(markdown_table(["flow", "threads", "flow pairs/s", "detect pairs/s", "ms per pair (detect)"], []),
+          flush=True)
     for flow, label, flow_params, batch, thread_counts in rows:
-        for threads in thread_counts:
+        for threads in thread_counts:  # a row as it ends: a time limit costs only the rows not yet timed
             flow_rate, detect_rate = time_backend(flow, frames, threads, flow_params, batch)
-            print(f"{label:<{width}} {threads:>7} {flow_rate:>12.2f} {detect_rate:>14.2f} {1000 / detect_rate:>8.1f}")
+            print(f"| {label} | {threads} | {flow_rate:.2f} | {detect_rate:.2f} | {1000 / detect_rate:.1f} |",
+                  flush=True)
     if compiling:
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         fallback = "so none fell back to eager" if graphs < COMPILE_GRAPH_LIMIT else "SOME MAY HAVE RUN EAGER"
@@ -169,7 +171,7 @@ def codec_table(num_videos: int, num_frames: int, sizes: list[str]) -> None:
     encoders = ["mp4v"] + (["libx264"] if "libx264" in av.codecs_available else [])
     columns = ["union IoU vs tvl1", "frame IoU vs tvl1", "union IoU vs truth", "frame IoU vs truth", "frames/s"]
     print(f"\ncodec motion vectors: {num_videos} synthetic clips of {num_frames} frames, PyAV {av.__version__}")
-    print(f"{'encoder':<8} {'size':>8} {'flow':<18} " + " ".join(f"{c:>18}" for c in columns))
+    print(markdown_table(["encoder", "size", "flow", *columns], []), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
             width, height = map(int, size.split("x"))
@@ -185,21 +187,23 @@ def codec_table(num_videos: int, num_frames: int, sizes: list[str]) -> None:
                 truth = [gt for _, gt in clips]
                 for name in detectors:
                     values = [*mean_ious(boxes[name], boxes["tvl1"]), *mean_ious(boxes[name], truth)]
-                    print(f"{encoder:<8} {size:>8} {name:<18} " + " ".join(f"{v:>18.3f}" for v in values)
-                          + f" {rates[name]:>18.1f}")
+                    print("| " + " | ".join([encoder, size, name, *(f"{v:.3f}" for v in values),
+                                             f"{rates[name]:.1f}"]) + " |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--flows", nargs="+", default=None, help="backends (default: all, TV-L1 first)")
-    parser.add_argument("--short_side", type=int, default=224, help="frame short side for the speed test")
+    parser.add_argument("--short_side", type=utils.positive_int, default=224,
+                        help="frame short side for the speed test")
     parser.add_argument("--aspect", type=float, default=4 / 3,
                         help="width / height of the speed test's frames (default 4:3, 298x224; 1 for 224x224)")
-    parser.add_argument("--pairs", type=int, default=20, help="frame pairs timed per backend")
-    parser.add_argument("--num_videos", type=int, default=16, help="synthetic clips for the agreement test")
-    parser.add_argument("--num_frames", type=int, default=24, help="frames per synthetic clip")
+    parser.add_argument("--pairs", type=utils.positive_int, default=20, help="frame pairs timed per backend")
+    parser.add_argument("--num_videos", type=utils.positive_int, default=16,
+                        help="synthetic clips for the agreement test")
+    parser.add_argument("--num_frames", type=utils.positive_int, default=24, help="frames per synthetic clip")
     parser.add_argument("--skip_speed", action="store_true", help="only the agreement table")
-    parser.add_argument("--batch_size", type=int, nargs="+", default=[8],
+    parser.add_argument("--batch_size", type=utils.positive_int, nargs="+", default=[8],
                         help="frame pairs per call of a batched backend (tvl1_torch) in the speed test; a row each")
     parser.add_argument("--torch_devices", nargs="+", default=None, choices=["cpu", "cuda"],
                         help="devices of the tvl1_torch speed rows (default: cpu, and cuda when there is a GPU)")
@@ -211,10 +215,16 @@ def main() -> None:
     args = parser.parse_args()
     if not args.aspect >= 1:
         parser.error(f"--aspect is width / height with the height the short side: >= 1, got {args.aspect}")
+    if args.num_frames < 2:
+        parser.error(f"--num_frames: a clip needs 2 frames for a flow, got {args.num_frames}")
+    if args.short_side < synthetic.MIN_FRAME_SIDE:
+        parser.error(f"--short_side: at least {synthetic.MIN_FRAME_SIDE} pixels, got {args.short_side}")
     flows = args.flows or sorted(available_flows(), key=lambda f: f != "tvl1")
     torch_devices = args.torch_devices
     if torch_devices is None and "tvl1_torch" in flows:
         torch_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if "cuda" in (torch_devices or []) and not torch.cuda.is_available():
+        parser.error("--torch_devices cuda but no GPU is visible")
     all_threads = os.cpu_count() or 1
 
     print("\n".join(environment_lines(torch.device("cuda" if "cuda" in (torch_devices or []) else "cpu"))))
@@ -228,9 +238,8 @@ def main() -> None:
         rows = agreement_table(flows, args.num_videos, args.num_frames)
         print(f"\nagreement: {args.num_videos} synthetic clips of {args.num_frames} frames (160x120)")
         columns = list(next(iter(rows.values())))
-        print(f"{'flow':<10} " + " ".join(f"{c:>20}" for c in columns))
-        for flow, row in rows.items():
-            print(f"{flow:<10} " + " ".join(f"{row[c]:>20.3f}" for c in columns))
+        print(markdown_table(["flow", *columns], [[flow, *(f"{row[c]:.3f}" for c in columns)]
+                                                  for flow, row in rows.items()]))
     if "codec_mv" in file_flows:
         codec_table(args.num_videos, args.num_frames, args.codec_sizes)
 

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import list_models
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 
@@ -407,18 +408,31 @@ def run_row(name: str, options: argparse.Namespace) -> dict:
     return {"seconds": statistics.median(times), "peak": memory.peak, "optimizer": optimizer_label(optimizer, device)}
 
 
+def add_clip_args(parser: argparse.ArgumentParser, cuda_batch_size: int) -> None:
+    """The batch and clip sizes of both step benchmarks; unset, parse_with_device_defaults fills them."""
+    parser.add_argument("--batch_size", type=utils.positive_int, default=None,
+                        help=f"clips per step (default {cuda_batch_size} on CUDA, 2 on CPU)")
+    parser.add_argument("--num_frames", type=utils.positive_int, default=None,
+                        help="frames per clip (default 16 on CUDA, 8 on CPU)")
+    parser.add_argument("--input_size", type=utils.positive_int, default=None,
+                        help="frame side (default 224 on CUDA, 112 on CPU)")
+
+
 def add_timing_args(parser: argparse.ArgumentParser) -> None:
     """The flags both step benchmarks share (after their own)."""
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per row (default 5 CUDA, 2 CPU)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default 20 CUDA, 5 CPU)")
-    parser.add_argument("--repeats", type=int, default=1,
+    parser.add_argument("--steps", type=utils.positive_int, default=None,
+                        help="timed steps per row (default 20 CUDA, 5 CPU)")
+    parser.add_argument("--repeats", type=utils.positive_int, default=1,
                         help="run every row this many times, in turn, and report the medians (noisy machines)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
 
 
-def parse_with_device_defaults(parser: argparse.ArgumentParser, defaults: list[tuple[str, object, object]]):
-    """Parse, set torch's threads, and fill every unset option of ``defaults`` (name, on CUDA, on a CPU)."""
+def parse_with_device_defaults(parser: argparse.ArgumentParser, defaults: list[tuple[str, object, object]],
+                               models: list[str]):
+    """Parse, set torch's threads, fill every unset option of ``defaults`` (name, on CUDA, on a CPU), and refuse a
+    ``--model`` not among ``models``."""
     options = parser.parse_args()
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -428,6 +442,8 @@ def parse_with_device_defaults(parser: argparse.ArgumentParser, defaults: list[t
     for name, on_cuda, on_cpu in [*defaults, ("warmup", 5, 2), ("steps", 20, 5)]:
         if getattr(options, name) is None:
             setattr(options, name, on_cuda if cuda else on_cpu)
+    if options.model not in models:
+        parser.error(f"--model {options.model}: not one of {', '.join(models)}")
     return options
 
 
@@ -437,10 +453,8 @@ def main() -> None:
     parser.add_argument("--model", default=None,
                         help="default pretrain_videomae_base_patch16_224 on CUDA, pretrain_videomae_mini_patch16_224 "
                              "on a CPU")
-    parser.add_argument("--batch_size", type=int, default=None, help="clips per step (default 32 on CUDA, 2 on CPU)")
-    parser.add_argument("--num_frames", type=int, default=None, help="frames per clip (default 16 on CUDA, 8 on CPU)")
-    parser.add_argument("--input_size", type=int, default=None, help="frame side (default 224 on CUDA, 112 on CPU)")
-    parser.add_argument("--decoder_depth", type=int, default=4)
+    add_clip_args(parser, cuda_batch_size=32)
+    parser.add_argument("--decoder_depth", type=utils.positive_int, default=4)
     parser.add_argument("--mask_ratio", type=float, default=0.9, help="tube masking ratio")
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"], help="our autocast dtype")
     parser.add_argument("--ref_precision", default=None, choices=["bf16", "fp16", "fp32"],
@@ -450,7 +464,8 @@ def main() -> None:
     add_timing_args(parser)
     options = parse_with_device_defaults(parser, [
         ("model", "pretrain_videomae_base_patch16_224", "pretrain_videomae_mini_patch16_224"), ("batch_size", 32, 2),
-        ("num_frames", 16, 8), ("input_size", 224, 112), ("ref_precision", "fp16", "bf16")])
+        ("num_frames", 16, 8), ("input_size", 224, 112), ("ref_precision", "fp16", "bf16")],
+        list_models(module="modeling_pretrain"))
     device = torch.device(options.device)
 
     rows = [("ours", "ours", "SDPA", options.precision)]
@@ -463,19 +478,30 @@ def main() -> None:
           f"{options.decoder_depth}, median of {options.steps} steps after {options.warmup} warm-up"
           + (f", median of {options.repeats} runs per row" if options.repeats > 1 else ""))
     print("\n".join(environment_lines(device)), flush=True)
-    # the compile row (minutes of compiling on a cold cache) last: a time limit then costs only its figure
-    results = repeated_rows(sorted((key for key, *_ in rows), key=lambda key: key == "compile"), options, run_row)
+    # the compile row (minutes of compiling on a cold cache) after the table of the others: a time limit then costs
+    # only its figure
+    results = repeated_rows([key for key, *_ in rows if key != "compile"], options, run_row)
+    print_step_table(rows, results, options.batch_size)
+    if options.compile:
+        results |= repeated_rows(["compile"], options, run_row)
+        print_step_table(rows, results, options.batch_size)
+
+
+def print_step_table(rows: list[tuple[str, str, str, str]], results: dict, batch_size: int) -> None:
+    """The markdown table of the rows measured so far, in the order of ``rows``."""
     reference = results["reference"]["seconds"]
-    print()
     table = []
     for key, label, attention, precision in rows:
+        if key not in results:
+            continue
         result = results[key]
         scaler = " + GradScaler" if precision == "fp16" else ""
         table.append([label, attention, precision + scaler, result["optimizer"],
-                      f"{options.batch_size / result['seconds']:.2f}", f"{1000 * result['seconds']:.1f}",
+                      f"{batch_size / result['seconds']:.2f}", f"{1000 * result['seconds']:.1f}",
                       format_bytes(result["peak"]), f"{reference / result['seconds']:.2f}x"])
+    print()
     print(markdown_table(["step", "attention", "autocast", "optimizer", "clips/s", "ms/step", "peak memory",
-                          "speedup vs reference"], table))
+                          "speedup vs reference"], table), flush=True)
 
 
 if __name__ == "__main__":

@@ -3,21 +3,22 @@
 # session has 15 minutes of device time, the machine's start included; a warm machine goes back 30 s after a call,
 # so a second call would likely pay a second start):
 #
-#   here, once:  bash benchmarks/gpu_check.sh --fetch-wheels   # decord + tensorboardX wheels -> .whl/ (14 MB)
+#   here, once:  bash benchmarks/gpu_check.sh --fetch-wheels   # decord, tensorboardX, PyAV wheels -> .whl/ (50 MB)
 #   device:      command "bash benchmarks/gpu_check.sh", carry [".whl"], timeout_s 590
 #
 # Without step names it runs all four (8 min 30 s of step limits, at most 9 min 10 s with their kill margins and the
-# wheel install); named steps rerun only those (e.g. "bash benchmarks/gpu_check.sh motion" on a still-warm machine). The GPU image has PyTorch, timm, einops and
-# OpenCV without its contrib modules; decord and tensorboardX come as wheels (installed under $TMPDIR/mofo_site).
-# OpenCV-contrib's wheel is over the device's 64 MiB transfer limit and PyAV is not needed, so the motion table
-# there times dis and tvl1_torch (eager and compiled, 64 and 256 pairs per call), and the OpenCV TV-L1 rate per core
-# to compare with is the CPU table's. The data-pipeline goals are per CPU worker and measured on the CPU
-# (BENCHMARKS.md), so bench_data.py is not run here. Each step writes its output to $OUT/NAME.txt (default
-# .device/gpu_check, ignored by git) and a line to $OUT/summary.txt as soon as it ends, and has its own time limit,
-# so a slow step costs only its own figures. Exit status 1 if any step failed or ran out of time.
+# wheel install); named steps rerun only those (e.g. "bash benchmarks/gpu_check.sh motion" on a still-warm machine).
+# The GPU image has PyTorch, timm, einops and OpenCV without its contrib modules; decord, tensorboardX and PyAV
+# (motion_detection reads videos with it) come as wheels (installed under $TMPDIR/mofo_site). OpenCV-contrib's wheel
+# would take the transfer past the device's 64 MiB limit, so the motion table there times dis and tvl1_torch (eager
+# and compiled, 64 and 256 pairs per call), and the OpenCV TV-L1 rate per core to compare with is the CPU table's.
+# The data-pipeline goals are per CPU worker and measured on the CPU (BENCHMARKS.md), so bench_data.py is not run
+# here. Each step writes its output to $OUT/NAME.txt (default .device/gpu_check, ignored by git) and a line to
+# $OUT/summary.txt as soon as it ends, and has its own time limit, so a slow step costs only its own figures. Exit
+# status 1 if any step failed or ran out of time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-WHEELS=(decord==0.6.0 tensorboardX==2.6.5)
+WHEELS=(decord==0.6.0 tensorboardX==2.6.5 av==18.1.0)  # tests/test_scripts.py checks the image lacks no other
 
 if [[ ${1:-} == --fetch-wheels ]]; then
     exec python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -41,8 +42,9 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
         .whl/*.whl || exit 1
     export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
-elif ! python3 -c "import decord, tensorboardX" 2> /dev/null; then
-    echo "decord or tensorboardX is missing: run 'bash benchmarks/gpu_check.sh --fetch-wheels' here and carry .whl" >&2
+elif ! python3 -c "import decord, tensorboardX, av" 2> /dev/null; then
+    echo "decord, tensorboardX or PyAV is missing: run 'bash benchmarks/gpu_check.sh --fetch-wheels' here and" \
+        "carry .whl" >&2
     exit 1
 fi
 export PYTHONUNBUFFERED=1

@@ -16,7 +16,9 @@ taken from the vectors stored in frame ``i + 1``; there are ``T - 1`` flows for 
   always -1 or +1), so the distance is taken as the display-order distance to the nearest anchor (I/P) frame on
   that side, which is exact for codecs with one reference per direction (MPEG-1/2/4 part 2, H.263). In H.264 a
   block may use any of several references, including B-frames (B-pyramid), which the side data does not name;
-  its magnitudes can then be off by an integer factor, while the sign stays right.
+  its magnitudes can then be off by an integer factor, while the sign stays right. Where the stream's sequence
+  parameter set (in the mp4/mkv header) allows more than one reference per direction, as x264's defaults do, the
+  first such file of a process is logged with the re-encode that makes the vectors exact (``H264_EXACT_REMEDY``).
 * The vectors sit where the block is in frame ``i + 1``, so an object's flow is one frame's motion ahead of an
   optical flow indexed at frame ``i``.
 * I-frames and frames without vectors (intra-only codecs such as MJPEG, all-I encodes) give zero flow: no motion
@@ -28,6 +30,7 @@ taken from the vectors stored in frame ``i + 1``; there are ``T - 1`` flows for 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
@@ -45,6 +48,106 @@ EXPORTING_DECODERS = frozenset({
     "msmpeg4", "wmv1", "wmv2", "rv10", "rv20", "h264",
 })
 _B_FRAME = int(av.video.frame.PictureType.B)
+H264_EXACT_REMEDY = "ffmpeg -i IN -c:v libx264 -x264-params ref=1:b-pyramid=none OUT"
+H264_HIGH_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135})  # chroma fields
+log = logging.getLogger(__name__)
+_multi_reference_logged = False  # the first file of a process is named, not every one of a dataset
+
+
+class _BitReader:
+    """Bits of an H.264 RBSP, most significant first, with the exp-Golomb codes of its syntax."""
+
+    def __init__(self, data: bytes):
+        self.data, self.position = data, 0
+
+    def bit(self) -> int:
+        value = self.data[self.position >> 3] >> (7 - (self.position & 7)) & 1  # IndexError past the end
+        self.position += 1
+        return value
+
+    def bits(self, count: int) -> int:
+        value = 0
+        for _ in range(count):
+            value = value << 1 | self.bit()
+        return value
+
+    def ue(self) -> int:
+        zeros = 0
+        while not self.bit():
+            zeros += 1
+            if zeros > 31:
+                raise ValueError("exp-Golomb code longer than 32 bits")
+        return (1 << zeros) - 1 + self.bits(zeros)
+
+    def se(self) -> int:
+        code = self.ue()
+        return (code + 1) // 2 if code % 2 else -(code // 2)
+
+
+def h264_sequence_parameter_sets(extradata: bytes | None) -> list[bytes]:
+    """The SPS NAL units of a stream's codec extradata: an avcC record (mp4, mkv) or Annex B start codes."""
+    if not extradata:
+        return []
+    if extradata[0] == 1 and len(extradata) > 6:  # avcC: version 1, ..., numOfSequenceParameterSets at byte 5
+        units, position = [], 6
+        for _ in range(extradata[5] & 0x1F):
+            length = int.from_bytes(extradata[position:position + 2], "big")
+            units.append(extradata[position + 2:position + 2 + length])
+            position += 2 + length
+        return units
+    units = extradata.replace(b"\x00\x00\x00\x01", b"\x00\x00\x01").split(b"\x00\x00\x01")
+    return [unit for unit in units if unit and unit[0] & 0x1F == 7]
+
+
+def h264_max_reference_frames(sps: bytes) -> int:
+    """``max_num_ref_frames`` of an SPS NAL unit (H.264 7.3.2.1.1: the fields before it are read past)."""
+    bits = _BitReader(sps[1:].replace(b"\x00\x00\x03", b"\x00\x00"))  # header byte; emulation prevention
+    profile = bits.bits(8)
+    bits.bits(16)  # constraint flags, level
+    bits.ue()  # seq_parameter_set_id
+    if profile in H264_HIGH_PROFILES:
+        chroma_format = bits.ue()
+        if chroma_format == 3:
+            bits.bit()  # separate_colour_plane_flag
+        bits.ue(), bits.ue(), bits.bit()  # bit depths, qpprime_y_zero_transform_bypass_flag
+        if bits.bit():  # seq_scaling_matrix_present_flag
+            for index in range(12 if chroma_format == 3 else 8):
+                if bits.bit():  # the list's delta_scale codes, until one makes next_scale 0
+                    last = following = 8
+                    for _ in range(16 if index < 6 else 64):
+                        if following:
+                            following = (last + bits.se() + 256) % 256
+                        last = following or last
+    bits.ue()  # log2_max_frame_num_minus4
+    order_type = bits.ue()
+    if order_type == 0:
+        bits.ue()
+    elif order_type == 1:
+        bits.bit(), bits.se(), bits.se()
+        for _ in range(bits.ue()):
+            bits.se()
+    return bits.ue()
+
+
+def log_multiple_references(path: str, codec_context) -> None:
+    """Log (once per process) an H.264 file whose SPS allows more than one reference frame per direction (one is
+    taken by the B-frames' future anchor where there are B-frames): its vectors may point further back than the
+    anchor that codec_mv divides by."""
+    global _multi_reference_logged
+    if _multi_reference_logged or codec_context.codec.name != "h264":
+        return
+    try:
+        references = max(map(h264_max_reference_frames, h264_sequence_parameter_sets(codec_context.extradata)),
+                         default=0)
+    except (IndexError, ValueError):  # a truncated or odd SPS: the decoder reports real damage
+        return
+    per_direction = references - bool(codec_context.has_b_frames)
+    if per_direction > 1:
+        _multi_reference_logged = True
+        log.warning("%s: H.264 with up to %d reference frames per direction: FFmpeg's motion vectors do not say "
+                    "which one a block uses, so a vector from further back is taken as the motion from the nearest "
+                    "anchor frame (up to %dx too large). Re-encode (%s) for exact motion; other such files of this "
+                    "process are not named.", path, per_direction, per_direction, H264_EXACT_REMEDY)
 
 
 def rasterise(vectors: np.ndarray | None, frame_size: tuple[int, int], out_size: tuple[int, int],
@@ -124,6 +227,7 @@ def _decoded_vectors(path: str) -> Iterator[tuple[int, np.ndarray | None, tuple[
         if codec.name not in EXPORTING_DECODERS and not codec.intra_only:
             raise VideoReadError(f"codec {codec.name!r} exports no motion vectors (FFmpeg does for MPEG-1/2/4 "
                                  f"part 2, H.263 and H.264 only); use an optical-flow backend")
+        log_multiple_references(path, stream.codec_context)
         stream.codec_context.options = {"flags2": "+export_mvs"}
         decoded = 0
         try:

@@ -70,6 +70,7 @@ CAMERA_STILL_PROBABILITY = 0.25  # chance that a moving-camera clip has no pan (
 CAMERA_ZOOM_MAX = 0.01  # |relative zoom change| per frame
 OPPOSING_CAMERA_LIMIT = 0.5  # camera motion against the object is capped at this fraction of the object's
 FRAME_MARGIN = 2  # pixels kept free between the object and the frame border
+MIN_FRAME_SIDE = 32  # the smallest frame width and height rendered
 PIXEL_NOISE_STD = 2.0
 REFERENCE_SHORT_SIDE = 120.0
 
@@ -455,8 +456,9 @@ def render_clip_details(
     """
     if not 0 <= label < len(CLASSES):
         raise ValueError(f"label must be in [0, {len(CLASSES)}), got {label}")
-    if num_frames < 2 or width < 32 or height < 32:
-        raise ValueError(f"need num_frames >= 2 and a frame of at least 32x32, got {num_frames}, {width}x{height}")
+    if num_frames < 2 or width < MIN_FRAME_SIDE or height < MIN_FRAME_SIDE:
+        raise ValueError(f"need num_frames >= 2 and a frame of at least {MIN_FRAME_SIDE}x{MIN_FRAME_SIDE}, got "
+                         f"{num_frames}, {width}x{height}")
     scene = resolve_scene(scene, camera_motion)
     rng = np.random.default_rng(seed)
     obj = plan_object_motion(rng, label, num_frames, width, height, scene.object_scale, scene.motion_scale)

@@ -1,8 +1,12 @@
 """The benchmark scripts run (tiny sizes) and print their tables, so they cannot rot unnoticed."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,10 +21,29 @@ def test_bench_motion_prints_speed_and_agreement_tables():
     lines = result.stdout.splitlines()
     assert lines[0].startswith("device: cpu") and lines[1].startswith("command: python ")
     assert "speed: 64x64, 2 pairs" in result.stdout  # --aspect 1: the goal's square frames
-    speed_rows = [line.split() for line in lines if line.startswith("dis ") and len(line.split()) == 5]
-    assert speed_rows and all(float(row[2]) > 0 for row in speed_rows)
-    agreement_row = [line.split() for line in lines if line.startswith("dis ") and len(line.split()) == 5][-1]
-    assert float(agreement_row[1]) == 1.0  # a backend agrees with itself
+    speed, agreement = markdown_tables(lines)
+    assert [(row["flow"], row["threads"]) for row in speed] == [("dis", "1"), ("dis", str(os.cpu_count()))]
+    assert all(float(row["flow pairs/s"]) > 0 and float(row["ms per pair (detect)"]) > 0 for row in speed)
+    assert [row["flow"] for row in agreement] == ["dis"]
+    assert agreement[0]["union IoU vs dis"] == "1.000"  # a backend agrees with itself
+    assert 0 < float(agreement[0]["union IoU vs truth"]) <= 1
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("bench_motion.py", ["--flows", "dis", "--batch_size", "0"], "argument --batch_size: must be at least 1, got 0"),
+    ("bench_motion.py", ["--flows", "dis", "--short_side", "8"], "--short_side: at least 32 pixels, got 8"),
+    ("bench_motion.py", ["--flows", "dis", "--torch_devices", "cuda"], "--torch_devices cuda but no GPU is visible"),
+    ("bench_finetune_step.py", ["--device", "cpu", "--model", "vit_mini_patch16_224_mofo"],
+     "--model vit_mini_patch16_224_mofo: not one of vit_base_patch16_224, "),
+    ("bench_pretrain_step.py", ["--device", "cpu", "--steps", "0"], "argument --steps: must be at least 1, got 0"),
+    ("bench_data.py", ["--input_size", "100"], "--input_size 100 do not split into tubelets of 2x16x16"),
+])
+def test_benchmarks_refuse_what_they_cannot_run(script, args, message):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    result = subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and message in result.stderr.splitlines()[-1], result.stderr
 
 
 BENCHMARKS = REPO / "benchmarks"
@@ -43,15 +66,28 @@ def test_bench_motion_rows_per_device_batch_and_mode():
     assert rows[4][1:] == ({"device": "cuda", "compile": False}, 8, [4])
 
 
+def markdown_tables(lines: list[str]) -> list[list[dict[str, str]]]:
+    """Every markdown table in the lines, each as one dict per row."""
+    tables, table = [], []
+    for line in [*lines, ""]:
+        if line.startswith("|"):
+            table.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif table:
+            assert len(table) > 2 and set(table[1]) == {"---"}, lines
+            tables.append([dict(zip(table[0], row, strict=True)) for row in table[2:]])
+            table = []
+    return tables
+
+
 def run_benchmark(script: str, *args: str) -> tuple[list[str], list[dict[str, str]]]:
-    """Run a benchmark script; returns its output lines and its markdown table as one dict per row."""
+    """Run a benchmark script; returns its output lines and its (last) markdown table as one dict per row."""
     result = subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=REPO, capture_output=True, text=True,
-                            timeout=120)
+                            timeout=180)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    table = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines if line.startswith("|")]
-    assert len(table) > 2 and set(table[1]) == {"---"}, result.stdout
-    return lines, [dict(zip(table[0], row, strict=True)) for row in table[2:]]
+    tables = markdown_tables(lines)
+    assert tables, result.stdout
+    return lines, tables[-1]
 
 
 def assert_environment_recorded(lines: list[str], script: str) -> None:
@@ -60,23 +96,28 @@ def assert_environment_recorded(lines: list[str], script: str) -> None:
 
 
 def test_bench_pretrain_step_table():
-    lines, rows = run_benchmark("bench_pretrain_step.py", *TINY_STEP)
+    """With --compile, the table of the other rows is printed before the compile row starts (a time limit during
+    minutes of compiling on a GPU would cost only that row), then the whole table."""
+    lines, rows = run_benchmark("bench_pretrain_step.py", *TINY_STEP, "--decoder_depth", "1", "--compile")
     assert_environment_recorded(lines, "bench_pretrain_step.py")
-    assert [row["step"] for row in rows] == ["ours", "VideoMAE reference"]
-    assert [row["attention"] for row in rows] == ["SDPA", "explicit"]
+    first, last = markdown_tables(lines)
+    assert lines.index("| step | attention | autocast | optimizer | clips/s | ms/step | peak memory | speedup vs "
+                       "reference |") < lines.index(next(line for line in lines if line.startswith("  compile, run")))
+    assert [row["step"] for row in first] == ["ours", "VideoMAE reference"] and first == [rows[0], rows[2]]
+    assert [row["step"] for row in rows] == ["ours", "ours + torch.compile", "VideoMAE reference"]
+    assert [row["attention"] for row in rows] == ["SDPA", "SDPA", "explicit"]
     for row in rows:
         assert float(row["clips/s"]) > 0 and float(row["ms/step"]) > 0
         assert row["peak memory"].endswith(("MiB", "GiB")) and float(row["peak memory"].split()[0]) > 0
         assert float(row["speedup vs reference"].rstrip("x")) > 0
-    assert rows[1]["speedup vs reference"] == "1.00x"
-    assert "single-tensor" in rows[1]["optimizer"]
+    assert rows[2]["speedup vs reference"] == "1.00x"
+    assert "single-tensor" in rows[2]["optimizer"] and "fused" in rows[1]["optimizer"]
 
 
 def test_videomae_reference_computes_the_models_forward_and_target():
     """The reference step's re-implementation of VideoMAE (explicit attention, every tube embedded) gives the
     project model's predictions and the engine's targets, in fp32."""
     import bench_pretrain_step as bench
-    import torch
     from timm.models import create_model
 
     from engine_for_pretraining import pixel_targets
@@ -125,7 +166,6 @@ def test_bench_data_table_on_synthetic_videos():
 def test_bench_data_worker_normalisation_gives_videomae_clips(tmp_path):
     """The like-for-like row's items are our clips normalised as VideoMAE's loader yields them."""
     import bench_data
-    import torch
 
     from datasets import VideoMAEPretrainDataset
     from make_synthetic_dataset import make_dataset
@@ -148,7 +188,6 @@ def test_bench_data_on_a_given_list_and_the_videomae_baseline_items(tmp_path):
     """--data_path/--data_root/--box_dir read an existing set; the baseline's items are VideoMAE's (clip, mask)."""
     import bench_data
     import numpy as np
-    import torch
 
     from make_synthetic_dataset import make_dataset
 

@@ -47,6 +47,7 @@ from video_transforms import (
     AUGMENT_FILL,
     NO_BOX,
     ClipRandAugment,
+    horizontal_flip,
     normalized_box,
     random_resized_crop_params,
     resized_crop,
@@ -260,6 +261,16 @@ def test_posterize_keeping_no_bits_gives_black_frames(policy, name):
     assert not ClipRandAugment.apply(frames, np.zeros((2, 4), np.float32), [(op, (bits,))])[0].any()
     kept = ClipRandAugment.apply(frames, np.zeros((2, 4), np.float32), [(op, (2,))])[0]
     assert torch.equal(kept, frames & 0b11000000)
+
+
+def test_flip_maps_box_edges_exactly():
+    """Boxes are in pixel-edge coordinates: the columns [2, 5) of a 10-wide frame become [5, 8), not [4, 7)."""
+    frames = torch.zeros(2, 3, 4, 10, dtype=torch.uint8)
+    frames[..., 1:3, 2:5] = 255
+    flipped, box = horizontal_flip(frames, np.array([[2, 1, 5, 3], [0, 0, 10, 4]], dtype=np.float32))
+    np.testing.assert_array_equal(box, [[5, 1, 8, 3], [0, 0, 10, 4]])
+    x1, y1, x2, y2 = box[0].astype(int)
+    assert flipped[..., y1:y2, x1:x2].eq(255).all() and flipped.sum() == frames.sum()
 
 
 @pytest.mark.parametrize("name", AFFINE_OPS)

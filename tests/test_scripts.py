@@ -527,6 +527,48 @@ def test_gpu_check_runs_the_steps_it_is_given(tmp_path):
     assert refused.returncode == 2 and "steps: cuda_tests motion pretrain_step finetune_step" in refused.stderr
 
 
+# The packages of requirements.txt that the GPU image holds (the device notes, read 2026-11-17; its OpenCV has no
+# contrib modules), and the modules of those it lacks. A requirement in neither must be sorted into one.
+GPU_IMAGE_PACKAGES = {"torch", "torchvision", "timm", "einops", "safetensors", "scipy", "pandas", "tqdm", "pytest",
+                      "opencv-contrib-python-headless"}
+GPU_IMAGE_LACKS = {"deepspeed": "deepspeed", "decord": "decord", "av": "av", "tensorboardX": "tensorboardX",
+                   "scikit-video": "skvideo", "ruff": "ruff"}
+GPU_IMAGE_SITE = """import importlib.abc, sys
+import cv2
+del cv2.optflow  # OpenCV without contrib
+class GpuImage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {blocked}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (not on the GPU image)", name=name)
+sys.meta_path.insert(0, GpuImage())
+"""
+
+
+def test_gpu_check_carries_every_package_its_steps_import_that_the_gpu_image_lacks(tmp_path):
+    """The one GPU run must not end at an import: with what the image lacks and gpu_check.sh does not carry made
+    unimportable, its test step collects its tests and its benchmark scripts start."""
+    script = (REPO / "benchmarks/gpu_check.sh").read_text()
+    carried = {wheel.split("==")[0] for wheel in re.search(r"^WHEELS=\((.*?)\)", script, re.M).group(1).split()}
+    required = {re.split(r"[=<>\[ ]", line)[0] for line in (REPO / "requirements.txt").read_text().splitlines()
+                if line.strip() and not line.startswith("#")}
+    unsorted = required - GPU_IMAGE_PACKAGES - set(GPU_IMAGE_LACKS)
+    assert not unsorted, f"is {unsorted} on the GPU image? add it to GPU_IMAGE_PACKAGES or GPU_IMAGE_LACKS"
+    assert carried <= set(GPU_IMAGE_LACKS)
+    blocked = {GPU_IMAGE_LACKS[name] for name in required - GPU_IMAGE_PACKAGES - carried}
+    (tmp_path / "sitecustomize.py").write_text(GPU_IMAGE_SITE.format(blocked=sorted(blocked)))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    steps = re.findall(r"^step (\w+) \d+ python3 (.*?)(?<!\\)$", script.replace("\\\n", " "), re.M)
+    assert [name for name, _ in steps] == ["cuda_tests", "motion", "pretrain_step", "finetune_step"]
+    for name, command in steps:
+        words = command.split()
+        words = [*words, "--collect-only"] if words[:2] == ["-m", "pytest"] else [words[0], "--help"]
+        result = subprocess.run([sys.executable, *words], cwd=REPO, env=env, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, f"{name}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+    blocked_import = subprocess.run([sys.executable, "-c", "import skvideo"], env=env, capture_output=True, text=True)
+    assert "not on the GPU image" in blocked_import.stderr  # the stand-in image does block
+
+
 def test_results_table_and_loss_curves_keep_runs_apart(tmp_path):
     """Runs of SSV2 and EPIC side by side (other columns); two runs in folders of one name are not merged."""
     for run, result in (("ssv2", {"acc1": 61.5, "acc5": 88.0, "videos": 10}),
