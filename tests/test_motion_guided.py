@@ -162,6 +162,21 @@ def test_dis_token_motion_of_a_translation(shift):
     assert np.abs(backward[:, 1:-1, 1:-1] + expected).max() < 0.1
 
 
+def test_dis_backward_motion_is_in_the_slices_time_order():
+    """A textured world that moves 6 px per frame, then stands still: each slice's backward motion is minus its
+    forward motion, so both move in the early slices and neither in the late ones (a backward field left in the
+    reversed clip's order would move in the late slices instead)."""
+    world = (synthetic.textured_noise(np.random.default_rng(0), 400, 400) * 255).astype(np.float32)
+    size, patch, num_frames = 112, 16, 16
+    frames = [cv2.warpAffine(world, np.float32([[1, 0, 150 - 6 * min(k, 6)], [0, 1, 150]]), (size, size),
+                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP) for k in range(num_frames)]
+    clip = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+    forward, backward = DISTokenMotion((size // patch, size // patch), tubelet_size=2)(clip)
+    moving = np.abs(forward[:, 1:-1, 1:-1, 0]).mean(axis=(1, 2))
+    assert moving[0] > 0.5 and moving[-1] < 0.05, moving
+    np.testing.assert_allclose(backward[:, 1:-1, 1:-1], -forward[:, 1:-1, 1:-1], atol=0.15)
+
+
 def test_mask_tracks_a_moving_object_better_than_a_tube():
     """A static camera and one object moving right; the base slice masks every token of the object's true box.
     Away from the base, motion-guided masks keep far more of the object's tokens (inside its true box at that

@@ -181,6 +181,32 @@ def pretrain_dataset(root, trajectory=None, **kwargs) -> VideoMAEPretrainDataset
                                    **kwargs)
 
 
+class RecordingTargets(TrajectoryTargets):
+    """The targets, keeping every dense clip they are computed from."""
+
+    def __call__(self, clip):
+        self.clips.append(clip.clone())
+        return super().__call__(clip)
+
+
+def test_each_repeated_sample_gets_the_targets_of_its_own_crop(dataset_root):
+    """With --num_sample 2 each clip's trajectory targets are those of the dense crop whose sampled frames it holds,
+    not the first crop's."""
+    targets = RecordingTargets((4, 4, 4), 16, 2, 2)
+    dataset = pretrain_dataset(dataset_root, targets, num_sample=2)
+    differing = 0
+    for index in range(len(dataset)):
+        targets.clips = []
+        items = dataset[index]
+        assert len(targets.clips) == len(items) == 2
+        for item, clip in zip(items, targets.clips, strict=True):
+            assert torch.equal(item["frames"], clip[dataset.sampled_frames].permute(0, 2, 3, 1))
+            own = torch.from_numpy(TrajectoryTargets((4, 4, 4), 16, 2, 2)(clip)["trajectory"])
+            torch.testing.assert_close(item["trajectory"], own)
+        differing += not torch.equal(items[0]["trajectory"], items[1]["trajectory"])
+    assert differing >= 2  # the two crops of a video differ, and so do their targets
+
+
 def test_dataset_adds_targets_and_keeps_the_sampled_clip(dataset_root):
     """The dense window (every frame, plus the one after) holds the sampled frames of a plain window at the same
     start; the mask stream does not depend on the targets. A window that fits never repeats its last frame, so
